@@ -1,0 +1,127 @@
+//! `keyward serve`: assembles the services from a validated config and runs them.
+
+use crate::auth::basic::BasicAuthenticator;
+use crate::auth::password::PasswordHasher;
+use crate::config::{BootstrapAdmin, Config};
+use crate::invalidation::ChangeFollower;
+use crate::metrics::Metrics;
+use crate::ops::OpsApp;
+use crate::proxy::KeywardProxy;
+use crate::store::Db;
+use crate::users::{self, UserSpec};
+use anyhow::{anyhow, Context};
+use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let db = Db::start(&config.store).context("cannot open the store")?;
+    if let Some(admin) = &config.bootstrap_admin {
+        bootstrap_admin(&db, admin)?;
+    }
+    // Read before serving so that no change written from here on is missed.
+    let feed_start = db.block_on(|store| async move { store.latest_change().await })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let hasher = PasswordHasher::new(config.server.threads);
+    let basic = Arc::new(BasicAuthenticator::new(
+        db.clone(),
+        hasher,
+        metrics.clone(),
+        config.cache.basic_ttl,
+        config.cache.basic_capacity,
+    ));
+
+    let server_conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    let upstream = &config.upstream;
+    let mut balancer =
+        LoadBalancer::<RoundRobin>::try_from_iter(upstream.addresses.iter().map(String::as_str))
+            .with_context(|| format!("upstream: cannot resolve {:?}", upstream.addresses))?;
+    // One upstream (the sidecar) is always tried: a health check could only turn a clear
+    // connection error into "no healthy upstream". Several are health-checked.
+    let upstreams = if upstream.addresses.len() > 1 {
+        balancer.set_health_check(TcpHealthCheck::new());
+        balancer.health_check_frequency = Some(upstream.health_check_interval);
+        let health = background_service("upstream health check", balancer);
+        let upstreams = health.task();
+        server.add_service(health);
+        upstreams
+    } else {
+        Arc::new(balancer)
+    };
+
+    let proxy = KeywardProxy::new(config.clone(), metrics.clone(), basic.clone(), upstreams);
+    let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    proxy_service.add_tcp(&config.listen_proxy);
+
+    let mut ops = Service::new(
+        "keyward ops".to_owned(),
+        OpsApp::new(db.clone(), metrics.clone(), basic.clone()),
+    );
+    ops.add_tcp(&config.listen_ops);
+
+    let follower = ChangeFollower::new(
+        db,
+        basic,
+        metrics,
+        config.cache.invalidation_poll,
+        feed_start,
+    );
+
+    server.add_service(proxy_service);
+    server.add_service(ops);
+    server.add_service(background_service("change feed", follower));
+    tracing::info!(
+        proxy = %config.listen_proxy,
+        ops = %config.listen_ops,
+        upstreams = ?config.upstream.addresses,
+        "keyward starting"
+    );
+    server.run_forever()
+}
+
+/// Creates the configured administrator if it does not exist. An existing user is left as it
+/// is: the environment variable seeds the first password, it does not reset it on every start.
+pub fn bootstrap_admin(db: &Db, admin: &BootstrapAdmin) -> anyhow::Result<()> {
+    let name = admin.name.clone();
+    let existing = db.block_on(|store| async move { store.user_by_name(&name).await })?;
+    if existing.is_some() {
+        return Ok(());
+    }
+    let password = std::env::var(&admin.password_env)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            anyhow!(
+                "bootstrap.admin: user {:?} does not exist and the environment variable {} is not \
+                 set; set {} to the password the administrator should get",
+                admin.name,
+                admin.password_env,
+                admin.password_env
+            )
+        })?;
+    let spec = UserSpec {
+        name: admin.name.clone(),
+        functions: admin.functions.clone(),
+        ..UserSpec::default()
+    };
+    let user = db
+        .block_on(|store| async move {
+            Ok(users::add_user(store.as_ref(), spec, &password).await)
+        })?
+        .map_err(|e| anyhow!("bootstrap.admin: {e}"))?;
+    tracing::info!(user = %user.name, id = user.id, "created the bootstrap administrator");
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! HTTP Basic: a user name and password checked against the store.
+//!
+//! argon2 costs tens of milliseconds, so successful logins are cached for a short TTL, keyed by
+//! an HMAC of the credential under a per-process random key (the cache never holds a password
+//! or anything that could be brute-forced offline). Entries are dropped when the user changes.
+
+use super::password::PasswordHasher;
+use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::metrics::Metrics;
+use crate::store::{Db, User};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CACHE_NAME: &str = "basic";
+/// Longer `Authorization` values are refused before any decoding.
+const MAX_HEADER_LEN: usize = 4096;
+
+/// Whether an `Authorization` value uses the Basic scheme (case-insensitive, RFC 9110 §11.1).
+pub fn is_basic(value: &[u8]) -> bool {
+    value.len() >= 6 && value[..6].eq_ignore_ascii_case(b"basic ")
+}
+
+/// Splits `Basic <base64(user:password)>` into its parts.
+pub fn parse(value: &[u8]) -> Result<(String, String), AuthError> {
+    if value.len() > MAX_HEADER_LEN || !is_basic(value) {
+        return Err(AuthError::Malformed);
+    }
+    let encoded = value[6..].trim_ascii();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| AuthError::Malformed)?;
+    let text = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+    let (user, password) = text.split_once(':').ok_or(AuthError::Malformed)?;
+    if user.is_empty() || user.chars().any(char::is_control) {
+        return Err(AuthError::Malformed);
+    }
+    Ok((user.to_owned(), password.to_owned()))
+}
+
+/// The principal a password login yields (SPEC §1: DEFAULT for internal and external users).
+pub fn principal_for(user: &User) -> Principal {
+    Principal {
+        user_id: user.id,
+        user_name: user.name.clone(),
+        customer: user.customer.clone(),
+        functions: user.functions.clone(),
+        level: SecurityLevel::Default,
+        method: AuthMethod::Password,
+        kind: CredentialKind::Basic,
+        credential_id: user.name.clone(),
+        read_only: false,
+        customers: user.customer.iter().cloned().collect(),
+    }
+}
+
+pub struct BasicAuthenticator {
+    db: Db,
+    hasher: PasswordHasher,
+    metrics: Arc<Metrics>,
+    cache: moka::future::Cache<[u8; 32], Arc<Principal>>,
+    cache_key: [u8; 32],
+    /// Bumped on every invalidation; a login that raced with one is not cached.
+    generation: AtomicU64,
+}
+
+impl BasicAuthenticator {
+    pub fn new(
+        db: Db,
+        hasher: PasswordHasher,
+        metrics: Arc<Metrics>,
+        ttl: Duration,
+        capacity: u64,
+    ) -> BasicAuthenticator {
+        let mut cache_key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut cache_key);
+        BasicAuthenticator {
+            db,
+            hasher,
+            metrics,
+            cache: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .support_invalidation_closures()
+                .build(),
+            cache_key,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub async fn authenticate(&self, header: &[u8]) -> Result<Principal, AuthError> {
+        let (name, password) = parse(header)?;
+        let key = self.cache_key_for(header);
+        if let Some(principal) = self.cache.get(&key).await {
+            self.metrics.cache_hit(CACHE_NAME);
+            return Ok((*principal).clone());
+        }
+        self.metrics.cache_miss(CACHE_NAME);
+
+        let generation = self.generation.load(Ordering::Acquire);
+        let lookup = name.clone();
+        let user = self
+            .db
+            .call(move |store| async move { store.user_by_name(&lookup).await })
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "store lookup failed during Basic authentication");
+                self.metrics.store_error();
+                AuthError::StoreUnavailable
+            })?;
+        let Some(user) = user else {
+            self.hasher.verify(password, None).await;
+            return Err(AuthError::UnknownKey);
+        };
+        if !self
+            .hasher
+            .verify(password, Some(user.password_hash.clone()))
+            .await
+        {
+            return Err(AuthError::BadSecret);
+        }
+        if user.locked {
+            return Err(AuthError::Locked);
+        }
+        let principal = principal_for(&user);
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.cache.insert(key, Arc::new(principal.clone())).await;
+        }
+        Ok(principal)
+    }
+
+    /// Drops every cached login of `user_id` (lock, unlock, password change).
+    pub fn invalidate_user(&self, user_id: i64) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Only fails when closures are not enabled, which `new` always does.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, principal| principal.user_id == user_id);
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    fn cache_key_for(&self, header: &[u8]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cache_key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(header);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn parses_user_and_password_with_colons() {
+        let (user, pass) = parse(&basic("john:pa:ss")).unwrap();
+        assert_eq!((user.as_str(), pass.as_str()), ("john", "pa:ss"));
+        assert!(parse(b"bAsIc am9objpw").is_ok());
+    }
+
+    #[test]
+    fn refuses_malformed_values() {
+        for bad in [
+            b"Basic".to_vec(),
+            b"Basic !!!notbase64".to_vec(),
+            basic("no-colon"),
+            basic(":password"),
+            b"Basic /w==".to_vec(), // not UTF-8
+            vec![b'B'; MAX_HEADER_LEN + 1],
+        ] {
+            assert_eq!(parse(&bad), Err(AuthError::Malformed), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The client address (SPEC §2): the TCP peer, or — only when the peer is a trusted proxy —
+//! the right-most address in `X-Forwarded-For` / `Forwarded` that is not itself trusted.
+//!
+//! Right-most, because every hop appends: the entries left of the last trusted hop were
+//! written by the client and prove nothing.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Hops, nearest last. `Forwarded` (RFC 7239) wins when both are present.
+    let mut hops = forwarded_hops(headers);
+    if hops.is_empty() {
+        hops = x_forwarded_for_hops(headers);
+    }
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = *ip;
+                if !is_trusted(ip) {
+                    return client;
+                }
+            }
+            // An unparsable hop ends the chain of trust: stop at the last good address.
+            None => return client,
+        }
+    }
+    client
+}
+
+fn x_forwarded_for_hops(headers: &http::HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|value| {
+            let text = value.to_str().unwrap_or("");
+            text.split(',')
+                .map(|s| parse_node(s.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn forwarded_hops(headers: &http::HeaderMap) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        let text = value.to_str().unwrap_or("");
+        for element in text.split(',') {
+            let node = element.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| value.trim().trim_matches('"'))
+            });
+            if let Some(node) = node {
+                hops.push(parse_node(node));
+            }
+        }
+    }
+    hops
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80` or a bare IPv6 address.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    let (host, _port) = node.rsplit_once(':')?;
+    host.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn trusted() -> Vec<IpNet> {
+        vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted()), peer);
+    }
+
+    #[test]
+    fn trusted_peer_gives_rightmost_untrusted() {
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1")]);
+        let ip = client_ip("10.0.0.1".parse().unwrap(), &h, &trusted());
+        assert_eq!(ip, "1.2.3.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn forwarded_header_with_ipv6_and_ports() {
+        let h = headers(&[(
+            "forwarded",
+            "for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2:80",
+        )]);
+        let ip = client_ip("::1".parse().unwrap(), &h, &trusted());
+        assert_eq!(ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn garbage_hop_stops_the_walk() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, garbage")]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted()), peer);
+    }
+}

@@ -1,0 +1,574 @@
+//! Configuration: the YAML schema (`schema`) and the validated form the rest of keyward uses.
+//!
+//! Loading collects every problem it can find and names each by its key path
+//! (`routes[2].require.min_security_level`), so one `check-config` run shows all of them.
+
+pub mod schema;
+
+use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
+use crate::policy::{Requirement, Route};
+use ipnet::IpNet;
+use schema::{FileConfig, LogFormat};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default configuration, compiled into the binary so `keyward serve` runs out of the box.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/keyward.yaml");
+
+/// One problem in a configuration file, named by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", join_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn join_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_proxy: String,
+    pub listen_ops: String,
+    pub upstream: Upstream,
+    pub store: StoreUrl,
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    pub tokens: Tokens,
+    pub routes: Vec<Route>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub forward_credentials: bool,
+    pub logging: Logging,
+    pub cache: CacheSettings,
+    pub server: ServerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `host:port` strings; resolved when the proxy starts.
+    pub addresses: Vec<String>,
+    pub tls: bool,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BootstrapAdmin {
+    pub name: String,
+    pub password_env: String,
+    pub functions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub administrator: Option<String>,
+    pub ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub format: LogFormat,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub basic_ttl: Duration,
+    pub basic_capacity: u64,
+    pub invalidation_poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let file: FileConfig = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| ConfigError::Invalid(vec![issue_from_serde(&e)]))?;
+        let mut issues = Vec::new();
+        let config = validate(file, &mut issues);
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+}
+
+/// serde reports an unknown key at its parent's path; name the key itself instead.
+fn issue_from_serde(e: &serde_path_to_error::Error<serde_yaml::Error>) -> ConfigIssue {
+    let mut key = e.path().to_string();
+    if key == "." {
+        key.clear();
+    }
+    let message = e.inner().to_string();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(name) = rest.split('`').next() {
+            key = if key.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{key}.{name}")
+            };
+            return ConfigIssue {
+                key,
+                message: "unknown key".to_owned(),
+            };
+        }
+    }
+    // serde_yaml appends "at line L column C"; keep it, it helps find the spot.
+    ConfigIssue { key, message }
+}
+
+fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
+    let FileConfig {
+        listen,
+        upstream,
+        store,
+        bootstrap,
+        tokens,
+        routes,
+        trusted_proxies,
+        forward_credentials,
+        logging,
+        cache,
+        server,
+    } = file;
+
+    let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
+
+    for (key, value) in [("listen.proxy", &listen.proxy), ("listen.ops", &listen.ops)] {
+        if value.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                key.into(),
+                format!("expected an IP address and port, got {value:?}"),
+            );
+        }
+    }
+
+    let addresses = match (upstream.address, upstream.addresses) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() => many,
+        (None, Some(_)) => {
+            problem("upstream.addresses".into(), "must not be empty".into());
+            Vec::new()
+        }
+        (None, None) => {
+            problem("upstream".into(), "set `address` or `addresses`".into());
+            Vec::new()
+        }
+        (Some(_), Some(_)) => {
+            problem(
+                "upstream".into(),
+                "set `address` or `addresses`, not both".into(),
+            );
+            Vec::new()
+        }
+    };
+    for (i, address) in addresses.iter().enumerate() {
+        if host_port(address).is_none() {
+            let key = if addresses.len() == 1 {
+                "upstream.address".to_owned()
+            } else {
+                format!("upstream.addresses[{i}]")
+            };
+            problem(key, format!("expected host:port, got {address:?}"));
+        }
+    }
+    let sni = upstream.sni.clone().unwrap_or_else(|| {
+        addresses
+            .first()
+            .and_then(|a| host_port(a))
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_owned())
+            .unwrap_or_default()
+    });
+
+    let store_url = match parse_store_url(&store.url) {
+        Ok(url) => url,
+        Err(message) => {
+            problem("store.url".into(), message);
+            StoreUrl::Sqlite(PathBuf::new())
+        }
+    };
+
+    let bootstrap_admin = bootstrap.and_then(|b| b.admin).map(|admin| {
+        if admin.name.trim().is_empty() {
+            problem("bootstrap.admin.name".into(), "must not be empty".into());
+        }
+        if admin.password_env.trim().is_empty() {
+            problem(
+                "bootstrap.admin.password_env".into(),
+                "must name an environment variable".into(),
+            );
+        }
+        BootstrapAdmin {
+            name: admin.name,
+            password_env: admin.password_env,
+            functions: admin.functions,
+        }
+    });
+
+    if tokens.ttl.0 > tokens.max_ttl.0 {
+        problem(
+            "tokens.ttl".into(),
+            "must not exceed tokens.max_ttl".into(),
+        );
+    }
+
+    let mut parsed_routes = Vec::with_capacity(routes.len());
+    if routes.is_empty() {
+        problem(
+            "routes".into(),
+            "at least one route is needed; requests matching no route are refused".into(),
+        );
+    }
+    for (i, route) in routes.into_iter().enumerate() {
+        parsed_routes.push(validate_route(i, route, &mut problem));
+    }
+
+    let mut proxies = Vec::with_capacity(trusted_proxies.len());
+    for (i, text) in trusted_proxies.iter().enumerate() {
+        match parse_cidr(text) {
+            Ok(net) => proxies.push(net),
+            Err(message) => problem(format!("trusted_proxies[{i}]"), message),
+        }
+    }
+
+    if let Some(level) = &logging.level {
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            problem(
+                "logging.level".into(),
+                format!("not a valid log filter: {level:?}"),
+            );
+        }
+    }
+
+    if cache.invalidation_poll.0.is_zero() {
+        problem(
+            "cache.invalidation_poll".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if server.threads == 0 {
+        problem("server.threads".into(), "must be at least 1".into());
+    }
+
+    Config {
+        listen_proxy: listen.proxy,
+        listen_ops: listen.ops,
+        upstream: Upstream {
+            addresses,
+            tls: upstream.tls,
+            sni,
+            connect_timeout: upstream.connect_timeout.0,
+            read_timeout: upstream.read_timeout.0,
+            health_check_interval: upstream.health_check_interval.0,
+        },
+        store: store_url,
+        bootstrap_admin,
+        tokens: Tokens {
+            administrator: tokens.administrator,
+            ttl: tokens.ttl.0,
+            max_ttl: tokens.max_ttl.0,
+        },
+        routes: parsed_routes,
+        trusted_proxies: proxies,
+        forward_credentials,
+        logging: Logging {
+            format: logging.format,
+            level: logging.level,
+        },
+        cache: CacheSettings {
+            basic_ttl: cache.basic_ttl.0,
+            basic_capacity: cache.basic_capacity,
+            invalidation_poll: cache.invalidation_poll.0,
+        },
+        server: ServerSettings {
+            threads: server.threads,
+            grace_period: server.grace_period.0,
+            shutdown_timeout: server.shutdown_timeout.0,
+        },
+    }
+}
+
+fn validate_route(
+    i: usize,
+    route: schema::RouteFile,
+    problem: &mut impl FnMut(String, String),
+) -> Route {
+    let schema::RouteFile {
+        path,
+        methods,
+        public,
+        require,
+        allow,
+    } = route;
+    if !path.starts_with('/') {
+        problem(
+            format!("routes[{i}].path"),
+            format!("must start with '/', got {path:?}"),
+        );
+    }
+    let methods = methods.map(|m| parse_methods(&m, &format!("routes[{i}].methods"), problem));
+    if public && require.is_some() {
+        problem(
+            format!("routes[{i}].require"),
+            "a public route cannot also require anything".into(),
+        );
+    }
+    let requirement = require
+        .map(|r| Requirement {
+            functions_any: r.functions_any,
+            min_security_level: r
+                .min_security_level
+                .map(SecurityLevel::from)
+                .unwrap_or(SecurityLevel::External),
+            methods: r.methods.map(|m| {
+                parse_methods(&m, &format!("routes[{i}].require.methods"), problem)
+            }),
+        })
+        .unwrap_or_default();
+    let allow = match allow {
+        None => CredentialKinds::ALL,
+        Some(kinds) => {
+            if kinds.is_empty() {
+                problem(
+                    format!("routes[{i}].allow"),
+                    "must name at least one of apikey, signature, token, basic".into(),
+                );
+            }
+            kinds
+                .into_iter()
+                .map(CredentialKind::from)
+                .collect::<CredentialKinds>()
+        }
+    };
+    Route {
+        path,
+        methods,
+        public,
+        require: requirement,
+        allow,
+    }
+}
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+fn parse_methods(
+    methods: &[String],
+    key: &str,
+    problem: &mut impl FnMut(String, String),
+) -> Vec<http::Method> {
+    let mut parsed = Vec::with_capacity(methods.len());
+    for (j, m) in methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        match KNOWN_METHODS.contains(&upper.as_str()) {
+            true => parsed.push(
+                http::Method::from_bytes(upper.as_bytes()).unwrap_or(http::Method::GET),
+            ),
+            false => problem(format!("{key}[{j}]"), format!("unknown HTTP method {m:?}")),
+        }
+    }
+    parsed
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+fn host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    if host.is_empty() || (host.contains(':') && !host.starts_with('[')) {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path, e.g. sqlite://data/keyward.db".into());
+        }
+        Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(StoreUrl::Postgres(url.to_owned()))
+    } else {
+        Err(format!(
+            "unsupported store URL {url:?}: use sqlite://PATH or postgres://..."
+        ))
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (taken as /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!("invalid CIDR {text:?}"))
+}
+
+impl From<schema::SecurityLevelFile> for SecurityLevel {
+    fn from(level: schema::SecurityLevelFile) -> Self {
+        match level {
+            schema::SecurityLevelFile::External => SecurityLevel::External,
+            schema::SecurityLevelFile::Default => SecurityLevel::Default,
+            schema::SecurityLevelFile::Administrative => SecurityLevel::Administrative,
+        }
+    }
+}
+
+impl From<schema::CredentialKindFile> for CredentialKind {
+    fn from(kind: schema::CredentialKindFile) -> Self {
+        match kind {
+            schema::CredentialKindFile::Apikey => CredentialKind::ApiKey,
+            schema::CredentialKindFile::Signature => CredentialKind::Signature,
+            schema::CredentialKindFile::Token => CredentialKind::Token,
+            schema::CredentialKindFile::Basic => CredentialKind::Basic,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen: { proxy: 127.0.0.1:8080, ops: 127.0.0.1:9090 }
+upstream: { address: 127.0.0.1:3000 }
+store: { url: sqlite://data/keyward.db }
+routes:
+  - path: /
+    require: { min_security_level: EXTERNAL }
+"#;
+
+    fn issues(yaml: &str) -> Vec<ConfigIssue> {
+        match Config::from_yaml(yaml) {
+            Err(ConfigError::Invalid(issues)) => issues,
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::from_yaml(EMBEDDED_DEFAULT).expect("embedded default config");
+        assert_eq!(config.listen_proxy, "127.0.0.1:8080");
+        assert_eq!(config.listen_ops, "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let config = Config::from_yaml(MINIMAL).expect("minimal config");
+        assert_eq!(config.routes.len(), 1);
+        assert_eq!(
+            config.routes[0].require.min_security_level,
+            SecurityLevel::External
+        );
+        assert_eq!(config.store, StoreUrl::Sqlite("data/keyward.db".into()));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let yaml = MINIMAL.replace("store:", "listen2: 1\nstore:");
+        assert_eq!(issues(&yaml)[0].key, "listen2");
+        let yaml = MINIMAL.replace(
+            "min_security_level: EXTERNAL",
+            "min_security_level: EXTERNAL, colour: red",
+        );
+        assert_eq!(issues(&yaml)[0].key, "routes[0].require.colour");
+    }
+
+    #[test]
+    fn bad_enum_value_is_named_with_its_path() {
+        let yaml = MINIMAL.replace("EXTERNAL", "SUPREME");
+        let found = issues(&yaml);
+        assert_eq!(found[0].key, "routes[0].require.min_security_level");
+    }
+
+    #[test]
+    fn bad_cidr_is_named_with_its_index() {
+        let yaml = format!("{MINIMAL}trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n");
+        let found = issues(&yaml);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key, "trusted_proxies[1]");
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let yaml = MINIMAL
+            .replace("127.0.0.1:8080", "nowhere")
+            .replace("sqlite://data/keyward.db", "mysql://x");
+        let keys: Vec<_> = issues(&yaml).into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, vec!["listen.proxy", "store.url"]);
+    }
+
+    #[test]
+    fn cidr_accepts_plain_addresses_and_ipv6() {
+        assert_eq!(parse_cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(
+            parse_cidr("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert!(parse_cidr("10.0.0.0/8x").is_err());
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        let yaml = format!("{MINIMAL}tokens: {{ ttl: 2h, max_ttl: 86400 }}\n");
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(config.tokens.ttl, Duration::from_secs(7200));
+        assert_eq!(config.tokens.max_ttl, Duration::from_secs(86400));
+    }
+}

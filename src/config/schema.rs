@@ -1,0 +1,269 @@
+//! The on-disk configuration schema: exactly what the YAML file may say.
+//!
+//! Every struct refuses unknown keys so a typo is an error naming the key, not a silently
+//! ignored setting. Nothing here is validated beyond its shape; `super::Config::from_file`
+//! turns this into the checked internal form.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: ListenFile,
+    pub upstream: UpstreamFile,
+    pub store: StoreFile,
+    #[serde(default)]
+    pub bootstrap: Option<BootstrapFile>,
+    #[serde(default)]
+    pub tokens: TokensFile,
+    pub routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    #[serde(default)]
+    pub logging: LoggingFile,
+    #[serde(default)]
+    pub cache: CacheFile,
+    #[serde(default)]
+    pub server: ServerFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    pub proxy: String,
+    pub ops: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// One upstream (the sidecar case).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Several upstreams, round-robin with health checks (the edge case).
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name when `tls: true`; defaults to the host of the first address.
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Seconds,
+    #[serde(default = "defaults::read_timeout")]
+    pub read_timeout: Seconds,
+    #[serde(default = "defaults::health_check_interval")]
+    pub health_check_interval: Seconds,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapFile {
+    pub admin: Option<BootstrapAdminFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapAdminFile {
+    pub name: String,
+    pub password_env: String,
+    #[serde(default)]
+    pub functions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    #[serde(default)]
+    pub administrator: Option<String>,
+    #[serde(default = "defaults::token_ttl")]
+    pub ttl: Seconds,
+    #[serde(default = "defaults::token_max_ttl")]
+    pub max_ttl: Seconds,
+}
+
+impl Default for TokensFile {
+    fn default() -> Self {
+        TokensFile {
+            administrator: None,
+            ttl: defaults::token_ttl(),
+            max_ttl: defaults::token_max_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub path: String,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub require: Option<RequireFile>,
+    #[serde(default)]
+    pub allow: Option<Vec<CredentialKindFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequireFile {
+    #[serde(default)]
+    pub functions_any: Vec<String>,
+    #[serde(default)]
+    pub min_security_level: Option<SecurityLevelFile>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub enum SecurityLevelFile {
+    #[serde(rename = "EXTERNAL")]
+    External,
+    #[serde(rename = "DEFAULT")]
+    Default,
+    #[serde(rename = "ADMINISTRATIVE")]
+    Administrative,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKindFile {
+    Apikey,
+    Signature,
+    Token,
+    Basic,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingFile {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `keyward=debug,info`; `RUST_LOG` wins.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    #[serde(default = "defaults::basic_ttl")]
+    pub basic_ttl: Seconds,
+    #[serde(default = "defaults::basic_capacity")]
+    pub basic_capacity: u64,
+    #[serde(default = "defaults::invalidation_poll")]
+    pub invalidation_poll: Seconds,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        CacheFile {
+            basic_ttl: defaults::basic_ttl(),
+            basic_capacity: defaults::basic_capacity(),
+            invalidation_poll: defaults::invalidation_poll(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    #[serde(default = "defaults::threads")]
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests after the listeners close.
+    #[serde(default = "defaults::grace_period")]
+    pub grace_period: Seconds,
+    /// After the grace period, how long the runtimes get to stop.
+    #[serde(default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: Seconds,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            threads: defaults::threads(),
+            grace_period: defaults::grace_period(),
+            shutdown_timeout: defaults::shutdown_timeout(),
+        }
+    }
+}
+
+/// A duration written as whole seconds (`30`) or with a unit (`500ms`, `15m`, `24h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Int(secs) => Ok(Seconds(Duration::from_secs(secs))),
+            Raw::Text(text) => humantime::parse_duration(text.trim())
+                .map(Seconds)
+                .map_err(|e| de::Error::custom(format!("invalid duration {text:?}: {e}"))),
+        }
+    }
+}
+
+mod defaults {
+    use super::Seconds;
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Seconds {
+        Seconds(Duration::from_secs(5))
+    }
+    pub fn read_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
+    }
+    pub fn health_check_interval() -> Seconds {
+        Seconds(Duration::from_secs(5))
+    }
+    pub fn token_ttl() -> Seconds {
+        Seconds(Duration::from_secs(24 * 3600))
+    }
+    pub fn token_max_ttl() -> Seconds {
+        Seconds(Duration::from_secs(365 * 24 * 3600))
+    }
+    pub fn basic_ttl() -> Seconds {
+        Seconds(Duration::from_secs(60))
+    }
+    pub fn basic_capacity() -> u64 {
+        10_000
+    }
+    pub fn invalidation_poll() -> Seconds {
+        Seconds(Duration::from_millis(250))
+    }
+    pub fn threads() -> usize {
+        2
+    }
+    pub fn grace_period() -> Seconds {
+        Seconds(Duration::from_secs(5))
+    }
+    pub fn shutdown_timeout() -> Seconds {
+        Seconds(Duration::from_secs(5))
+    }
+}

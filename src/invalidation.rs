@@ -1,0 +1,112 @@
+//! Follows the store's change feed and drops cache entries that another process made stale.
+//!
+//! Changes made through this keyward's own admin API are applied to its caches before the call
+//! returns; this loop is for everything else — the `keyward user` CLI writing to the same store,
+//! and other replicas — and bounds their staleness to `cache.invalidation_poll`.
+
+use crate::auth::basic::BasicAuthenticator;
+use crate::metrics::Metrics;
+use crate::store::{now_ms, ChangeKind, Db};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Feed rows are kept this long; a replica that falls further behind flushes everything.
+const FEED_RETENTION: Duration = Duration::from_secs(3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const BATCH: i64 = 1000;
+
+pub struct ChangeFollower {
+    db: Db,
+    basic: Arc<BasicAuthenticator>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    last_seq: AtomicI64,
+}
+
+impl ChangeFollower {
+    /// `start_seq` is the feed position read before the proxy started serving, so nothing
+    /// written after it is missed.
+    pub fn new(
+        db: Db,
+        basic: Arc<BasicAuthenticator>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        start_seq: i64,
+    ) -> ChangeFollower {
+        ChangeFollower {
+            db,
+            basic,
+            metrics,
+            interval,
+            last_seq: AtomicI64::new(start_seq),
+        }
+    }
+
+    /// Applies every change after the last one seen. Returns how many were applied.
+    pub async fn poll_once(&self) -> usize {
+        let mut applied = 0;
+        loop {
+            let after = self.last_seq.load(Ordering::Acquire);
+            let changes = match self
+                .db
+                .call(move |store| async move { store.changes_since(after, BATCH).await })
+                .await
+            {
+                Ok(changes) => changes,
+                Err(e) => {
+                    self.metrics.store_error();
+                    tracing::warn!(error = %e, "cannot read the change feed");
+                    return applied;
+                }
+            };
+            let count = changes.len();
+            for change in &changes {
+                match change.kind {
+                    ChangeKind::User => self.basic.invalidate_user(change.user_id),
+                }
+                self.last_seq.store(change.seq, Ordering::Release);
+            }
+            applied += count;
+            if (count as i64) < BATCH {
+                return applied;
+            }
+        }
+    }
+
+    async fn prune(&self) {
+        let before = now_ms() - FEED_RETENTION.as_millis() as i64;
+        if let Err(e) = self
+            .db
+            .call(move |store| async move { store.prune_changes(before).await })
+            .await
+        {
+            self.metrics.store_error();
+            tracing::warn!(error = %e, "cannot prune the change feed");
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ChangeFollower {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {
+                    self.poll_once().await;
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        self.prune().await;
+                        last_prune = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! keyward: an authentication sidecar built on pingora.
+//!
+//! The request path is `proxy` (filter → authenticate → policy → forward); credentials are
+//! checked by the modules under `auth`, decisions made by `policy`, and everything keyward
+//! answers itself is written by `proxy::respond`.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod invalidation;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod policy;
+pub mod proxy;
+pub mod store;
+pub mod users;

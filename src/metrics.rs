@@ -1,0 +1,226 @@
+//! Prometheus metrics (SPEC §9): one handle with domain methods, its own registry.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// `keyward_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    Unauthenticated,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    auth_duration: HistogramVec,
+    auth_failures: IntCounterVec,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    cache_entries: IntGaugeVec,
+    admin_operations: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    store_errors: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let auth_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "keyward_auth_duration_seconds",
+                "Time spent authenticating a request, by credential method.",
+            )
+            .buckets(vec![
+                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                0.005, 0.025, 0.1, 0.25, 1.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(auth_duration.clone()))
+            .expect("metric registered once");
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("keyward_cache_entries", "Entries held by each cache."),
+            &["cache"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cache_entries.clone()))
+            .expect("metric registered once");
+        let store_errors = IntCounter::new(
+            "keyward_store_errors_total",
+            "Store operations that failed.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_errors.clone()))
+            .expect("metric registered once");
+        Metrics {
+            requests: counter_vec(
+                &registry,
+                "keyward_requests_total",
+                "Proxied requests by HTTP method and outcome.",
+                &["method", "outcome"],
+            ),
+            auth_failures: counter_vec(
+                &registry,
+                "keyward_auth_failures_total",
+                "Refused credentials by method and reason.",
+                &["method", "reason"],
+            ),
+            cache_hits: counter_vec(
+                &registry,
+                "keyward_cache_hits_total",
+                "Cache look-ups answered from the cache.",
+                &["cache"],
+            ),
+            cache_misses: counter_vec(
+                &registry,
+                "keyward_cache_misses_total",
+                "Cache look-ups that went to the store.",
+                &["cache"],
+            ),
+            admin_operations: counter_vec(
+                &registry,
+                "keyward_admin_operations_total",
+                "Admin API calls by operation and outcome.",
+                &["operation", "outcome"],
+            ),
+            upstream_responses: counter_vec(
+                &registry,
+                "keyward_upstream_responses_total",
+                "Responses received from the upstream by status class.",
+                &["status_class"],
+            ),
+            auth_duration,
+            cache_entries,
+            store_errors,
+            registry,
+        }
+    }
+
+    pub fn request(&self, method: &http::Method, outcome: Outcome) {
+        self.requests
+            .with_label_values(&[method_label(method), outcome.as_str()])
+            .inc();
+    }
+
+    pub fn auth_duration(&self, method: &str, seconds: f64) {
+        self.auth_duration
+            .with_label_values(&[method])
+            .observe(seconds);
+    }
+
+    pub fn auth_failure(&self, method: &str, reason: &str) {
+        self.auth_failures
+            .with_label_values(&[method, reason])
+            .inc();
+    }
+
+    pub fn cache_hit(&self, cache: &str) {
+        self.cache_hits.with_label_values(&[cache]).inc();
+    }
+
+    pub fn cache_miss(&self, cache: &str) {
+        self.cache_misses.with_label_values(&[cache]).inc();
+    }
+
+    pub fn set_cache_entries(&self, cache: &str, entries: u64) {
+        self.cache_entries
+            .with_label_values(&[cache])
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn admin_operation(&self, operation: &str, outcome: &str) {
+        self.admin_operations
+            .with_label_values(&[operation, outcome])
+            .inc();
+    }
+
+    pub fn upstream_response(&self, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.upstream_responses.with_label_values(&[class]).inc();
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Bounded label values: an attacker choosing methods must not grow the metric set.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_named_families() {
+        let m = Metrics::new();
+        m.request(&http::Method::GET, Outcome::Allowed);
+        m.request(&http::Method::from_bytes(b"BREW").unwrap(), Outcome::Denied);
+        m.upstream_response(204);
+        m.store_error();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("keyward_requests_total{method=\"GET\",outcome=\"allowed\"} 1"));
+        assert!(text.contains("keyward_requests_total{method=\"OTHER\",outcome=\"denied\"} 1"));
+        assert!(text.contains("keyward_upstream_responses_total{status_class=\"2xx\"} 1"));
+        assert!(text.contains("keyward_store_errors_total 1"));
+    }
+}

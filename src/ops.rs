@@ -1,0 +1,81 @@
+//! The ops listener: `/healthz`, `/readyz`, `/metrics`. Separate from the proxy listener so it
+//! can be bound to a private interface.
+
+use crate::auth::basic::{self, BasicAuthenticator};
+use crate::metrics::Metrics;
+use crate::store::Db;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct OpsApp {
+    db: Db,
+    metrics: Arc<Metrics>,
+    basic: Arc<BasicAuthenticator>,
+}
+
+impl OpsApp {
+    pub fn new(db: Db, metrics: Arc<Metrics>, basic: Arc<BasicAuthenticator>) -> OpsApp {
+        OpsApp { db, metrics, basic }
+    }
+
+    async fn store_ready(&self) -> bool {
+        let ping = self.db.call(|store| async move { store.ping().await });
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.metrics.store_error();
+                tracing::warn!(error = %e, "readiness check: store unreachable");
+                false
+            }
+            Err(_) => {
+                self.metrics.store_error();
+                tracing::warn!("readiness check: store did not answer within 2s");
+                false
+            }
+        }
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for OpsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let header = session.req_header();
+        if header.method != http::Method::GET && header.method != http::Method::HEAD {
+            return reply(405, "text/plain", b"method not allowed\n".to_vec());
+        }
+        match header.uri.path() {
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.store_ready().await {
+                    reply(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    reply(503, "text/plain", b"store unreachable\n".to_vec())
+                }
+            }
+            "/metrics" => {
+                self.metrics
+                    .set_cache_entries(basic::CACHE_NAME, self.basic.entry_count());
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render(),
+                )
+            }
+            _ => reply(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}

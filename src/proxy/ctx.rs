@@ -1,0 +1,76 @@
+//! Per-request state, created empty by `new_ctx` and filled as the request moves through the
+//! phases.
+
+use crate::auth::Principal;
+use crate::metrics::Outcome;
+use rand::Rng;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// `Gateway-Request-Id`: 16 upper-case hex digits (64 random bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    pub fn random() -> RequestId {
+        let value: u64 = rand::thread_rng().gen();
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let nibble = (value >> (60 - 4 * i)) & 0xf;
+            *byte = b"0123456789ABCDEF"[nibble as usize];
+        }
+        RequestId(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into the array.
+        std::str::from_utf8(&self.0).unwrap_or("0000000000000000")
+    }
+}
+
+pub struct RequestCtx {
+    pub request_id: RequestId,
+    pub started: Instant,
+    pub client_ip: Option<IpAddr>,
+    pub principal: Option<Principal>,
+    /// Set when keyward answered the request itself (a refusal, or an admin answer).
+    pub outcome: Option<Outcome>,
+    /// Why the request was refused, for the access log.
+    pub reason: Option<&'static str>,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            request_id: RequestId::random(),
+            started: Instant::now(),
+            client_ip: None,
+            principal: None,
+            outcome: None,
+            reason: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_16_upper_hex_and_differ() {
+        let a = RequestId::random();
+        let b = RequestId::random();
+        assert_eq!(a.as_str().len(), 16);
+        assert!(a
+            .as_str()
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)));
+        assert_ne!(a, b);
+    }
+}

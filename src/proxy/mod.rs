@@ -1,0 +1,291 @@
+//! The pingora `ProxyHttp` implementation. Read it top-down; each request goes
+//! filter → authenticate → policy → forward, and anything refused is answered here, never
+//! forwarded.
+
+pub mod ctx;
+pub mod respond;
+
+use crate::admin;
+use crate::auth::basic::BasicAuthenticator;
+use crate::auth::{client_ip, AuthError, Credential, Principal};
+use crate::config::Config;
+use crate::metrics::{Metrics, Outcome};
+use crate::policy;
+use async_trait::async_trait;
+use ctx::RequestCtx;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use respond::{Refusal, REQUEST_ID_HEADER};
+use std::sync::Arc;
+
+/// Headers keyward sets on forwarded requests; anything a client sends under this prefix is
+/// removed first.
+const IDENTITY_PREFIX: &str = "x-keyward-";
+
+pub struct KeywardProxy {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    basic: Arc<BasicAuthenticator>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl KeywardProxy {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        basic: Arc<BasicAuthenticator>,
+        upstreams: Arc<LoadBalancer<RoundRobin>>,
+    ) -> KeywardProxy {
+        KeywardProxy {
+            config,
+            metrics,
+            basic,
+            upstreams,
+        }
+    }
+
+    /// Decides a request. `Ok(())` lets it through to the upstream with `ctx.principal` set.
+    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let request = session.req_header();
+        let path = request.uri.path();
+        if policy::is_ambiguous_path(path) {
+            return Err(Refusal::BadRequest("ambiguous_path"));
+        }
+        if admin::is_reserved(path) {
+            return Err(Refusal::NotFound);
+        }
+        let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            // Fail closed: every policy needs to know who is asking.
+            return Err(Refusal::BadRequest("no_client_address"));
+        };
+        ctx.client_ip = Some(client_ip::client_ip(
+            peer,
+            &request.headers,
+            &self.config.trusted_proxies,
+        ));
+
+        let Some(route) = policy::route_for(&self.config.routes, &request.method, path) else {
+            return Err(Refusal::Forbidden("no_route"));
+        };
+        let credential = Credential::find(&request.headers).inspect_err(|e| {
+            self.metrics.auth_failure("unknown", e.reason());
+        })?;
+        ctx.principal = self.authenticate(credential).await?;
+        match Refusal::from_decision(route.decide(ctx.principal.as_ref(), &request.method)) {
+            None => Ok(()),
+            Some(refusal) => Err(refusal),
+        }
+    }
+
+    /// Checks the request's credential, if it presents one.
+    async fn authenticate(
+        &self,
+        credential: Credential<'_>,
+    ) -> Result<Option<Principal>, AuthError> {
+        let Some(kind) = credential.kind() else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let result = match credential {
+            Credential::Basic(value) => self.basic.authenticate(value).await,
+            Credential::None => return Ok(None),
+        };
+        self.metrics
+            .auth_duration(kind.label(), started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics.auth_failure(kind.label(), e.reason());
+        }
+        result.map(Some)
+    }
+
+    fn set_identity_headers(&self, upstream: &mut RequestHeader, principal: &Principal) {
+        let mut set = |name: &'static str, value: String| {
+            // Values come from the store; a value that is not a valid header (a control
+            // character in a user name) is left out rather than failing the request.
+            let _ = upstream.insert_header(name, value);
+        };
+        set("x-keyward-user", principal.user_name.clone());
+        set("x-keyward-user-id", principal.user_id.to_string());
+        if !principal.customers.is_empty() {
+            set("x-keyward-customer", principal.customers.join(","));
+        }
+        set("x-keyward-functions", principal.functions.join(","));
+        set(
+            "x-keyward-security-level",
+            principal.level.as_str().to_owned(),
+        );
+        set("x-keyward-auth-method", principal.method.as_str().to_owned());
+        set("x-keyward-credential", principal.credential_id.clone());
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for KeywardProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                ctx.outcome = Some(refusal.outcome());
+                ctx.reason = Some(refusal.reason());
+                refusal.send(session, ctx.request_id.as_str()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let backend = self.upstreams.select(b"", 256).ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream")
+        })?;
+        let upstream = &self.config.upstream;
+        let mut peer = HttpPeer::new(backend.addr, upstream.tls, upstream.sni.clone());
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.write_timeout = Some(upstream.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let spoofed: Vec<_> = upstream
+            .headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            upstream.remove_header(&name);
+        }
+        if !self.config.forward_credentials {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
+        if let Some(principal) = &ctx.principal {
+            self.set_identity_headers(upstream, principal);
+        }
+        upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.metrics.upstream_response(response.status.as_u16());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let refusal = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(400)) => Some(Refusal::BadRequest("malformed_request")),
+            (
+                _,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) if e.esource() == &ErrorSource::Upstream => Some(Refusal::GatewayTimeout),
+            (ErrorSource::Upstream, _) | (_, ErrorType::ConnectNoRoute) => {
+                Some(Refusal::BadGateway("upstream_unavailable"))
+            }
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => None,
+            (ErrorSource::Downstream, _) => Some(Refusal::BadRequest("malformed_request")),
+            _ => Some(Refusal::Unavailable("internal_error")),
+        };
+        let Some(refusal) = refusal else {
+            ctx.outcome = Some(Outcome::Error);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        ctx.outcome = Some(refusal.outcome());
+        ctx.reason = Some(refusal.reason());
+        // Once the upstream's response has started, the status line is gone; just close.
+        if session.response_written().is_none() {
+            if let Err(write_error) = refusal.send(session, ctx.request_id.as_str()).await {
+                tracing::debug!(error = %write_error, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: refusal.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let request = session.req_header();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let outcome = ctx.outcome.unwrap_or(if error.is_some() {
+            Outcome::Error
+        } else {
+            Outcome::Allowed
+        });
+        self.metrics.request(&request.method, outcome);
+        let principal = ctx.principal.as_ref();
+        tracing::info!(
+            target: "keyward::access",
+            request_id = ctx.request_id.as_str(),
+            method = %request.method,
+            // The path only: query strings can carry secrets.
+            path = request.uri.path(),
+            status,
+            outcome = outcome.as_str(),
+            reason = ctx.reason.unwrap_or(""),
+            user = principal.map(|p| p.user_name.as_str()).unwrap_or("-"),
+            auth_method = principal.map(|p| p.method.as_str()).unwrap_or("-"),
+            client_ip = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let request = session.req_header();
+        format!(
+            "{} {} request_id={}",
+            request.method,
+            request.uri.path(),
+            ctx.request_id.as_str()
+        )
+    }
+}

@@ -1,0 +1,156 @@
+//! The one place that turns a refusal into an HTTP response.
+
+use crate::auth::AuthError;
+use crate::metrics::Outcome;
+use crate::policy::Decision;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+pub const REQUEST_ID_HEADER: &str = "gateway-request-id";
+const CHALLENGE: &str = "Basic realm=\"keyward\", charset=\"UTF-8\"";
+
+/// Every way keyward refuses a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: the request cannot be interpreted safely.
+    BadRequest(&'static str),
+    /// 401: no credential, or a bad one.
+    Unauthenticated(&'static str),
+    /// 403: authenticated, not allowed.
+    Forbidden(&'static str),
+    /// 404: a path keyward reserves for itself that has no endpoint.
+    NotFound,
+    /// 502: no upstream could be reached.
+    BadGateway(&'static str),
+    /// 503: keyward cannot decide right now (the store is down and nothing is cached).
+    Unavailable(&'static str),
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::BadRequest(_) => 400,
+            Refusal::Unauthenticated(_) => 401,
+            Refusal::Forbidden(_) => 403,
+            Refusal::NotFound => 404,
+            Refusal::BadGateway(_) => 502,
+            Refusal::Unavailable(_) => 503,
+            Refusal::GatewayTimeout => 504,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::BadRequest(r)
+            | Refusal::Unauthenticated(r)
+            | Refusal::Forbidden(r)
+            | Refusal::BadGateway(r)
+            | Refusal::Unavailable(r) => r,
+            Refusal::NotFound => "not_found",
+            Refusal::GatewayTimeout => "upstream_timeout",
+        }
+    }
+
+    fn error(self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::NotFound => "not_found",
+            Refusal::BadGateway(_) => "bad_gateway",
+            Refusal::Unavailable(_) => "unavailable",
+            Refusal::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
+            Refusal::BadRequest(_) | Refusal::Forbidden(_) | Refusal::NotFound => Outcome::Denied,
+            Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => {
+                Outcome::Error
+            }
+        }
+    }
+
+    /// The JSON body: small, stable, and free of anything the client did not already know.
+    pub fn body(self, request_id: &str) -> Bytes {
+        let body = serde_json::json!({
+            "status": self.status(),
+            "error": self.error(),
+            "reason": self.reason(),
+            "request_id": request_id,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    pub fn header(self, request_id: &str, body_len: usize) -> ResponseHeader {
+        let mut header = ResponseHeader::build(self.status(), Some(5))
+            .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("500 is a valid status"));
+        let mut set = |name: &'static str, value: String| {
+            // Only fixed names and ASCII values reach here, so this cannot fail.
+            let _ = header.insert_header(name, value);
+        };
+        set("content-type", "application/json".into());
+        set("content-length", body_len.to_string());
+        set("cache-control", "no-store".into());
+        set(REQUEST_ID_HEADER, request_id.to_owned());
+        if matches!(self, Refusal::Unauthenticated(_)) {
+            set("www-authenticate", CHALLENGE.into());
+        }
+        header
+    }
+
+    /// Writes the whole response.
+    pub async fn send(self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+        let body = self.body(request_id);
+        let header = self.header(request_id, body.len());
+        session.write_response_header(Box::new(header), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::StoreUnavailable => Refusal::Unavailable(e.reason()),
+            _ => Refusal::Unauthenticated(e.reason()),
+        }
+    }
+}
+
+impl Refusal {
+    pub fn from_decision(decision: Decision) -> Option<Refusal> {
+        match decision {
+            Decision::Allow => None,
+            Decision::Unauthenticated(r) => Some(Refusal::Unauthenticated(r)),
+            Decision::Forbidden(r) => Some(Refusal::Forbidden(r)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_carries_a_challenge() {
+        let refusal = Refusal::Unauthenticated("bad_secret");
+        let header = refusal.header("0123456789ABCDEF", 10);
+        assert_eq!(header.status.as_u16(), 401);
+        assert!(header.headers.get("www-authenticate").is_some());
+        let body: serde_json::Value =
+            serde_json::from_slice(&refusal.body("0123456789ABCDEF")).unwrap();
+        assert_eq!(body["reason"], "bad_secret");
+        assert_eq!(body["request_id"], "0123456789ABCDEF");
+    }
+
+    #[test]
+    fn store_outage_is_503_not_401() {
+        assert_eq!(Refusal::from(AuthError::StoreUnavailable).status(), 503);
+        assert_eq!(Refusal::from(AuthError::BadSecret).status(), 401);
+    }
+}

@@ -1,0 +1,185 @@
+//! The credential store: one trait, one implementation per backend.
+//!
+//! Every mutation also appends a row to a change feed in the same transaction. A running
+//! keyward reads that feed to drop cache entries that another process (the `keyward user`
+//! CLI, or another replica) made stale, so the feed is part of the store's contract, not an
+//! optimisation.
+
+pub mod sqlite;
+
+use crate::config::StoreUrl;
+use async_trait::async_trait;
+use std::future::Future;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store task failed: {0}")]
+    Task(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// A user (SPEC §1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub domain: Option<String>,
+    pub customer: Option<String>,
+    pub functions: Vec<String>,
+    pub external: bool,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub totp_secret: Option<String>,
+    pub locked: bool,
+    pub created_at_ms: i64,
+}
+
+impl User {
+    /// The id as written in API key prefixes (`15a6`).
+    pub fn id_hex(&self) -> String {
+        format!("{:x}", self.id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub name: String,
+    pub domain: Option<String>,
+    pub customer: Option<String>,
+    pub functions: Vec<String>,
+    pub external: bool,
+    pub password_hash: String,
+}
+
+/// What a change-feed row says changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Anything about a user: lock, unlock, password, functions.
+    User,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::User => "user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        match s {
+            "user" => Some(ChangeKind::User),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: ChangeKind,
+    pub user_id: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Returns false when there is no such user.
+    async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError>;
+    /// Returns false when there is no such user.
+    async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError>;
+
+    /// Change-feed rows with `seq > after`, oldest first.
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;
+    /// The newest change-feed sequence number (0 when empty).
+    async fn latest_change(&self) -> Result<i64, StoreError>;
+    /// Drops change-feed rows older than `before_ms`; returns how many.
+    async fn prune_changes(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Opens the store named by the config, creating and migrating it as needed.
+pub async fn connect(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        StoreUrl::Postgres(_) => Err(StoreError::Unsupported(
+            "store.url: the postgres backend is not available in this build yet; use sqlite://",
+        )),
+    }
+}
+
+/// The store as the server uses it: every call runs on a runtime of its own.
+///
+/// pingora gives each service its own tokio runtime, and a database connection is bound to the
+/// runtime it was opened on. Running all store I/O on one long-lived runtime keeps connections
+/// valid whichever service asks, and keeps store latency off the proxy's worker threads.
+#[derive(Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Db {
+    /// Starts the store runtime and connects on it. The runtime lives as long as the process.
+    pub fn start(url: &StoreUrl) -> Result<Db, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("keyward-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = runtime.block_on(connect(url))?;
+        let handle = runtime.handle().clone();
+        // Never dropped: dropping a runtime from inside another one panics, and the store
+        // must outlive every service anyway.
+        std::mem::forget(runtime);
+        Ok(Db {
+            store,
+            runtime: handle,
+        })
+    }
+
+    /// Runs `f` against the store on the store runtime.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let fut = f(self.store.clone());
+        match self.runtime.spawn(fut).await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Task(e.to_string())),
+        }
+    }
+
+    /// Runs `f` to completion from synchronous code (start-up, before the services run).
+    pub fn block_on<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.runtime.block_on(f(self.store.clone()))
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
