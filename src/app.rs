@@ -118,9 +118,9 @@ pub fn bootstrap_admin(db: &Db, admin: &BootstrapAdmin) -> anyhow::Result<()> {
         ..UserSpec::default()
     };
     let user = db
-        .block_on(|store| async move {
-            Ok(users::add_user(store.as_ref(), spec, &password).await)
-        })?
+        .block_on(
+            |store| async move { Ok(users::add_user(store.as_ref(), spec, &password).await) },
+        )?
         .map_err(|e| anyhow!("bootstrap.admin: {e}"))?;
     tracing::info!(user = %user.name, id = user.id, "created the bootstrap administrator");
     Ok(())

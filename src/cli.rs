@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_CONFIG: &str = "config/keyward.yaml";
 
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version, about = "Authentication sidecar for HTTP upstreams")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Authentication sidecar for HTTP upstreams"
+)]
 pub struct Cli {
     /// Configuration file [default: config/keyward.yaml, or the embedded default when absent]
     #[arg(long, global = true, value_name = "FILE")]
@@ -98,10 +102,9 @@ pub fn run_user_command(config: &Config, command: UserCommand) -> anyhow::Result
                 functions,
                 external,
             };
-            let user = db
-                .block_on(|store| async move {
-                    Ok(users::add_user(store.as_ref(), spec, &password).await)
-                })??;
+            let user = db.block_on(|store| async move {
+                Ok(users::add_user(store.as_ref(), spec, &password).await)
+            })??;
             println!("created user {} (id {:x})", user.name, user.id);
         }
         UserCommand::List => {

@@ -25,6 +25,11 @@ impl Outcome {
     }
 }
 
+/// Credential methods, as the `method` label of the auth metrics.
+const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
+/// The caches reported by `keyward_cache_*`.
+const CACHES: [&str; 1] = [crate::auth::basic::CACHE_NAME];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -55,8 +60,8 @@ impl Metrics {
                 "Time spent authenticating a request, by credential method.",
             )
             .buckets(vec![
-                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
-                0.005, 0.025, 0.1, 0.25, 1.0,
+                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+                0.025, 0.1, 0.25, 1.0,
             ]),
             &["method"],
         )
@@ -80,7 +85,7 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("metric registered once");
-        Metrics {
+        let metrics = Metrics {
             requests: counter_vec(
                 &registry,
                 "keyward_requests_total",
@@ -121,6 +126,44 @@ impl Metrics {
             cache_entries,
             store_errors,
             registry,
+        };
+        metrics.touch_known_series();
+        metrics
+    }
+
+    /// Creates the series every deployment has, at zero, so dashboards and alerts see the
+    /// families from the first scrape instead of after the first event.
+    fn touch_known_series(&self) {
+        for method in [
+            http::Method::GET,
+            http::Method::HEAD,
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::DELETE,
+        ] {
+            for outcome in [
+                Outcome::Allowed,
+                Outcome::Denied,
+                Outcome::Unauthenticated,
+                Outcome::Error,
+            ] {
+                self.requests
+                    .with_label_values(&[method_label(&method), outcome.as_str()]);
+            }
+        }
+        for method in AUTH_METHODS {
+            self.auth_duration.with_label_values(&[method]);
+        }
+        for reason in ["malformed", "unknown_key", "bad_secret", "locked"] {
+            self.auth_failures.with_label_values(&["basic", reason]);
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            self.upstream_responses.with_label_values(&[class]);
+        }
+        for cache in CACHES {
+            self.cache_hits.with_label_values(&[cache]);
+            self.cache_misses.with_label_values(&[cache]);
+            self.cache_entries.with_label_values(&[cache]);
         }
     }
 

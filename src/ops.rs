@@ -68,7 +68,7 @@ impl ServeHttp for OpsApp {
             }
             "/metrics" => {
                 self.metrics
-                    .set_cache_entries(basic::CACHE_NAME, self.basic.entry_count());
+                    .set_cache_entries(basic::CACHE_NAME, self.basic.entry_count().await);
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -43,9 +43,7 @@ pub enum Decision {
 impl Route {
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         let prefix_ok = match path.strip_prefix(self.path.as_str()) {
-            Some(rest) => {
-                self.path.ends_with('/') || rest.is_empty() || rest.starts_with('/')
-            }
+            Some(rest) => self.path.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
             None => false,
         };
         prefix_ok && self.methods.as_ref().is_none_or(|m| m.contains(method))
@@ -73,11 +71,14 @@ impl Route {
         {
             return Decision::Forbidden("function_required");
         }
-        if require.methods.as_ref().is_some_and(|m| !m.contains(method)) {
+        if require
+            .methods
+            .as_ref()
+            .is_some_and(|m| !m.contains(method))
+        {
             return Decision::Forbidden("method_not_allowed");
         }
-        if principal.read_only && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        {
+        if principal.read_only && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return Decision::Forbidden("read_only");
         }
         Decision::Allow
@@ -100,7 +101,8 @@ pub fn is_ambiguous_path(path: &str) -> bool {
     if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
         return true;
     }
-    path.split('/').any(|segment| segment == "." || segment == "..")
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 #[cfg(test)]
@@ -183,7 +185,15 @@ mod tests {
 
     #[test]
     fn ambiguous_paths() {
-        for bad in ["/a/../b", "/a/./b", "/..", "/%2e%2e/x", "/a%2Fb", "/a\\b", "x"] {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/%2e%2e/x",
+            "/a%2Fb",
+            "/a\\b",
+            "x",
+        ] {
             assert!(is_ambiguous_path(bad), "{bad}");
         }
         for good in ["/", "/a/b", "/a..b/c", "/.well-known/x"] {

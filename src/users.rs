@@ -75,7 +75,9 @@ pub async fn add_user(
     password: &str,
 ) -> Result<User, UserError> {
     validate_name(&spec.name)?;
-    spec.functions.iter().try_for_each(|f| validate_function(f))?;
+    spec.functions
+        .iter()
+        .try_for_each(|f| validate_function(f))?;
     validate_password(password)?;
     let password_hash = hash_password(password).map_err(UserError::Hash)?;
     let mut functions = spec.functions;

@@ -142,7 +142,9 @@ impl BasicAuthenticator {
             .invalidate_entries_if(move |_, principal| principal.user_id == user_id);
     }
 
-    pub fn entry_count(&self) -> u64 {
+    /// Exact once pending inserts and evictions are applied, which this does first.
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
         self.cache.entry_count()
     }
 

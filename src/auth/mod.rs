@@ -5,8 +5,8 @@
 //! request carries (see [`Credential::find`]) and never consults more than one.
 
 pub mod basic;
-pub mod password;
 pub mod client_ip;
+pub mod password;
 
 use std::fmt;
 use std::str::FromStr;

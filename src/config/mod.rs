@@ -145,20 +145,27 @@ impl Config {
     }
 }
 
-/// serde reports an unknown key at its parent's path; name the key itself instead.
+/// Names the key itself for unknown-key errors, whatever path serde reported.
 fn issue_from_serde(e: &serde_path_to_error::Error<serde_yaml::Error>) -> ConfigIssue {
     let mut key = e.path().to_string();
     if key == "." {
         key.clear();
     }
-    let message = e.inner().to_string();
+    let mut message = e.inner().to_string();
+    // serde_yaml may prefix its own rendering of the path; the key is shown once, in front.
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if !prefix.contains(' ') {
+            message = rest.to_owned();
+        }
+    }
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(name) = rest.split('`').next() {
-            key = if key.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{key}.{name}")
-            };
+            // serde_path_to_error usually includes the unknown key already; add it if not.
+            if key.is_empty() {
+                key = name.to_owned();
+            } else if key.rsplit('.').next() != Some(name) {
+                key = format!("{key}.{name}");
+            }
             return ConfigIssue {
                 key,
                 message: "unknown key".to_owned(),
@@ -258,10 +265,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     });
 
     if tokens.ttl.0 > tokens.max_ttl.0 {
-        problem(
-            "tokens.ttl".into(),
-            "must not exceed tokens.max_ttl".into(),
-        );
+        problem("tokens.ttl".into(), "must not exceed tokens.max_ttl".into());
     }
 
     let mut parsed_routes = Vec::with_capacity(routes.len());
@@ -372,9 +376,9 @@ fn validate_route(
                 .min_security_level
                 .map(SecurityLevel::from)
                 .unwrap_or(SecurityLevel::External),
-            methods: r.methods.map(|m| {
-                parse_methods(&m, &format!("routes[{i}].require.methods"), problem)
-            }),
+            methods: r
+                .methods
+                .map(|m| parse_methods(&m, &format!("routes[{i}].require.methods"), problem)),
         })
         .unwrap_or_default();
     let allow = match allow {
@@ -414,9 +418,9 @@ fn parse_methods(
     for (j, m) in methods.iter().enumerate() {
         let upper = m.to_ascii_uppercase();
         match KNOWN_METHODS.contains(&upper.as_str()) {
-            true => parsed.push(
-                http::Method::from_bytes(upper.as_bytes()).unwrap_or(http::Method::GET),
-            ),
+            true => {
+                parsed.push(http::Method::from_bytes(upper.as_bytes()).unwrap_or(http::Method::GET))
+            }
             false => problem(format!("{key}[{j}]"), format!("unknown HTTP method {m:?}")),
         }
     }

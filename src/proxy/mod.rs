@@ -121,7 +121,10 @@ impl KeywardProxy {
             "x-keyward-security-level",
             principal.level.as_str().to_owned(),
         );
-        set("x-keyward-auth-method", principal.method.as_str().to_owned());
+        set(
+            "x-keyward-auth-method",
+            principal.method.as_str().to_owned(),
+        );
         set("x-keyward-credential", principal.credential_id.clone());
     }
 }
@@ -134,7 +137,11 @@ impl ProxyHttp for KeywardProxy {
         RequestCtx::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
             Err(refusal) => {
@@ -151,9 +158,10 @@ impl ProxyHttp for KeywardProxy {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let backend = self.upstreams.select(b"", 256).ok_or_else(|| {
-            Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream")
-        })?;
+        let backend = self
+            .upstreams
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
         let upstream = &self.config.upstream;
         let mut peer = HttpPeer::new(backend.addr, upstream.tls, upstream.sni.clone());
         peer.options.connection_timeout = Some(upstream.connect_timeout);

@@ -108,7 +108,9 @@ impl Refusal {
     pub async fn send(self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
         let body = self.body(request_id);
         let header = self.header(request_id, body.len());
-        session.write_response_header(Box::new(header), false).await?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
         session.write_response_body(Some(body), true).await
     }
 }

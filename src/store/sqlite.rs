@@ -21,9 +21,8 @@ const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, pas
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Task(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Task(format!("cannot create {}: {e}", dir.display())))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)

@@ -37,7 +37,10 @@ async fn answer(
             .or_default()
             .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
-    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let body_len = match req.into_body().collect().await {

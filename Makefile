@@ -1,0 +1,17 @@
+# The two commands of a fresh machine:
+#   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
+#   make test                                    # the whole test suite
+.PHONY: run test prereqs load
+
+prereqs:
+	@scripts/prereqs.sh
+
+run: prereqs
+	cargo build --release --bin keyward --example echo_upstream
+	scripts/run.sh
+
+test: prereqs
+	cargo test --all-targets
+
+load: prereqs
+	scripts/load.sh

@@ -1,0 +1,238 @@
+//! The command line: check-config, the user commands, and bootstrap, against real stores.
+
+mod common;
+
+use common::{cli, client, spawn_serve, Keyward, BIN};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const VALID: &str = r#"
+listen: { proxy: 127.0.0.1:18080, ops: 127.0.0.1:19090 }
+upstream: { address: 127.0.0.1:3000 }
+store: { url: sqlite://data/keyward.db }
+tokens: { administrator: admin }
+routes:
+  - path: /
+    require: { min_security_level: EXTERNAL }
+"#;
+
+fn check_config(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_the_shipped_examples() {
+    assert!(check_config(VALID).status.success());
+    for example in ["keyward.yaml", "sidecar.yaml", "edge.yaml"] {
+        let path = format!("{}/config/{example}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(BIN)
+            .args(["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{example}: {out:?}");
+    }
+}
+
+#[test]
+fn check_config_names_an_unknown_key() {
+    let out = check_config(&VALID.replace("tokens:", "tokenz:"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l == "tokenz: unknown key"),
+        "{stderr}"
+    );
+
+    let out = check_config(&VALID.replace(
+        "min_security_level: EXTERNAL",
+        "min_security_level: EXTERNAL, minimum: 1",
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == "routes[0].require.minimum: unknown key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_names_a_bad_cidr() {
+    let out = check_config(&format!(
+        "{VALID}trusted_proxies: [10.0.0.0/8, 300.1.1.0/24]\n"
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trusted_proxies[1]"), "{stderr}");
+    assert!(stderr.contains("300.1.1.0/24"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_a_bad_security_level() {
+    let out = check_config(&VALID.replace("EXTERNAL", "HIGH"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].require.min_security_level"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn user_commands_round_trip_and_lock_beats_the_basic_cache() {
+    let kw = Keyward::start();
+    kw.add_user(
+        "john",
+        "john-password",
+        &[
+            "--function",
+            "CASE-SECMON-RO",
+            "--customer",
+            "7",
+            "--external",
+        ],
+    );
+    let dup = kw.cli(
+        &["user", "add", "john", "--password-stdin"],
+        Some("another-password\n"),
+    );
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+
+    let list = kw.cli(&["user", "list"], None);
+    assert!(list.status.success());
+    let text = String::from_utf8_lossy(&list.stdout);
+    let john = text
+        .lines()
+        .find(|l| l.contains("john"))
+        .expect("john listed");
+    assert!(
+        john.contains("CASE-SECMON-RO") && john.contains("true"),
+        "{john}"
+    );
+    assert!(!text.contains("john-password"));
+
+    let get = || {
+        client()
+            .get(kw.url("/x"))
+            .basic_auth("john", Some("john-password"))
+            .send()
+            .unwrap()
+            .status()
+    };
+    // Warm the Basic cache, then lock from another process.
+    assert_eq!(get(), 200);
+    assert_eq!(get(), 200);
+    assert!(kw.cli(&["user", "lock", "john"], None).status.success());
+    let locked_at = Instant::now();
+    let list = kw.cli(&["user", "list"], None);
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(text
+        .lines()
+        .any(|l| l.contains("john") && l.contains("true  ")));
+    // The change feed is polled every 100 ms in the test config.
+    while get() != 401 {
+        assert!(
+            locked_at.elapsed() < Duration::from_secs(2),
+            "locked user still admitted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    assert!(kw.cli(&["user", "unlock", "john"], None).status.success());
+    let unlocked_at = Instant::now();
+    while get() != 200 {
+        assert!(unlocked_at.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A password change drops the cached login too.
+    let out = kw.cli(
+        &["user", "passwd", "john", "--password-stdin"],
+        Some("new-password-9\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let changed_at = Instant::now();
+    while get() != 401 {
+        assert!(changed_at.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let new = client()
+        .get(kw.url("/x"))
+        .basic_auth("john", Some("new-password-9"))
+        .send()
+        .unwrap();
+    assert_eq!(new.status(), 200);
+}
+
+#[test]
+fn user_commands_refuse_bad_input() {
+    let kw = Keyward::start();
+    let short = kw.cli(&["user", "add", "eve", "--password-stdin"], Some("short\n"));
+    assert!(!short.status.success());
+    let slash = kw.cli(
+        &["user", "add", "a/b", "--password-stdin"],
+        Some("long-enough-1\n"),
+    );
+    assert!(!slash.status.success());
+    let missing = kw.cli(&["user", "lock", "nobody"], None);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no user named"));
+    // Without --password-stdin and without a terminal there is nothing to read from.
+    let no_tty = kw.cli(&["user", "add", "eve"], None);
+    assert!(!no_tty.status.success());
+    assert!(String::from_utf8_lossy(&no_tty.stderr).contains("--password-stdin"));
+}
+
+#[test]
+fn serve_refuses_to_start_without_the_bootstrap_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.yaml");
+    let yaml = VALID
+        .replace("18080", &common::free_port().to_string())
+        .replace("19090", &common::free_port().to_string())
+        .replace(
+            "sqlite://data/keyward.db",
+            &format!("sqlite://{}", dir.path().join("k.db").display()),
+        )
+        + "bootstrap:\n  admin: { name: admin, password_env: KEYWARD_TEST_ADMIN_PASSWORD }\n";
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = spawn_serve(&path, dir.path(), None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keyward started without the bootstrap password");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(stderr.contains("KEYWARD_TEST_ADMIN_PASSWORD"), "{stderr}");
+
+    // Once the user exists, the variable is no longer needed.
+    let out = cli(
+        &path,
+        &["user", "add", "admin", "--password-stdin"],
+        Some("admin-password-1\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut child = spawn_serve(&path, dir.path(), None);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "keyward should be running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

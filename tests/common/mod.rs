@@ -1,0 +1,264 @@
+//! Test harness: a real keyward process on ephemeral loopback ports, in front of a real echoing
+//! HTTP upstream, with a temporary SQLite store, driven by a real HTTP client.
+
+#![allow(dead_code)]
+
+pub mod echo;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// A free loopback port (bound, then released for keyward to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub stats: Arc<echo::EchoStats>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let (addr, stats) = echo::spawn("127.0.0.1:0");
+        Upstream { addr, stats }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// What to put in the config besides listeners, upstream and store.
+pub struct Setup {
+    pub routes: String,
+    pub extra: String,
+    /// `None`: an upstream is started; `Some(addr)`: use this address instead.
+    pub upstream_address: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            routes: r#"
+  - path: /public
+    public: true
+  - path: /
+    require: { min_security_level: EXTERNAL }
+"#
+            .into(),
+            extra: String::new(),
+            upstream_address: None,
+        }
+    }
+}
+
+pub struct Keyward {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub ops: SocketAddr,
+    pub upstream: Option<Upstream>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Keyward {
+    pub fn start() -> Keyward {
+        Keyward::start_with(Setup::default())
+    }
+
+    pub fn start_with(setup: Setup) -> Keyward {
+        let dir = tempfile::tempdir().unwrap();
+        let (upstream, upstream_address) = match setup.upstream_address {
+            Some(address) => (None, address),
+            None => {
+                let upstream = Upstream::start();
+                let address = upstream.addr.to_string();
+                (Some(upstream), address)
+            }
+        };
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            r#"
+listen:
+  proxy: {proxy}
+  ops: {ops}
+upstream:
+  address: {upstream_address}
+  connect_timeout: 2s
+  read_timeout: 3s
+store:
+  url: sqlite://{db}
+bootstrap:
+  admin:
+    name: admin
+    password_env: KEYWARD_TEST_ADMIN_PASSWORD
+    functions: [POWER-USER]
+tokens:
+  administrator: admin
+server:
+  threads: 2
+  grace_period: 2s
+  shutdown_timeout: 1s
+cache:
+  invalidation_poll: 100ms
+routes:{routes}
+{extra}
+"#,
+            db = dir.path().join("keyward.db").display(),
+            routes = setup.routes,
+            extra = setup.extra,
+        );
+        let config_path = dir.path().join("keyward.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = spawn_serve(&config_path, dir.path(), Some(ADMIN_PASSWORD));
+        let mut keyward = Keyward {
+            child,
+            proxy,
+            ops,
+            upstream,
+            dir,
+            config_path,
+        };
+        keyward.wait_ready();
+        keyward
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = client();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("keyward exited early ({status}):\n{}", self.stderr());
+            }
+            if let Ok(resp) = client.get(self.ops_url("/readyz")).send() {
+                if resp.status() == 200 && client.get(self.url("/public")).send().is_ok() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("keyward not ready after 30s:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ops, path)
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        self.upstream
+            .as_ref()
+            .expect("this keyward has a test upstream")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Runs `keyward <args> --config <this config>`, feeding `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        cli(&self.config_path, args, stdin)
+    }
+
+    /// Creates a user through the CLI.
+    pub fn add_user(&self, name: &str, password: &str, extra: &[&str]) {
+        let mut args = vec!["user", "add", name, "--password-stdin"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args, Some(&format!("{password}\n")));
+        assert!(out.status.success(), "user add failed: {out:?}");
+    }
+
+    pub fn metrics(&self) -> String {
+        client()
+            .get(self.ops_url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Keyward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_serve(config: &Path, dir: &Path, admin_password: Option<&str>) -> Child {
+    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("KEYWARD_TEST_ADMIN_PASSWORD")
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    if let Some(password) = admin_password {
+        command.env("KEYWARD_TEST_ADMIN_PASSWORD", password);
+    }
+    command.spawn().unwrap()
+}
+
+pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// The upstream's echo of a forwarded request.
+pub fn echoed(resp: reqwest::blocking::Response) -> serde_json::Value {
+    assert_eq!(resp.status(), 200, "expected the upstream's answer");
+    resp.json().unwrap()
+}
+
+/// The first value the upstream saw for `name`.
+pub fn echoed_header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
