@@ -3,6 +3,8 @@
 
 use crate::auth::basic::{self, BasicAuthenticator};
 use crate::metrics::Metrics;
+use crate::proxy::ctx::RequestId;
+use crate::proxy::respond::REQUEST_ID_HEADER;
 use crate::store::Db;
 use async_trait::async_trait;
 use http::Response;
@@ -46,6 +48,7 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header("content-type", content_type)
         .header("content-length", body.len())
         .header("cache-control", "no-store")
+        .header(REQUEST_ID_HEADER, RequestId::random().as_str())
         .body(body)
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }

@@ -416,3 +416,24 @@ fn sigterm_drains_in_flight_requests() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn edge_round_robin_skips_an_unhealthy_upstream() {
+    let a = common::Upstream::start();
+    let b = common::Upstream::start();
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let kw = Keyward::start_with(Setup {
+        upstream_addresses: Some(vec![a.addr.to_string(), b.addr.to_string(), dead]),
+        ..Setup::default()
+    });
+    // Health checks run every 200 ms in this config; give them time to mark the dead one down.
+    std::thread::sleep(Duration::from_millis(800));
+    let (a0, b0) = (a.requests(), b.requests());
+    for _ in 0..20 {
+        let resp = client().get(kw.url("/public")).send().unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let (da, db) = (a.requests() - a0, b.requests() - b0);
+    assert_eq!(da + db, 20);
+    assert!(da >= 5 && db >= 5, "round robin spread {da}/{db}");
+}

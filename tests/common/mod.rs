@@ -47,6 +47,8 @@ pub struct Setup {
     pub extra: String,
     /// `None`: an upstream is started; `Some(addr)`: use this address instead.
     pub upstream_address: Option<String>,
+    /// Several upstreams (the edge case), instead of one.
+    pub upstream_addresses: Option<Vec<String>>,
 }
 
 impl Default for Setup {
@@ -61,6 +63,7 @@ impl Default for Setup {
             .into(),
             extra: String::new(),
             upstream_address: None,
+            upstream_addresses: None,
         }
     }
 }
@@ -81,12 +84,19 @@ impl Keyward {
 
     pub fn start_with(setup: Setup) -> Keyward {
         let dir = tempfile::tempdir().unwrap();
-        let (upstream, upstream_address) = match setup.upstream_address {
-            Some(address) => (None, address),
-            None => {
+        let (upstream, upstream_line) = match (setup.upstream_address, setup.upstream_addresses) {
+            (_, Some(many)) => (
+                None,
+                format!(
+                    "addresses: [{}]\n  health_check_interval: 200ms",
+                    many.join(", ")
+                ),
+            ),
+            (Some(address), None) => (None, format!("address: {address}")),
+            (None, None) => {
                 let upstream = Upstream::start();
-                let address = upstream.addr.to_string();
-                (Some(upstream), address)
+                let line = format!("address: {}", upstream.addr);
+                (Some(upstream), line)
             }
         };
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -97,7 +107,7 @@ listen:
   proxy: {proxy}
   ops: {ops}
 upstream:
-  address: {upstream_address}
+  {upstream_line}
   connect_timeout: 2s
   read_timeout: 3s
 store:
