@@ -1,9 +1,12 @@
 //! `keyward serve`: assembles the services from a validated config and runs them.
 
+use crate::admin::AdminApi;
+use crate::auth::api_key::{ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
 use crate::auth::basic::BasicAuthenticator;
 use crate::auth::password::PasswordHasher;
+use crate::auth::Authenticator;
 use crate::config::{BootstrapAdmin, Config};
-use crate::invalidation::ChangeFollower;
+use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::KeywardProxy;
@@ -25,6 +28,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     // Read before serving so that no change written from here on is missed.
     let feed_start = db.block_on(|store| async move { store.latest_change().await })?;
+    let pepper = db.block_on(|store| async move { store.api_key_pepper().await })?;
 
     let metrics = Arc::new(Metrics::new());
     let hasher = PasswordHasher::new(config.server.threads);
@@ -34,6 +38,24 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         config.cache.basic_ttl,
         config.cache.basic_capacity,
+    ));
+    let api_keys = Arc::new(ApiKeyAuthenticator::new(
+        db.clone(),
+        metrics.clone(),
+        KeyHasher::new(pepper),
+        &ApiKeyCacheSettings {
+            ttl: config.cache.api_key_ttl,
+            capacity: config.cache.api_key_capacity,
+            negative_ttl: config.cache.negative_ttl,
+            negative_capacity: config.cache.negative_capacity,
+        },
+    ));
+    let auth = Arc::new(Authenticator::new(basic, api_keys, metrics.clone()));
+    let admin = Arc::new(AdminApi::new(
+        db.clone(),
+        auth.clone(),
+        metrics.clone(),
+        config.clone(),
     ));
 
     let server_conf = ServerConf {
@@ -62,19 +84,26 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Arc::new(balancer)
     };
 
-    let proxy = KeywardProxy::new(config.clone(), metrics.clone(), basic.clone(), upstreams);
+    let proxy = KeywardProxy::new(
+        config.clone(),
+        metrics.clone(),
+        auth.clone(),
+        admin,
+        upstreams,
+    );
     let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     proxy_service.add_tcp(&config.listen_proxy);
 
     let mut ops = Service::new(
         "keyward ops".to_owned(),
-        OpsApp::new(db.clone(), metrics.clone(), basic.clone()),
+        OpsApp::new(db.clone(), metrics.clone(), auth.clone()),
     );
     ops.add_tcp(&config.listen_ops);
 
+    let flusher = UsageFlusher::new(auth.clone(), config.api_keys.last_used_flush);
     let follower = ChangeFollower::new(
         db,
-        basic,
+        auth,
         metrics,
         config.cache.invalidation_poll,
         feed_start,
@@ -83,6 +112,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(proxy_service);
     server.add_service(ops);
     server.add_service(background_service("change feed", follower));
+    server.add_service(background_service("api key usage", flusher));
     tracing::info!(
         proxy = %config.listen_proxy,
         ops = %config.listen_ops,

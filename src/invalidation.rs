@@ -4,7 +4,7 @@
 //! returns; this loop is for everything else — the `keyward user` CLI writing to the same store,
 //! and other replicas — and bounds their staleness to `cache.invalidation_poll`.
 
-use crate::auth::basic::BasicAuthenticator;
+use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, ChangeKind, Db};
 use async_trait::async_trait;
@@ -21,7 +21,7 @@ const BATCH: i64 = 1000;
 
 pub struct ChangeFollower {
     db: Db,
-    basic: Arc<BasicAuthenticator>,
+    auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     interval: Duration,
     last_seq: AtomicI64,
@@ -32,14 +32,14 @@ impl ChangeFollower {
     /// written after it is missed.
     pub fn new(
         db: Db,
-        basic: Arc<BasicAuthenticator>,
+        auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         interval: Duration,
         start_seq: i64,
     ) -> ChangeFollower {
         ChangeFollower {
             db,
-            basic,
+            auth,
             metrics,
             interval,
             last_seq: AtomicI64::new(start_seq),
@@ -66,7 +66,8 @@ impl ChangeFollower {
             let count = changes.len();
             for change in &changes {
                 match change.kind {
-                    ChangeKind::User => self.basic.invalidate_user(change.user_id),
+                    ChangeKind::User => self.auth.invalidate_user(change.user_id),
+                    ChangeKind::ApiKey => self.auth.api_keys.invalidate_user(change.user_id),
                 }
                 self.last_seq.store(change.seq, Ordering::Release);
             }
@@ -86,6 +87,36 @@ impl ChangeFollower {
         {
             self.metrics.store_error();
             tracing::warn!(error = %e, "cannot prune the change feed");
+        }
+    }
+}
+
+/// Writes API key last uses to the store every `interval`, off the request path.
+pub struct UsageFlusher {
+    auth: Arc<Authenticator>,
+    interval: Duration,
+}
+
+impl UsageFlusher {
+    pub fn new(auth: Arc<Authenticator>, interval: Duration) -> UsageFlusher {
+        UsageFlusher { auth, interval }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for UsageFlusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    // What was recorded since the last tick is written before exiting.
+                    self.auth.api_keys.flush_usage().await;
+                    return;
+                }
+                _ = ticker.tick() => self.auth.api_keys.flush_usage().await,
+            }
         }
     }
 }

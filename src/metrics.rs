@@ -28,7 +28,11 @@ impl Outcome {
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
 /// The caches reported by `keyward_cache_*`.
-const CACHES: [&str; 1] = [crate::auth::basic::CACHE_NAME];
+const CACHES: [&str; 3] = [
+    crate::auth::basic::CACHE_NAME,
+    crate::auth::api_key::CACHE_NAME,
+    crate::auth::api_key::NEGATIVE_CACHE_NAME,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -156,6 +160,16 @@ impl Metrics {
         }
         for reason in ["malformed", "unknown_key", "bad_secret", "locked"] {
             self.auth_failures.with_label_values(&["basic", reason]);
+        }
+        for reason in [
+            "malformed",
+            "unknown_key",
+            "bad_secret",
+            "expired",
+            "source_not_allowed",
+            "locked",
+        ] {
+            self.auth_failures.with_label_values(&["apikey", reason]);
         }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             self.upstream_responses.with_label_values(&[class]);

@@ -1,7 +1,7 @@
 //! The ops listener: `/healthz`, `/readyz`, `/metrics`. Separate from the proxy listener so it
 //! can be bound to a private interface.
 
-use crate::auth::basic::{self, BasicAuthenticator};
+use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::proxy::ctx::RequestId;
 use crate::proxy::respond::REQUEST_ID_HEADER;
@@ -16,12 +16,12 @@ use std::time::Duration;
 pub struct OpsApp {
     db: Db,
     metrics: Arc<Metrics>,
-    basic: Arc<BasicAuthenticator>,
+    auth: Arc<Authenticator>,
 }
 
 impl OpsApp {
-    pub fn new(db: Db, metrics: Arc<Metrics>, basic: Arc<BasicAuthenticator>) -> OpsApp {
-        OpsApp { db, metrics, basic }
+    pub fn new(db: Db, metrics: Arc<Metrics>, auth: Arc<Authenticator>) -> OpsApp {
+        OpsApp { db, metrics, auth }
     }
 
     async fn store_ready(&self) -> bool {
@@ -70,8 +70,7 @@ impl ServeHttp for OpsApp {
                 }
             }
             "/metrics" => {
-                self.metrics
-                    .set_cache_entries(basic::CACHE_NAME, self.basic.entry_count().await);
+                self.auth.report_cache_entries().await;
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -92,12 +92,12 @@ impl BasicAuthenticator {
         }
     }
 
-    pub async fn authenticate(&self, header: &[u8]) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, header: &[u8]) -> Result<Arc<Principal>, AuthError> {
         let (name, password) = parse(header)?;
         let key = self.cache_key_for(header);
         if let Some(principal) = self.cache.get(&key).await {
             self.metrics.cache_hit(CACHE_NAME);
-            return Ok((*principal).clone());
+            return Ok(principal);
         }
         self.metrics.cache_miss(CACHE_NAME);
 
@@ -126,9 +126,9 @@ impl BasicAuthenticator {
         if user.locked {
             return Err(AuthError::Locked);
         }
-        let principal = principal_for(&user);
+        let principal = Arc::new(principal_for(&user));
         if self.generation.load(Ordering::Acquire) == generation {
-            self.cache.insert(key, Arc::new(principal.clone())).await;
+            self.cache.insert(key, principal.clone()).await;
         }
         Ok(principal)
     }

@@ -4,12 +4,17 @@
 //! `Ok(Principal)` or `Err(AuthError)`. The proxy picks the authenticator by the credential the
 //! request carries (see [`Credential::find`]) and never consults more than one.
 
+pub mod api_key;
 pub mod basic;
 pub mod client_ip;
 pub mod password;
 
+use crate::metrics::Metrics;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// How much a request is trusted, lowest to highest (SPEC §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -152,6 +157,10 @@ pub enum AuthError {
     BadSecret,
     #[error("the account is locked")]
     Locked,
+    #[error("the credential has expired")]
+    Expired,
+    #[error("the credential may not be used from this address")]
+    SourceNotAllowed,
     #[error("more than one credential was presented")]
     Ambiguous,
     /// The store could not be asked; the credential may well be valid (answered 503).
@@ -167,6 +176,8 @@ impl AuthError {
             AuthError::UnknownKey => "unknown_key",
             AuthError::BadSecret => "bad_secret",
             AuthError::Locked => "locked",
+            AuthError::Expired => "expired",
+            AuthError::SourceNotAllowed => "source_not_allowed",
             AuthError::Ambiguous => "ambiguous_credentials",
             AuthError::StoreUnavailable => "store_unavailable",
         }
@@ -178,25 +189,30 @@ impl AuthError {
 pub enum Credential<'a> {
     None,
     Basic(&'a [u8]),
+    ApiKey(&'a [u8]),
 }
 
 impl<'a> Credential<'a> {
     /// Finds the one credential of a request. Several explicit credentials are refused rather
     /// than guessed between: a proxy that picks one silently can be talked into the wrong one.
     pub fn find(headers: &'a http::HeaderMap) -> Result<Credential<'a>, AuthError> {
-        let mut authorization = headers.get_all(http::header::AUTHORIZATION).iter();
-        let first = authorization.next();
-        if authorization.next().is_some() {
-            return Err(AuthError::Ambiguous);
-        }
-        match first {
-            Some(value) if basic::is_basic(value.as_bytes()) => {
-                Ok(Credential::Basic(value.as_bytes()))
-            }
+        let basic = match single(headers, http::header::AUTHORIZATION.as_str())
+            .map_err(|()| AuthError::Ambiguous)?
+        {
+            Some(value) if basic::is_basic(value) => Some(Credential::Basic(value)),
             // An Authorization scheme keyward does not know is not a credential for it; refuse
             // rather than forward something the upstream might honour.
-            Some(_) => Err(AuthError::Malformed),
-            None => Ok(Credential::None),
+            Some(_) => return Err(AuthError::Malformed),
+            None => None,
+        };
+        // Several keys in one request cannot be told apart: malformed, not ambiguous.
+        let api_key = single(headers, api_key::HEADER)
+            .map_err(|()| AuthError::Malformed)?
+            .map(Credential::ApiKey);
+        match (basic, api_key) {
+            (Some(_), Some(_)) => Err(AuthError::Ambiguous),
+            (Some(one), None) | (None, Some(one)) => Ok(one),
+            (None, None) => Ok(Credential::None),
         }
     }
 
@@ -204,7 +220,78 @@ impl<'a> Credential<'a> {
         match self {
             Credential::None => None,
             Credential::Basic(_) => Some(CredentialKind::Basic),
+            Credential::ApiKey(_) => Some(CredentialKind::ApiKey),
         }
+    }
+}
+
+/// The value of a header that may appear at most once; `Err` when it appears several times.
+fn single<'a>(headers: &'a http::HeaderMap, name: &str) -> Result<Option<&'a [u8]>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    Ok(first.map(|v| v.as_bytes()))
+}
+
+/// Every authenticator, behind the one question the proxy and the admin API ask.
+pub struct Authenticator {
+    pub basic: Arc<basic::BasicAuthenticator>,
+    pub api_keys: Arc<api_key::ApiKeyAuthenticator>,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    pub fn new(
+        basic: Arc<basic::BasicAuthenticator>,
+        api_keys: Arc<api_key::ApiKeyAuthenticator>,
+        metrics: Arc<Metrics>,
+    ) -> Authenticator {
+        Authenticator {
+            basic,
+            api_keys,
+            metrics,
+        }
+    }
+
+    /// Checks the request's credential, if it presents one, and reports the outcome.
+    pub async fn authenticate(
+        &self,
+        credential: Credential<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Option<Arc<Principal>>, AuthError> {
+        let Some(kind) = credential.kind() else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let result = match credential {
+            Credential::Basic(value) => self.basic.authenticate(value).await,
+            Credential::ApiKey(value) => self.api_keys.authenticate(value, client_ip).await,
+            Credential::None => return Ok(None),
+        };
+        self.metrics
+            .auth_duration(kind.label(), started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics.auth_failure(kind.label(), e.reason());
+        }
+        result.map(Some)
+    }
+
+    /// Drops everything cached about a user, for every credential kind.
+    pub fn invalidate_user(&self, user_id: i64) {
+        self.basic.invalidate_user(user_id);
+        self.api_keys.invalidate_user(user_id);
+    }
+
+    /// Publishes cache sizes to the metrics.
+    pub async fn report_cache_entries(&self) {
+        self.metrics
+            .set_cache_entries(basic::CACHE_NAME, self.basic.entry_count().await);
+        let (keys, unknown) = self.api_keys.entry_counts().await;
+        self.metrics.set_cache_entries(api_key::CACHE_NAME, keys);
+        self.metrics
+            .set_cache_entries(api_key::NEGATIVE_CACHE_NAME, unknown);
     }
 }
 
@@ -234,6 +321,21 @@ mod tests {
         headers.append("authorization", "Basic YTpi".parse().unwrap());
         headers.append("authorization", "Basic YzpK".parse().unwrap());
         assert_eq!(Credential::find(&headers), Err(AuthError::Ambiguous));
+    }
+
+    #[test]
+    fn mixed_and_repeated_credentials() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("argus-api-key", "a/1/x".parse().unwrap());
+        assert!(matches!(
+            Credential::find(&headers),
+            Ok(Credential::ApiKey(b"a/1/x"))
+        ));
+        headers.append("authorization", "Basic YTpi".parse().unwrap());
+        assert_eq!(Credential::find(&headers), Err(AuthError::Ambiguous));
+        headers.remove("authorization");
+        headers.append("argus-api-key", "a/2/x".parse().unwrap());
+        assert_eq!(Credential::find(&headers), Err(AuthError::Malformed));
     }
 
     #[test]

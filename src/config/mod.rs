@@ -67,6 +67,14 @@ pub struct Config {
     pub logging: Logging,
     pub cache: CacheSettings,
     pub server: ServerSettings,
+    pub api_keys: ApiKeySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeySettings {
+    pub default_expiration_days: i64,
+    pub max_expiration_days: i64,
+    pub last_used_flush: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +119,10 @@ pub struct CacheSettings {
     pub basic_ttl: Duration,
     pub basic_capacity: u64,
     pub invalidation_poll: Duration,
+    pub api_key_ttl: Duration,
+    pub api_key_capacity: u64,
+    pub negative_ttl: Duration,
+    pub negative_capacity: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +201,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         logging,
         cache,
         server,
+        api_keys,
     } = file;
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
@@ -302,6 +315,26 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             "must be greater than zero".into(),
         );
     }
+    if api_keys.max_expiration_days < 1 {
+        problem(
+            "api_keys.max_expiration_days".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if api_keys.default_expiration_days < 1
+        || api_keys.default_expiration_days > api_keys.max_expiration_days
+    {
+        problem(
+            "api_keys.default_expiration_days".into(),
+            "must be between 1 and api_keys.max_expiration_days".into(),
+        );
+    }
+    if api_keys.last_used_flush.0.is_zero() {
+        problem(
+            "api_keys.last_used_flush".into(),
+            "must be greater than zero".into(),
+        );
+    }
     if server.threads == 0 {
         problem("server.threads".into(), "must be at least 1".into());
     }
@@ -335,6 +368,15 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             basic_ttl: cache.basic_ttl.0,
             basic_capacity: cache.basic_capacity,
             invalidation_poll: cache.invalidation_poll.0,
+            api_key_ttl: cache.api_key_ttl.0,
+            api_key_capacity: cache.api_key_capacity,
+            negative_ttl: cache.negative_ttl.0,
+            negative_capacity: cache.negative_capacity,
+        },
+        api_keys: ApiKeySettings {
+            default_expiration_days: api_keys.default_expiration_days,
+            max_expiration_days: api_keys.max_expiration_days,
+            last_used_flush: api_keys.last_used_flush.0,
         },
         server: ServerSettings {
             threads: server.threads,

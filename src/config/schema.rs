@@ -29,6 +29,30 @@ pub struct FileConfig {
     pub cache: CacheFile,
     #[serde(default)]
     pub server: ServerFile,
+    #[serde(default)]
+    pub api_keys: ApiKeysFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysFile {
+    #[serde(default = "defaults::default_expiration_days")]
+    pub default_expiration_days: i64,
+    #[serde(default = "defaults::max_expiration_days")]
+    pub max_expiration_days: i64,
+    /// How often recorded last uses are written to the store.
+    #[serde(default = "defaults::last_used_flush")]
+    pub last_used_flush: Seconds,
+}
+
+impl Default for ApiKeysFile {
+    fn default() -> Self {
+        ApiKeysFile {
+            default_expiration_days: defaults::default_expiration_days(),
+            max_expiration_days: defaults::max_expiration_days(),
+            last_used_flush: defaults::last_used_flush(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +197,15 @@ pub struct CacheFile {
     pub basic_capacity: u64,
     #[serde(default = "defaults::invalidation_poll")]
     pub invalidation_poll: Seconds,
+    #[serde(default = "defaults::api_key_ttl")]
+    pub api_key_ttl: Seconds,
+    #[serde(default = "defaults::cache_capacity")]
+    pub api_key_capacity: u64,
+    /// How long an unknown key prefix is answered without asking the store.
+    #[serde(default = "defaults::negative_ttl")]
+    pub negative_ttl: Seconds,
+    #[serde(default = "defaults::cache_capacity")]
+    pub negative_capacity: u64,
 }
 
 impl Default for CacheFile {
@@ -181,6 +214,10 @@ impl Default for CacheFile {
             basic_ttl: defaults::basic_ttl(),
             basic_capacity: defaults::basic_capacity(),
             invalidation_poll: defaults::invalidation_poll(),
+            api_key_ttl: defaults::api_key_ttl(),
+            api_key_capacity: defaults::cache_capacity(),
+            negative_ttl: defaults::negative_ttl(),
+            negative_capacity: defaults::cache_capacity(),
         }
     }
 }
@@ -256,6 +293,24 @@ mod defaults {
     }
     pub fn invalidation_poll() -> Seconds {
         Seconds(Duration::from_millis(250))
+    }
+    pub fn default_expiration_days() -> i64 {
+        90
+    }
+    pub fn max_expiration_days() -> i64 {
+        365
+    }
+    pub fn last_used_flush() -> Seconds {
+        Seconds(Duration::from_secs(10))
+    }
+    pub fn api_key_ttl() -> Seconds {
+        Seconds(Duration::from_secs(300))
+    }
+    pub fn cache_capacity() -> u64 {
+        100_000
+    }
+    pub fn negative_ttl() -> Seconds {
+        Seconds(Duration::from_secs(30))
     }
     pub fn threads() -> usize {
         2

@@ -5,6 +5,7 @@ use crate::auth::Principal;
 use crate::metrics::Outcome;
 use rand::Rng;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// `Gateway-Request-Id`: 16 upper-case hex digits (64 random bits).
@@ -32,7 +33,7 @@ pub struct RequestCtx {
     pub request_id: RequestId,
     pub started: Instant,
     pub client_ip: Option<IpAddr>,
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
     /// Set when keyward answered the request itself (a refusal, or an admin answer).
     pub outcome: Option<Outcome>,
     /// Why the request was refused, for the access log.

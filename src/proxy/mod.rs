@@ -5,9 +5,8 @@
 pub mod ctx;
 pub mod respond;
 
-use crate::admin;
-use crate::auth::basic::BasicAuthenticator;
-use crate::auth::{client_ip, AuthError, Credential, Principal};
+use crate::admin::{self, AdminApi};
+use crate::auth::{api_key, client_ip, Authenticator, Credential, Principal};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy;
@@ -28,34 +27,41 @@ const IDENTITY_PREFIX: &str = "x-keyward-";
 pub struct KeywardProxy {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    basic: Arc<BasicAuthenticator>,
+    auth: Arc<Authenticator>,
+    admin: Arc<AdminApi>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+/// Where an admitted request goes.
+enum Admission {
+    Upstream,
+    Admin,
 }
 
 impl KeywardProxy {
     pub fn new(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
-        basic: Arc<BasicAuthenticator>,
+        auth: Arc<Authenticator>,
+        admin: Arc<AdminApi>,
         upstreams: Arc<LoadBalancer<RoundRobin>>,
     ) -> KeywardProxy {
         KeywardProxy {
             config,
             metrics,
-            basic,
+            auth,
+            admin,
             upstreams,
         }
     }
 
-    /// Decides a request. `Ok(())` lets it through to the upstream with `ctx.principal` set.
-    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    /// Decides a request: to the upstream (with `ctx.principal` set), to the admin API, or
+    /// refused.
+    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Admission, Refusal> {
         let request = session.req_header();
         let path = request.uri.path();
         if policy::is_ambiguous_path(path) {
             return Err(Refusal::BadRequest("ambiguous_path"));
-        }
-        if admin::is_reserved(path) {
-            return Err(Refusal::NotFound);
         }
         let Some(peer) = session
             .client_addr()
@@ -65,11 +71,11 @@ impl KeywardProxy {
             // Fail closed: every policy needs to know who is asking.
             return Err(Refusal::BadRequest("no_client_address"));
         };
-        ctx.client_ip = Some(client_ip::client_ip(
-            peer,
-            &request.headers,
-            &self.config.trusted_proxies,
-        ));
+        let client_ip = client_ip::client_ip(peer, &request.headers, &self.config.trusted_proxies);
+        ctx.client_ip = Some(client_ip);
+        if admin::is_reserved(path) {
+            return Ok(Admission::Admin);
+        }
 
         let Some(route) = policy::route_for(&self.config.routes, &request.method, path) else {
             return Err(Refusal::Forbidden("no_route"));
@@ -77,32 +83,11 @@ impl KeywardProxy {
         let credential = Credential::find(&request.headers).inspect_err(|e| {
             self.metrics.auth_failure("unknown", e.reason());
         })?;
-        ctx.principal = self.authenticate(credential).await?;
-        match Refusal::from_decision(route.decide(ctx.principal.as_ref(), &request.method)) {
-            None => Ok(()),
+        ctx.principal = self.auth.authenticate(credential, client_ip).await?;
+        match Refusal::from_decision(route.decide(ctx.principal.as_deref(), &request.method)) {
+            None => Ok(Admission::Upstream),
             Some(refusal) => Err(refusal),
         }
-    }
-
-    /// Checks the request's credential, if it presents one.
-    async fn authenticate(
-        &self,
-        credential: Credential<'_>,
-    ) -> Result<Option<Principal>, AuthError> {
-        let Some(kind) = credential.kind() else {
-            return Ok(None);
-        };
-        let started = std::time::Instant::now();
-        let result = match credential {
-            Credential::Basic(value) => self.basic.authenticate(value).await,
-            Credential::None => return Ok(None),
-        };
-        self.metrics
-            .auth_duration(kind.label(), started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            self.metrics.auth_failure(kind.label(), e.reason());
-        }
-        result.map(Some)
     }
 
     fn set_identity_headers(&self, upstream: &mut RequestHeader, principal: &Principal) {
@@ -143,7 +128,11 @@ impl ProxyHttp for KeywardProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+            Ok(Admission::Upstream) => Ok(false),
+            Ok(Admission::Admin) => {
+                self.admin.handle(session, ctx).await?;
+                Ok(true)
+            }
             Err(refusal) => {
                 ctx.outcome = Some(refusal.outcome());
                 ctx.reason = Some(refusal.reason());
@@ -187,6 +176,7 @@ impl ProxyHttp for KeywardProxy {
         }
         if !self.config.forward_credentials {
             upstream.remove_header(&http::header::AUTHORIZATION);
+            upstream.remove_header(api_key::HEADER);
         }
         if let Some(principal) = &ctx.principal {
             self.set_identity_headers(upstream, principal);
@@ -270,7 +260,7 @@ impl ProxyHttp for KeywardProxy {
             Outcome::Allowed
         });
         self.metrics.request(&request.method, outcome);
-        let principal = ctx.principal.as_ref();
+        let principal = ctx.principal.as_deref();
         tracing::info!(
             target: "keyward::access",
             request_id = ctx.request_id.as_str(),

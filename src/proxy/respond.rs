@@ -87,32 +87,56 @@ impl Refusal {
         Bytes::from(body.to_string())
     }
 
-    pub fn header(self, request_id: &str, body_len: usize) -> ResponseHeader {
-        let mut header = ResponseHeader::build(self.status(), Some(5))
-            .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("500 is a valid status"));
-        let mut set = |name: &'static str, value: String| {
-            // Only fixed names and ASCII values reach here, so this cannot fail.
-            let _ = header.insert_header(name, value);
-        };
-        set("content-type", "application/json".into());
-        set("content-length", body_len.to_string());
-        set("cache-control", "no-store".into());
-        set(REQUEST_ID_HEADER, request_id.to_owned());
-        if matches!(self, Refusal::Unauthenticated(_)) {
-            set("www-authenticate", CHALLENGE.into());
-        }
-        header
-    }
-
     /// Writes the whole response.
     pub async fn send(self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
-        let body = self.body(request_id);
-        let header = self.header(request_id, body.len());
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(body), true).await
+        let challenge = matches!(self, Refusal::Unauthenticated(_));
+        send_json(
+            session,
+            self.status(),
+            self.body(request_id),
+            request_id,
+            challenge,
+        )
+        .await
     }
+}
+
+/// The header of every JSON answer keyward writes itself.
+pub fn json_header(
+    status: u16,
+    request_id: &str,
+    body_len: usize,
+    challenge: bool,
+) -> ResponseHeader {
+    let mut header = ResponseHeader::build(status, Some(5))
+        .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("500 is a valid status"));
+    let mut set = |name: &'static str, value: String| {
+        // Only fixed names and ASCII values reach here, so this cannot fail.
+        let _ = header.insert_header(name, value);
+    };
+    set("content-type", "application/json".into());
+    set("content-length", body_len.to_string());
+    set("cache-control", "no-store".into());
+    set(REQUEST_ID_HEADER, request_id.to_owned());
+    if challenge {
+        set("www-authenticate", CHALLENGE.into());
+    }
+    header
+}
+
+/// Writes a complete JSON response: the one writer of keyward's own answers.
+pub async fn send_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+    challenge: bool,
+) -> pingora::Result<()> {
+    let header = json_header(status, request_id, body.len(), challenge);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
 }
 
 impl From<AuthError> for Refusal {
@@ -141,7 +165,7 @@ mod tests {
     #[test]
     fn unauthenticated_carries_a_challenge() {
         let refusal = Refusal::Unauthenticated("bad_secret");
-        let header = refusal.header("0123456789ABCDEF", 10);
+        let header = json_header(refusal.status(), "0123456789ABCDEF", 10, true);
         assert_eq!(header.status.as_u16(), 401);
         assert!(header.headers.get("www-authenticate").is_some());
         let body: serde_json::Value =

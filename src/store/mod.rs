@@ -61,23 +61,78 @@ pub struct NewUser {
     pub password_hash: String,
 }
 
+/// An API key as stored (SPEC §2). The secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub user_id: i64,
+    pub key_id: i64,
+    pub secret_hash: Vec<u8>,
+    pub description: String,
+    pub created_at_ms: i64,
+    pub created_by_id: i64,
+    pub created_by_name: String,
+    /// 0 = never expires.
+    pub valid_until_ms: i64,
+    pub valid_sources: Vec<String>,
+    /// `None`: the key carries the user's functions, whatever they are at the time of use.
+    pub functions: Option<Vec<String>>,
+    pub customers: Vec<String>,
+    pub read_only: bool,
+    pub last_used_at_ms: i64,
+    pub last_used_ip: Option<String>,
+}
+
+impl ApiKey {
+    /// `<userIdHex>/<keyId>`.
+    pub fn prefix(&self) -> String {
+        format!("{:x}/{}", self.user_id, self.key_id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub user_id: i64,
+    pub secret_hash: Vec<u8>,
+    pub description: String,
+    pub created_by_id: i64,
+    pub created_by_name: String,
+    pub valid_until_ms: i64,
+    pub valid_sources: Vec<String>,
+    pub functions: Option<Vec<String>>,
+    pub customers: Vec<String>,
+    pub read_only: bool,
+}
+
+/// The last use of a key, written in batches off the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub user_id: i64,
+    pub key_id: i64,
+    pub at_ms: i64,
+    pub ip: String,
+}
+
 /// What a change-feed row says changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     /// Anything about a user: lock, unlock, password, functions.
     User,
+    /// One of the user's API keys was created, renewed or revoked.
+    ApiKey,
 }
 
 impl ChangeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ChangeKind::User => "user",
+            ChangeKind::ApiKey => "api_key",
         }
     }
 
     pub fn parse(s: &str) -> Option<ChangeKind> {
         match s {
             "user" => Some(ChangeKind::User),
+            "api_key" => Some(ChangeKind::ApiKey),
             _ => None,
         }
     }
@@ -103,6 +158,27 @@ pub trait Store: Send + Sync + 'static {
     async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError>;
     /// Returns false when there is no such user.
     async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError>;
+
+    /// The server-side key API key hashes are computed with; made on first use.
+    async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError>;
+    /// Stores a new key under the user's next key id.
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError>;
+    /// An active (not revoked) key.
+    async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError>;
+    /// The user's active keys, oldest first.
+    async fn list_api_keys(&self, user_id: i64) -> Result<Vec<ApiKey>, StoreError>;
+    /// Sets a new expiry on an active key; `None` when there is no such key.
+    async fn renew_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        valid_until_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError>;
+    /// Revokes an active key; `None` when there is no such key.
+    async fn revoke_api_key(&self, user_id: i64, key_id: i64)
+        -> Result<Option<ApiKey>, StoreError>;
+    /// Records last uses, in one transaction.
+    async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
 
     /// Change-feed rows with `seq > after`, oldest first.
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;

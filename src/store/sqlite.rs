@@ -1,7 +1,9 @@
 //! SQLite backend: one file, WAL journal, `synchronous=FULL` so an acknowledged write survives
 //! `kill -9` and power loss alike. Admin writes are rare; the request path reads from caches.
 
-use super::{now_ms, Change, ChangeKind, NewUser, Store, StoreError, User};
+use super::{
+    now_ms, ApiKey, Change, ChangeKind, KeyUsage, NewApiKey, NewUser, Store, StoreError, User,
+};
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -14,6 +16,10 @@ use std::time::Duration;
 pub struct SqliteStore {
     pool: SqlitePool,
 }
+
+const API_KEY_COLUMNS: &str = "user_id, key_id, secret_hash, description, created_at_ms, \
+                               created_by_id, created_by_name, valid_until_ms, valid_sources, \
+                               functions, customers, read_only, last_used_at_ms, last_used_ip";
 
 const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, password_hash, \
                             totp_secret, locked, created_at_ms";
@@ -54,6 +60,34 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs `update` (an UPDATE of one active key), records the change and returns the key as
+    /// it is after the update (`revoked`: as it was just before being revoked).
+    async fn change_api_key<'q>(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        update: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        revoked: bool,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if update.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Self::record_change(&mut tx, ChangeKind::ApiKey, user_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND key_id = ? \
+             AND revoked = ?"
+        ))
+        .bind(user_id)
+        .bind(key_id)
+        .bind(revoked)
+        .fetch_one(&mut *tx)
+        .await?;
+        let key = api_key_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(key))
+    }
+
     /// Runs `update` (an UPDATE of one user) and records a user change, atomically.
     async fn update_user<'q>(
         &self,
@@ -71,10 +105,41 @@ impl SqliteStore {
     }
 }
 
+fn json_list(row: &SqliteRow, column: &str) -> Result<Vec<String>, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
+
+fn api_key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+    let functions: Option<String> = row.try_get("functions")?;
+    let functions = functions
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("api_keys.functions: {e}")))?;
+    Ok(ApiKey {
+        user_id: row.try_get("user_id")?,
+        key_id: row.try_get("key_id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        description: row.try_get("description")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        created_by_id: row.try_get("created_by_id")?,
+        created_by_name: row.try_get("created_by_name")?,
+        valid_until_ms: row.try_get("valid_until_ms")?,
+        valid_sources: json_list(row, "valid_sources")?,
+        functions,
+        customers: json_list(row, "customers")?,
+        read_only: row.try_get("read_only")?,
+        last_used_at_ms: row.try_get("last_used_at_ms")?,
+        last_used_ip: row.try_get("last_used_ip")?,
+    })
+}
+
 fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
-    let functions: String = row.try_get("functions")?;
-    let functions: Vec<String> = serde_json::from_str(&functions)
-        .map_err(|e| StoreError::Corrupt(format!("users.functions: {e}")))?;
+    let functions = json_list(row, "functions")?;
     Ok(User {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -171,6 +236,137 @@ impl Store for SqliteStore {
         self.update_user(id, update).await
     }
 
+    async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ('api_key_pepper', ?) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&fresh[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'api_key_pepper'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let key_id: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(key_id), 0) + 1 FROM api_keys WHERE user_id = ?",
+        )
+        .bind(key.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
+             created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
+             read_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key.user_id)
+        .bind(key_id)
+        .bind(&key.secret_hash)
+        .bind(&key.description)
+        .bind(now_ms())
+        .bind(key.created_by_id)
+        .bind(&key.created_by_name)
+        .bind(key.valid_until_ms)
+        .bind(to_json(&key.valid_sources))
+        .bind(key.functions.as_deref().map(to_json))
+        .bind(to_json(&key.customers))
+        .bind(key.read_only)
+        .execute(&mut *tx)
+        .await?;
+        Self::record_change(&mut tx, ChangeKind::ApiKey, key.user_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND key_id = ?"
+        ))
+        .bind(key.user_id)
+        .bind(key_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let created = api_key_from_row(&row)?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys \
+             WHERE user_id = ? AND key_id = ? AND revoked = 0"
+        ))
+        .bind(user_id)
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| api_key_from_row(&row))
+        .transpose()
+    }
+
+    async fn list_api_keys(&self, user_id: i64) -> Result<Vec<ApiKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys \
+             WHERE user_id = ? AND revoked = 0 ORDER BY key_id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(api_key_from_row)
+        .collect()
+    }
+
+    async fn renew_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        valid_until_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let update = sqlx::query(
+            "UPDATE api_keys SET valid_until_ms = ? \
+             WHERE user_id = ? AND key_id = ? AND revoked = 0",
+        )
+        .bind(valid_until_ms)
+        .bind(user_id)
+        .bind(key_id);
+        self.change_api_key(user_id, key_id, update, false).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let update = sqlx::query(
+            "UPDATE api_keys SET revoked = 1 WHERE user_id = ? AND key_id = ? AND revoked = 0",
+        )
+        .bind(user_id)
+        .bind(key_id);
+        self.change_api_key(user_id, key_id, update, true).await
+    }
+
+    async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for u in usage {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at_ms = ?, last_used_ip = ? \
+                 WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?",
+            )
+            .bind(u.at_ms)
+            .bind(&u.ip)
+            .bind(u.user_id)
+            .bind(u.key_id)
+            .bind(u.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, kind, user_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -243,5 +439,55 @@ mod tests {
         assert_eq!(changes.len(), 2);
         assert!(changes.iter().all(|c| c.user_id == alice.id));
         assert_eq!(store.prune_changes(now_ms() + 1).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn api_keys_get_increasing_ids_and_revocation_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
+        let pepper = store.api_key_pepper().await.unwrap();
+        assert_eq!(pepper.len(), 32);
+        assert_eq!(store.api_key_pepper().await.unwrap(), pepper, "made once");
+        let user = store.create_user(new_user("bob")).await.unwrap();
+        let new_key = |description: &str| NewApiKey {
+            user_id: user.id,
+            secret_hash: vec![1; 32],
+            description: description.into(),
+            created_by_id: user.id,
+            created_by_name: user.name.clone(),
+            valid_until_ms: 0,
+            valid_sources: vec!["10.0.0.0/8".into()],
+            functions: Some(vec!["A".into()]),
+            customers: vec![],
+            read_only: true,
+        };
+        let first = store.create_api_key(new_key("one")).await.unwrap();
+        let second = store.create_api_key(new_key("two")).await.unwrap();
+        assert_eq!((first.key_id, second.key_id), (1, 2));
+        assert_eq!(second.prefix(), format!("{:x}/2", user.id));
+        assert!(store.revoke_api_key(user.id, 2).await.unwrap().is_some());
+        assert!(store.revoke_api_key(user.id, 2).await.unwrap().is_none());
+        assert!(store.api_key(user.id, 2).await.unwrap().is_none());
+        let third = store.create_api_key(new_key("three")).await.unwrap();
+        assert_eq!(third.key_id, 3, "a revoked key's id is not reused");
+        let renewed = store
+            .renew_api_key(user.id, 1, 1234)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(renewed.valid_until_ms, 1234);
+        store
+            .record_api_key_usage(&[KeyUsage {
+                user_id: user.id,
+                key_id: 1,
+                at_ms: 99,
+                ip: "10.1.1.1".into(),
+            }])
+            .await
+            .unwrap();
+        let listed = store.list_api_keys(user.id).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].last_used_ip.as_deref(), Some("10.1.1.1"));
+        assert_eq!(listed[0].functions, Some(vec!["A".to_string()]));
     }
 }

@@ -1,0 +1,372 @@
+//! `/authentication/v1/.../apikey`: list, create, renew and revoke API keys (SPEC §2).
+
+use super::envelope::{AdminError, Reply};
+use super::{authorize_manage, AdminApi, Call, POWER_USER};
+use crate::auth::api_key::{generate_secret, Prefix};
+use crate::config::parse_cidr;
+use crate::store::{now_ms, ApiKey, NewApiKey, User};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+const MAX_DESCRIPTION: usize = 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateBody {
+    description: Option<String>,
+    valid_sources: Option<OneOrMany<String>>,
+    expiration_days: Option<i64>,
+    disable_expiration: Option<bool>,
+    session_constraints: Option<SessionConstraints>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionConstraints {
+    function: Option<OneOrMany<String>>,
+    #[serde(rename = "customerID")]
+    customer_id: Option<OneOrMany<IdValue>>,
+    customer: Option<OneOrMany<IdValue>>,
+    #[serde(rename = "readOnly")]
+    read_only: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RenewBody {
+    expiration_days: Option<i64>,
+    disable_expiration: Option<bool>,
+}
+
+/// `"x"` or `["x", "y"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// Customer ids arrive as numbers (`[1]`) or strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum IdValue {
+    Number(u64),
+    Text(String),
+}
+
+impl IdValue {
+    fn into_string(self) -> String {
+        match self {
+            IdValue::Number(n) => n.to_string(),
+            IdValue::Text(t) => t,
+        }
+    }
+}
+
+/// Parses a JSON body: broken JSON is 400, well-formed JSON of the wrong shape (an unknown
+/// field, a wrong type) is 412 naming the field.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadRequest(format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(AdminError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut field = e.path().to_string();
+        let message = e.inner().to_string();
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            if field == "." {
+                field = name.to_owned();
+            } else if !field.ends_with(name) {
+                field = format!("{field}.{name}");
+            }
+            return AdminError::field(
+                field,
+                format!("unknown field {name}"),
+                "validation.unknown.field",
+            );
+        }
+        AdminError::field(field, message, "validation.invalid")
+    })
+}
+
+/// The expiry of a new or renewed key, in ms since the epoch (0 = never).
+fn valid_until(
+    api: &AdminApi,
+    call: &Call<'_>,
+    expiration_days: Option<i64>,
+    disable_expiration: bool,
+) -> Result<i64, AdminError> {
+    let power = call.caller.has_function(POWER_USER);
+    if disable_expiration {
+        if !power {
+            return Err(AdminError::field(
+                "disableExpiration",
+                format!("only {POWER_USER} may create keys that never expire"),
+                "validation.not.allowed",
+            ));
+        }
+        return Ok(0);
+    }
+    let limits = &api.config.api_keys;
+    let days = expiration_days.unwrap_or(limits.default_expiration_days);
+    if days < 1 {
+        return Err(AdminError::field(
+            "expirationDays",
+            "must be at least 1",
+            "validation.min",
+        ));
+    }
+    if days > limits.max_expiration_days && !power {
+        return Err(AdminError::field(
+            "expirationDays",
+            format!("must not exceed {}", limits.max_expiration_days),
+            "validation.max",
+        ));
+    }
+    Ok(now_ms().saturating_add(days.saturating_mul(DAY_MS)))
+}
+
+pub fn descriptor(key: &ApiKey) -> Value {
+    json!({
+        "prefix": key.prefix(),
+        "description": key.description,
+        "createdTimestamp": key.created_at_ms,
+        "createdByUser": { "id": key.created_by_id, "name": key.created_by_name },
+        "lastUsedTimestamp": key.last_used_at_ms,
+        "lastUsedIP": key.last_used_ip,
+        "validUntil": key.valid_until_ms,
+        "validSources": key.valid_sources,
+        "constraints": {
+            "functions": key.functions.clone().unwrap_or_default(),
+            "customers": key.customers,
+            "readOnly": key.read_only,
+        },
+    })
+}
+
+pub async fn list(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Reply, AdminError> {
+    authorize_manage(call, target)?;
+    let user_id = target.id;
+    let keys = api
+        .db
+        .call(move |store| async move { store.list_api_keys(user_id).await })
+        .await?;
+    Ok(Reply::ok(Value::Array(
+        keys.iter().map(descriptor).collect(),
+    )))
+}
+
+pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Reply, AdminError> {
+    authorize_manage(call, target)?;
+    let body: CreateBody = parse_body(call.body)?;
+    let description = body.description.unwrap_or_default().trim().to_owned();
+    if description.is_empty() {
+        return Err(AdminError::field(
+            "description",
+            "a description is required",
+            "validation.required",
+        ));
+    }
+    if description.chars().count() > MAX_DESCRIPTION {
+        return Err(AdminError::field(
+            "description",
+            format!("must not exceed {MAX_DESCRIPTION} characters"),
+            "validation.max",
+        ));
+    }
+    let mut valid_sources = Vec::new();
+    for source in body
+        .valid_sources
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default()
+    {
+        let net = parse_cidr(&source)
+            .map_err(|message| AdminError::field("validSources", message, "validation.cidr"))?;
+        valid_sources.push(net.to_string());
+    }
+    let valid_until_ms = valid_until(
+        api,
+        call,
+        body.expiration_days,
+        body.disable_expiration.unwrap_or(false),
+    )?;
+
+    let constraints = body.session_constraints;
+    let (functions, customers, read_only) = match constraints {
+        None => (None, Vec::new(), false),
+        Some(c) => {
+            let functions = c.function.map(OneOrMany::into_vec);
+            for f in functions.iter().flatten() {
+                if !target.functions.contains(f) {
+                    return Err(AdminError::field(
+                        "sessionConstraints.function",
+                        format!("user {} does not have function {f}", target.name),
+                        "validation.function.not.held",
+                    ));
+                }
+            }
+            let mut customers: Vec<String> = c
+                .customer_id
+                .into_iter()
+                .chain(c.customer)
+                .flat_map(OneOrMany::into_vec)
+                .map(IdValue::into_string)
+                .collect();
+            customers.sort();
+            customers.dedup();
+            // A customer user's key can only narrow to that customer.
+            if target.external {
+                if let Some(other) = customers
+                    .iter()
+                    .find(|c| Some(c.as_str()) != target.customer.as_deref())
+                {
+                    return Err(AdminError::field(
+                        "sessionConstraints.customerID",
+                        format!("user {} cannot act for customer {other}", target.name),
+                        "validation.customer.not.allowed",
+                    ));
+                }
+            }
+            (functions, customers, c.read_only.unwrap_or(false))
+        }
+    };
+
+    let secret = generate_secret();
+    let new_key = NewApiKey {
+        user_id: target.id,
+        secret_hash: api.auth.api_keys.hasher().hash(&secret),
+        description,
+        created_by_id: call.caller.user_id,
+        created_by_name: call.caller.user_name.clone(),
+        valid_until_ms,
+        valid_sources,
+        functions,
+        customers,
+        read_only,
+    };
+    let key = api
+        .db
+        .call(move |store| async move { store.create_api_key(new_key).await })
+        .await?;
+    // The prefix may have been probed (and cached as unknown) before it existed.
+    api.auth.api_keys.invalidate_user(target.id);
+    Ok(Reply::created(json!({
+        "apiKeyString": format!("{}/{}", key.prefix(), secret),
+        "keyDescriptor": descriptor(&key),
+    })))
+}
+
+fn target_prefix(target: &User, user_hex: &str, key_id: &str) -> Result<Prefix, AdminError> {
+    Prefix::parse(user_hex, key_id)
+        .filter(|p| p.user_id == target.id)
+        .ok_or_else(|| {
+            AdminError::NotFound(format!("no key {user_hex}/{key_id} for {}", target.name))
+        })
+}
+
+pub async fn renew(
+    api: &AdminApi,
+    call: &Call<'_>,
+    target: &User,
+    user_hex: &str,
+    key_id: &str,
+) -> Result<Reply, AdminError> {
+    authorize_manage(call, target)?;
+    let prefix = target_prefix(target, user_hex, key_id)?;
+    let body: RenewBody = if call.body.iter().all(u8::is_ascii_whitespace) {
+        RenewBody {
+            expiration_days: None,
+            disable_expiration: None,
+        }
+    } else {
+        parse_body(call.body)?
+    };
+    let valid_until_ms = valid_until(
+        api,
+        call,
+        body.expiration_days,
+        body.disable_expiration.unwrap_or(false),
+    )?;
+    let renewed = api
+        .db
+        .call(move |store| async move {
+            store
+                .renew_api_key(prefix.user_id, prefix.key_id, valid_until_ms)
+                .await
+        })
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
+    api.auth.api_keys.invalidate_user(target.id);
+    Ok(Reply::ok(json!({ "renewedKey": descriptor(&renewed) })))
+}
+
+pub async fn revoke(
+    api: &AdminApi,
+    call: &Call<'_>,
+    target: &User,
+    user_hex: &str,
+    key_id: &str,
+) -> Result<Reply, AdminError> {
+    authorize_manage(call, target)?;
+    let prefix = target_prefix(target, user_hex, key_id)?;
+    let revoked = api
+        .db
+        .call(move |store| async move { store.revoke_api_key(prefix.user_id, prefix.key_id).await })
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
+    // Effective on this instance before the call returns.
+    api.auth.api_keys.invalidate_user(target.id);
+    Ok(Reply::ok(json!({ "revokedKey": descriptor(&revoked) })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_are_400_or_412_with_the_field() {
+        let broken = parse_body::<CreateBody>(b"{not json").unwrap_err();
+        assert_eq!(broken.status(), 400);
+        let unknown = parse_body::<CreateBody>(br#"{"description":"x","colour":1}"#).unwrap_err();
+        assert!(
+            matches!(&unknown, AdminError::Field { field, .. } if field == "colour"),
+            "{unknown:?}"
+        );
+        let nested = parse_body::<CreateBody>(br#"{"sessionConstraints":{"readOnly":true,"x":1}}"#)
+            .unwrap_err();
+        assert!(
+            matches!(&nested, AdminError::Field { field, .. } if field == "sessionConstraints.x"),
+            "{nested:?}"
+        );
+        let wrong_type = parse_body::<CreateBody>(br#"{"expirationDays":"ten"}"#).unwrap_err();
+        assert!(
+            matches!(&wrong_type, AdminError::Field { field, .. } if field == "expirationDays")
+        );
+    }
+
+    #[test]
+    fn valid_sources_string_or_list() {
+        let one: CreateBody = parse_body(br#"{"validSources":"94.127.56.0/24"}"#).unwrap();
+        assert_eq!(one.valid_sources.unwrap().into_vec().len(), 1);
+        let many: CreateBody =
+            parse_body(br#"{"validSources":["94.127.56.0/24","2001:db8::/32"]}"#).unwrap();
+        assert_eq!(many.valid_sources.unwrap().into_vec().len(), 2);
+    }
+}

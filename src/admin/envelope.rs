@@ -1,0 +1,180 @@
+//! The Argus response envelope (SPEC §2) and the admin API's errors, mapped to status codes
+//! here and nowhere else.
+
+use serde_json::{json, Value};
+
+/// A successful admin answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub data: Value,
+    /// `count`/`size` of the envelope: list length, or 1 for one object.
+    pub count: usize,
+}
+
+impl Reply {
+    pub fn ok(data: Value) -> Reply {
+        let count = data.as_array().map_or(1, Vec::len);
+        Reply {
+            status: 200,
+            data,
+            count,
+        }
+    }
+
+    pub fn created(data: Value) -> Reply {
+        Reply {
+            status: 201,
+            ..Reply::ok(data)
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        envelope(self.status, self.count, self.data.clone(), Vec::new())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("not authenticated ({0})")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Validation failed on `field` (412, `FIELD_ERROR`).
+    #[error("{field}: {message}")]
+    Field {
+        field: String,
+        message: String,
+        template: &'static str,
+    },
+    #[error("the credential store is unavailable")]
+    Unavailable,
+}
+
+impl AdminError {
+    pub fn field(
+        field: impl Into<String>,
+        message: impl Into<String>,
+        template: &'static str,
+    ) -> Self {
+        AdminError::Field {
+            field: field.into(),
+            message: message.into(),
+            template,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::BadRequest(_) => 400,
+            AdminError::Unauthenticated(_) => 401,
+            AdminError::Forbidden(_) => 403,
+            AdminError::NotFound(_) => 404,
+            AdminError::MethodNotAllowed => 405,
+            AdminError::Field { .. } => 412,
+            AdminError::Unavailable => 503,
+        }
+    }
+
+    /// The `outcome` label of `keyward_admin_operations_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AdminError::BadRequest(_) | AdminError::MethodNotAllowed => "bad_request",
+            AdminError::Unauthenticated(_) => "unauthenticated",
+            AdminError::Forbidden(_) => "forbidden",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Field { .. } => "invalid",
+            AdminError::Unavailable => "error",
+        }
+    }
+
+    fn template(&self) -> &'static str {
+        match self {
+            AdminError::BadRequest(_) => "request.malformed",
+            AdminError::Unauthenticated(_) => "access.unauthenticated",
+            AdminError::Forbidden(_) => "access.denied",
+            AdminError::NotFound(_) => "object.not.found",
+            AdminError::MethodNotAllowed => "request.method.not.allowed",
+            AdminError::Field { template, .. } => template,
+            AdminError::Unavailable => "service.unavailable",
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        let message = match self {
+            AdminError::Field {
+                field,
+                message,
+                template,
+            } => json!({
+                "message": message,
+                "messageTemplate": template,
+                "type": "FIELD_ERROR",
+                "field": field,
+                "parameter": null,
+            }),
+            other => json!({
+                "message": other.to_string(),
+                "messageTemplate": other.template(),
+                "type": "ACTION_ERROR",
+                "field": null,
+                "parameter": null,
+            }),
+        };
+        envelope(self.status(), 0, Value::Null, vec![message])
+    }
+}
+
+impl From<crate::store::StoreError> for AdminError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::warn!(error = %e, "store error in an admin call");
+        AdminError::Unavailable
+    }
+}
+
+fn envelope(status: u16, count: usize, data: Value, messages: Vec<Value>) -> Value {
+    json!({
+        "responseCode": status,
+        "limit": 0,
+        "offset": 0,
+        "count": count,
+        "size": count,
+        "metaData": {},
+        "messages": messages,
+        "data": data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_envelope() {
+        let body = Reply::ok(json!([1, 2, 3])).body();
+        assert_eq!(body["responseCode"], 200);
+        assert_eq!(body["count"], 3);
+        assert_eq!(body["size"], 3);
+        assert_eq!(body["messages"], json!([]));
+        assert_eq!(body["data"], json!([1, 2, 3]));
+    }
+
+    #[test]
+    fn field_error_envelope() {
+        let e = AdminError::field("description", "is required", "validation.required");
+        assert_eq!(e.status(), 412);
+        let body = e.body();
+        assert_eq!(body["data"], Value::Null);
+        assert_eq!(body["messages"][0]["type"], "FIELD_ERROR");
+        assert_eq!(body["messages"][0]["field"], "description");
+        let forbidden = AdminError::Forbidden("no".into()).body();
+        assert_eq!(forbidden["messages"][0]["type"], "ACTION_ERROR");
+        assert_eq!(forbidden["responseCode"], 403);
+    }
+}

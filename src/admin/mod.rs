@@ -1,0 +1,309 @@
+//! The admin API keyward answers itself (SPEC §2–§5); requests for it are never forwarded.
+//!
+//! One flow for every endpoint: route (matchit) → authenticate the caller with the same
+//! authenticators as the proxy → handler → Argus envelope, metrics and one audit record.
+
+pub mod api_keys;
+pub mod envelope;
+
+use crate::audit::{self, AuditRecord};
+use crate::auth::{Authenticator, Credential, Principal, SecurityLevel};
+use crate::config::Config;
+use crate::metrics::{Metrics, Outcome};
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::respond;
+use crate::store::{Db, User};
+use envelope::{AdminError, Reply};
+use http::Method;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// Namespaces reserved for keyward's own endpoints, from the first release, so an upstream
+/// never starts receiving requests for them and then silently stops.
+const RESERVED_PREFIXES: [&str; 3] = ["/authentication/", "/.TOKEN/", "/_admin/"];
+/// Admin request bodies are small JSON documents.
+const MAX_BODY: usize = 64 * 1024;
+pub const POWER_USER: &str = "POWER-USER";
+
+pub fn is_reserved(path: &str) -> bool {
+    RESERVED_PREFIXES
+        .iter()
+        .any(|prefix| path.starts_with(prefix) || path == prefix.trim_end_matches('/'))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    UserApiKeys,
+    UserApiKey,
+    OwnApiKeys,
+    OwnApiKey,
+}
+
+/// What the audit record says an admin call was about.
+#[derive(Debug, Default)]
+pub struct AuditTarget {
+    pub operation: &'static str,
+    pub user: String,
+    pub credential: String,
+}
+
+/// Shared by every handler.
+pub struct AdminApi {
+    pub(crate) db: Db,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Arc<Config>,
+    router: matchit::Router<Endpoint>,
+}
+
+/// One authenticated admin call.
+pub struct Call<'a> {
+    pub caller: &'a Principal,
+    pub method: &'a Method,
+    pub body: &'a [u8],
+}
+
+impl AdminApi {
+    pub fn new(
+        db: Db,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+    ) -> AdminApi {
+        let mut router = matchit::Router::new();
+        let routes = [
+            (
+                "/authentication/v1/user/{user}/apikey",
+                Endpoint::UserApiKeys,
+            ),
+            (
+                "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}",
+                Endpoint::UserApiKey,
+            ),
+            ("/authentication/v1/apikey", Endpoint::OwnApiKeys),
+            (
+                "/authentication/v1/apikey/{user_hex}/{key_id}",
+                Endpoint::OwnApiKey,
+            ),
+        ];
+        for (path, endpoint) in routes {
+            router
+                .insert(path, endpoint)
+                .expect("admin routes do not conflict");
+        }
+        AdminApi {
+            db,
+            auth,
+            metrics,
+            config,
+            router,
+        }
+    }
+
+    /// Answers an admin request completely.
+    pub async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        let mut target = AuditTarget {
+            operation: "unknown",
+            ..AuditTarget::default()
+        };
+        let result = self.dispatch(session, ctx, &mut target).await;
+        let (status, body, challenge, outcome) = match &result {
+            Ok(reply) => (reply.status, reply.body(), false, "ok"),
+            Err(e) => (
+                e.status(),
+                e.body(),
+                matches!(e, AdminError::Unauthenticated(_)),
+                e.outcome(),
+            ),
+        };
+        ctx.outcome = Some(match &result {
+            Ok(_) => Outcome::Allowed,
+            Err(AdminError::Unauthenticated(_)) => Outcome::Unauthenticated,
+            Err(AdminError::Unavailable) => Outcome::Error,
+            Err(_) => Outcome::Denied,
+        });
+        if let Err(e) = &result {
+            ctx.reason = Some(e.outcome());
+        }
+        self.metrics.admin_operation(target.operation, outcome);
+        let principal = ctx.principal.as_deref();
+        audit::record(&AuditRecord {
+            request_id: ctx.request_id.as_str(),
+            actor: principal.map_or("-", |p| p.user_name.as_str()),
+            auth_method: principal.map_or("-", |p| p.method.as_str()),
+            operation: target.operation,
+            target_user: &target.user,
+            target_credential: &target.credential,
+            status,
+            outcome,
+            source_ip: ctx.client_ip,
+        });
+        let body = bytes::Bytes::from(body.to_string());
+        respond::send_json(session, status, body, ctx.request_id.as_str(), challenge).await
+    }
+
+    async fn dispatch(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: &mut AuditTarget,
+    ) -> Result<Reply, AdminError> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let Ok(found) = self.router.at(&path) else {
+            return Err(AdminError::NotFound("no such endpoint".into()));
+        };
+        let endpoint = *found.value;
+        let param = |name: &str| found.params.get(name).unwrap_or_default().to_owned();
+        let (user, user_hex, key_id) = (param("user"), param("user_hex"), param("key_id"));
+        target.operation = operation(endpoint, &method).ok_or(AdminError::MethodNotAllowed)?;
+
+        let caller = self.authenticate(session, ctx).await?;
+        let body = read_body(session).await?;
+        let call = Call {
+            caller: &caller,
+            method: &method,
+            body: &body,
+        };
+        let target_user = match endpoint {
+            Endpoint::UserApiKeys | Endpoint::UserApiKey => self.resolve_user(&user).await?,
+            Endpoint::OwnApiKeys | Endpoint::OwnApiKey => self.resolve_caller(&caller).await?,
+        };
+        target.user = target_user.name.clone();
+        if !key_id.is_empty() {
+            target.credential = format!("{user_hex}/{key_id}");
+        }
+        match (endpoint, &method) {
+            (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::GET) => {
+                api_keys::list(self, &call, &target_user).await
+            }
+            (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::POST) => {
+                let reply = api_keys::create(self, &call, &target_user).await?;
+                target.credential = reply.data["keyDescriptor"]["prefix"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(reply)
+            }
+            (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::PUT) => {
+                api_keys::renew(self, &call, &target_user, &user_hex, &key_id).await
+            }
+            (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => {
+                api_keys::revoke(self, &call, &target_user, &user_hex, &key_id).await
+            }
+            _ => Err(AdminError::MethodNotAllowed),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Arc<Principal>, AdminError> {
+        let credential = Credential::find(&session.req_header().headers).map_err(|e| {
+            self.metrics.auth_failure("unknown", e.reason());
+            AdminError::Unauthenticated(e.reason())
+        })?;
+        let client_ip = ctx
+            .client_ip
+            .ok_or(AdminError::BadRequest("no client address".into()))?;
+        match self.auth.authenticate(credential, client_ip).await {
+            Ok(Some(principal)) => {
+                ctx.principal = Some(principal.clone());
+                Ok(principal)
+            }
+            Ok(None) => Err(AdminError::Unauthenticated("credentials_required")),
+            Err(crate::auth::AuthError::StoreUnavailable) => Err(AdminError::Unavailable),
+            Err(e) => Err(AdminError::Unauthenticated(e.reason())),
+        }
+    }
+
+    /// `{user}`: a numeric id (all digits; names never are) or a user name.
+    async fn resolve_user(&self, user: &str) -> Result<User, AdminError> {
+        let key = user.to_owned();
+        let found = self
+            .db
+            .call(move |store| async move {
+                match key.parse::<i64>() {
+                    Ok(id) if key.bytes().all(|b| b.is_ascii_digit()) => store.user_by_id(id).await,
+                    _ => store.user_by_name(&key).await,
+                }
+            })
+            .await?;
+        found.ok_or_else(|| AdminError::NotFound(format!("no such user: {user}")))
+    }
+
+    async fn resolve_caller(&self, caller: &Principal) -> Result<User, AdminError> {
+        let id = caller.user_id;
+        self.db
+            .call(move |store| async move { store.user_by_id(id).await })
+            .await?
+            .ok_or_else(|| AdminError::NotFound("the caller no longer exists".into()))
+    }
+}
+
+fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
+    match (endpoint, method) {
+        (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::GET) => Some("apikey.list"),
+        (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::POST) => Some("apikey.create"),
+        (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::PUT) => Some("apikey.renew"),
+        (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => Some("apikey.revoke"),
+        _ => None,
+    }
+}
+
+/// The caller may manage `target`'s credentials: at least DEFAULT (so never an external
+/// user's API key), and `target` itself or a POWER-USER. Read-only keys change nothing.
+pub fn authorize_manage(call: &Call<'_>, target: &User) -> Result<(), AdminError> {
+    let caller = call.caller;
+    if caller.level < SecurityLevel::Default {
+        return Err(AdminError::Forbidden(format!(
+            "security level {} is too low for key management (DEFAULT needed)",
+            caller.level
+        )));
+    }
+    if caller.user_id != target.id && !caller.has_function(POWER_USER) {
+        return Err(AdminError::Forbidden(format!(
+            "managing another user's credentials needs {POWER_USER}"
+        )));
+    }
+    if caller.read_only && !matches!(*call.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Err(AdminError::Forbidden(
+            "a read-only key cannot change anything".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn read_body(session: &mut Session) -> Result<Vec<u8>, AdminError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(AdminError::BadRequest(format!(
+                        "the body exceeds {MAX_BODY} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(AdminError::BadRequest(format!("cannot read the body: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_namespaces() {
+        assert!(is_reserved("/authentication/v1/apikey"));
+        assert!(is_reserved("/.TOKEN/"));
+        assert!(is_reserved("/.TOKEN"));
+        assert!(is_reserved("/_admin/manage/tenants/t/tokens/"));
+        assert!(!is_reserved("/authenticationx"));
+        assert!(!is_reserved("/api"));
+    }
+}

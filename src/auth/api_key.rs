@@ -1,0 +1,484 @@
+//! API keys (SPEC §2): `Argus-API-Key: <userIdHex>/<keyId>/<secret>`.
+//!
+//! The request path is parse → cache look-up by prefix → constant-time compare of the keyed
+//! hash → constraint checks, with no store I/O while the cache is warm. Unknown prefixes are
+//! remembered in a negative cache for a short TTL so a flood of random keys costs the store at
+//! most one query per prefix. Last use is recorded in memory and written in batches.
+
+use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::config::parse_cidr;
+use crate::metrics::Metrics;
+use crate::store::{now_ms, ApiKey, Db, KeyUsage, StoreError, User};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use ipnet::IpNet;
+use rand::RngCore;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+pub const HEADER: &str = "argus-api-key";
+pub const CACHE_NAME: &str = "apikey";
+pub const NEGATIVE_CACHE_NAME: &str = "apikey_negative";
+/// A well-formed key is at most 16 + 1 + 10 + 1 + 43 bytes; anything longer is refused unread.
+const MAX_KEY_LEN: usize = 128;
+const SECRET_BYTES: usize = 32;
+/// URL-safe base64 of 32 bytes, unpadded.
+const SECRET_LEN: usize = 43;
+
+/// `<userIdHex>/<keyId>`: identifies a key without its secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub user_id: i64,
+    pub key_id: i64,
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}/{}", self.user_id, self.key_id)
+    }
+}
+
+impl Prefix {
+    /// Parses `15a6` and `1` (the two parts of a prefix as they appear in paths and keys).
+    pub fn parse(user_hex: &str, key_id: &str) -> Option<Prefix> {
+        let hex_ok = !user_hex.is_empty()
+            && user_hex.len() <= 15
+            && user_hex
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && (user_hex == "0" || !user_hex.starts_with('0'));
+        let id_ok = !key_id.is_empty()
+            && key_id.len() <= 10
+            && key_id.bytes().all(|b| b.is_ascii_digit())
+            && !key_id.starts_with('0');
+        if !hex_ok || !id_ok {
+            return None;
+        }
+        Some(Prefix {
+            user_id: i64::from_str_radix(user_hex, 16).ok()?,
+            key_id: key_id.parse().ok()?,
+        })
+    }
+}
+
+/// Splits a key into its prefix and secret; anything not exactly of the issued shape is
+/// malformed.
+pub fn parse(value: &[u8]) -> Result<(Prefix, &str), AuthError> {
+    if value.len() > MAX_KEY_LEN {
+        return Err(AuthError::Malformed);
+    }
+    let text = std::str::from_utf8(value).map_err(|_| AuthError::Malformed)?;
+    let mut parts = text.split('/');
+    let (Some(user_hex), Some(key_id), Some(secret), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let prefix = Prefix::parse(user_hex, key_id).ok_or(AuthError::Malformed)?;
+    let secret_ok = secret.len() == SECRET_LEN
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !secret_ok {
+        return Err(AuthError::Malformed);
+    }
+    Ok((prefix, secret))
+}
+
+/// A fresh secret: 32 bytes from the OS CSPRNG, URL-safe base64 without padding.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// HMAC-SHA-256 of secrets under the store's pepper. Secrets are 256 random bits, so a fast
+/// hash is enough; the pepper makes a leaked table useless without the server's key.
+#[derive(Clone)]
+pub struct KeyHasher {
+    pepper: Arc<[u8]>,
+}
+
+impl KeyHasher {
+    pub fn new(pepper: Vec<u8>) -> KeyHasher {
+        KeyHasher {
+            pepper: pepper.into(),
+        }
+    }
+
+    pub fn hash(&self, secret: &str) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.pepper)
+            .expect("HMAC accepts keys of any length");
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Constant-time: the time taken does not depend on how much of the hash matches.
+    pub fn matches(&self, secret: &str, stored: &[u8]) -> bool {
+        bool::from(self.hash(secret).as_slice().ct_eq(stored))
+    }
+}
+
+/// A key as the request path needs it: checked constraints pre-parsed, the principal built.
+pub struct CachedKey {
+    secret_hash: Vec<u8>,
+    valid_until_ms: i64,
+    valid_sources: Vec<IpNet>,
+    locked: bool,
+    principal: Arc<Principal>,
+}
+
+impl CachedKey {
+    pub fn new(key: &ApiKey, user: &User) -> CachedKey {
+        let functions = match &key.functions {
+            // The key never carries more than its user has now.
+            Some(wanted) => wanted
+                .iter()
+                .filter(|f| user.functions.contains(f))
+                .cloned()
+                .collect(),
+            None => user.functions.clone(),
+        };
+        let customers = if key.customers.is_empty() {
+            user.customer.iter().cloned().collect()
+        } else {
+            key.customers.clone()
+        };
+        CachedKey {
+            secret_hash: key.secret_hash.clone(),
+            valid_until_ms: key.valid_until_ms,
+            // Stored sources were validated on creation; one that no longer parses matches
+            // nothing rather than everything.
+            valid_sources: key
+                .valid_sources
+                .iter()
+                .map(|s| parse_cidr(s).unwrap_or_else(|_| IpNet::from(IpAddr::from([0u8; 4]))))
+                .collect(),
+            locked: user.locked,
+            principal: Arc::new(Principal {
+                user_id: user.id,
+                user_name: user.name.clone(),
+                customer: user.customer.clone(),
+                functions,
+                level: if user.external {
+                    SecurityLevel::External
+                } else {
+                    SecurityLevel::Default
+                },
+                method: AuthMethod::ApiKey,
+                kind: CredentialKind::ApiKey,
+                credential_id: key.prefix(),
+                read_only: key.read_only,
+                customers,
+            }),
+        }
+    }
+
+    /// Every per-request check after the prefix was found.
+    pub fn check(
+        &self,
+        hasher: &KeyHasher,
+        secret: &str,
+        client_ip: IpAddr,
+        now_ms: i64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        if !hasher.matches(secret, &self.secret_hash) {
+            return Err(AuthError::BadSecret);
+        }
+        if self.locked {
+            return Err(AuthError::Locked);
+        }
+        if self.valid_until_ms != 0 && now_ms >= self.valid_until_ms {
+            return Err(AuthError::Expired);
+        }
+        if !self.valid_sources.is_empty()
+            && !self
+                .valid_sources
+                .iter()
+                .any(|net| net.contains(&client_ip))
+        {
+            return Err(AuthError::SourceNotAllowed);
+        }
+        Ok(self.principal.clone())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+enum LoadError {
+    #[error("no such key")]
+    NotFound,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+pub struct ApiKeyAuthenticator {
+    db: Db,
+    metrics: Arc<Metrics>,
+    hasher: KeyHasher,
+    cache: moka::future::Cache<Prefix, Arc<CachedKey>>,
+    negative: moka::future::Cache<Prefix, ()>,
+    usage: Mutex<HashMap<Prefix, (i64, IpAddr)>>,
+}
+
+pub struct ApiKeyCacheSettings {
+    pub ttl: Duration,
+    pub capacity: u64,
+    pub negative_ttl: Duration,
+    pub negative_capacity: u64,
+}
+
+impl ApiKeyAuthenticator {
+    pub fn new(
+        db: Db,
+        metrics: Arc<Metrics>,
+        hasher: KeyHasher,
+        settings: &ApiKeyCacheSettings,
+    ) -> ApiKeyAuthenticator {
+        ApiKeyAuthenticator {
+            db,
+            metrics,
+            hasher,
+            cache: moka::future::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(settings.ttl)
+                .support_invalidation_closures()
+                .build(),
+            negative: moka::future::Cache::builder()
+                .max_capacity(settings.negative_capacity)
+                .time_to_live(settings.negative_ttl)
+                .support_invalidation_closures()
+                .build(),
+            usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
+    }
+
+    pub async fn authenticate(
+        &self,
+        value: &[u8],
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let (prefix, secret) = parse(value)?;
+        let key = self.lookup(prefix).await?;
+        let principal = key.check(&self.hasher, secret, client_ip, now_ms())?;
+        self.record_use(prefix, client_ip);
+        Ok(principal)
+    }
+
+    async fn lookup(&self, prefix: Prefix) -> Result<Arc<CachedKey>, AuthError> {
+        if self.negative.contains_key(&prefix) {
+            self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
+            return Err(AuthError::UnknownKey);
+        }
+        if let Some(key) = self.cache.get(&prefix).await {
+            self.metrics.cache_hit(CACHE_NAME);
+            return Ok(key);
+        }
+        self.metrics.cache_miss(CACHE_NAME);
+        // Concurrent misses for one prefix share a single store query.
+        let db = self.db.clone();
+        let loaded = self
+            .cache
+            .try_get_with(prefix, async move {
+                let found = db
+                    .call(move |store| async move {
+                        let Some(key) = store.api_key(prefix.user_id, prefix.key_id).await? else {
+                            return Ok(None);
+                        };
+                        let user = store.user_by_id(prefix.user_id).await?;
+                        Ok::<_, StoreError>(user.map(|user| (key, user)))
+                    })
+                    .await
+                    .map_err(|e| LoadError::Store(e.to_string()))?;
+                match found {
+                    Some((key, user)) => Ok(Arc::new(CachedKey::new(&key, &user))),
+                    None => Err(LoadError::NotFound),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(key) => Ok(key),
+            Err(e) => match e.as_ref() {
+                LoadError::NotFound => {
+                    self.negative.insert(prefix, ()).await;
+                    Err(AuthError::UnknownKey)
+                }
+                LoadError::Store(message) => {
+                    self.metrics.store_error();
+                    tracing::warn!(error = %message, "store lookup failed during API key authentication");
+                    Err(AuthError::StoreUnavailable)
+                }
+            },
+        }
+    }
+
+    fn record_use(&self, prefix: Prefix, ip: IpAddr) {
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.insert(prefix, (now_ms(), ip));
+        }
+    }
+
+    /// Writes the recorded last uses to the store in one transaction.
+    pub async fn flush_usage(&self) {
+        let batch: Vec<KeyUsage> = match self.usage.lock() {
+            Ok(mut usage) => usage
+                .drain()
+                .map(|(prefix, (at_ms, ip))| KeyUsage {
+                    user_id: prefix.user_id,
+                    key_id: prefix.key_id,
+                    at_ms,
+                    ip: ip.to_string(),
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .db
+            .call(move |store| async move { store.record_api_key_usage(&batch).await })
+            .await
+        {
+            self.metrics.store_error();
+            tracing::warn!(error = %e, "cannot record API key usage");
+        }
+    }
+
+    /// Drops the cached keys (and unknown-prefix entries) of a user.
+    pub fn invalidate_user(&self, user_id: i64) {
+        // Fails only without invalidation closures, which `new` always enables.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |prefix, _| prefix.user_id == user_id);
+        let _ = self
+            .negative
+            .invalidate_entries_if(move |prefix, _| prefix.user_id == user_id);
+    }
+
+    /// (positive, negative) entry counts, exact once pending maintenance has run.
+    pub async fn entry_counts(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks().await;
+        self.negative.run_pending_tasks().await;
+        (self.cache.entry_count(), self.negative.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(external: bool, functions: &[&str]) -> User {
+        User {
+            id: 0x15a6,
+            name: "john".into(),
+            domain: None,
+            customer: Some("7".into()),
+            functions: functions.iter().map(|f| f.to_string()).collect(),
+            external,
+            password_hash: String::new(),
+            totp_secret: None,
+            locked: false,
+            created_at_ms: 0,
+        }
+    }
+
+    fn key(hasher: &KeyHasher, secret: &str) -> ApiKey {
+        ApiKey {
+            user_id: 0x15a6,
+            key_id: 1,
+            secret_hash: hasher.hash(secret),
+            description: "d".into(),
+            created_at_ms: 0,
+            created_by_id: 0x15a6,
+            created_by_name: "john".into(),
+            valid_until_ms: 0,
+            valid_sources: vec![],
+            functions: None,
+            customers: vec![],
+            read_only: false,
+            last_used_at_ms: 0,
+            last_used_ip: None,
+        }
+    }
+
+    #[test]
+    fn parses_issued_keys_only() {
+        let secret = generate_secret();
+        assert_eq!(secret.len(), SECRET_LEN);
+        let good = format!("15a6/1/{secret}");
+        let (prefix, parsed_secret) = parse(good.as_bytes()).unwrap();
+        assert_eq!(
+            prefix,
+            Prefix {
+                user_id: 0x15a6,
+                key_id: 1
+            }
+        );
+        assert_eq!(prefix.to_string(), "15a6/1");
+        assert_eq!(parsed_secret, secret);
+        for bad in [
+            String::new(),
+            "15a6/1".into(),
+            format!("15a6/1/{secret}/x"),
+            format!("15A6/1/{secret}"),
+            format!("015a6/1/{secret}"),
+            format!("15a6/01/{secret}"),
+            format!("15a6/-1/{secret}"),
+            format!("15a6/1/{}", &secret[1..]),
+            format!("15a6/1/{}!", &secret[1..]),
+            format!("zz/1/{secret}"),
+            format!("15a6/1/{secret}{}", "A".repeat(200)),
+        ] {
+            assert_eq!(parse(bad.as_bytes()), Err(AuthError::Malformed), "{bad:?}");
+        }
+        assert_eq!(parse(b"\xff\xfe/1/x"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn hashes_compare_in_constant_time_and_depend_on_the_pepper() {
+        let a = KeyHasher::new(vec![1; 32]);
+        let b = KeyHasher::new(vec![2; 32]);
+        assert!(a.matches("s", &a.hash("s")));
+        assert!(!a.matches("t", &a.hash("s")));
+        assert!(!a.matches("s", &b.hash("s")));
+    }
+
+    #[test]
+    fn constraints_are_checked() {
+        let hasher = KeyHasher::new(vec![7; 32]);
+        let secret = generate_secret();
+        let ip: IpAddr = "94.127.56.10".parse().unwrap();
+        let mut k = key(&hasher, &secret);
+        k.valid_sources = vec!["94.127.56.0/24".into()];
+        k.valid_until_ms = 1_000;
+        k.functions = Some(vec!["A".into(), "NOT-HELD".into()]);
+        let cached = CachedKey::new(&k, &user(true, &["A", "B"]));
+        let p = cached.check(&hasher, &secret, ip, 999).unwrap();
+        assert_eq!(p.functions, vec!["A".to_string()]);
+        assert_eq!(p.level, SecurityLevel::External);
+        assert_eq!(p.customers, vec!["7".to_string()]);
+        assert_eq!(
+            cached.check(&hasher, &secret, ip, 1_000).unwrap_err(),
+            AuthError::Expired
+        );
+        let outside: IpAddr = "94.127.57.1".parse().unwrap();
+        assert_eq!(
+            cached.check(&hasher, &secret, outside, 0).unwrap_err(),
+            AuthError::SourceNotAllowed
+        );
+        assert_eq!(
+            cached
+                .check(&hasher, &generate_secret(), ip, 0)
+                .unwrap_err(),
+            AuthError::BadSecret
+        );
+    }
+}
