@@ -2,6 +2,7 @@
 
 use crate::config::schema::LogFormat;
 use crate::config::Logging;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(logging: &Logging) {
@@ -10,7 +11,9 @@ pub fn init(logging: &Logging) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = match logging.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
