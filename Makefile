@@ -14,4 +14,4 @@ test: prereqs
 	cargo test --all-targets
 
 load: prereqs
-	scripts/load.sh
+	scripts/load.sh 4 32 7

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Load comparison, one run, same tool (wrk), same machine:
-#   upstream directly  vs  keyward on a public route  vs  keyward with Basic auth (cached).
-# Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# Load comparison, one run, same tool (wrk), same machine: the upstream directly, keyward on a
+# public route, keyward with cached Basic auth, keyward with an API key.
+# Usage: scripts/load.sh [SECONDS_PER_MEASUREMENT] [CONNECTIONS] [ROUNDS]
 # Prints requests/s of each and the ratios. Figures vary by machine; the ratios are the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-32}"
+rounds="${3:-3}"
 command -v wrk >/dev/null || { echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --release --bin keyward --example echo_upstream >&2
@@ -33,19 +34,56 @@ routes:
   - path: /
     require: { min_security_level: EXTERNAL }
 YAML
-LOAD_ADMIN_PASSWORD=load-password target/release/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" & pids+=($!)
+LOAD_ADMIN_PASSWORD=load-password target/release/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
+keyward_pid=$!; pids+=("$keyward_pid")
 for _ in $(seq 100); do curl -fs "http://$ops/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
 rps() { wrk -t2 -c"$connections" -d"${duration}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+# keyward's CPU time (user + system, in clock ticks) so far.
+ticks() { awk '{print $14 + $15}' "/proc/$keyward_pid/stat"; }
+hz=$(getconf CLK_TCK)
+# Prints "<req/s> <keyward CPU µs per request>" for one wrk run against keyward.
+measure() {
+  local before after out
+  before=$(ticks)
+  out=$(wrk -t2 -c"$connections" -d"${duration}s" "$@")
+  after=$(ticks)
+  echo "$out" | awk -v t=$((after - before)) -v hz="$hz" '
+    /requests in/ {n=$1} /Requests\/sec/ {r=$2}
+    END {printf "%s %.2f\n", r, t * 1000000 / hz / n}'
+}
 basic="Authorization: Basic $(printf 'admin:load-password' | base64)"
 
-# Warm-up (connection pools, the Basic cache).
-wrk -t1 -c4 -d1s -H "$basic" "http://$proxy/x" >/dev/null
+key=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
+  -d '{"description":"load test"}' "http://$proxy/authentication/v1/user/admin/apikey" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["apiKeyString"])')
+apikey="Argus-API-Key: $key"
 
-direct=$(rps "http://$up/public")
-public=$(rps "http://$proxy/public")
-authed=$(rps -H "$basic" "http://$proxy/x")
+# Warm-up (connection pools, the caches).
+wrk -t1 -c4 -d1s -H "$basic" "http://$proxy/x/fixed" >/dev/null
+wrk -t1 -c4 -d1s -H "$apikey" "http://$proxy/x/fixed" >/dev/null
 
+# Paths ending in /fixed get the same small answer from the upstream whatever the headers, so
+# the routes differ only by keyward's own work. The targets are measured in interleaved rounds
+# and the median of each is reported, so drift on a shared machine hits all of them alike.
+declare -a d p b k pc bc kc
+for round in $(seq "$rounds"); do
+  d+=("$(rps "http://$up/public/fixed")")
+  read -r r c <<<"$(measure "http://$proxy/public/fixed")"; p+=("$r"); pc+=("$c")
+  read -r r c <<<"$(measure -H "$basic" "http://$proxy/x/fixed")"; b+=("$r"); bc+=("$c")
+  read -r r c <<<"$(measure -H "$apikey" "http://$proxy/x/fixed")"; k+=("$r"); kc+=("$c")
+  echo "round $round: direct ${d[-1]} | public ${p[-1]} (${pc[-1]} µs CPU/req) | basic ${b[-1]} (${bc[-1]}) | apikey ${k[-1]} (${kc[-1]})" >&2
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# Ratios are taken within each round (same minute, same machine state), then the median.
+ratios() { local -n num=$1 den=$2; for i in "${!num[@]}"; do echo "${num[$i]} / ${den[$i]}" | bc -l; done; }
+direct=$(median "${d[@]}"); public=$(median "${p[@]}"); authed=$(median "${b[@]}"); keyed=$(median "${k[@]}")
+public_cpu=$(median "${pc[@]}"); basic_cpu=$(median "${bc[@]}"); apikey_cpu=$(median "${kc[@]}")
+mapfile -t r_public < <(ratios p d); mapfile -t r_basic < <(ratios b p); mapfile -t r_key < <(ratios k p)
+mapfile -t c_basic < <(ratios pc bc); mapfile -t c_key < <(ratios pc kc)
+
+echo "median of $rounds rounds of ${duration}s, wrk -t2 -c$connections (ratios: median of per-round ratios):"
 printf 'upstream direct         %10.0f req/s\n' "$direct"
-printf 'keyward public route    %10.0f req/s   (%.2f of direct)\n' "$public" "$(echo "$public / $direct" | bc -l)"
-printf 'keyward Basic (cached)  %10.0f req/s   (%.2f of public route)\n' "$authed" "$(echo "$authed / $public" | bc -l)"
+printf 'keyward public route    %10.0f req/s   %.2f of direct                        %6.1f µs keyward CPU/req\n' "$public" "$(median "${r_public[@]}")" "$public_cpu"
+printf 'keyward Basic (cached)  %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$authed" "$(median "${r_basic[@]}")" "$(median "${c_basic[@]}")" "$basic_cpu"
+printf 'keyward API key         %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$keyed" "$(median "${r_key[@]}")" "$(median "${c_key[@]}")" "$apikey_cpu"

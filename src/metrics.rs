@@ -25,6 +25,16 @@ impl Outcome {
     }
 }
 
+const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Allowed,
+    Outcome::Denied,
+    Outcome::Unauthenticated,
+    Outcome::Error,
+];
+
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
 /// The caches reported by `keyward_cache_*`.
@@ -35,6 +45,10 @@ const CACHES: [&str; 3] = [
 ];
 
 pub struct Metrics {
+    /// Series of the request path resolved once: `with_label_values` hashes the labels and
+    /// takes a lock on every call.
+    requests_by_label: Vec<IntCounter>,
+    auth_duration_by_method: Vec<prometheus::Histogram>,
     registry: Registry,
     requests: IntCounterVec,
     auth_duration: HistogramVec,
@@ -89,7 +103,9 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("metric registered once");
-        let metrics = Metrics {
+        let mut metrics = Metrics {
+            requests_by_label: Vec::new(),
+            auth_duration_by_method: Vec::new(),
             requests: counter_vec(
                 &registry,
                 "keyward_requests_total",
@@ -132,27 +148,32 @@ impl Metrics {
             registry,
         };
         metrics.touch_known_series();
+        metrics.requests_by_label = METHOD_LABELS
+            .iter()
+            .flat_map(|method| {
+                OUTCOMES
+                    .iter()
+                    .map(|outcome| {
+                        metrics
+                            .requests
+                            .with_label_values(&[method, outcome.as_str()])
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        metrics.auth_duration_by_method = AUTH_METHODS
+            .iter()
+            .map(|method| metrics.auth_duration.with_label_values(&[method]))
+            .collect();
         metrics
     }
 
     /// Creates the series every deployment has, at zero, so dashboards and alerts see the
     /// families from the first scrape instead of after the first event.
     fn touch_known_series(&self) {
-        for method in [
-            http::Method::GET,
-            http::Method::HEAD,
-            http::Method::POST,
-            http::Method::PUT,
-            http::Method::DELETE,
-        ] {
-            for outcome in [
-                Outcome::Allowed,
-                Outcome::Denied,
-                Outcome::Unauthenticated,
-                Outcome::Error,
-            ] {
-                self.requests
-                    .with_label_values(&[method_label(&method), outcome.as_str()]);
+        for method in METHOD_LABELS {
+            for outcome in OUTCOMES {
+                self.requests.with_label_values(&[method, outcome.as_str()]);
             }
         }
         for method in AUTH_METHODS {
@@ -182,15 +203,20 @@ impl Metrics {
     }
 
     pub fn request(&self, method: &http::Method, outcome: Outcome) {
-        self.requests
-            .with_label_values(&[method_label(method), outcome.as_str()])
-            .inc();
+        let label = method_label(method);
+        let row = METHOD_LABELS.iter().position(|m| *m == label).unwrap_or(0);
+        let column = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.requests_by_label[row * OUTCOMES.len() + column].inc();
     }
 
     pub fn auth_duration(&self, method: &str, seconds: f64) {
-        self.auth_duration
-            .with_label_values(&[method])
-            .observe(seconds);
+        match AUTH_METHODS.iter().position(|m| *m == method) {
+            Some(i) => self.auth_duration_by_method[i].observe(seconds),
+            None => self
+                .auth_duration
+                .with_label_values(&[method])
+                .observe(seconds),
+        }
     }
 
     pub fn auth_failure(&self, method: &str, reason: &str) {

@@ -132,6 +132,7 @@ mod tests {
             credential_id: "john".into(),
             read_only: false,
             customers: vec![],
+            identity: Default::default(),
         }
     }
 

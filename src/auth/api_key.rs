@@ -174,6 +174,7 @@ impl CachedKey {
                 credential_id: key.prefix(),
                 read_only: key.read_only,
                 customers,
+                identity: Default::default(),
             }),
         }
     }

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// How much a request is trusted, lowest to highest (SPEC §1).
@@ -137,9 +137,36 @@ pub struct Principal {
     pub credential_id: String,
     pub read_only: bool,
     pub customers: Vec<String>,
+    /// The `X-Keyward-*` headers for this principal, built on first use. Principals live in the
+    /// credential caches, so a warm request forwards them without formatting anything.
+    pub identity: OnceLock<Vec<(&'static str, http::HeaderValue)>>,
 }
 
 impl Principal {
+    /// The identity headers forwarded upstream (SPEC §6). A value that cannot be a header
+    /// (a control character in a stored name) is left out rather than failing the request.
+    pub fn identity_headers(&self) -> &[(&'static str, http::HeaderValue)] {
+        self.identity.get_or_init(|| {
+            let mut customers = self.customers.join(",");
+            if customers.is_empty() {
+                customers = self.customer.clone().unwrap_or_default();
+            }
+            [
+                ("x-keyward-user", self.user_name.clone()),
+                ("x-keyward-user-id", self.user_id.to_string()),
+                ("x-keyward-customer", customers),
+                ("x-keyward-functions", self.functions.join(",")),
+                ("x-keyward-security-level", self.level.as_str().to_owned()),
+                ("x-keyward-auth-method", self.method.as_str().to_owned()),
+                ("x-keyward-credential", self.credential_id.clone()),
+            ]
+            .into_iter()
+            .filter(|(name, value)| !value.is_empty() || *name == "x-keyward-functions")
+            .filter_map(|(name, value)| Some((name, http::HeaderValue::try_from(value).ok()?)))
+            .collect()
+        })
+    }
+
     pub fn has_function(&self, function: &str) -> bool {
         self.functions.iter().any(|f| f == function)
     }

@@ -6,7 +6,7 @@ pub mod ctx;
 pub mod respond;
 
 use crate::admin::{self, AdminApi};
-use crate::auth::{api_key, client_ip, Authenticator, Credential, Principal};
+use crate::auth::{api_key, client_ip, Authenticator, Credential};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy;
@@ -89,29 +89,6 @@ impl KeywardProxy {
             Some(refusal) => Err(refusal),
         }
     }
-
-    fn set_identity_headers(&self, upstream: &mut RequestHeader, principal: &Principal) {
-        let mut set = |name: &'static str, value: String| {
-            // Values come from the store; a value that is not a valid header (a control
-            // character in a user name) is left out rather than failing the request.
-            let _ = upstream.insert_header(name, value);
-        };
-        set("x-keyward-user", principal.user_name.clone());
-        set("x-keyward-user-id", principal.user_id.to_string());
-        if !principal.customers.is_empty() {
-            set("x-keyward-customer", principal.customers.join(","));
-        }
-        set("x-keyward-functions", principal.functions.join(","));
-        set(
-            "x-keyward-security-level",
-            principal.level.as_str().to_owned(),
-        );
-        set(
-            "x-keyward-auth-method",
-            principal.method.as_str().to_owned(),
-        );
-        set("x-keyward-credential", principal.credential_id.clone());
-    }
 }
 
 #[async_trait]
@@ -179,7 +156,9 @@ impl ProxyHttp for KeywardProxy {
             upstream.remove_header(api_key::HEADER);
         }
         if let Some(principal) = &ctx.principal {
-            self.set_identity_headers(upstream, principal);
+            for (name, value) in principal.identity_headers() {
+                upstream.insert_header(*name, value.clone())?;
+            }
         }
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())

@@ -2,6 +2,8 @@
 //! a JSON echo of what it received (method, path, query, headers, body length).
 //!
 //! `/slow/<ms>` waits that many milliseconds before answering (for drain and timeout tests).
+//! A path ending in `/fixed` gets a fixed small body instead of the echo, so load tests compare
+//! routes whose upstream work is identical whatever headers keyward adds.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -27,6 +29,9 @@ async fn answer(
     stats: Arc<EchoStats>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    if req.uri().path().ends_with("/fixed") {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
