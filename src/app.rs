@@ -4,6 +4,7 @@ use crate::admin::AdminApi;
 use crate::auth::api_key::{ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
 use crate::auth::basic::BasicAuthenticator;
 use crate::auth::password::PasswordHasher;
+use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::Authenticator;
 use crate::config::{BootstrapAdmin, Config};
 use crate::invalidation::{ChangeFollower, UsageFlusher};
@@ -50,7 +51,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             negative_capacity: config.cache.negative_capacity,
         },
     ));
-    let auth = Arc::new(Authenticator::new(basic, api_keys, metrics.clone()));
+    let signatures = Arc::new(SignatureAuthenticator::new(
+        db.clone(),
+        metrics.clone(),
+        config.signatures.clone(),
+    ));
+    let auth = Arc::new(Authenticator::new(
+        basic,
+        api_keys,
+        signatures,
+        metrics.clone(),
+    ));
     let admin = Arc::new(AdminApi::new(
         db.clone(),
         auth.clone(),
@@ -112,7 +123,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(proxy_service);
     server.add_service(ops);
     server.add_service(background_service("change feed", follower));
-    server.add_service(background_service("api key usage", flusher));
+    server.add_service(background_service("key usage", flusher));
     tracing::info!(
         proxy = %config.listen_proxy,
         ops = %config.listen_ops,

@@ -68,6 +68,9 @@ impl ChangeFollower {
                 match change.kind {
                     ChangeKind::User => self.auth.invalidate_user(change.user_id),
                     ChangeKind::ApiKey => self.auth.api_keys.invalidate_user(change.user_id),
+                    ChangeKind::SignatureKey => {
+                        self.auth.signatures.invalidate_user(change.user_id)
+                    }
                 }
                 self.last_seq.store(change.seq, Ordering::Release);
             }
@@ -91,7 +94,7 @@ impl ChangeFollower {
     }
 }
 
-/// Writes API key last uses to the store every `interval`, off the request path.
+/// Writes key last uses to the store every `interval`, off the request path.
 pub struct UsageFlusher {
     auth: Arc<Authenticator>,
     interval: Duration,
@@ -112,10 +115,10 @@ impl BackgroundService for UsageFlusher {
             tokio::select! {
                 _ = shutdown.changed() => {
                     // What was recorded since the last tick is written before exiting.
-                    self.auth.api_keys.flush_usage().await;
+                    self.auth.flush_usage().await;
                     return;
                 }
-                _ = ticker.tick() => self.auth.api_keys.flush_usage().await,
+                _ = ticker.tick() => self.auth.flush_usage().await,
             }
         }
     }

@@ -38,10 +38,14 @@ const OUTCOMES: [Outcome; 4] = [
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
 /// The caches reported by `keyward_cache_*`.
-const CACHES: [&str; 3] = [
+const CACHES: [&str; 7] = [
     crate::auth::basic::CACHE_NAME,
     crate::auth::api_key::CACHE_NAME,
     crate::auth::api_key::NEGATIVE_CACHE_NAME,
+    crate::auth::signature::CACHE_NAME,
+    crate::auth::signature::NEGATIVE_CACHE_NAME,
+    crate::auth::signature::REPLAY_CACHE_NAME,
+    crate::auth::signature::SESSION_CACHE_NAME,
 ];
 
 pub struct Metrics {
@@ -191,6 +195,20 @@ impl Metrics {
             "locked",
         ] {
             self.auth_failures.with_label_values(&["apikey", reason]);
+        }
+        for reason in [
+            "bad_signature",
+            "replay",
+            "clock_skew",
+            "expired",
+            "stale",
+            "unknown_key",
+            "digest_mismatch",
+            "malformed",
+            "source_not_allowed",
+            "locked",
+        ] {
+            self.auth_failures.with_label_values(&["signature", reason]);
         }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             self.upstream_responses.with_label_values(&[class]);

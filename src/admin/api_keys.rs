@@ -1,11 +1,10 @@
 //! `/authentication/v1/.../apikey`: list, create, renew and revoke API keys (SPEC §2).
 
 use super::envelope::{AdminError, Reply};
-use super::{authorize_manage, AdminApi, Call, POWER_USER};
+use super::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
 use crate::auth::api_key::{generate_secret, Prefix};
 use crate::config::parse_cidr;
 use crate::store::{now_ms, ApiKey, NewApiKey, User};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -40,23 +39,6 @@ struct RenewBody {
     disable_expiration: Option<bool>,
 }
 
-/// `"x"` or `["x", "y"]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(one) => vec![one],
-            OneOrMany::Many(many) => many,
-        }
-    }
-}
-
 /// Customer ids arrive as numbers (`[1]`) or strings.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -72,38 +54,6 @@ impl IdValue {
             IdValue::Text(t) => t,
         }
     }
-}
-
-/// Parses a JSON body: broken JSON is 400, well-formed JSON of the wrong shape (an unknown
-/// field, a wrong type) is 412 naming the field.
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AdminError::BadRequest(format!("malformed JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(AdminError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let mut field = e.path().to_string();
-        let message = e.inner().to_string();
-        if let Some(name) = message
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            if field == "." {
-                field = name.to_owned();
-            } else if !field.ends_with(name) {
-                field = format!("{field}.{name}");
-            }
-            return AdminError::field(
-                field,
-                format!("unknown field {name}"),
-                "validation.unknown.field",
-            );
-        }
-        AdminError::field(field, message, "validation.invalid")
-    })
 }
 
 /// The expiry of a new or renewed key, in ms since the epoch (0 = never).

@@ -5,8 +5,10 @@
 
 pub mod api_keys;
 pub mod envelope;
+pub mod signatures;
 
 use crate::audit::{self, AuditRecord};
+use crate::auth::signature::RequestView;
 use crate::auth::{Authenticator, Credential, Principal, SecurityLevel};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
@@ -16,6 +18,9 @@ use crate::store::{Db, User};
 use envelope::{AdminError, Reply};
 use http::Method;
 use pingora::proxy::Session;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
 use std::sync::Arc;
 
 /// Namespaces reserved for keyward's own endpoints, from the first release, so an upstream
@@ -37,6 +42,10 @@ enum Endpoint {
     UserApiKey,
     OwnApiKeys,
     OwnApiKey,
+    UserSignatures,
+    UserSignature,
+    UserSignatureSession,
+    OwnSignatureSession,
 }
 
 /// What the audit record says an admin call was about.
@@ -84,6 +93,22 @@ impl AdminApi {
             (
                 "/authentication/v1/apikey/{user_hex}/{key_id}",
                 Endpoint::OwnApiKey,
+            ),
+            (
+                "/authentication/v1/user/{user}/signature",
+                Endpoint::UserSignatures,
+            ),
+            (
+                "/authentication/v1/user/{user}/signature/{key_id}",
+                Endpoint::UserSignature,
+            ),
+            (
+                "/authentication/v1/user/{user}/signature/session",
+                Endpoint::UserSignatureSession,
+            ),
+            (
+                "/authentication/v1/user/signature/session",
+                Endpoint::OwnSignatureSession,
             ),
         ];
         for (path, endpoint) in routes {
@@ -158,21 +183,26 @@ impl AdminApi {
         let (user, user_hex, key_id) = (param("user"), param("user_hex"), param("key_id"));
         target.operation = operation(endpoint, &method).ok_or(AdminError::MethodNotAllowed)?;
 
-        let caller = self.authenticate(session, ctx).await?;
         let body = read_body(session).await?;
+        let caller = self.authenticate(session, ctx, &body).await?;
         let call = Call {
             caller: &caller,
             method: &method,
             body: &body,
         };
         let target_user = match endpoint {
-            Endpoint::UserApiKeys | Endpoint::UserApiKey => self.resolve_user(&user).await?,
-            Endpoint::OwnApiKeys | Endpoint::OwnApiKey => self.resolve_caller(&caller).await?,
+            Endpoint::OwnApiKeys | Endpoint::OwnApiKey | Endpoint::OwnSignatureSession => {
+                self.resolve_caller(&caller).await?
+            }
+            _ => self.resolve_user(&user).await?,
         };
         target.user = target_user.name.clone();
-        if !key_id.is_empty() {
-            target.credential = format!("{user_hex}/{key_id}");
-        }
+        target.credential = match (user_hex.is_empty(), key_id.is_empty()) {
+            (false, false) => format!("{user_hex}/{key_id}"),
+            (true, false) => format!("{}/{key_id}", target_user.name),
+            _ => String::new(),
+        };
+        let query = session.req_header().uri.query().map(str::to_owned);
         match (endpoint, &method) {
             (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::GET) => {
                 api_keys::list(self, &call, &target_user).await
@@ -191,6 +221,20 @@ impl AdminApi {
             (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => {
                 api_keys::revoke(self, &call, &target_user, &user_hex, &key_id).await
             }
+            (Endpoint::UserSignatures, &Method::GET) => {
+                signatures::list(self, &call, &target_user).await
+            }
+            (Endpoint::UserSignatures, &Method::POST) => {
+                let reply = signatures::enroll(self, &call, &target_user).await?;
+                target.credential = format!("{}/{}", target_user.name, reply.data["keyID"]);
+                Ok(reply)
+            }
+            (Endpoint::UserSignature, &Method::DELETE) => {
+                signatures::delete(self, &call, &target_user, &key_id).await
+            }
+            (Endpoint::UserSignatureSession | Endpoint::OwnSignatureSession, &Method::DELETE) => {
+                signatures::evict_sessions(self, &call, &target_user, query.as_deref())
+            }
             _ => Err(AdminError::MethodNotAllowed),
         }
     }
@@ -199,6 +243,7 @@ impl AdminApi {
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
+        body: &[u8],
     ) -> Result<Arc<Principal>, AdminError> {
         let credential = Credential::find(&session.req_header().headers).map_err(|e| {
             self.metrics.auth_failure("unknown", e.reason());
@@ -207,7 +252,12 @@ impl AdminApi {
         let client_ip = ctx
             .client_ip
             .ok_or(AdminError::BadRequest("no client address".into()))?;
-        match self.auth.authenticate(credential, client_ip).await {
+        let view = RequestView {
+            header: session.req_header(),
+            body: Some(body),
+            tls: false,
+        };
+        match self.auth.authenticate(credential, &view, client_ip).await {
             Ok(Some(principal)) => {
                 ctx.principal = Some(principal.clone());
                 Ok(principal)
@@ -248,6 +298,12 @@ fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
         (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::POST) => Some("apikey.create"),
         (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::PUT) => Some("apikey.renew"),
         (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => Some("apikey.revoke"),
+        (Endpoint::UserSignatures, &Method::GET) => Some("signature.list"),
+        (Endpoint::UserSignatures, &Method::POST) => Some("signature.enroll"),
+        (Endpoint::UserSignature, &Method::DELETE) => Some("signature.delete"),
+        (Endpoint::UserSignatureSession | Endpoint::OwnSignatureSession, &Method::DELETE) => {
+            Some("signature.session.evict")
+        }
         _ => None,
     }
 }
@@ -273,6 +329,55 @@ pub fn authorize_manage(call: &Call<'_>, target: &User) -> Result<(), AdminError
         ));
     }
     Ok(())
+}
+
+/// `"x"` or `["x", "y"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// Parses a JSON body: broken JSON is 400, well-formed JSON of the wrong shape (an unknown
+/// field, a wrong type) is 412 naming the field.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadRequest(format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(AdminError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut field = e.path().to_string();
+        let message = e.inner().to_string();
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            if field == "." {
+                field = name.to_owned();
+            } else if !field.ends_with(name) {
+                field = format!("{field}.{name}");
+            }
+            return AdminError::field(
+                field,
+                format!("unknown field {name}"),
+                "validation.unknown.field",
+            );
+        }
+        AdminError::field(field, message, "validation.invalid")
+    })
 }
 
 async fn read_body(session: &mut Session) -> Result<Vec<u8>, AdminError> {

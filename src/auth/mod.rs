@@ -8,6 +8,7 @@ pub mod api_key;
 pub mod basic;
 pub mod client_ip;
 pub mod password;
+pub mod signature;
 
 use crate::metrics::Metrics;
 use std::fmt;
@@ -190,6 +191,8 @@ pub enum AuthError {
     SourceNotAllowed,
     #[error("more than one credential was presented")]
     Ambiguous,
+    #[error("{0}")]
+    Signature(signature::SignatureError),
     /// The store could not be asked; the credential may well be valid (answered 503).
     #[error("the credential store is unavailable")]
     StoreUnavailable,
@@ -206,6 +209,7 @@ impl AuthError {
             AuthError::Expired => "expired",
             AuthError::SourceNotAllowed => "source_not_allowed",
             AuthError::Ambiguous => "ambiguous_credentials",
+            AuthError::Signature(e) => e.reason(),
             AuthError::StoreUnavailable => "store_unavailable",
         }
     }
@@ -217,6 +221,8 @@ pub enum Credential<'a> {
     None,
     Basic(&'a [u8]),
     ApiKey(&'a [u8]),
+    /// `Signature-Input` / `Signature`; the whole request is the credential.
+    Signature,
 }
 
 impl<'a> Credential<'a> {
@@ -236,10 +242,13 @@ impl<'a> Credential<'a> {
         let api_key = single(headers, api_key::HEADER)
             .map_err(|()| AuthError::Malformed)?
             .map(Credential::ApiKey);
-        match (basic, api_key) {
+        let signed = (headers.contains_key("signature-input") || headers.contains_key("signature"))
+            .then_some(Credential::Signature);
+        let mut found = [basic, api_key, signed].into_iter().flatten();
+        match (found.next(), found.next()) {
             (Some(_), Some(_)) => Err(AuthError::Ambiguous),
-            (Some(one), None) | (None, Some(one)) => Ok(one),
-            (None, None) => Ok(Credential::None),
+            (Some(one), None) => Ok(one),
+            (None, _) => Ok(Credential::None),
         }
     }
 
@@ -248,6 +257,7 @@ impl<'a> Credential<'a> {
             Credential::None => None,
             Credential::Basic(_) => Some(CredentialKind::Basic),
             Credential::ApiKey(_) => Some(CredentialKind::ApiKey),
+            Credential::Signature => Some(CredentialKind::Signature),
         }
     }
 }
@@ -266,6 +276,7 @@ fn single<'a>(headers: &'a http::HeaderMap, name: &str) -> Result<Option<&'a [u8
 pub struct Authenticator {
     pub basic: Arc<basic::BasicAuthenticator>,
     pub api_keys: Arc<api_key::ApiKeyAuthenticator>,
+    pub signatures: Arc<signature::SignatureAuthenticator>,
     metrics: Arc<Metrics>,
 }
 
@@ -273,11 +284,13 @@ impl Authenticator {
     pub fn new(
         basic: Arc<basic::BasicAuthenticator>,
         api_keys: Arc<api_key::ApiKeyAuthenticator>,
+        signatures: Arc<signature::SignatureAuthenticator>,
         metrics: Arc<Metrics>,
     ) -> Authenticator {
         Authenticator {
             basic,
             api_keys,
+            signatures,
             metrics,
         }
     }
@@ -286,6 +299,7 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         credential: Credential<'_>,
+        request: &signature::RequestView<'_>,
         client_ip: IpAddr,
     ) -> Result<Option<Arc<Principal>>, AuthError> {
         let Some(kind) = credential.kind() else {
@@ -295,6 +309,7 @@ impl Authenticator {
         let result = match credential {
             Credential::Basic(value) => self.basic.authenticate(value).await,
             Credential::ApiKey(value) => self.api_keys.authenticate(value, client_ip).await,
+            Credential::Signature => self.signatures.authenticate(request, client_ip).await,
             Credential::None => return Ok(None),
         };
         self.metrics
@@ -309,6 +324,13 @@ impl Authenticator {
     pub fn invalidate_user(&self, user_id: i64) {
         self.basic.invalidate_user(user_id);
         self.api_keys.invalidate_user(user_id);
+        self.signatures.invalidate_user(user_id);
+    }
+
+    /// Writes recorded last uses of keys to the store.
+    pub async fn flush_usage(&self) {
+        self.api_keys.flush_usage().await;
+        self.signatures.flush_usage().await;
     }
 
     /// Publishes cache sizes to the metrics.
@@ -319,6 +341,9 @@ impl Authenticator {
         self.metrics.set_cache_entries(api_key::CACHE_NAME, keys);
         self.metrics
             .set_cache_entries(api_key::NEGATIVE_CACHE_NAME, unknown);
+        for (cache, entries) in self.signatures.entry_counts().await {
+            self.metrics.set_cache_entries(cache, entries);
+        }
     }
 }
 

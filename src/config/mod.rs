@@ -68,6 +68,19 @@ pub struct Config {
     pub cache: CacheSettings,
     pub server: ServerSettings,
     pub api_keys: ApiKeySettings,
+    pub signatures: SignatureSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct SignatureSettings {
+    pub max_age: Duration,
+    pub max_future: Duration,
+    pub skew_tolerance: Duration,
+    pub session_ttl: Duration,
+    pub replay_memory_bytes: u64,
+    pub key_cache_ttl: Duration,
+    pub key_cache_capacity: u64,
+    pub negative_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +215,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         cache,
         server,
         api_keys,
+        signatures,
     } = file;
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
@@ -335,6 +349,18 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             "must be greater than zero".into(),
         );
     }
+    if signatures.max_age.0.is_zero() {
+        problem(
+            "signatures.max_age".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if signatures.replay_memory < 1024 * 1024 {
+        problem(
+            "signatures.replay_memory".into(),
+            "must be at least 1048576 bytes".into(),
+        );
+    }
     if server.threads == 0 {
         problem("server.threads".into(), "must be at least 1".into());
     }
@@ -372,6 +398,16 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             api_key_capacity: cache.api_key_capacity,
             negative_ttl: cache.negative_ttl.0,
             negative_capacity: cache.negative_capacity,
+        },
+        signatures: SignatureSettings {
+            max_age: signatures.max_age.0,
+            max_future: signatures.max_future.0,
+            skew_tolerance: signatures.skew_tolerance.0,
+            session_ttl: signatures.session_ttl.0,
+            replay_memory_bytes: signatures.replay_memory,
+            key_cache_ttl: cache.api_key_ttl.0,
+            key_cache_capacity: cache.api_key_capacity,
+            negative_ttl: cache.negative_ttl.0,
         },
         api_keys: ApiKeySettings {
             default_expiration_days: api_keys.default_expiration_days,

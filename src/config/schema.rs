@@ -31,6 +31,36 @@ pub struct FileConfig {
     pub server: ServerFile,
     #[serde(default)]
     pub api_keys: ApiKeysFile,
+    #[serde(default)]
+    pub signatures: SignaturesFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturesFile {
+    #[serde(default = "defaults::max_age")]
+    pub max_age: Seconds,
+    #[serde(default = "defaults::max_future")]
+    pub max_future: Seconds,
+    #[serde(default = "defaults::skew_tolerance")]
+    pub skew_tolerance: Seconds,
+    #[serde(default = "defaults::session_ttl")]
+    pub session_ttl: Seconds,
+    /// Memory bound of the replay window, in bytes.
+    #[serde(default = "defaults::replay_memory")]
+    pub replay_memory: u64,
+}
+
+impl Default for SignaturesFile {
+    fn default() -> Self {
+        SignaturesFile {
+            max_age: defaults::max_age(),
+            max_future: defaults::max_future(),
+            skew_tolerance: defaults::skew_tolerance(),
+            session_ttl: defaults::session_ttl(),
+            replay_memory: defaults::replay_memory(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,6 +341,21 @@ mod defaults {
     }
     pub fn negative_ttl() -> Seconds {
         Seconds(Duration::from_secs(30))
+    }
+    pub fn max_age() -> Seconds {
+        Seconds(Duration::from_secs(300))
+    }
+    pub fn max_future() -> Seconds {
+        Seconds(Duration::from_secs(30))
+    }
+    pub fn skew_tolerance() -> Seconds {
+        Seconds(Duration::from_secs(30))
+    }
+    pub fn session_ttl() -> Seconds {
+        Seconds(Duration::from_secs(15 * 60))
+    }
+    pub fn replay_memory() -> u64 {
+        256 * 1024 * 1024
     }
     pub fn threads() -> usize {
         2

@@ -6,7 +6,7 @@ pub mod ctx;
 pub mod respond;
 
 use crate::admin::{self, AdminApi};
-use crate::auth::{api_key, client_ip, Authenticator, Credential};
+use crate::auth::{api_key, client_ip, signature, Authenticator, Credential};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy;
@@ -57,7 +57,11 @@ impl KeywardProxy {
 
     /// Decides a request: to the upstream (with `ctx.principal` set), to the admin API, or
     /// refused.
-    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Admission, Refusal> {
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Admission, Refusal> {
         let request = session.req_header();
         let path = request.uri.path();
         if policy::is_ambiguous_path(path) {
@@ -83,10 +87,45 @@ impl KeywardProxy {
         let credential = Credential::find(&request.headers).inspect_err(|e| {
             self.metrics.auth_failure("unknown", e.reason());
         })?;
-        ctx.principal = self.auth.authenticate(credential, client_ip).await?;
+        let signed_body =
+            matches!(credential, Credential::Signature) && signature::has_body(request);
+        // A signed body is checked against Content-Digest before anything is forwarded, so it
+        // is read here, within pingora's retry buffer, which then replays it to the upstream.
+        let body = match signed_body {
+            true => Some(read_signed_body(session).await?),
+            false => None,
+        };
+        let request = session.req_header();
+        let credential = Credential::find(&request.headers).map_err(Refusal::from)?;
+        let view = signature::RequestView {
+            header: request,
+            body: body.as_deref(),
+            tls: false,
+        };
+        ctx.principal = self.auth.authenticate(credential, &view, client_ip).await?;
         match Refusal::from_decision(route.decide(ctx.principal.as_deref(), &request.method)) {
             None => Ok(Admission::Upstream),
             Some(refusal) => Err(refusal),
+        }
+    }
+}
+
+/// The body of a signed request, at most pingora's retry-buffer size (64 KiB): larger signed
+/// bodies are refused, since they could not be replayed to the upstream after the check.
+async fn read_signed_body(session: &mut Session) -> Result<Vec<u8>, Refusal> {
+    const LIMIT: usize = 64 * 1024;
+    session.as_downstream_mut().enable_retry_buffering();
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > LIMIT {
+                    return Err(Refusal::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(Refusal::BadRequest("unreadable_body")),
         }
     }
 }

@@ -21,6 +21,8 @@ pub enum Refusal {
     Forbidden(&'static str),
     /// 404: a path keyward reserves for itself that has no endpoint.
     NotFound,
+    /// 413: a signed body too large to check before forwarding.
+    PayloadTooLarge,
     /// 502: no upstream could be reached.
     BadGateway(&'static str),
     /// 503: keyward cannot decide right now (the store is down and nothing is cached).
@@ -36,6 +38,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
+            Refusal::PayloadTooLarge => 413,
             Refusal::BadGateway(_) => 502,
             Refusal::Unavailable(_) => 503,
             Refusal::GatewayTimeout => 504,
@@ -50,6 +53,7 @@ impl Refusal {
             | Refusal::BadGateway(r)
             | Refusal::Unavailable(r) => r,
             Refusal::NotFound => "not_found",
+            Refusal::PayloadTooLarge => "signed_body_too_large",
             Refusal::GatewayTimeout => "upstream_timeout",
         }
     }
@@ -60,6 +64,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
+            Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -69,7 +74,10 @@ impl Refusal {
     pub fn outcome(self) -> Outcome {
         match self {
             Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
-            Refusal::BadRequest(_) | Refusal::Forbidden(_) | Refusal::NotFound => Outcome::Denied,
+            Refusal::BadRequest(_)
+            | Refusal::Forbidden(_)
+            | Refusal::NotFound
+            | Refusal::PayloadTooLarge => Outcome::Denied,
             Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => {
                 Outcome::Error
             }
@@ -78,12 +86,15 @@ impl Refusal {
 
     /// The JSON body: small, stable, and free of anything the client did not already know.
     pub fn body(self, request_id: &str) -> Bytes {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "status": self.status(),
             "error": self.error(),
             "reason": self.reason(),
             "request_id": request_id,
         });
+        if let Some(message) = explain(self.reason()) {
+            body["message"] = message.into();
+        }
         Bytes::from(body.to_string())
     }
 
@@ -137,6 +148,23 @@ pub async fn send_json(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// A sentence for the reasons a client can act on.
+fn explain(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "clock_skew" => {
+            "clock skew detected: the signature's created time moved against the clock offset \
+             established for this key; fix the client clock, then evict the signature session"
+        }
+        "replay" => "this signature was already used; sign every request anew",
+        "stale" => "the signature's created time is outside the accepted window",
+        "digest_mismatch" => "the body does not match Content-Digest",
+        "locked" => "the account is locked",
+        "expired" => "the credential has expired",
+        "source_not_allowed" => "the credential may not be used from this address",
+        _ => return None,
+    })
 }
 
 impl From<AuthError> for Refusal {

@@ -103,6 +103,30 @@ pub struct NewApiKey {
     pub read_only: bool,
 }
 
+/// An enrolled Ed25519 public key (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureKey {
+    pub user_id: i64,
+    pub key_id: i64,
+    pub public_key: Vec<u8>,
+    pub description: String,
+    pub created_at_ms: i64,
+    /// 0 = never expires.
+    pub valid_until_ms: i64,
+    pub valid_sources: Vec<String>,
+    pub last_used_at_ms: i64,
+    pub last_used_ip: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSignatureKey {
+    pub user_id: i64,
+    pub public_key: Vec<u8>,
+    pub description: String,
+    pub valid_until_ms: i64,
+    pub valid_sources: Vec<String>,
+}
+
 /// The last use of a key, written in batches off the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyUsage {
@@ -119,6 +143,8 @@ pub enum ChangeKind {
     User,
     /// One of the user's API keys was created, renewed or revoked.
     ApiKey,
+    /// One of the user's signature keys was enrolled or deleted.
+    SignatureKey,
 }
 
 impl ChangeKind {
@@ -126,6 +152,7 @@ impl ChangeKind {
         match self {
             ChangeKind::User => "user",
             ChangeKind::ApiKey => "api_key",
+            ChangeKind::SignatureKey => "signature_key",
         }
     }
 
@@ -133,6 +160,7 @@ impl ChangeKind {
         match s {
             "user" => Some(ChangeKind::User),
             "api_key" => Some(ChangeKind::ApiKey),
+            "signature_key" => Some(ChangeKind::SignatureKey),
             _ => None,
         }
     }
@@ -179,6 +207,19 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Option<ApiKey>, StoreError>;
     /// Records last uses, in one transaction.
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
+
+    /// Enrolls a key under the user's next key id.
+    async fn create_signature_key(&self, key: NewSignatureKey) -> Result<SignatureKey, StoreError>;
+    /// An enrolled (not deleted) key.
+    async fn signature_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+    ) -> Result<Option<SignatureKey>, StoreError>;
+    async fn list_signature_keys(&self, user_id: i64) -> Result<Vec<SignatureKey>, StoreError>;
+    /// Deletes an enrolled key; false when there is no such key.
+    async fn delete_signature_key(&self, user_id: i64, key_id: i64) -> Result<bool, StoreError>;
+    async fn record_signature_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
 
     /// Change-feed rows with `seq > after`, oldest first.
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;

@@ -2,7 +2,8 @@
 //! `kill -9` and power loss alike. Admin writes are rare; the request path reads from caches.
 
 use super::{
-    now_ms, ApiKey, Change, ChangeKind, KeyUsage, NewApiKey, NewUser, Store, StoreError, User,
+    now_ms, ApiKey, Change, ChangeKind, KeyUsage, NewApiKey, NewSignatureKey, NewUser,
+    SignatureKey, Store, StoreError, User,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -133,6 +134,23 @@ fn api_key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
         functions,
         customers: json_list(row, "customers")?,
         read_only: row.try_get("read_only")?,
+        last_used_at_ms: row.try_get("last_used_at_ms")?,
+        last_used_ip: row.try_get("last_used_ip")?,
+    })
+}
+
+const SIGNATURE_KEY_COLUMNS: &str = "user_id, key_id, public_key, description, created_at_ms, \
+                                     valid_until_ms, valid_sources, last_used_at_ms, last_used_ip";
+
+fn signature_key_from_row(row: &SqliteRow) -> Result<SignatureKey, StoreError> {
+    Ok(SignatureKey {
+        user_id: row.try_get("user_id")?,
+        key_id: row.try_get("key_id")?,
+        public_key: row.try_get("public_key")?,
+        description: row.try_get("description")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        valid_until_ms: row.try_get("valid_until_ms")?,
+        valid_sources: json_list(row, "valid_sources")?,
         last_used_at_ms: row.try_get("last_used_at_ms")?,
         last_used_ip: row.try_get("last_used_ip")?,
     })
@@ -353,6 +371,107 @@ impl Store for SqliteStore {
         for u in usage {
             sqlx::query(
                 "UPDATE api_keys SET last_used_at_ms = ?, last_used_ip = ? \
+                 WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?",
+            )
+            .bind(u.at_ms)
+            .bind(&u.ip)
+            .bind(u.user_id)
+            .bind(u.key_id)
+            .bind(u.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_signature_key(&self, key: NewSignatureKey) -> Result<SignatureKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let key_id: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(key_id), 0) + 1 FROM signature_keys WHERE user_id = ?",
+        )
+        .bind(key.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO signature_keys (user_id, key_id, public_key, description, \
+             created_at_ms, valid_until_ms, valid_sources) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key.user_id)
+        .bind(key_id)
+        .bind(&key.public_key)
+        .bind(&key.description)
+        .bind(now_ms())
+        .bind(key.valid_until_ms)
+        .bind(to_json(&key.valid_sources))
+        .execute(&mut *tx)
+        .await?;
+        Self::record_change(&mut tx, ChangeKind::SignatureKey, key.user_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SIGNATURE_KEY_COLUMNS} FROM signature_keys WHERE user_id = ? AND key_id = ?"
+        ))
+        .bind(key.user_id)
+        .bind(key_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let created = signature_key_from_row(&row)?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn signature_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+    ) -> Result<Option<SignatureKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SIGNATURE_KEY_COLUMNS} FROM signature_keys \
+             WHERE user_id = ? AND key_id = ? AND deleted = 0"
+        ))
+        .bind(user_id)
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| signature_key_from_row(&row))
+        .transpose()
+    }
+
+    async fn list_signature_keys(&self, user_id: i64) -> Result<Vec<SignatureKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SIGNATURE_KEY_COLUMNS} FROM signature_keys \
+             WHERE user_id = ? AND deleted = 0 ORDER BY key_id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(signature_key_from_row)
+        .collect()
+    }
+
+    async fn delete_signature_key(&self, user_id: i64, key_id: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE signature_keys SET deleted = 1 \
+             WHERE user_id = ? AND key_id = ? AND deleted = 0",
+        )
+        .bind(user_id)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::record_change(&mut tx, ChangeKind::SignatureKey, user_id).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn record_signature_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for u in usage {
+            sqlx::query(
+                "UPDATE signature_keys SET last_used_at_ms = ?, last_used_ip = ? \
                  WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?",
             )
             .bind(u.at_ms)

@@ -1,0 +1,844 @@
+//! Signed requests (SPEC §3): RFC 9421 HTTP Message Signatures with Ed25519.
+//!
+//! Verification rebuilds the signature base exactly as RFC 9421 §2.5 describes from the
+//! `Signature-Input` parameters (parsed and re-serialised as structured fields with `sfv`),
+//! verifies it with `ed25519-dalek` in strict mode, checks the body against `Content-Digest`
+//! (RFC 9530), and then guards against replay twice over: every accepted signature is
+//! remembered for its whole validity window, and a per-key "signature session" pins the
+//! client's clock offset so a client cannot step its clock back to sign outside the window.
+
+use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::config::{parse_cidr, SignatureSettings};
+use crate::metrics::Metrics;
+use crate::store::{now_ms, Db, KeyUsage, SignatureKey, StoreError, User};
+use base64::Engine as _;
+use ed25519_dalek::{Signature, VerifyingKey};
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, List, ListEntry, Parser};
+use sha2::{Digest, Sha256, Sha512};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub const CACHE_NAME: &str = "signature_key";
+pub const NEGATIVE_CACHE_NAME: &str = "signature_key_negative";
+pub const REPLAY_CACHE_NAME: &str = "replay_window";
+pub const SESSION_CACHE_NAME: &str = "signature_session";
+/// Components every signature must cover; `content-digest` too when there is a body.
+const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
+/// Longest accepted `Signature-Input` / `Signature` value.
+const MAX_HEADER_LEN: usize = 4096;
+/// Estimated memory of one replay-window entry: 32-byte key, moka's per-entry bookkeeping
+/// (node, access-order deque and timer-wheel links, hash-table slot). Measured: see
+/// docs/performance.md.
+pub const REPLAY_ENTRY_BYTES: u32 = 160;
+
+/// Why a signed request was refused, beyond the reasons shared with other credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("malformed signature headers")]
+    Malformed,
+    #[error("a required component is not covered")]
+    MissingComponent,
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("the body does not match Content-Digest")]
+    DigestMismatch,
+    #[error("created lies outside the accepted window")]
+    Stale,
+    #[error("the signature or key has expired")]
+    Expired,
+    #[error("this signature was already used")]
+    Replay,
+    #[error("clock skew detected: the client's clock moved against its signature session")]
+    ClockSkew,
+}
+
+/// The parsed `Signature-Input` member and its `Signature`.
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    pub components: Vec<String>,
+    /// The `@signature-params` value: the inner list re-serialised.
+    pub params: String,
+    pub created: i64,
+    pub expires: Option<i64>,
+    pub nonce: Option<String>,
+    pub keyid: String,
+    pub signature: [u8; 64],
+}
+
+/// The parts of a request a signature can cover.
+pub struct RequestView<'a> {
+    pub header: &'a RequestHeader,
+    pub body: Option<&'a [u8]>,
+    pub tls: bool,
+}
+
+fn single_header<'a>(header: &'a RequestHeader, name: &str) -> Result<&'a str, SignatureError> {
+    let mut values = header.headers.get_all(name).iter();
+    let value = values.next().ok_or(SignatureError::Malformed)?;
+    if values.next().is_some() || value.len() > MAX_HEADER_LEN {
+        return Err(SignatureError::Malformed);
+    }
+    value.to_str().map_err(|_| SignatureError::Malformed)
+}
+
+/// Parses `Signature-Input` and `Signature`. One signature per request: several labels are
+/// refused rather than picked between.
+pub fn parse_headers(header: &RequestHeader) -> Result<SignedRequest, SignatureError> {
+    let input: Dictionary = Parser::new(single_header(header, "signature-input")?)
+        .parse()
+        .map_err(|_| SignatureError::Malformed)?;
+    let signatures: Dictionary = Parser::new(single_header(header, "signature")?)
+        .parse()
+        .map_err(|_| SignatureError::Malformed)?;
+    if input.len() != 1 {
+        return Err(SignatureError::Malformed);
+    }
+    let (label, entry) = input.into_iter().next().ok_or(SignatureError::Malformed)?;
+    let ListEntry::InnerList(list) = entry else {
+        return Err(SignatureError::Malformed);
+    };
+    let signature = match signatures.get(label.as_str()) {
+        Some(ListEntry::Item(Item {
+            bare_item: BareItem::ByteSequence(bytes),
+            ..
+        })) => <[u8; 64]>::try_from(bytes.as_slice()).map_err(|_| SignatureError::Malformed)?,
+        _ => return Err(SignatureError::Malformed),
+    };
+    let mut components = Vec::with_capacity(list.items.len());
+    for item in &list.items {
+        // Component parameters (`;sf`, `;key`, `;req`, `;bs`) are not supported: refused.
+        let name = item
+            .bare_item
+            .as_string()
+            .ok_or(SignatureError::Malformed)?;
+        if !item.params.is_empty() {
+            return Err(SignatureError::Malformed);
+        }
+        let name = name.as_str().to_owned();
+        if components.contains(&name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(SignatureError::Malformed);
+        }
+        components.push(name);
+    }
+    let int_param = |name: &str| -> Result<Option<i64>, SignatureError> {
+        match list.params.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_integer()
+                .map(|i| Some(i64::from(i)))
+                .ok_or(SignatureError::Malformed),
+        }
+    };
+    let str_param = |name: &str| -> Result<Option<String>, SignatureError> {
+        match list.params.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_string()
+                .map(|s| Some(s.as_str().to_owned()))
+                .ok_or(SignatureError::Malformed),
+        }
+    };
+    let created = int_param("created")?.ok_or(SignatureError::Malformed)?;
+    let expires = int_param("expires")?;
+    let nonce = str_param("nonce")?;
+    let keyid = str_param("keyid")?.ok_or(SignatureError::Malformed)?;
+    if let Some(alg) = str_param("alg")? {
+        if alg != "ed25519" {
+            return Err(SignatureError::Malformed);
+        }
+    }
+    let params = serialize_inner_list(list)?;
+    Ok(SignedRequest {
+        components,
+        params,
+        created,
+        expires,
+        nonce,
+        keyid,
+        signature,
+    })
+}
+
+fn serialize_inner_list(list: InnerList) -> Result<String, SignatureError> {
+    let as_list: List = vec![ListEntry::InnerList(list)];
+    as_list.serialize().ok_or(SignatureError::Malformed)
+}
+
+/// `@authority`: the host, lower-cased, without the scheme's default port.
+fn authority(view: &RequestView<'_>) -> Result<String, SignatureError> {
+    let raw = match view.header.uri.authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => single_header(view.header, "host")?.to_owned(),
+    };
+    let mut authority = raw.trim().to_ascii_lowercase();
+    let default_port = if view.tls { ":443" } else { ":80" };
+    if let Some(stripped) = authority.strip_suffix(default_port) {
+        authority = stripped.to_owned();
+    }
+    Ok(authority)
+}
+
+/// The value of one covered component (RFC 9421 §2.1, §2.2).
+fn component_value(view: &RequestView<'_>, name: &str) -> Result<String, SignatureError> {
+    let uri = &view.header.uri;
+    let path = || {
+        let path = uri.path();
+        if path.is_empty() { "/" } else { path }.to_owned()
+    };
+    let query = || format!("?{}", uri.query().unwrap_or(""));
+    let scheme = if view.tls { "https" } else { "http" };
+    Ok(match name {
+        "@method" => view.header.method.as_str().to_owned(),
+        "@authority" => authority(view)?,
+        "@path" => path(),
+        "@query" => query(),
+        "@scheme" => scheme.to_owned(),
+        "@target-uri" => {
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{scheme}://{}{}{query}", authority(view)?, path())
+        }
+        "@request-target" => match uri.query() {
+            Some(q) => format!("{}?{q}", path()),
+            None => path(),
+        },
+        derived if derived.starts_with('@') => return Err(SignatureError::Malformed),
+        field => {
+            let mut values = view.header.headers.get_all(field).iter().peekable();
+            if values.peek().is_none() {
+                return Err(SignatureError::MissingComponent);
+            }
+            let mut parts = Vec::new();
+            for value in values {
+                let text = value.to_str().map_err(|_| SignatureError::Malformed)?;
+                parts.push(text.trim().to_owned());
+            }
+            parts.join(", ")
+        }
+    })
+}
+
+/// The signature base (RFC 9421 §2.5).
+pub fn signature_base(
+    view: &RequestView<'_>,
+    components: &[String],
+    params: &str,
+) -> Result<String, SignatureError> {
+    let mut base = String::with_capacity(256);
+    for name in components {
+        let value = component_value(view, name)?;
+        if value.contains('\n') {
+            return Err(SignatureError::Malformed);
+        }
+        base.push_str(&format!("\"{name}\": {value}\n"));
+    }
+    base.push_str(&format!("\"@signature-params\": {params}"));
+    Ok(base)
+}
+
+/// Checks the body against `Content-Digest` (RFC 9530): every sha-256 / sha-512 member
+/// present must match, and at least one must be present.
+pub fn check_content_digest(header: &RequestHeader, body: &[u8]) -> Result<(), SignatureError> {
+    let digest: Dictionary = Parser::new(single_header(header, "content-digest")?)
+        .parse()
+        .map_err(|_| SignatureError::Malformed)?;
+    let mut checked = 0;
+    for (algorithm, entry) in &digest {
+        let ListEntry::Item(Item {
+            bare_item: BareItem::ByteSequence(expected),
+            ..
+        }) = entry
+        else {
+            return Err(SignatureError::Malformed);
+        };
+        let actual = match algorithm.as_str() {
+            "sha-256" => Sha256::digest(body).to_vec(),
+            "sha-512" => Sha512::digest(body).to_vec(),
+            _ => continue,
+        };
+        if &actual != expected {
+            return Err(SignatureError::DigestMismatch);
+        }
+        checked += 1;
+    }
+    if checked == 0 {
+        return Err(SignatureError::Malformed);
+    }
+    Ok(())
+}
+
+/// Whether a request carries a body (and so must cover `content-digest`).
+pub fn has_body(header: &RequestHeader) -> bool {
+    let length = header
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(n) => n > 0,
+        None => header.headers.contains_key(http::header::TRANSFER_ENCODING),
+    }
+}
+
+/// Parses an enrolled public key: base64 of the 32 raw bytes, or a PEM `PUBLIC KEY`.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+    let text = text.trim();
+    if text.starts_with("-----BEGIN") {
+        use ed25519_dalek::pkcs8::DecodePublicKey;
+        return VerifyingKey::from_public_key_pem(text)
+            .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+        .map_err(|_| "publicKey must be base64 or PEM".to_owned())?;
+    let raw = <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| "an Ed25519 public key has 32 bytes".to_owned())?;
+    VerifyingKey::from_bytes(&raw).map_err(|e| format!("not a valid Ed25519 public key: {e}"))
+}
+
+/// `keyid="<user name or id>/<keyID>"`.
+pub fn parse_keyid(keyid: &str) -> Option<(String, i64)> {
+    let (user, key_id) = keyid.rsplit_once('/')?;
+    if user.is_empty() || key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((user.to_owned(), key_id.parse().ok()?))
+}
+
+/// An enrolled key as the request path needs it.
+pub struct CachedSigKey {
+    user_id: i64,
+    key_id: i64,
+    verifying_key: VerifyingKey,
+    valid_until_ms: i64,
+    valid_sources: Vec<IpNet>,
+    locked: bool,
+    principal: Arc<Principal>,
+}
+
+impl CachedSigKey {
+    pub fn new(key: &SignatureKey, user: &User) -> Result<CachedSigKey, String> {
+        let raw = <[u8; 32]>::try_from(key.public_key.as_slice())
+            .map_err(|_| "stored public key is not 32 bytes".to_owned())?;
+        let verifying_key = VerifyingKey::from_bytes(&raw).map_err(|e| e.to_string())?;
+        Ok(CachedSigKey {
+            user_id: user.id,
+            key_id: key.key_id,
+            verifying_key,
+            valid_until_ms: key.valid_until_ms,
+            valid_sources: key
+                .valid_sources
+                .iter()
+                .map(|s| parse_cidr(s).unwrap_or_else(|_| IpNet::from(IpAddr::from([0u8; 4]))))
+                .collect(),
+            locked: user.locked,
+            principal: Arc::new(Principal {
+                user_id: user.id,
+                user_name: user.name.clone(),
+                customer: user.customer.clone(),
+                functions: user.functions.clone(),
+                // SPEC §1: a signed request is DEFAULT for internal and external users alike.
+                level: SecurityLevel::Default,
+                method: AuthMethod::Signature,
+                kind: CredentialKind::Signature,
+                credential_id: format!("{}/{}", user.name, key.key_id),
+                read_only: false,
+                customers: user.customer.iter().cloned().collect(),
+                identity: Default::default(),
+            }),
+        })
+    }
+}
+
+/// A client's clock offset, pinned by its first accepted request.
+#[derive(Debug, Clone, Copy)]
+struct SignatureSession {
+    offset_secs: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+enum LoadError {
+    #[error("no such key")]
+    NotFound,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+pub struct SignatureAuthenticator {
+    db: Db,
+    metrics: Arc<Metrics>,
+    settings: SignatureSettings,
+    keys: moka::future::Cache<(String, i64), Arc<CachedSigKey>>,
+    unknown: moka::future::Cache<(String, i64), ()>,
+    replay: moka::sync::Cache<[u8; 32], ()>,
+    sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
+    usage: Mutex<HashMap<(i64, i64), (i64, IpAddr)>>,
+}
+
+impl SignatureError {
+    /// The `reason` label and the reason in 401 bodies.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SignatureError::Malformed | SignatureError::MissingComponent => "malformed",
+            SignatureError::BadSignature => "bad_signature",
+            SignatureError::DigestMismatch => "digest_mismatch",
+            SignatureError::Stale => "stale",
+            SignatureError::Expired => "expired",
+            SignatureError::Replay => "replay",
+            SignatureError::ClockSkew => "clock_skew",
+        }
+    }
+}
+
+impl From<SignatureError> for AuthError {
+    fn from(e: SignatureError) -> AuthError {
+        AuthError::Signature(e)
+    }
+}
+
+impl SignatureAuthenticator {
+    pub fn new(db: Db, metrics: Arc<Metrics>, settings: SignatureSettings) -> Self {
+        let window = settings.max_age + settings.max_future;
+        SignatureAuthenticator {
+            keys: moka::future::Cache::builder()
+                .max_capacity(settings.key_cache_capacity)
+                .time_to_live(settings.key_cache_ttl)
+                .support_invalidation_closures()
+                .build(),
+            unknown: moka::future::Cache::builder()
+                .max_capacity(settings.key_cache_capacity)
+                .time_to_live(settings.negative_ttl)
+                .support_invalidation_closures()
+                .build(),
+            replay: moka::sync::Cache::builder()
+                .weigher(|_, _| REPLAY_ENTRY_BYTES)
+                .max_capacity(settings.replay_memory_bytes)
+                .time_to_live(window)
+                .build(),
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(settings.key_cache_capacity)
+                .time_to_idle(settings.session_ttl)
+                .support_invalidation_closures()
+                .build(),
+            usage: Mutex::new(HashMap::new()),
+            db,
+            metrics,
+            settings,
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        view: &RequestView<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let signed = parse_headers(view.header)?;
+        let covered = |name: &str| signed.components.iter().any(|c| c == name);
+        if !REQUIRED_COMPONENTS.iter().all(|c| covered(c)) {
+            return Err(SignatureError::MissingComponent.into());
+        }
+        let body = view.body.unwrap_or_default();
+        let with_body = has_body(view.header) || !body.is_empty();
+        if with_body && !covered("content-digest") {
+            return Err(SignatureError::MissingComponent.into());
+        }
+        if signed.nonce.as_deref().is_none_or(str::is_empty) {
+            return Err(SignatureError::Malformed.into());
+        }
+        let (user_ref, key_id) =
+            parse_keyid(&signed.keyid).ok_or(AuthError::Signature(SignatureError::Malformed))?;
+
+        let now = now_ms();
+        let now_secs = now / 1000;
+        let max_age = self.settings.max_age.as_secs() as i64;
+        let max_future = self.settings.max_future.as_secs() as i64;
+        if signed.created < now_secs - max_age || signed.created > now_secs + max_future {
+            return Err(SignatureError::Stale.into());
+        }
+        if signed.expires.is_some_and(|expires| expires <= now_secs) {
+            return Err(SignatureError::Expired.into());
+        }
+
+        let key = self.lookup(user_ref, key_id).await?;
+        let base = signature_base(view, &signed.components, &signed.params)?;
+        let signature = Signature::from_bytes(&signed.signature);
+        key.verifying_key
+            .verify_strict(base.as_bytes(), &signature)
+            .map_err(|_| SignatureError::BadSignature)?;
+        if key.locked {
+            return Err(AuthError::Locked);
+        }
+        if key.valid_until_ms != 0 && now >= key.valid_until_ms {
+            return Err(SignatureError::Expired.into());
+        }
+        if !key.valid_sources.is_empty()
+            && !key.valid_sources.iter().any(|n| n.contains(&client_ip))
+        {
+            return Err(AuthError::SourceNotAllowed);
+        }
+        if with_body {
+            check_content_digest(view.header, body)?;
+        }
+
+        // Clock skew: the offset this request implies against the one its key's session pinned.
+        let offset = now_secs - signed.created;
+        let session_key = (key.user_id, key.key_id);
+        if let Some(session) = self.sessions.get(&session_key) {
+            let tolerance = self.settings.skew_tolerance.as_secs() as i64;
+            if (offset - session.offset_secs).abs() > tolerance {
+                return Err(SignatureError::ClockSkew.into());
+            }
+        }
+        // Replay: the first to insert this signature wins, atomically.
+        let fingerprint: [u8; 32] = Sha256::digest(signed.signature).into();
+        let entry = self.replay.entry(fingerprint).or_insert(());
+        if !entry.is_fresh() {
+            return Err(SignatureError::Replay.into());
+        }
+        // `get_with` keeps an established session (and refreshes its idle timer).
+        self.sessions.get_with(session_key, || SignatureSession {
+            offset_secs: offset,
+        });
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.insert(session_key, (now, client_ip));
+        }
+        Ok(key.principal.clone())
+    }
+
+    async fn lookup(&self, user_ref: String, key_id: i64) -> Result<Arc<CachedSigKey>, AuthError> {
+        let cache_key = (user_ref, key_id);
+        if self.unknown.contains_key(&cache_key) {
+            self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
+            return Err(AuthError::UnknownKey);
+        }
+        if let Some(key) = self.keys.get(&cache_key).await {
+            self.metrics.cache_hit(CACHE_NAME);
+            return Ok(key);
+        }
+        self.metrics.cache_miss(CACHE_NAME);
+        let db = self.db.clone();
+        let user_ref = cache_key.0.clone();
+        let loaded = self
+            .keys
+            .try_get_with(cache_key.clone(), async move {
+                let found = db
+                    .call(move |store| async move {
+                        let user = match user_ref.parse::<i64>() {
+                            Ok(id) if user_ref.bytes().all(|b| b.is_ascii_digit()) => {
+                                store.user_by_id(id).await?
+                            }
+                            _ => store.user_by_name(&user_ref).await?,
+                        };
+                        let Some(user) = user else { return Ok(None) };
+                        let key = store.signature_key(user.id, key_id).await?;
+                        Ok::<_, StoreError>(key.map(|key| (key, user)))
+                    })
+                    .await
+                    .map_err(|e| LoadError::Store(e.to_string()))?;
+                match found {
+                    Some((key, user)) => CachedSigKey::new(&key, &user)
+                        .map(Arc::new)
+                        .map_err(LoadError::Store),
+                    None => Err(LoadError::NotFound),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(key) => Ok(key),
+            Err(e) => match e.as_ref() {
+                LoadError::NotFound => {
+                    self.unknown.insert(cache_key, ()).await;
+                    Err(AuthError::UnknownKey)
+                }
+                LoadError::Store(message) => {
+                    self.metrics.store_error();
+                    tracing::warn!(error = %message, "store lookup failed during signature authentication");
+                    Err(AuthError::StoreUnavailable)
+                }
+            },
+        }
+    }
+
+    /// Drops a user's cached keys; their sessions stay (they are about clocks, not keys).
+    pub fn invalidate_user(&self, user_id: i64) {
+        let _ = self
+            .keys
+            .invalidate_entries_if(move |_, key| key.user_id == user_id);
+        // Unknown entries are keyed by what the client sent (name or id): drop them all.
+        self.unknown.invalidate_all();
+    }
+
+    /// Evicts a user's signature sessions (one key or all); returns the key ids evicted.
+    pub fn evict_sessions(&self, user_id: i64, key_id: Option<i64>) -> Vec<i64> {
+        let mut evicted: Vec<i64> = self
+            .sessions
+            .iter()
+            .filter(|(k, _)| k.0 == user_id && key_id.is_none_or(|id| k.1 == id))
+            .map(|(k, _)| k.1)
+            .collect();
+        for id in &evicted {
+            self.sessions.invalidate(&(user_id, *id));
+        }
+        evicted.sort_unstable();
+        evicted
+    }
+
+    pub async fn flush_usage(&self) {
+        let batch: Vec<KeyUsage> = match self.usage.lock() {
+            Ok(mut usage) => usage
+                .drain()
+                .map(|((user_id, key_id), (at_ms, ip))| KeyUsage {
+                    user_id,
+                    key_id,
+                    at_ms,
+                    ip: ip.to_string(),
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .db
+            .call(move |store| async move { store.record_signature_key_usage(&batch).await })
+            .await
+        {
+            self.metrics.store_error();
+            tracing::warn!(error = %e, "cannot record signature key usage");
+        }
+    }
+
+    /// (keys, unknown keys, replay window, sessions) entry counts.
+    pub async fn entry_counts(&self) -> [(&'static str, u64); 4] {
+        self.keys.run_pending_tasks().await;
+        self.unknown.run_pending_tasks().await;
+        self.replay.run_pending_tasks();
+        self.sessions.run_pending_tasks();
+        [
+            (CACHE_NAME, self.keys.entry_count()),
+            (NEGATIVE_CACHE_NAME, self.unknown.entry_count()),
+            (REPLAY_CACHE_NAME, self.replay.entry_count()),
+            (SESSION_CACHE_NAME, self.sessions.entry_count()),
+        ]
+    }
+}
+
+/// Signs a request the way `keyward sign` does: covers `@method`, `@authority`, `@path`,
+/// `@query` and, with a body, `content-digest` (sha-256). Returns the headers to add.
+pub fn sign(
+    signing_key: &ed25519_dalek::SigningKey,
+    keyid: &str,
+    method: &str,
+    url: &http::Uri,
+    body: Option<&[u8]>,
+    created: i64,
+    nonce: &str,
+) -> Result<Vec<(&'static str, String)>, String> {
+    use ed25519_dalek::Signer;
+    let mut header = RequestHeader::build(
+        method,
+        url.path_and_query()
+            .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+        None,
+    )
+    .map_err(|e| format!("bad request line: {e}"))?;
+    let host = url
+        .authority()
+        .ok_or("the URL needs a host")?
+        .as_str()
+        .to_owned();
+    header
+        .insert_header("host", host)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut components: Vec<String> = REQUIRED_COMPONENTS.iter().map(|c| c.to_string()).collect();
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        let digest = format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
+        );
+        header
+            .insert_header("content-digest", digest.clone())
+            .map_err(|e| e.to_string())?;
+        out.push(("Content-Digest", digest));
+        components.push("content-digest".into());
+    }
+    let quoted: Vec<String> = components.iter().map(|c| format!("\"{c}\"")).collect();
+    let params = format!(
+        "({});created={created};nonce=\"{nonce}\";alg=\"ed25519\";keyid=\"{keyid}\"",
+        quoted.join(" ")
+    );
+    let view = RequestView {
+        header: &header,
+        body,
+        tls: url.scheme_str() == Some("https"),
+    };
+    let base = signature_base(&view, &components, &params).map_err(|e| e.to_string())?;
+    let signature = signing_key.sign(base.as_bytes());
+    out.push(("Signature-Input", format!("sig1={params}")));
+    out.push((
+        "Signature",
+        format!(
+            "sig1=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
+        ),
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9421 Appendix B.1.4: test-key-ed25519 (public part).
+    const B14_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=\n-----END PUBLIC KEY-----";
+
+    fn b26_request() -> RequestHeader {
+        let mut h = RequestHeader::build("POST", b"/foo?param=Value&Pet=dog", None).unwrap();
+        h.insert_header("host", "example.com").unwrap();
+        h.insert_header("date", "Tue, 20 Apr 2021 02:07:55 GMT")
+            .unwrap();
+        h.insert_header("content-type", "application/json").unwrap();
+        h.insert_header(
+            "content-digest",
+            "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==:",
+        )
+        .unwrap();
+        h.insert_header("content-length", "18").unwrap();
+        h.insert_header(
+            "signature-input",
+            "sig-b26=(\"date\" \"@method\" \"@path\" \"@authority\" \"content-type\" \"content-length\");created=1618884473;keyid=\"test-key-ed25519\"",
+        )
+        .unwrap();
+        h.insert_header(
+            "signature",
+            "sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==:",
+        )
+        .unwrap();
+        h
+    }
+
+    #[test]
+    fn rfc9421_b26_ed25519_example_verifies() {
+        let header = b26_request();
+        let signed = parse_headers(&header).unwrap();
+        assert_eq!(signed.keyid, "test-key-ed25519");
+        assert_eq!(signed.created, 1618884473);
+        let body = br#"{"hello": "world"}"#;
+        let view = RequestView {
+            header: &header,
+            body: Some(body),
+            tls: false,
+        };
+        let base = signature_base(&view, &signed.components, &signed.params).unwrap();
+        assert_eq!(
+            base,
+            "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@method\": POST\n\"@path\": /foo\n\
+             \"@authority\": example.com\n\"content-type\": application/json\n\
+             \"content-length\": 18\n\"@signature-params\": (\"date\" \"@method\" \"@path\" \
+             \"@authority\" \"content-type\" \"content-length\");created=1618884473;\
+             keyid=\"test-key-ed25519\""
+        );
+        let key = parse_public_key(B14_PUBLIC).unwrap();
+        key.verify_strict(base.as_bytes(), &Signature::from_bytes(&signed.signature))
+            .unwrap();
+        check_content_digest(&header, body).unwrap();
+        assert_eq!(
+            check_content_digest(&header, b"{\"hello\": \"there\"}"),
+            Err(SignatureError::DigestMismatch)
+        );
+    }
+
+    #[test]
+    fn sign_then_verify_round_trip() {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let url: http::Uri = "http://Example.com:80/a/b?x=1&y=2".parse().unwrap();
+        let headers = sign(
+            &signing,
+            "john/1",
+            "POST",
+            &url,
+            Some(b"hi"),
+            1700000000,
+            "n1",
+        )
+        .unwrap();
+        let mut header = RequestHeader::build("POST", b"/a/b?x=1&y=2", None).unwrap();
+        header.insert_header("host", "example.com").unwrap();
+        for (name, value) in headers {
+            header.insert_header(name, value).unwrap();
+        }
+        let signed = parse_headers(&header).unwrap();
+        let view = RequestView {
+            header: &header,
+            body: Some(b"hi"),
+            tls: false,
+        };
+        let base = signature_base(&view, &signed.components, &signed.params).unwrap();
+        assert!(base.contains("\"@query\": ?x=1&y=2\n"));
+        assert!(base.contains("\"@authority\": example.com\n"));
+        signing
+            .verifying_key()
+            .verify_strict(base.as_bytes(), &Signature::from_bytes(&signed.signature))
+            .unwrap();
+    }
+
+    #[test]
+    fn malformed_headers() {
+        let mut header = b26_request();
+        header.insert_header("signature", "sig-b26=:AAAA:").unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed
+        );
+        let mut header = b26_request();
+        header
+            .insert_header("signature-input", "sig-b26=(\"@method\");keyid=\"k\"")
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed,
+            "no created"
+        );
+        let mut header = b26_request();
+        header
+            .insert_header("signature-input", "not a dictionary (")
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed
+        );
+        let mut header = b26_request();
+        header
+            .insert_header(
+                "signature-input",
+                "a=(\"@method\");created=1;keyid=\"k\", b=(\"@path\");created=1;keyid=\"k\"",
+            )
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed,
+            "two labels"
+        );
+    }
+
+    #[test]
+    fn keyids_and_public_keys() {
+        assert_eq!(parse_keyid("john/3"), Some(("john".into(), 3)));
+        assert_eq!(
+            parse_keyid("a@b.example/12"),
+            Some(("a@b.example".into(), 12))
+        );
+        assert_eq!(parse_keyid("john"), None);
+        assert_eq!(parse_keyid("john/x"), None);
+        let key = parse_public_key(B14_PUBLIC).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.to_bytes());
+        assert_eq!(parse_public_key(&b64).unwrap(), key);
+        assert!(parse_public_key("AAAA").is_err());
+    }
+}
