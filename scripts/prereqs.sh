@@ -9,6 +9,16 @@ need cargo
 need cc
 need cmake   # pingora's zlib-ng build
 
+# The signature interoperability test signs with an independent RFC 9421 implementation.
+need python3
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import http_message_signatures, requests, cryptography' 2>/dev/null; then
+  echo "installing the Python RFC 9421 signer used by the interoperability test" >&2
+  python3 -m pip install --quiet 'http-message-signatures>=3,<4' requests cryptography >&2 || {
+    echo "keyward's tests need: python3 -m pip install http-message-signatures requests cryptography" >&2
+    exit 1
+  }
+fi
+
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
@@ -23,6 +33,7 @@ for tool in "${missing[@]}"; do
   case "$tool" in
     cmake) packages+=(cmake) ;;
     cc) packages+=(gcc) ;;
+    python3) packages+=(python3 python3-pip) ;;
   esac
 done
 

@@ -33,6 +33,38 @@ pub enum Command {
     /// Manage users in the configured store.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write a new Ed25519 key pair for signed requests; prints the public key to enroll.
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600); never overwritten.
+        #[arg(long, default_value = "keyward-ed25519.pem")]
+        out: PathBuf,
+    },
+    /// Sign a request (RFC 9421): print the headers, or run curl with them.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The private key written by `keyward keygen`.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// `<user name or id>/<keyID>` of the enrolled public key.
+    #[arg(long, value_name = "ID")]
+    pub keyid: String,
+    #[arg(
+        short = 'X',
+        long = "request",
+        default_value = "GET",
+        value_name = "METHOD"
+    )]
+    pub method: String,
+    /// The request body (signed through Content-Digest).
+    #[arg(short = 'd', long = "data", value_name = "BODY")]
+    pub data: Option<String>,
+    /// Run curl with the headers instead of printing them.
+    #[arg(long)]
+    pub run: bool,
+    pub url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +102,88 @@ pub struct AddUser {
     /// Read the password from the first line of standard input.
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+/// `keyward keygen`.
+pub fn keygen(out: &Path) -> anyhow::Result<()> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    // PKCS#8 v1 (RFC 8410 without the optional public key), which every TLS and crypto
+    // library reads; v2 is refused by some (Python's cryptography among them).
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: seed,
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|e| anyhow!("cannot encode the private key: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {} (it is never overwritten)", out.display()))?;
+    file.write_all(pem.as_bytes())?;
+    let public = signing.verifying_key();
+    let public_pem = public
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| anyhow!("cannot encode the public key: {e}"))?;
+    use base64::Engine as _;
+    println!("private key written to {} (mode 0600)", out.display());
+    println!(
+        "public key (base64, for publicKey when enrolling): {}",
+        base64::engine::general_purpose::STANDARD.encode(public.to_bytes())
+    );
+    print!("{public_pem}");
+    Ok(())
+}
+
+/// `keyward sign`.
+pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read {}", args.key.display()))?;
+    let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| anyhow!("{} is not an Ed25519 private key: {e}", args.key.display()))?;
+    let url: http::Uri = args.url.parse().context("invalid URL")?;
+    let mut nonce = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    use base64::Engine as _;
+    let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce);
+    let created = crate::store::now_ms() / 1000;
+    let method = args.method.to_ascii_uppercase();
+    let headers = crate::auth::signature::sign(
+        &signing,
+        &args.keyid,
+        &method,
+        &url,
+        args.data.as_deref().map(str::as_bytes),
+        created,
+        &nonce,
+    )
+    .map_err(|e| anyhow!(e))?;
+    if !args.run {
+        for (name, value) in headers {
+            println!("{name}: {value}");
+        }
+        return Ok(());
+    }
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "-X", &method]);
+    for (name, value) in &headers {
+        curl.arg("-H").arg(format!("{name}: {value}"));
+    }
+    if let Some(body) = &args.data {
+        curl.arg("--data-binary").arg(body);
+    }
+    let status = curl.arg(&args.url).status().context("cannot run curl")?;
+    if !status.success() {
+        return Err(anyhow!("curl exited with {status}"));
+    }
+    Ok(())
 }
 
 /// Loads the config named on the command line; without `--config`, `config/keyward.yaml` if it

@@ -6,6 +6,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let Cli { config, command } = Cli::parse();
+    // Client tooling needs no configuration.
+    let standalone = match &command {
+        Command::Keygen { out } => Some(cli::keygen(out)),
+        Command::Sign(args) => Some(cli::sign(args)),
+        _ => None,
+    };
+    if let Some(result) = standalone {
+        return exit(result);
+    }
     let config = match cli::load_config(config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -23,7 +32,12 @@ fn main() -> ExitCode {
             keyward::app::serve(config)
         }
         Command::User(user) => cli::run_user_command(&config, user),
+        Command::Keygen { .. } | Command::Sign(_) => Ok(()),
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
