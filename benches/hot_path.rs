@@ -1,12 +1,18 @@
 //! The API key hot path: parse the header, find the key in the warm cache, compare the keyed
 //! hash in constant time, check the constraints, record the use. No store I/O happens here.
 //!
+//! The signature path: parse the RFC 9421 headers, warm key cache, rebuild the signature base,
+//! strict Ed25519 verification, replay window and clock-skew session.
+//!
 //! `cargo bench --bench hot_path`
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use keyward::auth::api_key::{self, ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
+use keyward::auth::signature::{self, RequestView, SignatureAuthenticator};
+use keyward::config::Config;
 use keyward::config::StoreUrl;
 use keyward::metrics::Metrics;
+use keyward::store::NewSignatureKey;
 use keyward::store::{Db, NewApiKey, NewUser};
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -85,5 +91,99 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+fn signature_path(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::start(&StoreUrl::Sqlite(dir.path().join("bench.db"))).unwrap();
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let public_key = signing.verifying_key().to_bytes().to_vec();
+    let key = db
+        .block_on(|store| async move {
+            let user = store
+                .create_user(NewUser {
+                    name: "bench".into(),
+                    domain: None,
+                    customer: None,
+                    functions: vec![],
+                    external: false,
+                    password_hash: String::new(),
+                })
+                .await?;
+            store
+                .create_signature_key(NewSignatureKey {
+                    user_id: user.id,
+                    public_key,
+                    description: "bench".into(),
+                    valid_until_ms: 0,
+                    valid_sources: vec![],
+                })
+                .await
+        })
+        .unwrap();
+    let keyid = format!("bench/{}", key.key_id);
+    let settings = Config::from_yaml(keyward::config::EMBEDDED_DEFAULT)
+        .unwrap()
+        .signatures;
+    let auth = Arc::new(SignatureAuthenticator::new(
+        db,
+        Arc::new(Metrics::new()),
+        settings,
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    let url: http::Uri = "http://api.example.com/cases/42?expand=1".parse().unwrap();
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    // Every request is signed anew (outside the measurement): a signature is accepted once.
+    let fresh_request = || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let created = keyward::store::now_ms() / 1000;
+        let headers = signature::sign(
+            &signing,
+            &keyid,
+            "GET",
+            &url,
+            None,
+            created,
+            &format!("n{n}"),
+        )
+        .unwrap();
+        let mut header =
+            pingora::http::RequestHeader::build("GET", b"/cases/42?expand=1", None).unwrap();
+        header.insert_header("host", "api.example.com").unwrap();
+        for (name, value) in headers {
+            header.insert_header(name, value).unwrap();
+        }
+        header
+    };
+    // Warm the key cache.
+    let warm = fresh_request();
+    runtime
+        .block_on(auth.authenticate(
+            &RequestView {
+                header: &warm,
+                body: None,
+                tls: false,
+            },
+            ip,
+        ))
+        .unwrap();
+    c.bench_function("signature/verify_warm", |b| {
+        b.iter_batched(
+            fresh_request,
+            |header| {
+                let view = RequestView {
+                    header: &header,
+                    body: None,
+                    tls: false,
+                };
+                runtime.block_on(auth.authenticate(&view, ip)).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, hot_path, signature_path);
 criterion_main!(benches);

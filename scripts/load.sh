@@ -10,7 +10,7 @@ connections="${2:-32}"
 rounds="${3:-3}"
 command -v wrk >/dev/null || { echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
 
-cargo build --release --bin keyward --example echo_upstream >&2
+cargo build --release --bin keyward --example echo_upstream --example signed_load >&2
 work="$(mktemp -d)"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
@@ -25,7 +25,7 @@ listen: { proxy: $proxy, ops: $ops }
 upstream: { address: $up }
 store: { url: sqlite://$work/keyward.db }
 bootstrap:
-  admin: { name: admin, password_env: LOAD_ADMIN_PASSWORD }
+  admin: { name: admin, password_env: LOAD_ADMIN_PASSWORD, functions: [POWER-USER] }
 server: { threads: 2 }
 logging: { level: warn }
 routes:
@@ -87,3 +87,16 @@ printf 'upstream direct         %10.0f req/s\n' "$direct"
 printf 'keyward public route    %10.0f req/s   %.2f of direct                        %6.1f µs keyward CPU/req\n' "$public" "$(median "${r_public[@]}")" "$public_cpu"
 printf 'keyward Basic (cached)  %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$authed" "$(median "${r_basic[@]}")" "$(median "${c_basic[@]}")" "$basic_cpu"
 printf 'keyward API key         %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$keyed" "$(median "${r_key[@]}")" "$(median "${c_key[@]}")" "$apikey_cpu"
+
+# Signed requests: wrk cannot sign, and a signature is accepted only once, so a client of our
+# own signs every request before each round starts and compares with the public route itself.
+# Enrolling your own key needs ADMINISTRATIVE (password + TOTP); the POWER-USER administrator
+# enrolls one for a second user instead.
+echo 'loader-password' | target/release/keyward user add loader --password-stdin --config "$work/keyward.yaml" >/dev/null
+target/release/keyward keygen --out "$work/client.pem" >"$work/keygen.out"
+public_key=$(awk -F'enrolling\\): ' '/enrolling/ {print $2}' "$work/keygen.out")
+key_id=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
+  -d "{\"publicKey\":\"$public_key\",\"description\":\"load test\"}" \
+  "http://$proxy/authentication/v1/user/loader/signature" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["keyID"])')
+target/release/examples/signed_load "$proxy" "$work/client.pem" "loader/$key_id" "$keyward_pid" 40000 "$connections" "$rounds"

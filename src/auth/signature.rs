@@ -29,10 +29,10 @@ pub const SESSION_CACHE_NAME: &str = "signature_session";
 const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
 /// Longest accepted `Signature-Input` / `Signature` value.
 const MAX_HEADER_LEN: usize = 4096;
-/// Estimated memory of one replay-window entry: 32-byte key, moka's per-entry bookkeeping
+/// Memory of one replay-window entry: 32-byte key plus moka's per-entry bookkeeping
 /// (node, access-order deque and timer-wheel links, hash-table slot). Measured: see
 /// docs/performance.md.
-pub const REPLAY_ENTRY_BYTES: u32 = 160;
+pub const REPLAY_ENTRY_BYTES: u32 = 360;
 
 /// Why a signed request was refused, beyond the reasons shared with other credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
