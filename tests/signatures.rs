@@ -632,3 +632,44 @@ fn keygen_writes_a_private_key_readable_only_by_its_owner() {
     assert!(text.contains("Signature-Input: sig1=(\"@method\" \"@authority\" \"@path\" \"@query\" \"content-digest\")"), "{text}");
     assert!(text.contains("Content-Digest: sha-256=:"));
 }
+
+#[test]
+fn key_validity_and_sources_are_enforced() {
+    let kw = start();
+    let office = key(11);
+    let (status, body) = admin(
+        &kw,
+        "POST",
+        "/authentication/v1/user/john/signature",
+        Some(
+            json!({"publicKey": public_b64(&office), "description": "office only", "validSources": ["10.0.0.0/8"]}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let keyid = format!("john/{}", body["data"]["keyID"]);
+    assert_eq!(
+        reason(signed(&kw, &office, &keyid, "GET", "/x", None, now()).send()),
+        (401, "source_not_allowed".into())
+    );
+    let (status, body) = admin(
+        &kw,
+        "POST",
+        "/authentication/v1/user/john/signature",
+        Some(json!({"publicKey": public_b64(&key(12)), "description": "anywhere", "validDays": 1})),
+    );
+    assert_eq!(status, 201);
+    let (_, list) = admin(&kw, "GET", "/authentication/v1/user/john/signature", None);
+    let until = list["data"]["keys"][1]["validUntil"].as_i64().unwrap();
+    let day_ms = 24 * 3600 * 1000;
+    assert!(
+        (until - (now() * 1000 + day_ms)).abs() < 60_000,
+        "validDays sets validUntil"
+    );
+    let keyid = format!("john/{}", body["data"]["keyID"]);
+    assert_eq!(
+        signed(&kw, &key(12), &keyid, "GET", "/x", None, now())
+            .send()
+            .status(),
+        200
+    );
+}
