@@ -1,6 +1,7 @@
 //! `keyward serve`: assembles the services from a validated config and runs them.
 
 use crate::admin::AdminApi;
+use crate::audit::AuditLog;
 use crate::auth::api_key::{ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
 use crate::auth::basic::BasicAuthenticator;
 use crate::auth::password::PasswordHasher;
@@ -62,11 +63,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         signatures,
         metrics.clone(),
     ));
+    let audit = match &config.audit_path {
+        Some(path) => AuditLog::with_file(path)
+            .with_context(|| format!("audit.path: cannot open {}", path.display()))?,
+        None => AuditLog::tracing_only(),
+    };
     let admin = Arc::new(AdminApi::new(
         db.clone(),
         auth.clone(),
         metrics.clone(),
         config.clone(),
+        audit,
     ));
 
     let server_conf = ServerConf {

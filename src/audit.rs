@@ -1,10 +1,16 @@
-//! Audit records (SPEC §4): one per admin call, on the `keyward::audit` tracing target.
+//! Audit records (SPEC §4): one per admin call, on the `keyward::audit` tracing target and,
+//! when `audit.path` is set, appended as one JSON object per line to that file.
 //! Secrets never appear: credentials are named by prefix, key id or token name only.
 
+use serde::Serialize;
+use std::io::Write;
 use std::net::IpAddr;
+use std::path::Path;
+use std::sync::mpsc;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord<'a> {
+    pub time: String,
     pub request_id: &'a str,
     /// The authenticated caller, `-` when authentication failed.
     pub actor: &'a str,
@@ -18,19 +24,107 @@ pub struct AuditRecord<'a> {
     pub source_ip: Option<IpAddr>,
 }
 
-pub fn record(r: &AuditRecord<'_>) {
-    tracing::info!(
-        target: "keyward::audit",
-        time = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-        request_id = r.request_id,
-        actor = r.actor,
-        auth_method = r.auth_method,
-        operation = r.operation,
-        target_user = r.target_user,
-        target_credential = r.target_credential,
-        status = r.status,
-        outcome = r.outcome,
-        source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        "admin call"
-    );
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Where audit records go. File writes happen on a thread of their own, never on the
+/// request path's runtime.
+pub struct AuditLog {
+    file: Option<mpsc::Sender<String>>,
+}
+
+impl AuditLog {
+    /// Records only to the tracing target.
+    pub fn tracing_only() -> AuditLog {
+        AuditLog { file: None }
+    }
+
+    /// Also appends JSON lines to `path` (created with mode 0600 if missing).
+    pub fn with_file(path: &Path) -> std::io::Result<AuditLog> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let (tx, rx) = mpsc::channel::<String>();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("keyward-audit".into())
+            .spawn(move || {
+                for line in rx {
+                    if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
+                        tracing::error!(path = %shown, error = %e, "cannot write the audit log");
+                    }
+                }
+            })?;
+        Ok(AuditLog { file: Some(tx) })
+    }
+
+    pub fn record(&self, r: &AuditRecord<'_>) {
+        tracing::info!(
+            target: "keyward::audit",
+            time = %r.time,
+            request_id = r.request_id,
+            actor = r.actor,
+            auth_method = r.auth_method,
+            operation = r.operation,
+            target_user = r.target_user,
+            target_credential = r.target_credential,
+            status = r.status,
+            outcome = r.outcome,
+            source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            "admin call"
+        );
+        if let Some(file) = &self.file {
+            if let Ok(mut line) = serde_json::to_string(r) {
+                line.push('\n');
+                let _ = file.send(line);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::with_file(&path).unwrap();
+        let record = AuditRecord {
+            time: now_rfc3339(),
+            request_id: "0123456789ABCDEF",
+            actor: "admin",
+            auth_method: "PASSWORD",
+            operation: "user.lock",
+            target_user: "john",
+            target_credential: "",
+            status: 200,
+            outcome: "ok",
+            source_ip: Some("127.0.0.1".parse().unwrap()),
+        };
+        log.record(&record);
+        log.record(&record);
+        drop(log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                let first: serde_json::Value =
+                    serde_json::from_str(text.lines().next().unwrap()).unwrap();
+                assert_eq!(first["operation"], "user.lock");
+                assert_eq!(first["source_ip"], "127.0.0.1");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "audit lines not written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

@@ -6,8 +6,9 @@
 pub mod api_keys;
 pub mod envelope;
 pub mod signatures;
+pub mod users;
 
-use crate::audit::{self, AuditRecord};
+use crate::audit::{self, AuditLog, AuditRecord};
 use crate::auth::signature::RequestView;
 use crate::auth::{Authenticator, Credential, Principal, SecurityLevel};
 use crate::config::Config;
@@ -46,6 +47,7 @@ enum Endpoint {
     UserSignature,
     UserSignatureSession,
     OwnSignatureSession,
+    UserLock,
 }
 
 /// What the audit record says an admin call was about.
@@ -62,6 +64,7 @@ pub struct AdminApi {
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: Arc<Config>,
+    audit: AuditLog,
     router: matchit::Router<Endpoint>,
 }
 
@@ -78,6 +81,7 @@ impl AdminApi {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
+        audit: AuditLog,
     ) -> AdminApi {
         let mut router = matchit::Router::new();
         let routes = [
@@ -110,6 +114,7 @@ impl AdminApi {
                 "/authentication/v1/user/signature/session",
                 Endpoint::OwnSignatureSession,
             ),
+            ("/authentication/v1/user/{user}/lock", Endpoint::UserLock),
         ];
         for (path, endpoint) in routes {
             router
@@ -121,6 +126,7 @@ impl AdminApi {
             auth,
             metrics,
             config,
+            audit,
             router,
         }
     }
@@ -152,7 +158,8 @@ impl AdminApi {
         }
         self.metrics.admin_operation(target.operation, outcome);
         let principal = ctx.principal.as_deref();
-        audit::record(&AuditRecord {
+        self.audit.record(&AuditRecord {
+            time: audit::now_rfc3339(),
             request_id: ctx.request_id.as_str(),
             actor: principal.map_or("-", |p| p.user_name.as_str()),
             auth_method: principal.map_or("-", |p| p.method.as_str()),
@@ -235,6 +242,12 @@ impl AdminApi {
             (Endpoint::UserSignatureSession | Endpoint::OwnSignatureSession, &Method::DELETE) => {
                 signatures::evict_sessions(self, &call, &target_user, query.as_deref())
             }
+            (Endpoint::UserLock, &Method::PUT) => {
+                users::set_locked(self, &call, &target_user, true).await
+            }
+            (Endpoint::UserLock, &Method::DELETE) => {
+                users::set_locked(self, &call, &target_user, false).await
+            }
             _ => Err(AdminError::MethodNotAllowed),
         }
     }
@@ -304,6 +317,8 @@ fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
         (Endpoint::UserSignatureSession | Endpoint::OwnSignatureSession, &Method::DELETE) => {
             Some("signature.session.evict")
         }
+        (Endpoint::UserLock, &Method::PUT) => Some("user.lock"),
+        (Endpoint::UserLock, &Method::DELETE) => Some("user.unlock"),
         _ => None,
     }
 }

@@ -69,6 +69,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub api_keys: ApiKeySettings,
     pub signatures: SignatureSettings,
+    pub audit_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +217,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         server,
         api_keys,
         signatures,
+        audit,
     } = file;
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
@@ -399,6 +401,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             negative_ttl: cache.negative_ttl.0,
             negative_capacity: cache.negative_capacity,
         },
+        audit_path: audit.path,
         signatures: SignatureSettings {
             max_age: signatures.max_age.0,
             max_future: signatures.max_future.0,

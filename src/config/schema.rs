@@ -33,6 +33,16 @@ pub struct FileConfig {
     pub api_keys: ApiKeysFile,
     #[serde(default)]
     pub signatures: SignaturesFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Append audit records as JSON lines to this file (besides the `keyward::audit` log target).
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
