@@ -77,6 +77,8 @@ pub enum UserCommand {
     Lock { name: String },
     /// Unlock a user.
     Unlock { name: String },
+    /// Give a user a new TOTP secret and print its otpauth:// URI (for an authenticator app).
+    Totp { name: String },
     /// Set a user's password.
     Passwd {
         name: String,
@@ -102,6 +104,9 @@ pub struct AddUser {
     /// Read the password from the first line of standard input.
     #[arg(long)]
     pub password_stdin: bool,
+    /// Also give the user a TOTP secret and print its otpauth:// URI.
+    #[arg(long)]
+    pub totp: bool,
 }
 
 /// `keyward keygen`.
@@ -207,6 +212,7 @@ pub fn run_user_command(config: &Config, command: UserCommand) -> anyhow::Result
                 domain,
                 external,
                 password_stdin,
+                totp,
             } = add;
             let password = read_password(password_stdin)?;
             let spec = UserSpec {
@@ -220,6 +226,13 @@ pub fn run_user_command(config: &Config, command: UserCommand) -> anyhow::Result
                 Ok(users::add_user(store.as_ref(), spec, &password).await)
             })??;
             println!("created user {} (id {:x})", user.name, user.id);
+            if totp {
+                let name = user.name.clone();
+                let uri = db.block_on(|store| async move {
+                    Ok(users::new_totp(store.as_ref(), &name).await)
+                })??;
+                println!("TOTP: {uri}");
+            }
         }
         UserCommand::List => {
             let list = db.block_on(|store| async move { store.list_users().await })?;
@@ -251,6 +264,13 @@ pub fn run_user_command(config: &Config, command: UserCommand) -> anyhow::Result
                 Ok(users::set_locked(store.as_ref(), &name, false).await)
             })??;
             println!("unlocked {}", user.name);
+        }
+        UserCommand::Totp { name } => {
+            let uri =
+                db.block_on(
+                    |store| async move { Ok(users::new_totp(store.as_ref(), &name).await) },
+                )??;
+            println!("TOTP: {uri}");
         }
         UserCommand::Passwd {
             name,

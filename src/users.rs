@@ -120,6 +120,17 @@ pub async fn set_password(store: &dyn Store, name: &str, password: &str) -> Resu
     Ok(())
 }
 
+/// Gives the user a new TOTP secret; returns the `otpauth://` URI to enroll an authenticator.
+pub async fn new_totp(store: &dyn Store, name: &str) -> Result<String, UserError> {
+    let user = existing(store, name).await?;
+    let secret = crate::auth::totp::generate_secret();
+    let uri = crate::auth::totp::provisioning_uri(&secret, &user.name).map_err(UserError::Hash)?;
+    if !store.set_user_totp(user.id, Some(&secret)).await? {
+        return Err(UserError::NoSuchUser(name.to_owned()));
+    }
+    Ok(uri)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,8 @@ pub enum AdminError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("too many failed attempts; try again later")]
+    TooManyRequests,
     /// Validation failed on `field` (412, `FIELD_ERROR`).
     #[error("{field}: {message}")]
     Field {
@@ -77,6 +79,7 @@ impl AdminError {
             AdminError::Forbidden(_) => 403,
             AdminError::NotFound(_) => 404,
             AdminError::MethodNotAllowed => 405,
+            AdminError::TooManyRequests => 429,
             AdminError::Field { .. } => 412,
             AdminError::Unavailable => 503,
         }
@@ -86,7 +89,7 @@ impl AdminError {
     pub fn outcome(&self) -> &'static str {
         match self {
             AdminError::BadRequest(_) | AdminError::MethodNotAllowed => "bad_request",
-            AdminError::Unauthenticated(_) => "unauthenticated",
+            AdminError::Unauthenticated(_) | AdminError::TooManyRequests => "unauthenticated",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::Field { .. } => "invalid",
@@ -101,6 +104,7 @@ impl AdminError {
             AdminError::Forbidden(_) => "access.denied",
             AdminError::NotFound(_) => "object.not.found",
             AdminError::MethodNotAllowed => "request.method.not.allowed",
+            AdminError::TooManyRequests => "access.rate.limited",
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",
         }

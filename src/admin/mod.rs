@@ -277,6 +277,7 @@ impl AdminApi {
             }
             Ok(None) => Err(AdminError::Unauthenticated("credentials_required")),
             Err(crate::auth::AuthError::StoreUnavailable) => Err(AdminError::Unavailable),
+            Err(crate::auth::AuthError::TotpRateLimited) => Err(AdminError::TooManyRequests),
             Err(e) => Err(AdminError::Unauthenticated(e.reason())),
         }
     }

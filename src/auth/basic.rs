@@ -5,6 +5,7 @@
 //! or anything that could be brute-forced offline). Entries are dropped when the user changes.
 
 use super::password::PasswordHasher;
+use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::metrics::Metrics;
 use crate::store::{Db, User};
@@ -67,6 +68,7 @@ pub struct BasicAuthenticator {
     cache_key: [u8; 32],
     /// Bumped on every invalidation; a login that raced with one is not cached.
     generation: AtomicU64,
+    totp: TotpVerifier,
 }
 
 impl BasicAuthenticator {
@@ -90,10 +92,48 @@ impl BasicAuthenticator {
                 .build(),
             cache_key,
             generation: AtomicU64::new(0),
+            totp: TotpVerifier::new(),
         }
     }
 
-    pub async fn authenticate(&self, header: &[u8]) -> Result<Arc<Principal>, AuthError> {
+    /// Checks a Basic credential; with a TOTP code too, the principal is ADMINISTRATIVE.
+    pub async fn authenticate(
+        &self,
+        header: &[u8],
+        totp_code: Option<&[u8]>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let principal = self.password(header).await?;
+        let Some(code) = totp_code else {
+            return Ok(principal);
+        };
+        // The secret is read from the store: TOTP logins are for admin calls and token minting,
+        // not the hot path, and the cache never holds second-factor material.
+        let user_id = principal.user_id;
+        let user = self
+            .db
+            .call(move |store| async move { store.user_by_id(user_id).await })
+            .await
+            .map_err(|_| {
+                self.metrics.store_error();
+                AuthError::StoreUnavailable
+            })?
+            .ok_or(AuthError::UnknownKey)?;
+        match self
+            .totp
+            .verify(user.id, &user.name, user.totp_secret.as_deref(), code)
+        {
+            Ok(()) => Ok(Arc::new(Principal {
+                level: SecurityLevel::Administrative,
+                method: AuthMethod::Totp,
+                identity: Default::default(),
+                ..(*principal).clone()
+            })),
+            Err(TotpFailure::Invalid) => Err(AuthError::BadTotp),
+            Err(TotpFailure::RateLimited) => Err(AuthError::TotpRateLimited),
+        }
+    }
+
+    async fn password(&self, header: &[u8]) -> Result<Arc<Principal>, AuthError> {
         let (name, password) = parse(header)?;
         let key = self.cache_key_for(header);
         if let Some(principal) = self.cache.get(&key).await {

@@ -9,6 +9,7 @@ pub mod basic;
 pub mod client_ip;
 pub mod password;
 pub mod signature;
+pub mod totp;
 
 use crate::metrics::Metrics;
 use std::fmt;
@@ -193,6 +194,10 @@ pub enum AuthError {
     Ambiguous,
     #[error("{0}")]
     Signature(signature::SignatureError),
+    #[error("wrong or reused TOTP code")]
+    BadTotp,
+    #[error("too many failed TOTP codes; try again later")]
+    TotpRateLimited,
     /// The store could not be asked; the credential may well be valid (answered 503).
     #[error("the credential store is unavailable")]
     StoreUnavailable,
@@ -210,6 +215,8 @@ impl AuthError {
             AuthError::SourceNotAllowed => "source_not_allowed",
             AuthError::Ambiguous => "ambiguous_credentials",
             AuthError::Signature(e) => e.reason(),
+            AuthError::BadTotp => "bad_totp",
+            AuthError::TotpRateLimited => "totp_rate_limited",
             AuthError::StoreUnavailable => "store_unavailable",
         }
     }
@@ -307,7 +314,14 @@ impl Authenticator {
         };
         let started = Instant::now();
         let result = match credential {
-            Credential::Basic(value) => self.basic.authenticate(value).await,
+            Credential::Basic(value) => {
+                let code = request
+                    .header
+                    .headers
+                    .get(totp::HEADER)
+                    .map(|v| v.as_bytes());
+                self.basic.authenticate(value, code).await
+            }
             Credential::ApiKey(value) => self.api_keys.authenticate(value, client_ip).await,
             Credential::Signature => self.signatures.authenticate(request, client_ip).await,
             Credential::None => return Ok(None),

@@ -6,7 +6,7 @@ pub mod ctx;
 pub mod respond;
 
 use crate::admin::{self, AdminApi};
-use crate::auth::{api_key, client_ip, signature, Authenticator, Credential};
+use crate::auth::{api_key, client_ip, signature, totp, Authenticator, Credential};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy;
@@ -193,6 +193,7 @@ impl ProxyHttp for KeywardProxy {
         if !self.config.forward_credentials {
             upstream.remove_header(&http::header::AUTHORIZATION);
             upstream.remove_header(api_key::HEADER);
+            upstream.remove_header(totp::HEADER);
         }
         if let Some(principal) = &ctx.principal {
             for (name, value) in principal.identity_headers() {

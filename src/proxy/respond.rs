@@ -25,6 +25,8 @@ pub enum Refusal {
     PayloadTooLarge,
     /// 502: no upstream could be reached.
     BadGateway(&'static str),
+    /// 429: too many failed second-factor attempts.
+    TooManyRequests(&'static str),
     /// 503: keyward cannot decide right now (the store is down and nothing is cached).
     Unavailable(&'static str),
     /// 504: the upstream did not answer in time.
@@ -38,6 +40,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
+            Refusal::TooManyRequests(_) => 429,
             Refusal::PayloadTooLarge => 413,
             Refusal::BadGateway(_) => 502,
             Refusal::Unavailable(_) => 503,
@@ -51,6 +54,7 @@ impl Refusal {
             | Refusal::Unauthenticated(r)
             | Refusal::Forbidden(r)
             | Refusal::BadGateway(r)
+            | Refusal::TooManyRequests(r)
             | Refusal::Unavailable(r) => r,
             Refusal::NotFound => "not_found",
             Refusal::PayloadTooLarge => "signed_body_too_large",
@@ -65,6 +69,7 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
             Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::TooManyRequests(_) => "too_many_requests",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -73,7 +78,7 @@ impl Refusal {
 
     pub fn outcome(self) -> Outcome {
         match self {
-            Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
+            Refusal::Unauthenticated(_) | Refusal::TooManyRequests(_) => Outcome::Unauthenticated,
             Refusal::BadRequest(_)
             | Refusal::Forbidden(_)
             | Refusal::NotFound
@@ -171,6 +176,7 @@ impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::StoreUnavailable => Refusal::Unavailable(e.reason()),
+            AuthError::TotpRateLimited => Refusal::TooManyRequests(e.reason()),
             _ => Refusal::Unauthenticated(e.reason()),
         }
     }

@@ -186,6 +186,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError>;
     /// Returns false when there is no such user.
     async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError>;
+    /// Sets (or with `None` removes) the user's TOTP secret; false when there is no such user.
+    async fn set_user_totp(&self, id: i64, secret: Option<&str>) -> Result<bool, StoreError>;
 
     /// The server-side key API key hashes are computed with; made on first use.
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError>;

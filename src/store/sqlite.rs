@@ -486,6 +486,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_user_totp(&self, id: i64, secret: Option<&str>) -> Result<bool, StoreError> {
+        let update = sqlx::query("UPDATE users SET totp_secret = ? WHERE id = ?")
+            .bind(secret)
+            .bind(id);
+        self.update_user(id, update).await
+    }
+
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, kind, user_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
