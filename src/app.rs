@@ -6,6 +6,7 @@ use crate::auth::api_key::{ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
 use crate::auth::basic::BasicAuthenticator;
 use crate::auth::password::PasswordHasher;
 use crate::auth::signature::SignatureAuthenticator;
+use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
 use crate::config::{BootstrapAdmin, Config};
 use crate::invalidation::{ChangeFollower, UsageFlusher};
@@ -44,13 +45,21 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let api_keys = Arc::new(ApiKeyAuthenticator::new(
         db.clone(),
         metrics.clone(),
-        KeyHasher::new(pepper),
+        KeyHasher::new(pepper.clone()),
         &ApiKeyCacheSettings {
             ttl: config.cache.api_key_ttl,
             capacity: config.cache.api_key_capacity,
             negative_ttl: config.cache.negative_ttl,
             negative_capacity: config.cache.negative_capacity,
         },
+    ));
+    let tokens = Arc::new(TokenAuthenticator::new(
+        db.clone(),
+        metrics.clone(),
+        KeyHasher::new(pepper.clone()),
+        config.cache.api_key_ttl,
+        config.cache.api_key_capacity,
+        config.cache.negative_ttl,
     ));
     let signatures = Arc::new(SignatureAuthenticator::new(
         db.clone(),
@@ -61,6 +70,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         basic,
         api_keys,
         signatures,
+        tokens,
         metrics.clone(),
     ));
     let audit = match &config.audit_path {

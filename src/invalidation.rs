@@ -71,6 +71,7 @@ impl ChangeFollower {
                     ChangeKind::SignatureKey => {
                         self.auth.signatures.invalidate_user(change.user_id)
                     }
+                    ChangeKind::Token => self.auth.tokens.invalidate_user(change.user_id),
                 }
                 self.last_seq.store(change.seq, Ordering::Release);
             }

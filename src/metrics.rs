@@ -38,7 +38,9 @@ const OUTCOMES: [Outcome; 4] = [
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
 /// The caches reported by `keyward_cache_*`.
-const CACHES: [&str; 7] = [
+const CACHES: [&str; 9] = [
+    crate::auth::token::CACHE_NAME,
+    crate::auth::token::NEGATIVE_CACHE_NAME,
     crate::auth::basic::CACHE_NAME,
     crate::auth::api_key::CACHE_NAME,
     crate::auth::api_key::NEGATIVE_CACHE_NAME,
@@ -209,6 +211,9 @@ impl Metrics {
             "locked",
         ] {
             self.auth_failures.with_label_values(&["signature", reason]);
+        }
+        for reason in ["malformed", "unknown_key", "expired", "locked"] {
+            self.auth_failures.with_label_values(&["token", reason]);
         }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             self.upstream_responses.with_label_values(&[class]);

@@ -321,7 +321,7 @@ fn slow_upstream_is_504_json() {
 fn reserved_admin_paths_are_never_forwarded() {
     let kw = Keyward::start();
     let before = kw.upstream().requests();
-    for path in ["/authentication/v1/nothing", "/.TOKEN/", "/_admin/x"] {
+    for path in ["/authentication/v1/nothing", "/.TOKEN/a/b", "/_admin/x"] {
         let resp = client()
             .get(kw.url(path))
             .basic_auth("admin", Some(ADMIN_PASSWORD))

@@ -10,6 +10,17 @@ pub struct Reply {
     pub data: Value,
     /// `count`/`size` of the envelope: list length, or 1 for one object.
     pub count: usize,
+    /// An answer in another shape than the Argus envelope (the token API's).
+    pub raw: Option<RawReply>,
+    /// The credential the call created or deleted, for the audit record.
+    pub credential: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct RawReply {
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -19,6 +30,34 @@ impl Reply {
             status: 200,
             data,
             count,
+            raw: None,
+            credential: None,
+        }
+    }
+
+    pub fn raw(
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Reply {
+        Reply {
+            status,
+            data: Value::Null,
+            count: 0,
+            raw: Some(RawReply {
+                content_type,
+                body,
+                headers,
+            }),
+            credential: None,
+        }
+    }
+
+    pub fn with_credential(self, credential: String) -> Reply {
+        Reply {
+            credential: Some(credential),
+            ..self
         }
     }
 
@@ -108,6 +147,16 @@ impl AdminError {
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",
         }
+    }
+
+    /// The small JSON error of the token API (not the Argus envelope).
+    pub fn plain_body(&self, request_id: &str) -> Value {
+        serde_json::json!({
+            "status": self.status(),
+            "error": self.outcome(),
+            "message": self.to_string(),
+            "request_id": request_id,
+        })
     }
 
     pub fn body(&self) -> Value {

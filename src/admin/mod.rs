@@ -6,11 +6,12 @@
 pub mod api_keys;
 pub mod envelope;
 pub mod signatures;
+pub mod tokens;
 pub mod users;
 
 use crate::audit::{self, AuditLog, AuditRecord};
 use crate::auth::signature::RequestView;
-use crate::auth::{Authenticator, Credential, Principal, SecurityLevel};
+use crate::auth::{token, Authenticated, Authenticator, Principal, SecurityLevel};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::ctx::RequestCtx;
@@ -48,6 +49,20 @@ enum Endpoint {
     UserSignatureSession,
     OwnSignatureSession,
     UserLock,
+    Tokens,
+    Token,
+    TenantTokens,
+    TenantToken,
+}
+
+impl Endpoint {
+    /// The token API answers in the Swarm gateway's shapes, not the Argus envelope.
+    fn is_token_api(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Tokens | Endpoint::Token | Endpoint::TenantTokens | Endpoint::TenantToken
+        )
+    }
 }
 
 /// What the audit record says an admin call was about.
@@ -115,6 +130,16 @@ impl AdminApi {
                 Endpoint::OwnSignatureSession,
             ),
             ("/authentication/v1/user/{user}/lock", Endpoint::UserLock),
+            ("/.TOKEN/", Endpoint::Tokens),
+            ("/.TOKEN/{name}", Endpoint::Token),
+            (
+                "/_admin/manage/tenants/{tenant}/tokens/",
+                Endpoint::TenantTokens,
+            ),
+            (
+                "/_admin/manage/tenants/{tenant}/tokens/{name}",
+                Endpoint::TenantToken,
+            ),
         ];
         for (path, endpoint) in routes {
             router
@@ -137,15 +162,16 @@ impl AdminApi {
             operation: "unknown",
             ..AuditTarget::default()
         };
+        let token_api = self
+            .router
+            .at(session.req_header().uri.path())
+            .map(|m| m.value.is_token_api())
+            .unwrap_or(false);
         let result = self.dispatch(session, ctx, &mut target).await;
-        let (status, body, challenge, outcome) = match &result {
-            Ok(reply) => (reply.status, reply.body(), false, "ok"),
-            Err(e) => (
-                e.status(),
-                e.body(),
-                matches!(e, AdminError::Unauthenticated(_)),
-                e.outcome(),
-            ),
+        let request_id = ctx.request_id.as_str().to_owned();
+        let (status, outcome) = match &result {
+            Ok(reply) => (reply.status, "ok"),
+            Err(e) => (e.status(), e.outcome()),
         };
         ctx.outcome = Some(match &result {
             Ok(_) => Outcome::Allowed,
@@ -156,11 +182,18 @@ impl AdminApi {
         if let Err(e) = &result {
             ctx.reason = Some(e.outcome());
         }
+        if let Ok(Reply {
+            credential: Some(credential),
+            ..
+        }) = &result
+        {
+            target.credential = credential.clone();
+        }
         self.metrics.admin_operation(target.operation, outcome);
         let principal = ctx.principal.as_deref();
         self.audit.record(&AuditRecord {
             time: audit::now_rfc3339(),
-            request_id: ctx.request_id.as_str(),
+            request_id: &request_id,
             actor: principal.map_or("-", |p| p.user_name.as_str()),
             auth_method: principal.map_or("-", |p| p.method.as_str()),
             operation: target.operation,
@@ -170,8 +203,36 @@ impl AdminApi {
             outcome,
             source_ip: ctx.client_ip,
         });
-        let body = bytes::Bytes::from(body.to_string());
-        respond::send_json(session, status, body, ctx.request_id.as_str(), challenge).await
+        let challenge = matches!(result, Err(AdminError::Unauthenticated(_)));
+        let (content_type, body, extra) = match result {
+            Ok(Reply { raw: Some(raw), .. }) => (raw.content_type, raw.body, raw.headers),
+            Ok(reply) => (
+                "application/json",
+                reply.body().to_string().into_bytes(),
+                Vec::new(),
+            ),
+            Err(e) if token_api => (
+                "application/json",
+                e.plain_body(&request_id).to_string().into_bytes(),
+                Vec::new(),
+            ),
+            Err(e) => (
+                "application/json",
+                e.body().to_string().into_bytes(),
+                Vec::new(),
+            ),
+        };
+        let mut header = respond::json_header(status, &request_id, body.len(), challenge);
+        header.insert_header("content-type", content_type)?;
+        let mut clears_cookie = false;
+        for (name, value) in extra {
+            clears_cookie |= name == "set-cookie" && value == token::CLEAR_COOKIE;
+            header.append_header(name, value)?;
+        }
+        if ctx.clear_token_cookie && !clears_cookie {
+            header.append_header("set-cookie", token::CLEAR_COOKIE)?;
+        }
+        respond::send(session, header, bytes::Bytes::from(body)).await
     }
 
     async fn dispatch(
@@ -188,6 +249,7 @@ impl AdminApi {
         let endpoint = *found.value;
         let param = |name: &str| found.params.get(name).unwrap_or_default().to_owned();
         let (user, user_hex, key_id) = (param("user"), param("user_hex"), param("key_id"));
+        let (tenant, token_name) = (param("tenant"), param("name"));
         target.operation = operation(endpoint, &method).ok_or(AdminError::MethodNotAllowed)?;
 
         let body = read_body(session).await?;
@@ -197,6 +259,48 @@ impl AdminApi {
             method: &method,
             body: &body,
         };
+        if endpoint.is_token_api() {
+            let header = session.req_header();
+            let domain = header
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| header.uri.host())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let domain = domain
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(domain.clone(), |(host, _)| host.to_owned());
+            let cookie_token = match token::find_cookie(&header.headers) {
+                token::CookieToken::Present(t) => Some(t),
+                _ => None,
+            };
+            let request = tokens::TokenRequest {
+                domain,
+                headers: &header.headers,
+                query: header.uri.query(),
+                cookie_token,
+            };
+            target.user = caller.user_name.clone();
+            return match (endpoint, &method) {
+                (Endpoint::Tokens, &Method::POST) => tokens::mint(self, &call, &request).await,
+                (Endpoint::Tokens, &Method::GET) => tokens::list(self, &call, &request).await,
+                (Endpoint::Token, &Method::DELETE) => {
+                    tokens::delete(self, &call, &request, &token_name).await
+                }
+                (Endpoint::TenantTokens, &Method::GET) => {
+                    tokens::tenant_list(self, &call, &tenant).await
+                }
+                (Endpoint::TenantTokens, &Method::POST) => {
+                    tokens::tenant_mint(self, &call, &request, &tenant).await
+                }
+                (Endpoint::TenantToken, &Method::DELETE) => {
+                    tokens::tenant_delete(self, &call, &tenant, &token_name).await
+                }
+                _ => Err(AdminError::MethodNotAllowed),
+            };
+        }
         let target_user = match endpoint {
             Endpoint::OwnApiKeys | Endpoint::OwnApiKey | Endpoint::OwnSignatureSession => {
                 self.resolve_caller(&caller).await?
@@ -258,10 +362,6 @@ impl AdminApi {
         ctx: &mut RequestCtx,
         body: &[u8],
     ) -> Result<Arc<Principal>, AdminError> {
-        let credential = Credential::find(&session.req_header().headers).map_err(|e| {
-            self.metrics.auth_failure("unknown", e.reason());
-            AdminError::Unauthenticated(e.reason())
-        })?;
         let client_ip = ctx
             .client_ip
             .ok_or(AdminError::BadRequest("no client address".into()))?;
@@ -270,12 +370,20 @@ impl AdminApi {
             body: Some(body),
             tls: false,
         };
-        match self.auth.authenticate(credential, &view, client_ip).await {
-            Ok(Some(principal)) => {
+        match self.auth.authenticate_request(&view, client_ip).await {
+            Ok(Authenticated {
+                principal: Some(principal),
+                ..
+            }) => {
                 ctx.principal = Some(principal.clone());
                 Ok(principal)
             }
-            Ok(None) => Err(AdminError::Unauthenticated("credentials_required")),
+            Ok(Authenticated {
+                clear_token_cookie, ..
+            }) => {
+                ctx.clear_token_cookie = clear_token_cookie;
+                Err(AdminError::Unauthenticated("credentials_required"))
+            }
             Err(crate::auth::AuthError::StoreUnavailable) => Err(AdminError::Unavailable),
             Err(crate::auth::AuthError::TotpRateLimited) => Err(AdminError::TooManyRequests),
             Err(e) => Err(AdminError::Unauthenticated(e.reason())),
@@ -283,7 +391,7 @@ impl AdminApi {
     }
 
     /// `{user}`: a numeric id (all digits; names never are) or a user name.
-    async fn resolve_user(&self, user: &str) -> Result<User, AdminError> {
+    pub(crate) async fn resolve_user(&self, user: &str) -> Result<User, AdminError> {
         let key = user.to_owned();
         let found = self
             .db
@@ -297,7 +405,7 @@ impl AdminApi {
         found.ok_or_else(|| AdminError::NotFound(format!("no such user: {user}")))
     }
 
-    async fn resolve_caller(&self, caller: &Principal) -> Result<User, AdminError> {
+    pub(crate) async fn resolve_caller(&self, caller: &Principal) -> Result<User, AdminError> {
         let id = caller.user_id;
         self.db
             .call(move |store| async move { store.user_by_id(id).await })
@@ -320,6 +428,12 @@ fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
         }
         (Endpoint::UserLock, &Method::PUT) => Some("user.lock"),
         (Endpoint::UserLock, &Method::DELETE) => Some("user.unlock"),
+        (Endpoint::Tokens, &Method::POST) => Some("token.mint"),
+        (Endpoint::Tokens, &Method::GET) => Some("token.list"),
+        (Endpoint::Token, &Method::DELETE) => Some("token.delete"),
+        (Endpoint::TenantTokens, &Method::GET) => Some("tenant_token.list"),
+        (Endpoint::TenantTokens, &Method::POST) => Some("tenant_token.mint"),
+        (Endpoint::TenantToken, &Method::DELETE) => Some("tenant_token.delete"),
         _ => None,
     }
 }

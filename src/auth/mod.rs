@@ -9,6 +9,7 @@ pub mod basic;
 pub mod client_ip;
 pub mod password;
 pub mod signature;
+pub mod token;
 pub mod totp;
 
 use crate::metrics::Metrics;
@@ -284,7 +285,16 @@ pub struct Authenticator {
     pub basic: Arc<basic::BasicAuthenticator>,
     pub api_keys: Arc<api_key::ApiKeyAuthenticator>,
     pub signatures: Arc<signature::SignatureAuthenticator>,
+    pub tokens: Arc<token::TokenAuthenticator>,
     metrics: Arc<Metrics>,
+}
+
+/// The outcome of authenticating a whole request.
+#[derive(Debug, Default)]
+pub struct Authenticated {
+    pub principal: Option<Arc<Principal>>,
+    /// The request's `token` cookie was refused: the answer clears it.
+    pub clear_token_cookie: bool,
 }
 
 impl Authenticator {
@@ -292,13 +302,64 @@ impl Authenticator {
         basic: Arc<basic::BasicAuthenticator>,
         api_keys: Arc<api_key::ApiKeyAuthenticator>,
         signatures: Arc<signature::SignatureAuthenticator>,
+        tokens: Arc<token::TokenAuthenticator>,
         metrics: Arc<Metrics>,
     ) -> Authenticator {
         Authenticator {
             basic,
             api_keys,
             signatures,
+            tokens,
             metrics,
+        }
+    }
+
+    /// Authenticates a request by its explicit credential or, failing that, its `token`
+    /// cookie. A refused cookie makes the request anonymous (and its cookie cleared); the
+    /// route then decides.
+    pub async fn authenticate_request(
+        &self,
+        request: &signature::RequestView<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Authenticated, AuthError> {
+        let headers = &request.header.headers;
+        let credential = Credential::find(headers).inspect_err(|e| {
+            self.metrics.auth_failure("unknown", e.reason());
+        })?;
+        if credential != Credential::None {
+            return Ok(Authenticated {
+                principal: self.authenticate(credential, request, client_ip).await?,
+                clear_token_cookie: false,
+            });
+        }
+        let token = match token::find_cookie(headers) {
+            token::CookieToken::Absent => return Ok(Authenticated::default()),
+            token::CookieToken::Malformed => {
+                self.metrics.auth_failure("token", "malformed");
+                return Ok(Authenticated {
+                    principal: None,
+                    clear_token_cookie: true,
+                });
+            }
+            token::CookieToken::Present(token) => token,
+        };
+        let started = Instant::now();
+        let result = self.tokens.authenticate(token).await;
+        self.metrics
+            .auth_duration("token", started.elapsed().as_secs_f64());
+        match result {
+            Ok(principal) => Ok(Authenticated {
+                principal: Some(principal),
+                clear_token_cookie: false,
+            }),
+            Err(AuthError::StoreUnavailable) => Err(AuthError::StoreUnavailable),
+            Err(e) => {
+                self.metrics.auth_failure("token", e.reason());
+                Ok(Authenticated {
+                    principal: None,
+                    clear_token_cookie: true,
+                })
+            }
         }
     }
 
@@ -339,6 +400,7 @@ impl Authenticator {
         self.basic.invalidate_user(user_id);
         self.api_keys.invalidate_user(user_id);
         self.signatures.invalidate_user(user_id);
+        self.tokens.invalidate_user(user_id);
     }
 
     /// Writes recorded last uses of keys to the store.
@@ -355,6 +417,9 @@ impl Authenticator {
         self.metrics.set_cache_entries(api_key::CACHE_NAME, keys);
         self.metrics
             .set_cache_entries(api_key::NEGATIVE_CACHE_NAME, unknown);
+        for (cache, entries) in self.tokens.entry_counts().await {
+            self.metrics.set_cache_entries(cache, entries);
+        }
         for (cache, entries) in self.signatures.entry_counts().await {
             self.metrics.set_cache_entries(cache, entries);
         }

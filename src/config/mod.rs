@@ -120,6 +120,7 @@ pub struct Tokens {
     pub administrator: Option<String>,
     pub ttl: Duration,
     pub max_ttl: Duration,
+    pub secure_cookie: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -384,6 +385,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             administrator: tokens.administrator,
             ttl: tokens.ttl.0,
             max_ttl: tokens.max_ttl.0,
+            secure_cookie: tokens.secure_cookie,
         },
         routes: parsed_routes,
         trusted_proxies: proxies,

@@ -154,6 +154,9 @@ pub struct TokensFile {
     pub ttl: Seconds,
     #[serde(default = "defaults::token_max_ttl")]
     pub max_ttl: Seconds,
+    /// Mark the token cookie `Secure` (set it when clients reach keyward over TLS).
+    #[serde(default)]
+    pub secure_cookie: bool,
 }
 
 impl Default for TokensFile {
@@ -162,6 +165,7 @@ impl Default for TokensFile {
             administrator: None,
             ttl: defaults::token_ttl(),
             max_ttl: defaults::token_max_ttl(),
+            secure_cookie: false,
         }
     }
 }

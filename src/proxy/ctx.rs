@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub outcome: Option<Outcome>,
     /// Why the request was refused, for the access log.
     pub reason: Option<&'static str>,
+    /// The `token` cookie was refused: every answer clears it.
+    pub clear_token_cookie: bool,
 }
 
 impl RequestCtx {
@@ -49,6 +51,7 @@ impl RequestCtx {
             principal: None,
             outcome: None,
             reason: None,
+            clear_token_cookie: false,
         }
     }
 }

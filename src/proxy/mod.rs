@@ -6,7 +6,7 @@ pub mod ctx;
 pub mod respond;
 
 use crate::admin::{self, AdminApi};
-use crate::auth::{api_key, client_ip, signature, totp, Authenticator, Credential};
+use crate::auth::{api_key, client_ip, signature, token, totp, Authenticator, Credential};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy;
@@ -96,13 +96,14 @@ impl KeywardProxy {
             false => None,
         };
         let request = session.req_header();
-        let credential = Credential::find(&request.headers).map_err(Refusal::from)?;
         let view = signature::RequestView {
             header: request,
             body: body.as_deref(),
             tls: false,
         };
-        ctx.principal = self.auth.authenticate(credential, &view, client_ip).await?;
+        let authenticated = self.auth.authenticate_request(&view, client_ip).await?;
+        ctx.principal = authenticated.principal;
+        ctx.clear_token_cookie = authenticated.clear_token_cookie;
         match Refusal::from_decision(route.decide(ctx.principal.as_deref(), &request.method)) {
             None => Ok(Admission::Upstream),
             Some(refusal) => Err(refusal),
@@ -152,7 +153,10 @@ impl ProxyHttp for KeywardProxy {
             Err(refusal) => {
                 ctx.outcome = Some(refusal.outcome());
                 ctx.reason = Some(refusal.reason());
-                refusal.send(session, ctx.request_id.as_str()).await?;
+                let clear = ctx.clear_token_cookie.then_some(token::CLEAR_COOKIE);
+                refusal
+                    .send(session, ctx.request_id.as_str(), clear)
+                    .await?;
                 Ok(true)
             }
         }
@@ -194,6 +198,18 @@ impl ProxyHttp for KeywardProxy {
             upstream.remove_header(&http::header::AUTHORIZATION);
             upstream.remove_header(api_key::HEADER);
             upstream.remove_header(totp::HEADER);
+            let cookies: Vec<String> = upstream
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                .collect();
+            if !cookies.is_empty() {
+                upstream.remove_header(&http::header::COOKIE);
+                if let Some(kept) = token::strip_cookie(&cookies.join("; ")) {
+                    upstream.insert_header(http::header::COOKIE, kept)?;
+                }
+            }
         }
         if let Some(principal) = &ctx.principal {
             for (name, value) in principal.identity_headers() {
@@ -221,6 +237,9 @@ impl ProxyHttp for KeywardProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        if ctx.clear_token_cookie {
+            response.append_header("set-cookie", token::CLEAR_COOKIE)?;
+        }
         Ok(())
     }
 
@@ -257,7 +276,7 @@ impl ProxyHttp for KeywardProxy {
         ctx.reason = Some(refusal.reason());
         // Once the upstream's response has started, the status line is gone; just close.
         if session.response_written().is_none() {
-            if let Err(write_error) = refusal.send(session, ctx.request_id.as_str()).await {
+            if let Err(write_error) = refusal.send(session, ctx.request_id.as_str(), None).await {
                 tracing::debug!(error = %write_error, "could not send error response");
             }
         }

@@ -104,16 +104,23 @@ impl Refusal {
     }
 
     /// Writes the whole response.
-    pub async fn send(self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
-        let challenge = matches!(self, Refusal::Unauthenticated(_));
-        send_json(
-            session,
+    pub async fn send(
+        self,
+        session: &mut Session,
+        request_id: &str,
+        set_cookie: Option<&str>,
+    ) -> pingora::Result<()> {
+        let body = self.body(request_id);
+        let mut header = json_header(
             self.status(),
-            self.body(request_id),
             request_id,
-            challenge,
-        )
-        .await
+            body.len(),
+            matches!(self, Refusal::Unauthenticated(_)),
+        );
+        if let Some(cookie) = set_cookie {
+            header.append_header("set-cookie", cookie)?;
+        }
+        send(session, header, body).await
     }
 }
 
@@ -149,9 +156,22 @@ pub async fn send_json(
     challenge: bool,
 ) -> pingora::Result<()> {
     let header = json_header(status, request_id, body.len(), challenge);
+    send(session, header, body).await
+}
+
+/// Writes a complete response keyward built itself.
+pub async fn send(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let empty = body.is_empty();
     session
-        .write_response_header(Box::new(header), false)
+        .write_response_header(Box::new(header), empty)
         .await?;
+    if empty {
+        return Ok(());
+    }
     session.write_response_body(Some(body), true).await
 }
 

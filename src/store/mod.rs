@@ -127,6 +127,43 @@ pub struct NewSignatureKey {
     pub valid_sources: Vec<String>,
 }
 
+/// A gateway token (SPEC §4); the token itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub name: String,
+    pub token_hash: Vec<u8>,
+    pub owner_id: i64,
+    pub owner_name: String,
+    pub domain: String,
+    pub tenant: Option<String>,
+    /// `DEFAULT` or `ADMINISTRATIVE`: the level of the login that minted it.
+    pub level: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub custom_source: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub name: String,
+    pub token_hash: Vec<u8>,
+    pub owner_id: i64,
+    pub domain: String,
+    pub tenant: Option<String>,
+    pub level: String,
+    pub expires_at_ms: i64,
+    pub custom_source: Option<String>,
+}
+
+/// Which tokens to list.
+#[derive(Debug, Clone)]
+pub enum TokenScope {
+    /// One user's tokens for one domain (`Host`).
+    Owner { owner_id: i64, domain: String },
+    /// A tenant's tokens.
+    Tenant(String),
+}
+
 /// The last use of a key, written in batches off the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyUsage {
@@ -145,6 +182,8 @@ pub enum ChangeKind {
     ApiKey,
     /// One of the user's signature keys was enrolled or deleted.
     SignatureKey,
+    /// One of the user's tokens was deleted.
+    Token,
 }
 
 impl ChangeKind {
@@ -153,6 +192,7 @@ impl ChangeKind {
             ChangeKind::User => "user",
             ChangeKind::ApiKey => "api_key",
             ChangeKind::SignatureKey => "signature_key",
+            ChangeKind::Token => "token",
         }
     }
 
@@ -161,6 +201,7 @@ impl ChangeKind {
             "user" => Some(ChangeKind::User),
             "api_key" => Some(ChangeKind::ApiKey),
             "signature_key" => Some(ChangeKind::SignatureKey),
+            "token" => Some(ChangeKind::Token),
             _ => None,
         }
     }
@@ -182,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
-    /// Returns false when there is no such user.
+    /// Returns false when there is no such user. Locking also deletes the user's tokens.
     async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError>;
     /// Returns false when there is no such user.
     async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError>;
@@ -222,6 +263,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an enrolled key; false when there is no such key.
     async fn delete_signature_key(&self, user_id: i64, key_id: i64) -> Result<bool, StoreError>;
     async fn record_signature_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
+
+    async fn create_token(&self, token: NewToken) -> Result<Token, StoreError>;
+    async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError>;
+    async fn token_by_name(&self, name: &str) -> Result<Option<Token>, StoreError>;
+    /// Unexpired tokens in `scope`, oldest first.
+    async fn list_tokens(&self, scope: TokenScope, now_ms: i64) -> Result<Vec<Token>, StoreError>;
+    /// Deletes one token; false when there is no such token.
+    async fn delete_token(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Change-feed rows with `seq > after`, oldest first.
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;

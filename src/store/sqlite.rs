@@ -2,8 +2,8 @@
 //! `kill -9` and power loss alike. Admin writes are rare; the request path reads from caches.
 
 use super::{
-    now_ms, ApiKey, Change, ChangeKind, KeyUsage, NewApiKey, NewSignatureKey, NewUser,
-    SignatureKey, Store, StoreError, User,
+    now_ms, ApiKey, Change, ChangeKind, KeyUsage, NewApiKey, NewSignatureKey, NewToken, NewUser,
+    SignatureKey, Store, StoreError, Token, TokenScope, User,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -156,6 +156,25 @@ fn signature_key_from_row(row: &SqliteRow) -> Result<SignatureKey, StoreError> {
     })
 }
 
+const TOKEN_SELECT: &str = "SELECT t.name, t.token_hash, t.owner_id, u.name AS owner_name, \
+                            t.domain, t.tenant, t.level, t.created_at_ms, t.expires_at_ms, \
+                            t.custom_source FROM tokens t JOIN users u ON u.id = t.owner_id";
+
+fn token_from_row(row: &SqliteRow) -> Result<Token, StoreError> {
+    Ok(Token {
+        name: row.try_get("name")?,
+        token_hash: row.try_get("token_hash")?,
+        owner_id: row.try_get("owner_id")?,
+        owner_name: row.try_get("owner_name")?,
+        domain: row.try_get("domain")?,
+        tenant: row.try_get("tenant")?,
+        level: row.try_get("level")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        custom_source: row.try_get("custom_source")?,
+    })
+}
+
 fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
     let functions = json_list(row, "functions")?;
     Ok(User {
@@ -241,10 +260,24 @@ impl Store for SqliteStore {
     }
 
     async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError> {
-        let update = sqlx::query("UPDATE users SET locked = ? WHERE id = ?")
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE users SET locked = ? WHERE id = ?")
             .bind(locked)
-            .bind(id);
-        self.update_user(id, update).await
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if locked {
+            sqlx::query("DELETE FROM tokens WHERE owner_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::record_change(&mut tx, ChangeKind::User, id).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError> {
@@ -491,6 +524,90 @@ impl Store for SqliteStore {
             .bind(secret)
             .bind(id);
         self.update_user(id, update).await
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<Token, StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (name, token_hash, owner_id, domain, tenant, level, \
+             created_at_ms, expires_at_ms, custom_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.name)
+        .bind(&token.token_hash)
+        .bind(token.owner_id)
+        .bind(&token.domain)
+        .bind(&token.tenant)
+        .bind(&token.level)
+        .bind(now_ms())
+        .bind(token.expires_at_ms)
+        .bind(&token.custom_source)
+        .execute(&self.pool)
+        .await?;
+        self.token_by_name(&token.name)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("token vanished after insert".into()))
+    }
+
+    async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError> {
+        sqlx::query(&format!("{TOKEN_SELECT} WHERE t.token_hash = ?"))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| token_from_row(&row))
+            .transpose()
+    }
+
+    async fn token_by_name(&self, name: &str) -> Result<Option<Token>, StoreError> {
+        sqlx::query(&format!("{TOKEN_SELECT} WHERE t.name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| token_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_tokens(&self, scope: TokenScope, now_ms: i64) -> Result<Vec<Token>, StoreError> {
+        let rows = match scope {
+            TokenScope::Owner { owner_id, domain } => {
+                sqlx::query(&format!(
+                    "{TOKEN_SELECT} WHERE t.owner_id = ? AND t.domain = ? AND t.tenant IS NULL \
+                     AND t.expires_at_ms > ? ORDER BY t.created_at_ms"
+                ))
+                .bind(owner_id)
+                .bind(domain)
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            TokenScope::Tenant(tenant) => {
+                sqlx::query(&format!(
+                    "{TOKEN_SELECT} WHERE t.tenant = ? AND t.expires_at_ms > ? \
+                     ORDER BY t.created_at_ms"
+                ))
+                .bind(tenant)
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let owner: Option<i64> = sqlx::query_scalar("SELECT owner_id FROM tokens WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(owner) = owner else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM tokens WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        Self::record_change(&mut tx, ChangeKind::Token, owner).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {

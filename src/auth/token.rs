@@ -1,0 +1,309 @@
+//! Gateway tokens (SPEC §4): `Cookie: token=<32 hex>`, checked against a cache of token
+//! metadata keyed by the token's keyed hash. A token that is unknown, expired, malformed or
+//! whose user is locked makes the request anonymous, and the answer clears the cookie.
+
+use super::api_key::KeyHasher;
+use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::metrics::Metrics;
+use crate::store::{now_ms, Db, StoreError, Token};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const COOKIE: &str = "token";
+pub const CACHE_NAME: &str = "token";
+pub const NEGATIVE_CACHE_NAME: &str = "token_negative";
+/// The answer that makes a browser forget the cookie.
+pub const CLEAR_COOKIE: &str = "token=; path=/";
+/// Longest `Cookie` header looked into.
+const MAX_COOKIE_HEADER: usize = 8192;
+
+/// 32 lower-case hex characters.
+pub fn is_token(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// 128 bits from the OS CSPRNG, lower-case hex.
+pub fn generate() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The public handle of a token: derived from its stored hash, so listing never needs (or
+/// reveals) the token itself.
+pub fn name_for(token_hash: &[u8]) -> String {
+    hex::encode(&Sha256::digest(token_hash)[..16])
+}
+
+/// What the request's cookies say about a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieToken<'a> {
+    Absent,
+    Present(&'a str),
+    /// Several `token` cookies, a value that is not a token, or an oversized header.
+    Malformed,
+}
+
+pub fn find_cookie(headers: &http::HeaderMap) -> CookieToken<'_> {
+    let mut found = None;
+    for value in headers.get_all(http::header::COOKIE) {
+        if value.len() > MAX_COOKIE_HEADER {
+            return CookieToken::Malformed;
+        }
+        let Ok(text) = value.to_str() else {
+            continue;
+        };
+        for cookie in cookie::Cookie::split_parse(text).flatten() {
+            if cookie.name() != COOKIE {
+                continue;
+            }
+            if found.is_some() {
+                return CookieToken::Malformed;
+            }
+            found = Some(cookie.value_raw().unwrap_or(cookie.value()).to_owned());
+        }
+    }
+    match found {
+        None => CookieToken::Absent,
+        Some(value) if is_token(&value) => {
+            // Borrow the exact bytes back out of the header for the caller.
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|t| t.find(&value).map(|i| &t[i..i + 32]))
+                .map_or(CookieToken::Malformed, CookieToken::Present)
+        }
+        Some(_) => CookieToken::Malformed,
+    }
+}
+
+/// The `Cookie` header without the `token` cookie (`None` when nothing else is left).
+pub fn strip_cookie(value: &str) -> Option<String> {
+    let kept: Vec<String> = cookie::Cookie::split_parse(value)
+        .flatten()
+        .filter(|c| c.name() != COOKIE)
+        .map(|c| format!("{}={}", c.name(), c.value_raw().unwrap_or(c.value())))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+pub struct CachedToken {
+    name: String,
+    owner_id: i64,
+    expires_at_ms: i64,
+    locked: bool,
+    principal: Arc<Principal>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+enum LoadError {
+    #[error("no such token")]
+    NotFound,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+pub struct TokenAuthenticator {
+    db: Db,
+    metrics: Arc<Metrics>,
+    hasher: KeyHasher,
+    cache: moka::future::Cache<Vec<u8>, Arc<CachedToken>>,
+    unknown: moka::future::Cache<Vec<u8>, ()>,
+}
+
+impl TokenAuthenticator {
+    pub fn new(
+        db: Db,
+        metrics: Arc<Metrics>,
+        hasher: KeyHasher,
+        ttl: Duration,
+        capacity: u64,
+        negative_ttl: Duration,
+    ) -> TokenAuthenticator {
+        TokenAuthenticator {
+            db,
+            metrics,
+            hasher,
+            cache: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .support_invalidation_closures()
+                .build(),
+            unknown: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(negative_ttl)
+                .build(),
+        }
+    }
+
+    pub fn hash(&self, token: &str) -> Vec<u8> {
+        self.hasher.hash(token)
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let hash = self.hasher.hash(token);
+        if self.unknown.contains_key(&hash) {
+            self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
+            return Err(AuthError::UnknownKey);
+        }
+        let cached = match self.cache.get(&hash).await {
+            Some(cached) => {
+                self.metrics.cache_hit(CACHE_NAME);
+                cached
+            }
+            None => {
+                self.metrics.cache_miss(CACHE_NAME);
+                self.load(hash).await?
+            }
+        };
+        if cached.locked {
+            return Err(AuthError::Locked);
+        }
+        if now_ms() >= cached.expires_at_ms {
+            return Err(AuthError::Expired);
+        }
+        Ok(cached.principal.clone())
+    }
+
+    async fn load(&self, hash: Vec<u8>) -> Result<Arc<CachedToken>, AuthError> {
+        let db = self.db.clone();
+        let lookup = hash.clone();
+        let loaded = self
+            .cache
+            .try_get_with(hash.clone(), async move {
+                let found = db
+                    .call(move |store| async move {
+                        let Some(token) = store.token_by_hash(&lookup).await? else {
+                            return Ok(None);
+                        };
+                        let user = store.user_by_id(token.owner_id).await?;
+                        Ok::<_, StoreError>(user.map(|u| (token, u)))
+                    })
+                    .await
+                    .map_err(|e| LoadError::Store(e.to_string()))?;
+                let (token, user) = found.ok_or(LoadError::NotFound)?;
+                Ok::<_, LoadError>(Arc::new(cached(&token, &user)))
+            })
+            .await;
+        match loaded {
+            Ok(cached) => Ok(cached),
+            Err(e) => match e.as_ref() {
+                LoadError::NotFound => {
+                    self.unknown.insert(hash, ()).await;
+                    Err(AuthError::UnknownKey)
+                }
+                LoadError::Store(message) => {
+                    self.metrics.store_error();
+                    tracing::warn!(error = %message, "store lookup failed during token authentication");
+                    Err(AuthError::StoreUnavailable)
+                }
+            },
+        }
+    }
+
+    /// Drops a user's cached tokens (lock, deletion).
+    pub fn invalidate_user(&self, user_id: i64) {
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, t| t.owner_id == user_id);
+    }
+
+    /// Drops one token by name, effective before the deleting call returns.
+    pub fn invalidate_name(&self, name: &str) {
+        let name = name.to_owned();
+        let _ = self.cache.invalidate_entries_if(move |_, t| t.name == name);
+    }
+
+    pub async fn entry_counts(&self) -> [(&'static str, u64); 2] {
+        self.cache.run_pending_tasks().await;
+        self.unknown.run_pending_tasks().await;
+        [
+            (CACHE_NAME, self.cache.entry_count()),
+            (NEGATIVE_CACHE_NAME, self.unknown.entry_count()),
+        ]
+    }
+}
+
+fn cached(token: &Token, user: &crate::store::User) -> CachedToken {
+    let level = if token.level == "ADMINISTRATIVE" {
+        SecurityLevel::Administrative
+    } else {
+        SecurityLevel::Default
+    };
+    CachedToken {
+        name: token.name.clone(),
+        owner_id: token.owner_id,
+        expires_at_ms: token.expires_at_ms,
+        locked: user.locked,
+        principal: Arc::new(Principal {
+            user_id: user.id,
+            user_name: user.name.clone(),
+            customer: user.customer.clone(),
+            functions: user.functions.clone(),
+            level,
+            method: AuthMethod::Token,
+            kind: CredentialKind::Token,
+            credential_id: token.name.clone(),
+            read_only: false,
+            customers: user.customer.iter().cloned().collect(),
+            identity: Default::default(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for c in cookies {
+            map.append(http::header::COOKIE, c.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn tokens_and_names() {
+        let t = generate();
+        assert!(is_token(&t));
+        assert!(!is_token(&t.to_uppercase()));
+        assert!(is_token(&name_for(b"hash")));
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let t = "53dfb96dc6d5b9cacd174e3649cba6d5";
+        assert_eq!(find_cookie(&headers(&[])), CookieToken::Absent);
+        assert_eq!(
+            find_cookie(&headers(&[
+                "a=1; token=53dfb96dc6d5b9cacd174e3649cba6d5; b=2"
+            ])),
+            CookieToken::Present(t)
+        );
+        assert_eq!(
+            find_cookie(&headers(&["a=1", &format!("token={t}")])),
+            CookieToken::Present(t)
+        );
+        assert_eq!(
+            find_cookie(&headers(&[&format!("token={t}; token={t}")])),
+            CookieToken::Malformed
+        );
+        assert_eq!(
+            find_cookie(&headers(&["token=xyz"])),
+            CookieToken::Malformed
+        );
+        assert_eq!(
+            find_cookie(&headers(&["token=53DFB96DC6D5B9CACD174E3649CBA6D5"])),
+            CookieToken::Malformed
+        );
+        assert_eq!(
+            strip_cookie(&format!("a=1; token={t}; b=2")).as_deref(),
+            Some("a=1; b=2")
+        );
+        assert_eq!(strip_cookie(&format!("token={t}")), None);
+    }
+}
