@@ -58,35 +58,43 @@ key=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
   -d '{"description":"load test"}' "http://$proxy/authentication/v1/user/admin/apikey" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["apiKeyString"])')
 apikey="Argus-API-Key: $key"
+token=$(curl -fs -u admin:load-password -XPOST "http://$proxy/.TOKEN/?setcookie=false" -o /dev/null -D - \
+  | awk -F': ' 'tolower($1) == "gateway-token" {print $2}' | tr -d '\r')
+cookie="Cookie: token=$token"
 
 # Warm-up (connection pools, the caches).
 wrk -t1 -c4 -d1s -H "$basic" "http://$proxy/x/fixed" >/dev/null
 wrk -t1 -c4 -d1s -H "$apikey" "http://$proxy/x/fixed" >/dev/null
+wrk -t1 -c4 -d1s -H "$cookie" "http://$proxy/x/fixed" >/dev/null
 
 # Paths ending in /fixed get the same small answer from the upstream whatever the headers, so
 # the routes differ only by keyward's own work. The targets are measured in interleaved rounds
 # and the median of each is reported, so drift on a shared machine hits all of them alike.
-declare -a d p b k pc bc kc
+declare -a d p b k t pc bc kc tc
 for round in $(seq "$rounds"); do
   d+=("$(rps "http://$up/public/fixed")")
   read -r r c <<<"$(measure "http://$proxy/public/fixed")"; p+=("$r"); pc+=("$c")
   read -r r c <<<"$(measure -H "$basic" "http://$proxy/x/fixed")"; b+=("$r"); bc+=("$c")
   read -r r c <<<"$(measure -H "$apikey" "http://$proxy/x/fixed")"; k+=("$r"); kc+=("$c")
-  echo "round $round: direct ${d[-1]} | public ${p[-1]} (${pc[-1]} µs CPU/req) | basic ${b[-1]} (${bc[-1]}) | apikey ${k[-1]} (${kc[-1]})" >&2
+  read -r r c <<<"$(measure -H "$cookie" "http://$proxy/x/fixed")"; t+=("$r"); tc+=("$c")
+  echo "round $round: direct ${d[-1]} | public ${p[-1]} (${pc[-1]} µs CPU/req) | basic ${b[-1]} (${bc[-1]}) | apikey ${k[-1]} (${kc[-1]}) | token ${t[-1]} (${tc[-1]})" >&2
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 # Ratios are taken within each round (same minute, same machine state), then the median.
 ratios() { local -n num=$1 den=$2; for i in "${!num[@]}"; do echo "${num[$i]} / ${den[$i]}" | bc -l; done; }
 direct=$(median "${d[@]}"); public=$(median "${p[@]}"); authed=$(median "${b[@]}"); keyed=$(median "${k[@]}")
 public_cpu=$(median "${pc[@]}"); basic_cpu=$(median "${bc[@]}"); apikey_cpu=$(median "${kc[@]}")
+tokened=$(median "${t[@]}"); token_cpu=$(median "${tc[@]}")
 mapfile -t r_public < <(ratios p d); mapfile -t r_basic < <(ratios b p); mapfile -t r_key < <(ratios k p)
 mapfile -t c_basic < <(ratios pc bc); mapfile -t c_key < <(ratios pc kc)
+mapfile -t r_token < <(ratios t p); mapfile -t c_token < <(ratios pc tc)
 
 echo "median of $rounds rounds of ${duration}s, wrk -t2 -c$connections (ratios: median of per-round ratios):"
 printf 'upstream direct         %10.0f req/s\n' "$direct"
 printf 'keyward public route    %10.0f req/s   %.2f of direct                        %6.1f µs keyward CPU/req\n' "$public" "$(median "${r_public[@]}")" "$public_cpu"
 printf 'keyward Basic (cached)  %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$authed" "$(median "${r_basic[@]}")" "$(median "${c_basic[@]}")" "$basic_cpu"
 printf 'keyward API key         %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$keyed" "$(median "${r_key[@]}")" "$(median "${c_key[@]}")" "$apikey_cpu"
+printf 'keyward token cookie    %10.0f req/s   %.2f of public route (CPU ratio %.2f)  %6.1f µs keyward CPU/req\n' "$tokened" "$(median "${r_token[@]}")" "$(median "${c_token[@]}")" "$token_cpu"
 
 # Signed requests: wrk cannot sign, and a signature is accepted only once, so a client of our
 # own signs every request before each round starts and compares with the public route itself.

@@ -245,26 +245,17 @@ pub async fn list(
     ))
 }
 
-/// A path's token name, or the token itself (so a token can delete itself).
-fn resolve_name(api: &AdminApi, name_or_token: &str) -> Result<(String, bool), AdminError> {
+/// The token a path names: by its name, or by the token itself (so a token can delete
+/// itself).
+async fn find_token(api: &AdminApi, name_or_token: &str) -> Result<Option<Token>, AdminError> {
     if !token::is_token(name_or_token) {
-        return Err(AdminError::NotFound("no such token".into()));
+        return Ok(None);
     }
-    let derived = token::name_for(&api.auth.tokens.hash(name_or_token));
-    Ok((derived, true))
-}
-
-pub async fn delete(
-    api: &AdminApi,
-    call: &Call<'_>,
-    req: &TokenRequest<'_>,
-    name_or_token: &str,
-) -> Result<Reply, AdminError> {
-    let (derived, _) = resolve_name(api, name_or_token)?;
-    let admin = is_token_administrator(api, call);
-    let caller_id = call.caller.user_id;
-    let candidates = [name_or_token.to_owned(), derived];
-    let found = api
+    let candidates = [
+        name_or_token.to_owned(),
+        token::name_for(&api.auth.tokens.hash(name_or_token)),
+    ];
+    Ok(api
         .db
         .call(move |store| async move {
             for name in candidates {
@@ -274,17 +265,34 @@ pub async fn delete(
             }
             Ok(None)
         })
+        .await?)
+}
+
+/// Deletes a token, effective on this keyward before the call returns.
+async fn remove(api: &AdminApi, name: &str) -> Result<(), AdminError> {
+    let deleted_name = name.to_owned();
+    api.db
+        .call(move |store| async move { store.delete_token(&deleted_name).await })
         .await?;
+    api.auth.tokens.invalidate_name(name);
+    Ok(())
+}
+
+pub async fn delete(
+    api: &AdminApi,
+    call: &Call<'_>,
+    req: &TokenRequest<'_>,
+    name_or_token: &str,
+) -> Result<Reply, AdminError> {
+    let admin = is_token_administrator(api, call);
+    let caller_id = call.caller.user_id;
+    let found = find_token(api, name_or_token).await?;
     // Someone else's token is "not found" unless the caller is the token administrator.
     let token = found
         .filter(|t| t.tenant.is_none() && (t.owner_id == caller_id || admin))
         .ok_or_else(|| AdminError::NotFound("no such token".into()))?;
     let name = token.name.clone();
-    let deleted_name = name.clone();
-    api.db
-        .call(move |store| async move { store.delete_token(&deleted_name).await })
-        .await?;
-    api.auth.tokens.invalidate_name(&name);
+    remove(api, &name).await?;
     let mut headers = vec![("content-length", "0".to_owned())];
     let own_cookie = req
         .cookie_token
@@ -402,28 +410,12 @@ pub async fn tenant_delete(
 ) -> Result<Reply, AdminError> {
     authorize_tenant(api, call)?;
     valid_tenant(tenant)?;
-    let (derived, _) = resolve_name(api, name_or_token)?;
-    let candidates = [name_or_token.to_owned(), derived];
-    let found = api
-        .db
-        .call(move |store| async move {
-            for name in candidates {
-                if let Some(t) = store.token_by_name(&name).await? {
-                    return Ok(Some(t));
-                }
-            }
-            Ok(None)
-        })
-        .await?;
+    let found = find_token(api, name_or_token).await?;
     let token = found
         .filter(|t| t.tenant.as_deref() == Some(tenant))
         .ok_or_else(|| AdminError::NotFound("no such token".into()))?;
     let name = token.name.clone();
-    let deleted_name = name.clone();
-    api.db
-        .call(move |store| async move { store.delete_token(&deleted_name).await })
-        .await?;
-    api.auth.tokens.invalidate_name(&name);
+    remove(api, &name).await?;
     Ok(Reply::raw(
         200,
         "text/plain",

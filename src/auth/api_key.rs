@@ -5,18 +5,18 @@
 //! remembered in a negative cache for a short TTL so a flood of random keys costs the store at
 //! most one query per prefix. Last use is recorded in memory and written in batches.
 
+use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::config::parse_cidr;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, ApiKey, Db, KeyUsage, StoreError, User};
+use crate::store::{now_ms, ApiKey, Db, StoreError, User};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use ipnet::IpNet;
 use rand::RngCore;
 use sha2::Sha256;
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
@@ -222,7 +222,7 @@ pub struct ApiKeyAuthenticator {
     hasher: KeyHasher,
     cache: moka::future::Cache<Prefix, Arc<CachedKey>>,
     negative: moka::future::Cache<Prefix, ()>,
-    usage: Mutex<HashMap<Prefix, (i64, IpAddr)>>,
+    usage: UsageRecorder,
 }
 
 pub struct ApiKeyCacheSettings {
@@ -253,7 +253,7 @@ impl ApiKeyAuthenticator {
                 .time_to_live(settings.negative_ttl)
                 .support_invalidation_closures()
                 .build(),
-            usage: Mutex::new(HashMap::new()),
+            usage: UsageRecorder::default(),
         }
     }
 
@@ -269,7 +269,7 @@ impl ApiKeyAuthenticator {
         let (prefix, secret) = parse(value)?;
         let key = self.lookup(prefix).await?;
         let principal = key.check(&self.hasher, secret, client_ip, now_ms())?;
-        self.record_use(prefix, client_ip);
+        self.usage.record(prefix.user_id, prefix.key_id, client_ip);
         Ok(principal)
     }
 
@@ -320,26 +320,9 @@ impl ApiKeyAuthenticator {
         }
     }
 
-    fn record_use(&self, prefix: Prefix, ip: IpAddr) {
-        if let Ok(mut usage) = self.usage.lock() {
-            usage.insert(prefix, (now_ms(), ip));
-        }
-    }
-
     /// Writes the recorded last uses to the store in one transaction.
     pub async fn flush_usage(&self) {
-        let batch: Vec<KeyUsage> = match self.usage.lock() {
-            Ok(mut usage) => usage
-                .drain()
-                .map(|(prefix, (at_ms, ip))| KeyUsage {
-                    user_id: prefix.user_id,
-                    key_id: prefix.key_id,
-                    at_ms,
-                    ip: ip.to_string(),
-                })
-                .collect(),
-            Err(_) => return,
-        };
+        let batch = self.usage.drain();
         if batch.is_empty() {
             return;
         }

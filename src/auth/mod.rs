@@ -11,6 +11,7 @@ pub mod password;
 pub mod signature;
 pub mod token;
 pub mod totp;
+pub mod usage;
 
 use crate::metrics::Metrics;
 use std::fmt;

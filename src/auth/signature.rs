@@ -7,19 +7,19 @@
 //! remembered for its whole validity window, and a per-key "signature session" pins the
 //! client's clock offset so a client cannot step its clock back to sign outside the window.
 
+use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::config::{parse_cidr, SignatureSettings};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Db, KeyUsage, SignatureKey, StoreError, User};
+use crate::store::{now_ms, Db, SignatureKey, StoreError, User};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, List, ListEntry, Parser};
 use sha2::{Digest, Sha256, Sha512};
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const CACHE_NAME: &str = "signature_key";
 pub const NEGATIVE_CACHE_NAME: &str = "signature_key_negative";
@@ -376,7 +376,7 @@ pub struct SignatureAuthenticator {
     unknown: moka::future::Cache<(String, i64), ()>,
     replay: moka::sync::Cache<[u8; 32], ()>,
     sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
-    usage: Mutex<HashMap<(i64, i64), (i64, IpAddr)>>,
+    usage: UsageRecorder,
 }
 
 impl SignatureError {
@@ -424,7 +424,7 @@ impl SignatureAuthenticator {
                 .time_to_idle(settings.session_ttl)
                 .support_invalidation_closures()
                 .build(),
-            usage: Mutex::new(HashMap::new()),
+            usage: UsageRecorder::default(),
             db,
             metrics,
             settings,
@@ -503,9 +503,7 @@ impl SignatureAuthenticator {
         self.sessions.get_with(session_key, || SignatureSession {
             offset_secs: offset,
         });
-        if let Ok(mut usage) = self.usage.lock() {
-            usage.insert(session_key, (now, client_ip));
-        }
+        self.usage.record(key.user_id, key.key_id, client_ip);
         Ok(key.principal.clone())
     }
 
@@ -588,18 +586,7 @@ impl SignatureAuthenticator {
     }
 
     pub async fn flush_usage(&self) {
-        let batch: Vec<KeyUsage> = match self.usage.lock() {
-            Ok(mut usage) => usage
-                .drain()
-                .map(|((user_id, key_id), (at_ms, ip))| KeyUsage {
-                    user_id,
-                    key_id,
-                    at_ms,
-                    ip: ip.to_string(),
-                })
-                .collect(),
-            Err(_) => return,
-        };
+        let batch = self.usage.drain();
         if batch.is_empty() {
             return;
         }

@@ -61,6 +61,32 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Records last uses of keys in `table` (`api_keys` or `signature_keys`), in one
+    /// transaction; an older use never overwrites a newer one.
+    async fn record_usage(
+        &self,
+        table: &'static str,
+        usage: &[KeyUsage],
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE {table} SET last_used_at_ms = ?, last_used_ip = ? \
+             WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?"
+        );
+        let mut tx = self.pool.begin().await?;
+        for u in usage {
+            sqlx::query(&sql)
+                .bind(u.at_ms)
+                .bind(&u.ip)
+                .bind(u.user_id)
+                .bind(u.key_id)
+                .bind(u.at_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Runs `update` (an UPDATE of one active key), records the change and returns the key as
     /// it is after the update (`revoked`: as it was just before being revoked).
     async fn change_api_key<'q>(
@@ -400,22 +426,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for u in usage {
-            sqlx::query(
-                "UPDATE api_keys SET last_used_at_ms = ?, last_used_ip = ? \
-                 WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?",
-            )
-            .bind(u.at_ms)
-            .bind(&u.ip)
-            .bind(u.user_id)
-            .bind(u.key_id)
-            .bind(u.at_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.record_usage("api_keys", usage).await
     }
 
     async fn create_signature_key(&self, key: NewSignatureKey) -> Result<SignatureKey, StoreError> {
@@ -501,22 +512,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_signature_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for u in usage {
-            sqlx::query(
-                "UPDATE signature_keys SET last_used_at_ms = ?, last_used_ip = ? \
-                 WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?",
-            )
-            .bind(u.at_ms)
-            .bind(&u.ip)
-            .bind(u.user_id)
-            .bind(u.key_id)
-            .bind(u.at_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.record_usage("signature_keys", usage).await
     }
 
     async fn set_user_totp(&self, id: i64, secret: Option<&str>) -> Result<bool, StoreError> {
