@@ -62,20 +62,13 @@ pub fn find_cookie(headers: &http::HeaderMap) -> CookieToken<'_> {
             if found.is_some() {
                 return CookieToken::Malformed;
             }
-            found = Some(cookie.value_raw().unwrap_or(cookie.value()).to_owned());
+            // Parsed from a borrowed header, the raw value borrows it too: no copy.
+            found = Some(cookie.value_raw());
         }
     }
     match found {
         None => CookieToken::Absent,
-        Some(value) if is_token(&value) => {
-            // Borrow the exact bytes back out of the header for the caller.
-            headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(|t| t.find(&value).map(|i| &t[i..i + 32]))
-                .map_or(CookieToken::Malformed, CookieToken::Present)
-        }
+        Some(Some(value)) if is_token(value) => CookieToken::Present(value),
         Some(_) => CookieToken::Malformed,
     }
 }

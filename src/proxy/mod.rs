@@ -198,12 +198,17 @@ impl ProxyHttp for KeywardProxy {
             upstream.remove_header(&http::header::AUTHORIZATION);
             upstream.remove_header(api_key::HEADER);
             upstream.remove_header(totp::HEADER);
-            let cookies: Vec<String> = upstream
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_owned))
-                .collect();
+            // Rewritten only when a token cookie is there to remove.
+            let has_token = token::find_cookie(&upstream.headers) != token::CookieToken::Absent;
+            let cookies: Vec<String> = match has_token {
+                true => upstream
+                    .headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                    .collect(),
+                false => Vec::new(),
+            };
             if !cookies.is_empty() {
                 upstream.remove_header(&http::header::COOKIE);
                 if let Some(kept) = token::strip_cookie(&cookies.join("; ")) {
