@@ -111,15 +111,20 @@ impl KeyHasher {
     }
 
     pub fn hash(&self, secret: &str) -> Vec<u8> {
+        self.hash32(secret).to_vec()
+    }
+
+    /// The same hash, without allocating (for cache keys).
+    pub fn hash32(&self, secret: &str) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.pepper)
             .expect("HMAC accepts keys of any length");
         mac.update(secret.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        mac.finalize().into_bytes().into()
     }
 
     /// Constant-time: the time taken does not depend on how much of the hash matches.
     pub fn matches(&self, secret: &str, stored: &[u8]) -> bool {
-        bool::from(self.hash(secret).as_slice().ct_eq(stored))
+        bool::from(self.hash32(secret).as_slice().ct_eq(stored))
     }
 }
 

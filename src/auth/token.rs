@@ -75,12 +75,19 @@ pub fn find_cookie(headers: &http::HeaderMap) -> CookieToken<'_> {
 
 /// The `Cookie` header without the `token` cookie (`None` when nothing else is left).
 pub fn strip_cookie(value: &str) -> Option<String> {
-    let kept: Vec<String> = cookie::Cookie::split_parse(value)
-        .flatten()
-        .filter(|c| c.name() != COOKIE)
-        .map(|c| format!("{}={}", c.name(), c.value_raw().unwrap_or(c.value())))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    let mut kept = String::with_capacity(value.len());
+    for cookie in cookie::Cookie::split_parse(value).flatten() {
+        if cookie.name() == COOKIE {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(cookie.name());
+        kept.push('=');
+        kept.push_str(cookie.value_raw().unwrap_or(cookie.value()));
+    }
+    (!kept.is_empty()).then_some(kept)
 }
 
 pub struct CachedToken {
@@ -103,8 +110,8 @@ pub struct TokenAuthenticator {
     db: Db,
     metrics: Arc<Metrics>,
     hasher: KeyHasher,
-    cache: moka::future::Cache<Vec<u8>, Arc<CachedToken>>,
-    unknown: moka::future::Cache<Vec<u8>, ()>,
+    cache: moka::future::Cache<[u8; 32], Arc<CachedToken>>,
+    unknown: moka::future::Cache<[u8; 32], ()>,
 }
 
 impl TokenAuthenticator {
@@ -137,7 +144,7 @@ impl TokenAuthenticator {
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        let hash = self.hasher.hash(token);
+        let hash = self.hasher.hash32(token);
         if self.unknown.contains_key(&hash) {
             self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
             return Err(AuthError::UnknownKey);
@@ -161,15 +168,14 @@ impl TokenAuthenticator {
         Ok(cached.principal.clone())
     }
 
-    async fn load(&self, hash: Vec<u8>) -> Result<Arc<CachedToken>, AuthError> {
+    async fn load(&self, hash: [u8; 32]) -> Result<Arc<CachedToken>, AuthError> {
         let db = self.db.clone();
-        let lookup = hash.clone();
         let loaded = self
             .cache
-            .try_get_with(hash.clone(), async move {
+            .try_get_with(hash, async move {
                 let found = db
                     .call(move |store| async move {
-                        let Some(token) = store.token_by_hash(&lookup).await? else {
+                        let Some(token) = store.token_by_hash(&hash).await? else {
                             return Ok(None);
                         };
                         let user = store.user_by_id(token.owner_id).await?;

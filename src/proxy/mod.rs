@@ -200,18 +200,19 @@ impl ProxyHttp for KeywardProxy {
             upstream.remove_header(totp::HEADER);
             // Rewritten only when a token cookie is there to remove.
             let has_token = token::find_cookie(&upstream.headers) != token::CookieToken::Absent;
-            let cookies: Vec<String> = match has_token {
-                true => upstream
+            if has_token {
+                let cookies: Vec<&str> = upstream
                     .headers
                     .get_all(http::header::COOKIE)
                     .iter()
-                    .filter_map(|v| v.to_str().ok().map(str::to_owned))
-                    .collect(),
-                false => Vec::new(),
-            };
-            if !cookies.is_empty() {
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let kept = match cookies.as_slice() {
+                    [one] => token::strip_cookie(one),
+                    several => token::strip_cookie(&several.join("; ")),
+                };
                 upstream.remove_header(&http::header::COOKIE);
-                if let Some(kept) = token::strip_cookie(&cookies.join("; ")) {
+                if let Some(kept) = kept {
                     upstream.insert_header(http::header::COOKIE, kept)?;
                 }
             }
