@@ -30,7 +30,7 @@ routes:
   - path: /
     require: { min_security_level: EXTERNAL }
 YAML
-XP_NOHDR=1 LOAD_ADMIN_PASSWORD=load-password valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+LOAD_ADMIN_PASSWORD=load-password valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
   target/release/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
 keyward_pid=$!; pids+=("$keyward_pid")
 for _ in $(seq 300); do curl -fs "http://$ops/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
