@@ -5,6 +5,7 @@
 # keyward executed are divided by the requests served. Needs valgrind and wrk.
 # Usage: scripts/instructions.sh
 set -euo pipefail
+bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null && command -v wrk >/dev/null || { echo "needs valgrind and wrk" >&2; exit 1; }
 cargo build --release --bin keyward --example echo_upstream >&2
@@ -15,7 +16,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
 
-target/release/examples/echo_upstream "$up" 2>/dev/null & pids+=($!)
+"$bin"/examples/echo_upstream "$up" 2>/dev/null & pids+=($!)
 cat > "$work/keyward.yaml" <<YAML
 listen: { proxy: $proxy, ops: $ops }
 upstream: { address: $up }
@@ -31,7 +32,7 @@ routes:
     require: { min_security_level: EXTERNAL }
 YAML
 LOAD_ADMIN_PASSWORD=load-password valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  target/release/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
+  "$bin"/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
 keyward_pid=$!; pids+=("$keyward_pid")
 for _ in $(seq 300); do curl -fs "http://$ops/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 

@@ -4,6 +4,7 @@
 # Usage: scripts/load.sh [SECONDS_PER_MEASUREMENT] [CONNECTIONS] [ROUNDS]
 # Prints requests/s of each and the ratios. Figures vary by machine; the ratios are the result.
 set -euo pipefail
+bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-32}"
@@ -19,7 +20,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
 
-target/release/examples/echo_upstream "$up" 2>/dev/null & pids+=($!)
+"$bin"/examples/echo_upstream "$up" 2>/dev/null & pids+=($!)
 cat > "$work/keyward.yaml" <<YAML
 listen: { proxy: $proxy, ops: $ops }
 upstream: { address: $up }
@@ -34,7 +35,7 @@ routes:
   - path: /
     require: { min_security_level: EXTERNAL }
 YAML
-LOAD_ADMIN_PASSWORD=load-password target/release/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
+LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
 keyward_pid=$!; pids+=("$keyward_pid")
 for _ in $(seq 100); do curl -fs "http://$ops/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -100,11 +101,11 @@ printf 'keyward token cookie    %10.0f req/s   %.2f of public route (CPU ratio %
 # own signs every request before each round starts and compares with the public route itself.
 # Enrolling your own key needs ADMINISTRATIVE (password + TOTP); the POWER-USER administrator
 # enrolls one for a second user instead.
-echo 'loader-password' | target/release/keyward user add loader --password-stdin --config "$work/keyward.yaml" >/dev/null
-target/release/keyward keygen --out "$work/client.pem" >"$work/keygen.out"
+echo 'loader-password' | "$bin"/keyward user add loader --password-stdin --config "$work/keyward.yaml" >/dev/null
+"$bin"/keyward keygen --out "$work/client.pem" >"$work/keygen.out"
 public_key=$(awk -F'enrolling\\): ' '/enrolling/ {print $2}' "$work/keygen.out")
 key_id=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
   -d "{\"publicKey\":\"$public_key\",\"description\":\"load test\"}" \
   "http://$proxy/authentication/v1/user/loader/signature" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["keyID"])')
-target/release/examples/signed_load "$proxy" "$work/client.pem" "loader/$key_id" "$keyward_pid" 40000 "$connections" "$rounds"
+"$bin"/examples/signed_load "$proxy" "$work/client.pem" "loader/$key_id" "$keyward_pid" 40000 "$connections" "$rounds"

@@ -3,6 +3,7 @@
 # upstream on 127.0.0.1:3000 when nothing listens there yet, so the README's curl walk-through
 # works on a fresh machine.
 set -euo pipefail
+bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
 
 if [ -z "${KEYWARD_ADMIN_PASSWORD:-}" ] && [ ! -f data/keyward.db ]; then
@@ -12,9 +13,9 @@ fi
 
 upstream_pid=""
 if ! (exec 3<>/dev/tcp/127.0.0.1/3000) 2>/dev/null; then
-  target/release/examples/echo_upstream 127.0.0.1:3000 &
+  "$bin"/examples/echo_upstream 127.0.0.1:3000 &
   upstream_pid=$!
   trap 'kill "$upstream_pid" 2>/dev/null || true' EXIT
 fi
 
-target/release/keyward serve --config config/keyward.yaml
+"$bin"/keyward serve --config config/keyward.yaml
