@@ -461,3 +461,31 @@ fn locking_cuts_api_key_token_and_signature_at_once() {
     assert_eq!(with_cookie(&kw, "GET", "/x", &token).status(), 401);
     assert_eq!(key_get(), 200);
 }
+
+#[test]
+fn audit_names_the_token_owner_when_a_cookie_authenticates() {
+    let kw = start();
+    let token = mint_token(&kw, "john", "john-password");
+    let resp = with_cookie(&kw, "DELETE", &format!("/.TOKEN/{token}"), &token);
+    assert_eq!(resp.status(), 200);
+    let stderr = kw.stderr();
+    let audit: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("keyward::audit"))
+        .collect();
+    assert!(
+        audit.iter().any(|l| l.contains("operation=\"token.mint\"")
+            && l.contains("actor=\"john\"")
+            && l.contains("auth_method=\"PASSWORD\"")),
+        "{stderr}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("operation=\"token.delete\"")
+                && l.contains("actor=\"john\"")
+                && l.contains("auth_method=\"TOKEN\"")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&token), "the token itself is never logged");
+}

@@ -32,6 +32,11 @@ const RESERVED_PREFIXES: [&str; 3] = ["/authentication/", "/.TOKEN/", "/_admin/"
 const MAX_BODY: usize = 64 * 1024;
 pub const POWER_USER: &str = "POWER-USER";
 
+/// Paths of the token API, where a path segment may be a token.
+pub fn is_token_path(path: &str) -> bool {
+    path.starts_with("/.TOKEN/") || path.starts_with("/_admin/")
+}
+
 pub fn is_reserved(path: &str) -> bool {
     RESERVED_PREFIXES
         .iter()

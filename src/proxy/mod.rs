@@ -111,6 +111,22 @@ impl KeywardProxy {
     }
 }
 
+/// The path as logs may show it: the token API accepts a token itself where it takes a
+/// token name, so any token-shaped segment there is redacted.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !admin::is_token_path(path) {
+        return path.into();
+    }
+    path.split('/')
+        .map(|segment| match token::is_token(segment) {
+            true => "[redacted]",
+            false => segment,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+        .into()
+}
+
 /// The body of a signed request, at most pingora's retry-buffer size (64 KiB): larger signed
 /// bodies are refused, since they could not be replayed to the upstream after the check.
 async fn read_signed_body(session: &mut Session) -> Result<Vec<u8>, Refusal> {
@@ -309,8 +325,8 @@ impl ProxyHttp for KeywardProxy {
             target: "keyward::access",
             request_id = ctx.request_id.as_str(),
             method = %request.method,
-            // The path only: query strings can carry secrets.
-            path = request.uri.path(),
+            // The path only (query strings can carry secrets), tokens in it redacted.
+            path = %loggable_path(request.uri.path()),
             status,
             outcome = outcome.as_str(),
             reason = ctx.reason.unwrap_or(""),
@@ -326,7 +342,7 @@ impl ProxyHttp for KeywardProxy {
         format!(
             "{} {} request_id={}",
             request.method,
-            request.uri.path(),
+            loggable_path(request.uri.path()),
             ctx.request_id.as_str()
         )
     }
