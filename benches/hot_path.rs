@@ -7,8 +7,9 @@
 //! `cargo bench --bench hot_path`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use keyward::auth::api_key::{self, ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
+use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::signature::{self, RequestView, SignatureAuthenticator};
+use keyward::cache::CacheSettings;
 use keyward::config::Config;
 use keyward::config::StoreUrl;
 use keyward::metrics::Metrics;
@@ -67,7 +68,7 @@ fn hot_path(c: &mut Criterion) {
         db,
         Arc::new(Metrics::new()),
         hasher,
-        &ApiKeyCacheSettings {
+        &CacheSettings {
             ttl: Duration::from_secs(3600),
             capacity: 100_000,
             negative_ttl: Duration::from_secs(30),

@@ -2,12 +2,13 @@
 
 use crate::admin::AdminApi;
 use crate::audit::AuditLog;
-use crate::auth::api_key::{ApiKeyAuthenticator, ApiKeyCacheSettings, KeyHasher};
+use crate::auth::api_key::{ApiKeyAuthenticator, KeyHasher};
 use crate::auth::basic::BasicAuthenticator;
 use crate::auth::password::PasswordHasher;
 use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
+use crate::cache::CacheSettings;
 use crate::config::{BootstrapAdmin, Config};
 use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::metrics::Metrics;
@@ -42,24 +43,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config.cache.basic_ttl,
         config.cache.basic_capacity,
     ));
+    let key_cache = CacheSettings {
+        ttl: config.cache.api_key_ttl,
+        capacity: config.cache.api_key_capacity,
+        negative_ttl: config.cache.negative_ttl,
+        negative_capacity: config.cache.negative_capacity,
+    };
     let api_keys = Arc::new(ApiKeyAuthenticator::new(
         db.clone(),
         metrics.clone(),
         KeyHasher::new(pepper.clone()),
-        &ApiKeyCacheSettings {
-            ttl: config.cache.api_key_ttl,
-            capacity: config.cache.api_key_capacity,
-            negative_ttl: config.cache.negative_ttl,
-            negative_capacity: config.cache.negative_capacity,
-        },
+        &key_cache,
     ));
     let tokens = Arc::new(TokenAuthenticator::new(
         db.clone(),
         metrics.clone(),
         KeyHasher::new(pepper.clone()),
-        config.cache.api_key_ttl,
-        config.cache.api_key_capacity,
-        config.cache.negative_ttl,
+        &key_cache,
     ));
     let signatures = Arc::new(SignatureAuthenticator::new(
         db.clone(),

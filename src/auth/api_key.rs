@@ -7,6 +7,7 @@
 
 use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::cache::{CacheSettings, CredentialCache};
 use crate::config::parse_cidr;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, ApiKey, Db, StoreError, User};
@@ -17,7 +18,6 @@ use rand::RngCore;
 use sha2::Sha256;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub const HEADER: &str = "argus-api-key";
@@ -213,28 +213,12 @@ impl CachedKey {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-enum LoadError {
-    #[error("no such key")]
-    NotFound,
-    #[error("store: {0}")]
-    Store(String),
-}
-
 pub struct ApiKeyAuthenticator {
     db: Db,
     metrics: Arc<Metrics>,
     hasher: KeyHasher,
-    cache: moka::future::Cache<Prefix, Arc<CachedKey>>,
-    negative: moka::future::Cache<Prefix, ()>,
+    keys: CredentialCache<Prefix, CachedKey>,
     usage: UsageRecorder,
-}
-
-pub struct ApiKeyCacheSettings {
-    pub ttl: Duration,
-    pub capacity: u64,
-    pub negative_ttl: Duration,
-    pub negative_capacity: u64,
 }
 
 impl ApiKeyAuthenticator {
@@ -242,22 +226,13 @@ impl ApiKeyAuthenticator {
         db: Db,
         metrics: Arc<Metrics>,
         hasher: KeyHasher,
-        settings: &ApiKeyCacheSettings,
+        settings: &CacheSettings,
     ) -> ApiKeyAuthenticator {
         ApiKeyAuthenticator {
             db,
-            metrics,
             hasher,
-            cache: moka::future::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                .support_invalidation_closures()
-                .build(),
-            negative: moka::future::Cache::builder()
-                .max_capacity(settings.negative_capacity)
-                .time_to_live(settings.negative_ttl)
-                .support_invalidation_closures()
-                .build(),
+            keys: CredentialCache::new(metrics.clone(), CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
+            metrics,
             usage: UsageRecorder::default(),
         }
     }
@@ -279,50 +254,20 @@ impl ApiKeyAuthenticator {
     }
 
     async fn lookup(&self, prefix: Prefix) -> Result<Arc<CachedKey>, AuthError> {
-        if self.negative.contains_key(&prefix) {
-            self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
-            return Err(AuthError::UnknownKey);
-        }
-        if let Some(key) = self.cache.get(&prefix).await {
-            self.metrics.cache_hit(CACHE_NAME);
-            return Ok(key);
-        }
-        self.metrics.cache_miss(CACHE_NAME);
-        // Concurrent misses for one prefix share a single store query.
         let db = self.db.clone();
-        let loaded = self
-            .cache
-            .try_get_with(prefix, async move {
-                let found = db
-                    .call(move |store| async move {
-                        let Some(key) = store.api_key(prefix.user_id, prefix.key_id).await? else {
-                            return Ok(None);
-                        };
-                        let user = store.user_by_id(prefix.user_id).await?;
-                        Ok::<_, StoreError>(user.map(|user| (key, user)))
-                    })
-                    .await
-                    .map_err(|e| LoadError::Store(e.to_string()))?;
-                match found {
-                    Some((key, user)) => Ok(Arc::new(CachedKey::new(&key, &user))),
-                    None => Err(LoadError::NotFound),
-                }
+        self.keys
+            .get_or_load(prefix, async move {
+                db.call(move |store| async move {
+                    let Some(key) = store.api_key(prefix.user_id, prefix.key_id).await? else {
+                        return Ok(None);
+                    };
+                    let user = store.user_by_id(prefix.user_id).await?;
+                    Ok::<_, StoreError>(user.map(|user| CachedKey::new(&key, &user)))
+                })
+                .await
+                .map_err(|e| e.to_string())
             })
-            .await;
-        match loaded {
-            Ok(key) => Ok(key),
-            Err(e) => match e.as_ref() {
-                LoadError::NotFound => {
-                    self.negative.insert(prefix, ()).await;
-                    Err(AuthError::UnknownKey)
-                }
-                LoadError::Store(message) => {
-                    self.metrics.store_error();
-                    tracing::warn!(error = %message, "store lookup failed during API key authentication");
-                    Err(AuthError::StoreUnavailable)
-                }
-            },
-        }
+            .await
     }
 
     /// Writes the recorded last uses to the store in one transaction.
@@ -343,20 +288,15 @@ impl ApiKeyAuthenticator {
 
     /// Drops the cached keys (and unknown-prefix entries) of a user.
     pub fn invalidate_user(&self, user_id: i64) {
-        // Fails only without invalidation closures, which `new` always enables.
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |prefix, _| prefix.user_id == user_id);
-        let _ = self
-            .negative
-            .invalidate_entries_if(move |prefix, _| prefix.user_id == user_id);
+        self.keys.invalidate(
+            move |prefix, _| prefix.user_id == user_id,
+            move |prefix| prefix.user_id == user_id,
+        );
     }
 
-    /// (positive, negative) entry counts, exact once pending maintenance has run.
-    pub async fn entry_counts(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks().await;
-        self.negative.run_pending_tasks().await;
-        (self.cache.entry_count(), self.negative.entry_count())
+    /// `(cache label, entries)` of the key caches.
+    pub async fn entry_counts(&self) -> [(&'static str, u64); 2] {
+        self.keys.entry_counts().await
     }
 }
 

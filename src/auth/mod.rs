@@ -414,10 +414,9 @@ impl Authenticator {
     pub async fn report_cache_entries(&self) {
         self.metrics
             .set_cache_entries(basic::CACHE_NAME, self.basic.entry_count().await);
-        let (keys, unknown) = self.api_keys.entry_counts().await;
-        self.metrics.set_cache_entries(api_key::CACHE_NAME, keys);
-        self.metrics
-            .set_cache_entries(api_key::NEGATIVE_CACHE_NAME, unknown);
+        for (cache, entries) in self.api_keys.entry_counts().await {
+            self.metrics.set_cache_entries(cache, entries);
+        }
         for (cache, entries) in self.tokens.entry_counts().await {
             self.metrics.set_cache_entries(cache, entries);
         }

@@ -9,6 +9,7 @@
 
 use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::cache::{CacheSettings, CredentialCache};
 use crate::config::{parse_cidr, SignatureSettings};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Db, SignatureKey, StoreError, User};
@@ -360,20 +361,11 @@ struct SignatureSession {
     offset_secs: i64,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-enum LoadError {
-    #[error("no such key")]
-    NotFound,
-    #[error("store: {0}")]
-    Store(String),
-}
-
 pub struct SignatureAuthenticator {
     db: Db,
     metrics: Arc<Metrics>,
     settings: SignatureSettings,
-    keys: moka::future::Cache<(String, i64), Arc<CachedSigKey>>,
-    unknown: moka::future::Cache<(String, i64), ()>,
+    keys: CredentialCache<(String, i64), CachedSigKey>,
     replay: moka::sync::Cache<[u8; 32], ()>,
     sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
     usage: UsageRecorder,
@@ -404,16 +396,17 @@ impl SignatureAuthenticator {
     pub fn new(db: Db, metrics: Arc<Metrics>, settings: SignatureSettings) -> Self {
         let window = settings.max_age + settings.max_future;
         SignatureAuthenticator {
-            keys: moka::future::Cache::builder()
-                .max_capacity(settings.key_cache_capacity)
-                .time_to_live(settings.key_cache_ttl)
-                .support_invalidation_closures()
-                .build(),
-            unknown: moka::future::Cache::builder()
-                .max_capacity(settings.key_cache_capacity)
-                .time_to_live(settings.negative_ttl)
-                .support_invalidation_closures()
-                .build(),
+            keys: CredentialCache::new(
+                metrics.clone(),
+                CACHE_NAME,
+                NEGATIVE_CACHE_NAME,
+                &CacheSettings {
+                    ttl: settings.key_cache_ttl,
+                    capacity: settings.key_cache_capacity,
+                    negative_ttl: settings.negative_ttl,
+                    negative_capacity: settings.key_cache_capacity,
+                },
+            ),
             replay: moka::sync::Cache::builder()
                 .weigher(|_, _| REPLAY_ENTRY_BYTES)
                 .max_capacity(settings.replay_memory_bytes)
@@ -508,66 +501,36 @@ impl SignatureAuthenticator {
     }
 
     async fn lookup(&self, user_ref: String, key_id: i64) -> Result<Arc<CachedSigKey>, AuthError> {
-        let cache_key = (user_ref, key_id);
-        if self.unknown.contains_key(&cache_key) {
-            self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
-            return Err(AuthError::UnknownKey);
-        }
-        if let Some(key) = self.keys.get(&cache_key).await {
-            self.metrics.cache_hit(CACHE_NAME);
-            return Ok(key);
-        }
-        self.metrics.cache_miss(CACHE_NAME);
         let db = self.db.clone();
-        let user_ref = cache_key.0.clone();
-        let loaded = self
-            .keys
-            .try_get_with(cache_key.clone(), async move {
+        let lookup = user_ref.clone();
+        self.keys
+            .get_or_load((user_ref, key_id), async move {
                 let found = db
                     .call(move |store| async move {
-                        let user = match user_ref.parse::<i64>() {
-                            Ok(id) if user_ref.bytes().all(|b| b.is_ascii_digit()) => {
+                        let user = match lookup.parse::<i64>() {
+                            Ok(id) if lookup.bytes().all(|b| b.is_ascii_digit()) => {
                                 store.user_by_id(id).await?
                             }
-                            _ => store.user_by_name(&user_ref).await?,
+                            _ => store.user_by_name(&lookup).await?,
                         };
                         let Some(user) = user else { return Ok(None) };
                         let key = store.signature_key(user.id, key_id).await?;
                         Ok::<_, StoreError>(key.map(|key| (key, user)))
                     })
                     .await
-                    .map_err(|e| LoadError::Store(e.to_string()))?;
-                match found {
-                    Some((key, user)) => CachedSigKey::new(&key, &user)
-                        .map(Arc::new)
-                        .map_err(LoadError::Store),
-                    None => Err(LoadError::NotFound),
-                }
+                    .map_err(|e| e.to_string())?;
+                found
+                    .map(|(key, user)| CachedSigKey::new(&key, &user))
+                    .transpose()
             })
-            .await;
-        match loaded {
-            Ok(key) => Ok(key),
-            Err(e) => match e.as_ref() {
-                LoadError::NotFound => {
-                    self.unknown.insert(cache_key, ()).await;
-                    Err(AuthError::UnknownKey)
-                }
-                LoadError::Store(message) => {
-                    self.metrics.store_error();
-                    tracing::warn!(error = %message, "store lookup failed during signature authentication");
-                    Err(AuthError::StoreUnavailable)
-                }
-            },
-        }
+            .await
     }
 
     /// Drops a user's cached keys; their sessions stay (they are about clocks, not keys).
     pub fn invalidate_user(&self, user_id: i64) {
-        let _ = self
-            .keys
-            .invalidate_entries_if(move |_, key| key.user_id == user_id);
         // Unknown entries are keyed by what the client sent (name or id): drop them all.
-        self.unknown.invalidate_all();
+        self.keys
+            .invalidate(move |_, key| key.user_id == user_id, |_| true);
     }
 
     /// Evicts a user's signature sessions (one key or all); returns the key ids evicted.
@@ -602,13 +565,12 @@ impl SignatureAuthenticator {
 
     /// (keys, unknown keys, replay window, sessions) entry counts.
     pub async fn entry_counts(&self) -> [(&'static str, u64); 4] {
-        self.keys.run_pending_tasks().await;
-        self.unknown.run_pending_tasks().await;
+        let [keys, unknown] = self.keys.entry_counts().await;
         self.replay.run_pending_tasks();
         self.sessions.run_pending_tasks();
         [
-            (CACHE_NAME, self.keys.entry_count()),
-            (NEGATIVE_CACHE_NAME, self.unknown.entry_count()),
+            keys,
+            unknown,
             (REPLAY_CACHE_NAME, self.replay.entry_count()),
             (SESSION_CACHE_NAME, self.sessions.entry_count()),
         ]

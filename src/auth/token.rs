@@ -4,12 +4,12 @@
 
 use super::api_key::KeyHasher;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::cache::{CacheSettings, CredentialCache};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Db, StoreError, Token};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub const COOKIE: &str = "token";
 pub const CACHE_NAME: &str = "token";
@@ -98,20 +98,10 @@ pub struct CachedToken {
     principal: Arc<Principal>,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-enum LoadError {
-    #[error("no such token")]
-    NotFound,
-    #[error("store: {0}")]
-    Store(String),
-}
-
 pub struct TokenAuthenticator {
     db: Db,
-    metrics: Arc<Metrics>,
     hasher: KeyHasher,
-    cache: moka::future::Cache<[u8; 32], Arc<CachedToken>>,
-    unknown: moka::future::Cache<[u8; 32], ()>,
+    tokens: CredentialCache<[u8; 32], CachedToken>,
 }
 
 impl TokenAuthenticator {
@@ -119,23 +109,12 @@ impl TokenAuthenticator {
         db: Db,
         metrics: Arc<Metrics>,
         hasher: KeyHasher,
-        ttl: Duration,
-        capacity: u64,
-        negative_ttl: Duration,
+        settings: &CacheSettings,
     ) -> TokenAuthenticator {
         TokenAuthenticator {
             db,
-            metrics,
             hasher,
-            cache: moka::future::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .support_invalidation_closures()
-                .build(),
-            unknown: moka::future::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(negative_ttl)
-                .build(),
+            tokens: CredentialCache::new(metrics, CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
         }
     }
 
@@ -145,20 +124,21 @@ impl TokenAuthenticator {
 
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let hash = self.hasher.hash32(token);
-        if self.unknown.contains_key(&hash) {
-            self.metrics.cache_hit(NEGATIVE_CACHE_NAME);
-            return Err(AuthError::UnknownKey);
-        }
-        let cached = match self.cache.get(&hash).await {
-            Some(cached) => {
-                self.metrics.cache_hit(CACHE_NAME);
-                cached
-            }
-            None => {
-                self.metrics.cache_miss(CACHE_NAME);
-                self.load(hash).await?
-            }
-        };
+        let db = self.db.clone();
+        let cached = self
+            .tokens
+            .get_or_load(hash, async move {
+                db.call(move |store| async move {
+                    let Some(token) = store.token_by_hash(&hash).await? else {
+                        return Ok(None);
+                    };
+                    let user = store.user_by_id(token.owner_id).await?;
+                    Ok::<_, StoreError>(user.map(|user| cached(&token, &user)))
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+            .await?;
         if cached.locked {
             return Err(AuthError::Locked);
         }
@@ -168,61 +148,21 @@ impl TokenAuthenticator {
         Ok(cached.principal.clone())
     }
 
-    async fn load(&self, hash: [u8; 32]) -> Result<Arc<CachedToken>, AuthError> {
-        let db = self.db.clone();
-        let loaded = self
-            .cache
-            .try_get_with(hash, async move {
-                let found = db
-                    .call(move |store| async move {
-                        let Some(token) = store.token_by_hash(&hash).await? else {
-                            return Ok(None);
-                        };
-                        let user = store.user_by_id(token.owner_id).await?;
-                        Ok::<_, StoreError>(user.map(|u| (token, u)))
-                    })
-                    .await
-                    .map_err(|e| LoadError::Store(e.to_string()))?;
-                let (token, user) = found.ok_or(LoadError::NotFound)?;
-                Ok::<_, LoadError>(Arc::new(cached(&token, &user)))
-            })
-            .await;
-        match loaded {
-            Ok(cached) => Ok(cached),
-            Err(e) => match e.as_ref() {
-                LoadError::NotFound => {
-                    self.unknown.insert(hash, ()).await;
-                    Err(AuthError::UnknownKey)
-                }
-                LoadError::Store(message) => {
-                    self.metrics.store_error();
-                    tracing::warn!(error = %message, "store lookup failed during token authentication");
-                    Err(AuthError::StoreUnavailable)
-                }
-            },
-        }
-    }
-
     /// Drops a user's cached tokens (lock, deletion).
     pub fn invalidate_user(&self, user_id: i64) {
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, t| t.owner_id == user_id);
+        self.tokens
+            .invalidate(move |_, t| t.owner_id == user_id, |_| false);
     }
 
     /// Drops one token by name, effective before the deleting call returns.
     pub fn invalidate_name(&self, name: &str) {
         let name = name.to_owned();
-        let _ = self.cache.invalidate_entries_if(move |_, t| t.name == name);
+        self.tokens
+            .invalidate(move |_, t| t.name == name, |_| false);
     }
 
     pub async fn entry_counts(&self) -> [(&'static str, u64); 2] {
-        self.cache.run_pending_tasks().await;
-        self.unknown.run_pending_tasks().await;
-        [
-            (CACHE_NAME, self.cache.entry_count()),
-            (NEGATIVE_CACHE_NAME, self.unknown.entry_count()),
-        ]
+        self.tokens.entry_counts().await
     }
 }
 
