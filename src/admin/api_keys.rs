@@ -3,7 +3,6 @@
 use super::envelope::{AdminError, Reply};
 use super::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
 use crate::auth::api_key::{generate_secret, Prefix};
-use crate::config::parse_cidr;
 use crate::store::{now_ms, ApiKey, NewApiKey, User};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -141,16 +140,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
             "validation.max",
         ));
     }
-    let mut valid_sources = Vec::new();
-    for source in body
-        .valid_sources
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default()
-    {
-        let net = parse_cidr(&source)
-            .map_err(|message| AdminError::field("validSources", message, "validation.cidr"))?;
-        valid_sources.push(net.to_string());
-    }
+    let valid_sources = super::parse_valid_sources(body.valid_sources)?;
     let valid_until_ms = valid_until(
         api,
         call,

@@ -515,6 +515,20 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
     })
 }
 
+/// `validSources` of a create or enroll body: CIDRs or addresses, stored normalised.
+pub fn parse_valid_sources(sources: Option<OneOrMany<String>>) -> Result<Vec<String>, AdminError> {
+    sources
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default()
+        .iter()
+        .map(|source| {
+            crate::config::parse_cidr(source)
+                .map(|net| net.to_string())
+                .map_err(|message| AdminError::field("validSources", message, "validation.cidr"))
+        })
+        .collect()
+}
+
 async fn read_body(session: &mut Session) -> Result<Vec<u8>, AdminError> {
     let mut body = Vec::new();
     loop {

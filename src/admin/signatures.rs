@@ -4,7 +4,6 @@ use super::envelope::{AdminError, Reply};
 use super::{authorize_manage, parse_body, AdminApi, Call, POWER_USER};
 use crate::auth::signature::parse_public_key;
 use crate::auth::SecurityLevel;
-use crate::config::parse_cidr;
 use crate::store::{now_ms, NewSignatureKey, SignatureKey, User};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -99,16 +98,7 @@ pub async fn enroll(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
         }
         Some(days) => now_ms().saturating_add(days.saturating_mul(DAY_MS)),
     };
-    let mut valid_sources = Vec::new();
-    for source in body
-        .valid_sources
-        .map(super::OneOrMany::into_vec)
-        .unwrap_or_default()
-    {
-        let net = parse_cidr(&source)
-            .map_err(|message| AdminError::field("validSources", message, "validation.cidr"))?;
-        valid_sources.push(net.to_string());
-    }
+    let valid_sources = super::parse_valid_sources(body.valid_sources)?;
     let new_key = NewSignatureKey {
         user_id: target.id,
         public_key: public_key.to_bytes().to_vec(),

@@ -154,6 +154,23 @@ async fn mint_token(
     Ok((secret, stored))
 }
 
+/// The minting headers every mint reads: the expiry (validated against `tokens.ttl` and
+/// `tokens.max_ttl`) and `X-Custom-Meta-Source`.
+fn expiry_and_source(
+    api: &AdminApi,
+    req: &TokenRequest<'_>,
+) -> Result<(i64, Option<String>), AdminError> {
+    let tokens = &api.config.tokens;
+    let expires = parse_expiry(
+        header(req.headers, EXPIRES_HEADER)?,
+        now_ms(),
+        tokens.ttl,
+        tokens.max_ttl,
+    )?;
+    let source = header(req.headers, SOURCE_HEADER)?.map(str::to_owned);
+    Ok((expires, source))
+}
+
 /// Tokens are minted with a password (optionally + TOTP) or with a token.
 fn authorize_mint(call: &Call<'_>) -> Result<(), AdminError> {
     match call.caller.kind {
@@ -171,15 +188,7 @@ pub async fn mint(
 ) -> Result<Reply, AdminError> {
     authorize_mint(call)?;
     let owner = owner(api, call, header(req.headers, OWNER_HEADER)?).await?;
-    let now = now_ms();
-    let tokens = &api.config.tokens;
-    let expires = parse_expiry(
-        header(req.headers, EXPIRES_HEADER)?,
-        now,
-        tokens.ttl,
-        tokens.max_ttl,
-    )?;
-    let source = header(req.headers, SOURCE_HEADER)?.map(str::to_owned);
+    let (expires, source) = expiry_and_source(api, req)?;
     // A token carries the level of the login that minted it, and never more for someone else.
     let level = if owner.id == call.caller.user_id {
         call.caller.level.max(SecurityLevel::Default)
@@ -367,15 +376,7 @@ pub async fn tenant_mint(
     authorize_tenant(api, call)?;
     valid_tenant(tenant)?;
     let owner = api.resolve_caller(call.caller).await?;
-    let now = now_ms();
-    let tokens = &api.config.tokens;
-    let expires = parse_expiry(
-        header(req.headers, EXPIRES_HEADER)?,
-        now,
-        tokens.ttl,
-        tokens.max_ttl,
-    )?;
-    let source = header(req.headers, SOURCE_HEADER)?.map(str::to_owned);
+    let (expires, source) = expiry_and_source(api, req)?;
     let (secret, stored) = mint_token(
         api,
         &owner,

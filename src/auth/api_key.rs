@@ -8,7 +8,6 @@
 use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
-use crate::config::parse_cidr;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, ApiKey, Db, StoreError, User};
 use base64::Engine as _;
@@ -156,13 +155,7 @@ impl CachedKey {
         CachedKey {
             secret_hash: key.secret_hash.clone(),
             valid_until_ms: key.valid_until_ms,
-            // Stored sources were validated on creation; one that no longer parses matches
-            // nothing rather than everything.
-            valid_sources: key
-                .valid_sources
-                .iter()
-                .map(|s| parse_cidr(s).unwrap_or_else(|_| IpNet::from(IpAddr::from([0u8; 4]))))
-                .collect(),
+            valid_sources: super::client_ip::stored_sources(&key.valid_sources),
             locked: user.locked,
             principal: Arc::new(Principal {
                 user_id: user.id,
@@ -201,12 +194,7 @@ impl CachedKey {
         if self.valid_until_ms != 0 && now_ms >= self.valid_until_ms {
             return Err(AuthError::Expired);
         }
-        if !self.valid_sources.is_empty()
-            && !self
-                .valid_sources
-                .iter()
-                .any(|net| net.contains(&client_ip))
-        {
+        if !super::client_ip::source_allowed(&self.valid_sources, client_ip) {
             return Err(AuthError::SourceNotAllowed);
         }
         Ok(self.principal.clone())

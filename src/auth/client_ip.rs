@@ -33,6 +33,22 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> 
     client
 }
 
+/// A credential's stored `validSources`. They were validated when written; one that no
+/// longer parses becomes 0.0.0.0/32, so it narrows rather than widens who may use the key.
+pub fn stored_sources(sources: &[String]) -> Vec<IpNet> {
+    sources
+        .iter()
+        .map(|s| {
+            crate::config::parse_cidr(s).unwrap_or_else(|_| IpNet::from(IpAddr::from([0u8; 4])))
+        })
+        .collect()
+}
+
+/// Whether `ip` may use a credential with these sources (none: any address).
+pub fn source_allowed(sources: &[IpNet], ip: IpAddr) -> bool {
+    sources.is_empty() || sources.iter().any(|net| net.contains(&ip))
+}
+
 fn x_forwarded_for_hops(headers: &http::HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-forwarded-for")
@@ -118,6 +134,14 @@ mod tests {
         )]);
         let ip = client_ip("::1".parse().unwrap(), &h, &trusted());
         assert_eq!(ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn stored_sources_narrow_never_widen() {
+        let sources = stored_sources(&["10.0.0.0/8".into(), "not a cidr".into()]);
+        assert!(source_allowed(&sources, "10.1.2.3".parse().unwrap()));
+        assert!(!source_allowed(&sources, "192.0.2.1".parse().unwrap()));
+        assert!(source_allowed(&[], "192.0.2.1".parse().unwrap()), "no sources: any");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
-use crate::config::{parse_cidr, SignatureSettings};
+use crate::config::SignatureSettings;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Db, SignatureKey, StoreError, User};
 use base64::Engine as _;
@@ -331,11 +331,7 @@ impl CachedSigKey {
             key_id: key.key_id,
             verifying_key,
             valid_until_ms: key.valid_until_ms,
-            valid_sources: key
-                .valid_sources
-                .iter()
-                .map(|s| parse_cidr(s).unwrap_or_else(|_| IpNet::from(IpAddr::from([0u8; 4]))))
-                .collect(),
+            valid_sources: super::client_ip::stored_sources(&key.valid_sources),
             locked: user.locked,
             principal: Arc::new(Principal {
                 user_id: user.id,
@@ -468,9 +464,7 @@ impl SignatureAuthenticator {
         if key.valid_until_ms != 0 && now >= key.valid_until_ms {
             return Err(SignatureError::Expired.into());
         }
-        if !key.valid_sources.is_empty()
-            && !key.valid_sources.iter().any(|n| n.contains(&client_ip))
-        {
+        if !super::client_ip::source_allowed(&key.valid_sources, client_ip) {
             return Err(AuthError::SourceNotAllowed);
         }
         if with_body {
