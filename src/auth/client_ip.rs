@@ -141,7 +141,10 @@ mod tests {
         let sources = stored_sources(&["10.0.0.0/8".into(), "not a cidr".into()]);
         assert!(source_allowed(&sources, "10.1.2.3".parse().unwrap()));
         assert!(!source_allowed(&sources, "192.0.2.1".parse().unwrap()));
-        assert!(source_allowed(&[], "192.0.2.1".parse().unwrap()), "no sources: any");
+        assert!(
+            source_allowed(&[], "192.0.2.1".parse().unwrap()),
+            "no sources: any"
+        );
     }
 
     #[test]
