@@ -29,9 +29,13 @@ pub struct CredentialCache<K, V> {
     known: moka::future::Cache<K, Arc<V>>,
     unknown: moka::future::Cache<K, ()>,
     metrics: Arc<Metrics>,
-    /// `cache` label of the metrics; the negative cache's is `<name>_negative`.
+    /// `cache` label of the metrics (the negative cache has its own).
     name: &'static str,
     negative_name: &'static str,
+    /// This cache's series, resolved once (see [`Metrics::cache_counters`]).
+    hits: prometheus::IntCounter,
+    negative_hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
 }
 
 impl<K, V> CredentialCache<K, V>
@@ -56,6 +60,9 @@ where
                 .time_to_live(settings.negative_ttl)
                 .support_invalidation_closures()
                 .build(),
+            hits: metrics.cache_counters(name).0,
+            negative_hits: metrics.cache_counters(negative_name).0,
+            misses: metrics.cache_counters(name).1,
             metrics,
             name,
             negative_name,
@@ -68,15 +75,17 @@ where
     where
         F: Future<Output = Result<Option<V>, String>> + Send + 'static,
     {
-        if self.unknown.contains_key(&key) {
-            self.metrics.cache_hit(self.negative_name);
-            return Err(AuthError::UnknownKey);
-        }
+        // Known first: that is the warm path of every authenticated request. An identifier
+        // in both (created after it was remembered as unknown) is known.
         if let Some(value) = self.known.get(&key).await {
-            self.metrics.cache_hit(self.name);
+            self.hits.inc();
             return Ok(value);
         }
-        self.metrics.cache_miss(self.name);
+        if self.unknown.contains_key(&key) {
+            self.negative_hits.inc();
+            return Err(AuthError::UnknownKey);
+        }
+        self.misses.inc();
         let loaded = self
             .known
             .try_get_with(key.clone(), async move {

@@ -35,6 +35,8 @@ const OUTCOMES: [Outcome; 4] = [
     Outcome::Error,
 ];
 
+/// `keyward_upstream_responses_total{status_class}`, in `upstream_response`'s order.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
 /// The caches reported by `keyward_cache_*`.
@@ -55,6 +57,7 @@ pub struct Metrics {
     /// takes a lock on every call.
     requests_by_label: Vec<IntCounter>,
     auth_duration_by_method: Vec<prometheus::Histogram>,
+    upstream_responses_by_class: Vec<IntCounter>,
     registry: Registry,
     requests: IntCounterVec,
     auth_duration: HistogramVec,
@@ -112,6 +115,7 @@ impl Metrics {
         let mut metrics = Metrics {
             requests_by_label: Vec::new(),
             auth_duration_by_method: Vec::new(),
+            upstream_responses_by_class: Vec::new(),
             requests: counter_vec(
                 &registry,
                 "keyward_requests_total",
@@ -167,6 +171,10 @@ impl Metrics {
                     .collect::<Vec<_>>()
             })
             .collect();
+        metrics.upstream_responses_by_class = STATUS_CLASSES
+            .iter()
+            .map(|class| metrics.upstream_responses.with_label_values(&[class]))
+            .collect();
         metrics.auth_duration_by_method = AUTH_METHODS
             .iter()
             .map(|method| metrics.auth_duration.with_label_values(&[method]))
@@ -215,7 +223,7 @@ impl Metrics {
         for reason in ["malformed", "unknown_key", "expired", "locked"] {
             self.auth_failures.with_label_values(&["token", reason]);
         }
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for class in STATUS_CLASSES {
             self.upstream_responses.with_label_values(&[class]);
         }
         for cache in CACHES {
@@ -248,12 +256,13 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cache_hit(&self, cache: &str) {
-        self.cache_hits.with_label_values(&[cache]).inc();
-    }
-
-    pub fn cache_miss(&self, cache: &str) {
-        self.cache_misses.with_label_values(&[cache]).inc();
+    /// The `(hits, misses)` series of one cache, for callers on the request path to keep:
+    /// `with_label_values` hashes the labels and takes a lock on every call.
+    pub fn cache_counters(&self, cache: &str) -> (IntCounter, IntCounter) {
+        (
+            self.cache_hits.with_label_values(&[cache]),
+            self.cache_misses.with_label_values(&[cache]),
+        )
     }
 
     pub fn set_cache_entries(&self, cache: &str, entries: u64) {
@@ -270,13 +279,13 @@ impl Metrics {
 
     pub fn upstream_response(&self, status: u16) {
         let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.upstream_responses.with_label_values(&[class]).inc();
+        self.upstream_responses_by_class[class].inc();
     }
 
     pub fn store_error(&self) {

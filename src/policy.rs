@@ -97,8 +97,15 @@ pub fn is_ambiguous_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') {
         return true;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
+    // %2e, %2f, %5c in either case: an encoded dot, slash or backslash.
+    let encoded_separator = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c')
+            )
+    });
+    if encoded_separator {
         return true;
     }
     path.split('/')
@@ -192,12 +199,22 @@ mod tests {
             "/..",
             "/%2e%2e/x",
             "/a%2Fb",
+            "/a%5cb",
+            "/%2E./x",
             "/a\\b",
             "x",
         ] {
             assert!(is_ambiguous_path(bad), "{bad}");
         }
-        for good in ["/", "/a/b", "/a..b/c", "/.well-known/x"] {
+        for good in [
+            "/",
+            "/a/b",
+            "/a..b/c",
+            "/.well-known/x",
+            "/a%20b",
+            "/%",
+            "/a%2",
+        ] {
             assert!(!is_ambiguous_path(good), "{good}");
         }
     }

@@ -185,6 +185,53 @@ fn spoofed_identity_headers_are_stripped_and_credential_removed() {
 }
 
 #[test]
+fn forwarded_requests_keep_the_clients_headers_values_and_order() {
+    let kw = Keyward::start();
+    let echo = echoed(
+        client()
+            .post(kw.url("/x/items?b=2&a=1"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .header("Accept", "text/plain")
+            .header("Accept", "application/json")
+            .header("X-Custom-Header", "Mixed Case Value")
+            .header("Cookie", "theme=dark; lang=en")
+            .body("hello")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/x/items");
+    assert_eq!(echo["query"], "b=2&a=1");
+    assert_eq!(echo["body_len"], 5);
+    assert_eq!(
+        echo["headers"]["accept"],
+        serde_json::json!(["text/plain", "application/json"])
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-custom-header"),
+        Some("Mixed Case Value")
+    );
+    assert_eq!(echoed_header(&echo, "cookie"), Some("theme=dark; lang=en"));
+    assert_eq!(echoed_header(&echo, "authorization"), None);
+    // Each identity header and the request id exactly once.
+    for name in [
+        "x-keyward-user",
+        "x-keyward-user-id",
+        "x-keyward-functions",
+        "x-keyward-security-level",
+        "x-keyward-auth-method",
+        "x-keyward-credential",
+        "gateway-request-id",
+    ] {
+        assert_eq!(
+            echo["headers"][name].as_array().map(Vec::len),
+            Some(1),
+            "{name}: {echo}"
+        );
+    }
+}
+
+#[test]
 fn forward_credentials_keeps_the_authorization_header() {
     let kw = Keyward::start_with(Setup {
         extra: "forward_credentials: true".into(),

@@ -105,6 +105,16 @@ fn mint_use_list_and_delete_with_itself() {
         Some("DEFAULT")
     );
     assert_eq!(echoed_header(&echo, "cookie"), Some("theme=dark"));
+    // Alone, as API clients send it, the token cookie leaves no Cookie header behind.
+    let echo = echoed(
+        client()
+            .get(kw.url("/x"))
+            .header("Cookie", format!("token={token}"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(echoed_header(&echo, "x-keyward-user"), Some("john"));
+    assert_eq!(echoed_header(&echo, "cookie"), None);
 
     mint_token(&kw, "john", "john-password");
     mint_token(&kw, "john", "john-password");

@@ -4,15 +4,14 @@
 //! an HMAC of the credential under a per-process random key (the cache never holds a password
 //! or anything that could be brute-forced offline). Entries are dropped when the user changes.
 
+use super::api_key::KeyHasher;
 use super::password::PasswordHasher;
 use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::metrics::Metrics;
 use crate::store::{Db, User};
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::Sha256;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +64,10 @@ pub struct BasicAuthenticator {
     hasher: PasswordHasher,
     metrics: Arc<Metrics>,
     cache: moka::future::Cache<[u8; 32], Arc<Principal>>,
-    cache_key: [u8; 32],
+    /// Keyed by a per-process random key.
+    cache_key: KeyHasher,
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
     /// Bumped on every invalidation; a login that raced with one is not cached.
     generation: AtomicU64,
     totp: TotpVerifier,
@@ -79,18 +81,21 @@ impl BasicAuthenticator {
         ttl: Duration,
         capacity: u64,
     ) -> BasicAuthenticator {
-        let mut cache_key = [0u8; 32];
+        let mut cache_key = vec![0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut cache_key);
+        let (hits, misses) = metrics.cache_counters(CACHE_NAME);
         BasicAuthenticator {
             db,
             hasher,
             metrics,
+            hits,
+            misses,
             cache: moka::future::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .support_invalidation_closures()
                 .build(),
-            cache_key,
+            cache_key: KeyHasher::new(cache_key),
             generation: AtomicU64::new(0),
             totp: TotpVerifier::new(),
         }
@@ -134,13 +139,14 @@ impl BasicAuthenticator {
     }
 
     async fn password(&self, header: &[u8]) -> Result<Arc<Principal>, AuthError> {
-        let (name, password) = parse(header)?;
+        // Only headers that parsed and verified are cached, so a hit needs no parsing.
         let key = self.cache_key_for(header);
         if let Some(principal) = self.cache.get(&key).await {
-            self.metrics.cache_hit(CACHE_NAME);
+            self.hits.inc();
             return Ok(principal);
         }
-        self.metrics.cache_miss(CACHE_NAME);
+        self.misses.inc();
+        let (name, password) = parse(header)?;
 
         let generation = self.generation.load(Ordering::Acquire);
         let lookup = name.clone();
@@ -190,10 +196,7 @@ impl BasicAuthenticator {
     }
 
     fn cache_key_for(&self, header: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cache_key)
-            .expect("HMAC accepts keys of any length");
-        mac.update(header);
-        mac.finalize().into_bytes().into()
+        self.cache_key.hash32(header)
     }
 }
 

@@ -143,29 +143,49 @@ pub struct Principal {
     pub customers: Vec<String>,
     /// The `X-Keyward-*` headers for this principal, built on first use. Principals live in the
     /// credential caches, so a warm request forwards them without formatting anything.
-    pub identity: OnceLock<Vec<(&'static str, http::HeaderValue)>>,
+    pub identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
+}
+
+/// The identity headers keyward sets on forwarded requests (SPEC §6), parsed at compile time.
+pub mod identity_header {
+    use http::HeaderName;
+    pub const USER: HeaderName = HeaderName::from_static("x-keyward-user");
+    pub const USER_ID: HeaderName = HeaderName::from_static("x-keyward-user-id");
+    pub const CUSTOMER: HeaderName = HeaderName::from_static("x-keyward-customer");
+    pub const FUNCTIONS: HeaderName = HeaderName::from_static("x-keyward-functions");
+    pub const SECURITY_LEVEL: HeaderName = HeaderName::from_static("x-keyward-security-level");
+    pub const AUTH_METHOD: HeaderName = HeaderName::from_static("x-keyward-auth-method");
+    pub const CREDENTIAL: HeaderName = HeaderName::from_static("x-keyward-credential");
+    /// How many there are: the forwarded request is sized for them.
+    pub const COUNT: usize = 7;
 }
 
 impl Principal {
     /// The identity headers forwarded upstream (SPEC §6). A value that cannot be a header
     /// (a control character in a stored name) is left out rather than failing the request.
-    pub fn identity_headers(&self) -> &[(&'static str, http::HeaderValue)] {
+    pub fn identity_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
         self.identity.get_or_init(|| {
             let mut customers = self.customers.join(",");
             if customers.is_empty() {
                 customers = self.customer.clone().unwrap_or_default();
             }
             [
-                ("x-keyward-user", self.user_name.clone()),
-                ("x-keyward-user-id", self.user_id.to_string()),
-                ("x-keyward-customer", customers),
-                ("x-keyward-functions", self.functions.join(",")),
-                ("x-keyward-security-level", self.level.as_str().to_owned()),
-                ("x-keyward-auth-method", self.method.as_str().to_owned()),
-                ("x-keyward-credential", self.credential_id.clone()),
+                (identity_header::USER, self.user_name.clone()),
+                (identity_header::USER_ID, self.user_id.to_string()),
+                (identity_header::CUSTOMER, customers),
+                (identity_header::FUNCTIONS, self.functions.join(",")),
+                (
+                    identity_header::SECURITY_LEVEL,
+                    self.level.as_str().to_owned(),
+                ),
+                (
+                    identity_header::AUTH_METHOD,
+                    self.method.as_str().to_owned(),
+                ),
+                (identity_header::CREDENTIAL, self.credential_id.clone()),
             ]
             .into_iter()
-            .filter(|(name, value)| !value.is_empty() || *name == "x-keyward-functions")
+            .filter(|(name, value)| !value.is_empty() || *name == identity_header::FUNCTIONS)
             .filter_map(|(name, value)| Some((name, http::HeaderValue::try_from(value).ok()?)))
             .collect()
         })
@@ -323,10 +343,30 @@ impl Authenticator {
         request: &signature::RequestView<'_>,
         client_ip: IpAddr,
     ) -> Result<Authenticated, AuthError> {
-        let headers = &request.header.headers;
-        let credential = Credential::find(headers).inspect_err(|e| {
+        let credential = self.find_credential(&request.header.headers)?;
+        self.authenticate_found(credential, request, client_ip)
+            .await
+    }
+
+    /// [`Credential::find`], counting a refusal in the metrics.
+    pub fn find_credential<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+    ) -> Result<Credential<'a>, AuthError> {
+        Credential::find(headers).inspect_err(|e| {
             self.metrics.auth_failure("unknown", e.reason());
-        })?;
+        })
+    }
+
+    /// [`Self::authenticate_request`] for a caller that has already found the credential
+    /// (the proxy needs it earlier, to know whether a signed body must be read first).
+    pub async fn authenticate_found(
+        &self,
+        credential: Credential<'_>,
+        request: &signature::RequestView<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Authenticated, AuthError> {
+        let headers = &request.header.headers;
         if credential != Credential::None {
             return Ok(Authenticated {
                 principal: self.authenticate(credential, request, client_ip).await?,

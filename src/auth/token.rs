@@ -46,7 +46,21 @@ pub enum CookieToken<'a> {
     Malformed,
 }
 
+/// The token when the `Cookie` value is exactly `token=<token>`, as API clients send it: the
+/// answer the cookie parser would give, without running it.
+fn sole_token_cookie(value: &[u8]) -> Option<&str> {
+    let rest = value.strip_prefix(b"token=")?;
+    let token = std::str::from_utf8(rest).ok()?;
+    is_token(token).then_some(token)
+}
+
 pub fn find_cookie(headers: &http::HeaderMap) -> CookieToken<'_> {
+    let mut values = headers.get_all(http::header::COOKIE).iter();
+    if let (Some(only), None) = (values.next(), values.next()) {
+        if let Some(token) = sole_token_cookie(only.as_bytes()) {
+            return CookieToken::Present(token);
+        }
+    }
     let mut found = None;
     for value in headers.get_all(http::header::COOKIE) {
         if value.len() > MAX_COOKIE_HEADER {
@@ -73,11 +87,35 @@ pub fn find_cookie(headers: &http::HeaderMap) -> CookieToken<'_> {
     }
 }
 
-/// The `Cookie` header without the `token` cookie (`None` when nothing else is left).
-pub fn strip_cookie(value: &str) -> Option<String> {
-    let mut kept = String::with_capacity(value.len());
-    for cookie in cookie::Cookie::split_parse(value).flatten() {
+/// A `Cookie` header value as forwarded upstream when credentials are not forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedCookie {
+    /// No `token` cookie in it: forwarded as it is, without copying.
+    Unchanged,
+    /// Nothing but the `token` cookie (or a value that cannot be read): not forwarded.
+    Dropped,
+    /// The other cookies, rewritten without the `token` cookie.
+    Rewritten(String),
+}
+
+/// The `Cookie` header value without the `token` cookie. Values that never mention `token`
+/// are passed through untouched; one that does but is not UTF-8 is dropped whole, since what
+/// keyward cannot read it cannot promise to have cleaned.
+pub fn forwarded_cookie(value: &[u8]) -> ForwardedCookie {
+    if sole_token_cookie(value).is_some() {
+        return ForwardedCookie::Dropped;
+    }
+    if !value.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()) {
+        return ForwardedCookie::Unchanged;
+    }
+    let Ok(text) = std::str::from_utf8(value) else {
+        return ForwardedCookie::Dropped;
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut removed = false;
+    for cookie in cookie::Cookie::split_parse(text).flatten() {
         if cookie.name() == COOKIE {
+            removed = true;
             continue;
         }
         if !kept.is_empty() {
@@ -87,7 +125,11 @@ pub fn strip_cookie(value: &str) -> Option<String> {
         kept.push('=');
         kept.push_str(cookie.value_raw().unwrap_or(cookie.value()));
     }
-    (!kept.is_empty()).then_some(kept)
+    match (removed, kept.is_empty()) {
+        (false, _) => ForwardedCookie::Unchanged,
+        (true, true) => ForwardedCookie::Dropped,
+        (true, false) => ForwardedCookie::Rewritten(kept),
+    }
 }
 
 pub struct CachedToken {
@@ -239,10 +281,60 @@ mod tests {
             find_cookie(&headers(&["token=53DFB96DC6D5B9CACD174E3649CBA6D5"])),
             CookieToken::Malformed
         );
+    }
+
+    #[test]
+    fn the_sole_cookie_shortcut_agrees_with_the_parser() {
+        let t = "53dfb96dc6d5b9cacd174e3649cba6d5";
+        for value in [
+            format!("token={t}"),
+            format!("token={t} "),
+            format!(" token={t}"),
+            format!("token={t};"),
+            format!("token=\"{t}\""),
+            format!("token={}", &t[1..]),
+            format!("token={}", t.to_uppercase()),
+            format!("Token={t}"),
+            format!("token={t}x"),
+        ] {
+            let named: Vec<_> = cookie::Cookie::split_parse(value.as_str())
+                .flatten()
+                .filter(|c| c.name() == COOKIE)
+                .map(|c| c.value_raw())
+                .collect();
+            let expected = match named.as_slice() {
+                [] => CookieToken::Absent,
+                [Some(v)] if is_token(v) => CookieToken::Present(v),
+                _ => CookieToken::Malformed,
+            };
+            if let Some(token) = sole_token_cookie(value.as_bytes()) {
+                assert_eq!(expected, CookieToken::Present(token), "{value:?}");
+            }
+            let map = headers(&[&value]);
+            assert_eq!(find_cookie(&map), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_cookie_loses_only_the_token() {
+        let t = "53dfb96dc6d5b9cacd174e3649cba6d5";
         assert_eq!(
-            strip_cookie(&format!("a=1; token={t}; b=2")).as_deref(),
-            Some("a=1; b=2")
+            forwarded_cookie(format!("a=1; token={t}; b=2").as_bytes()),
+            ForwardedCookie::Rewritten("a=1; b=2".into())
         );
-        assert_eq!(strip_cookie(&format!("token={t}")), None);
+        assert_eq!(
+            forwarded_cookie(format!("token={t}").as_bytes()),
+            ForwardedCookie::Dropped
+        );
+        assert_eq!(forwarded_cookie(b"a=1; b=2"), ForwardedCookie::Unchanged);
+        // Mentions the word, but no cookie of that name: untouched.
+        assert_eq!(
+            forwarded_cookie(b"csrftoken=abc; b=2"),
+            ForwardedCookie::Unchanged
+        );
+        assert_eq!(
+            forwarded_cookie(b"token=abc; x=\xff"),
+            ForwardedCookie::Dropped
+        );
     }
 }

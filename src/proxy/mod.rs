@@ -3,10 +3,11 @@
 //! forwarded.
 
 pub mod ctx;
+pub mod forward;
 pub mod respond;
 
 use crate::admin::{self, AdminApi};
-use crate::auth::{api_key, client_ip, signature, token, totp, Authenticator, Credential};
+use crate::auth::{client_ip, signature, token, Authenticator, Credential};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy;
@@ -19,10 +20,6 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use respond::{Refusal, REQUEST_ID_HEADER};
 use std::sync::Arc;
-
-/// Headers keyward sets on forwarded requests; anything a client sends under this prefix is
-/// removed first.
-const IDENTITY_PREFIX: &str = "x-keyward-";
 
 pub struct KeywardProxy {
     config: Arc<Config>,
@@ -84,24 +81,30 @@ impl KeywardProxy {
         let Some(route) = policy::route_for(&self.config.routes, &request.method, path) else {
             return Err(Refusal::Forbidden("no_route"));
         };
-        let credential = Credential::find(&request.headers).inspect_err(|e| {
-            self.metrics.auth_failure("unknown", e.reason());
-        })?;
-        let signed_body =
-            matches!(credential, Credential::Signature) && signature::has_body(request);
-        // A signed body is checked against Content-Digest before anything is forwarded, so it
-        // is read here, within pingora's retry buffer, which then replays it to the upstream.
-        let body = match signed_body {
-            true => Some(read_signed_body(session).await?),
-            false => None,
+        let credential = self.auth.find_credential(&request.headers)?;
+        let authenticated = if credential == Credential::Signature && signature::has_body(request) {
+            // A signed body is checked against Content-Digest before anything is forwarded, so
+            // it is read here, within pingora's retry buffer, which replays it to the upstream.
+            let body = read_signed_body(session).await?;
+            let view = signature::RequestView {
+                header: session.req_header(),
+                body: Some(&body),
+                tls: false,
+            };
+            self.auth
+                .authenticate_found(Credential::Signature, &view, client_ip)
+                .await?
+        } else {
+            let view = signature::RequestView {
+                header: request,
+                body: None,
+                tls: false,
+            };
+            self.auth
+                .authenticate_found(credential, &view, client_ip)
+                .await?
         };
         let request = session.req_header();
-        let view = signature::RequestView {
-            header: request,
-            body: body.as_deref(),
-            tls: false,
-        };
-        let authenticated = self.auth.authenticate_request(&view, client_ip).await?;
         ctx.principal = authenticated.principal;
         ctx.clear_token_cookie = authenticated.clear_token_cookie;
         match Refusal::from_decision(route.decide(ctx.principal.as_deref(), &request.method)) {
@@ -201,44 +204,15 @@ impl ProxyHttp for KeywardProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let spoofed: Vec<_> = upstream
-            .headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(IDENTITY_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            upstream.remove_header(&name);
-        }
-        if !self.config.forward_credentials {
-            upstream.remove_header(&http::header::AUTHORIZATION);
-            upstream.remove_header(api_key::HEADER);
-            upstream.remove_header(totp::HEADER);
-            // Rewritten only when a token cookie is there to remove.
-            let has_token = token::find_cookie(&upstream.headers) != token::CookieToken::Absent;
-            if has_token {
-                let cookies: Vec<&str> = upstream
-                    .headers
-                    .get_all(http::header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                let kept = match cookies.as_slice() {
-                    [one] => token::strip_cookie(one),
-                    several => token::strip_cookie(&several.join("; ")),
-                };
-                upstream.remove_header(&http::header::COOKIE);
-                if let Some(kept) = kept {
-                    upstream.insert_header(http::header::COOKIE, kept)?;
-                }
-            }
-        }
-        if let Some(principal) = &ctx.principal {
-            for (name, value) in principal.identity_headers() {
-                upstream.insert_header(*name, value.clone())?;
-            }
-        }
-        upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        let identity = forward::Identity {
+            headers: ctx
+                .principal
+                .as_deref()
+                .map(|p| p.identity_headers())
+                .unwrap_or_default(),
+            request_id: ctx.request_id.as_str(),
+        };
+        *upstream = forward::upstream_request(upstream, identity, self.config.forward_credentials)?;
         Ok(())
     }
 
