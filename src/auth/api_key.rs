@@ -20,6 +20,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 pub const HEADER: &str = "argus-api-key";
+pub const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 pub const CACHE_NAME: &str = "apikey";
 pub const NEGATIVE_CACHE_NAME: &str = "apikey_negative";
 /// A well-formed key is at most 16 + 1 + 10 + 1 + 43 bytes; anything longer is refused unread.

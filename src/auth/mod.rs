@@ -258,7 +258,10 @@ impl<'a> Credential<'a> {
     /// Finds the one credential of a request. Several explicit credentials are refused rather
     /// than guessed between: a proxy that picks one silently can be talked into the wrong one.
     pub fn find(headers: &'a http::HeaderMap) -> Result<Credential<'a>, AuthError> {
-        let basic = match single(headers, http::header::AUTHORIZATION.as_str())
+        // Looked up by pre-parsed names: a `&str` name is re-hashed on every look-up.
+        const SIGNATURE_INPUT: http::HeaderName = http::HeaderName::from_static("signature-input");
+        const SIGNATURE: http::HeaderName = http::HeaderName::from_static("signature");
+        let basic = match single(headers, &http::header::AUTHORIZATION)
             .map_err(|()| AuthError::Ambiguous)?
         {
             Some(value) if basic::is_basic(value) => Some(Credential::Basic(value)),
@@ -268,10 +271,10 @@ impl<'a> Credential<'a> {
             None => None,
         };
         // Several keys in one request cannot be told apart: malformed, not ambiguous.
-        let api_key = single(headers, api_key::HEADER)
+        let api_key = single(headers, &api_key::HEADER_NAME)
             .map_err(|()| AuthError::Malformed)?
             .map(Credential::ApiKey);
-        let signed = (headers.contains_key("signature-input") || headers.contains_key("signature"))
+        let signed = (headers.contains_key(&SIGNATURE_INPUT) || headers.contains_key(&SIGNATURE))
             .then_some(Credential::Signature);
         let mut found = [basic, api_key, signed].into_iter().flatten();
         match (found.next(), found.next()) {
@@ -292,7 +295,10 @@ impl<'a> Credential<'a> {
 }
 
 /// The value of a header that may appear at most once; `Err` when it appears several times.
-fn single<'a>(headers: &'a http::HeaderMap, name: &str) -> Result<Option<&'a [u8]>, ()> {
+fn single<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'a [u8]>, ()> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -420,7 +426,7 @@ impl Authenticator {
                 let code = request
                     .header
                     .headers
-                    .get(totp::HEADER)
+                    .get(&totp::HEADER_NAME)
                     .map(|v| v.as_bytes());
                 self.basic.authenticate(value, code).await
             }

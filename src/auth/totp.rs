@@ -12,6 +12,7 @@ use std::time::Duration;
 use totp_rs::{Algorithm, Secret, TOTP};
 
 pub const HEADER: &str = "x-totp-code";
+pub const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 const ISSUER: &str = "keyward";
 const STEP: u64 = 30;
 const SKEW: u8 = 1;

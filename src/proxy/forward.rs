@@ -19,8 +19,6 @@ use pingora::http::RequestHeader;
 pub const IDENTITY_PREFIX: &str = "x-keyward-";
 
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-const API_KEY: HeaderName = HeaderName::from_static(api_key::HEADER);
-const TOTP_CODE: HeaderName = HeaderName::from_static(totp::HEADER);
 
 /// Room for the headers pingora may add after the filters (`Host`, framing).
 const HEADROOM: usize = 2;
@@ -46,7 +44,7 @@ pub fn upstream_request(
             continue;
         }
         if !forward_credentials {
-            if name == AUTHORIZATION || name == API_KEY || name == TOTP_CODE {
+            if name == AUTHORIZATION || name == api_key::HEADER_NAME || name == totp::HEADER_NAME {
                 continue;
             }
             if name == COOKIE {
