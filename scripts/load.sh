@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-32}"
 rounds="${3:-3}"
-command -v wrk >/dev/null || { echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
+for tool in wrk bc curl; do
+  command -v "$tool" >/dev/null || { echo "load.sh needs $tool (apt-get install wrk bc curl)" >&2; exit 1; }
+done
 
 cargo build --release --bin keyward --example echo_upstream --example signed_load >&2
 work="$(mktemp -d)"
