@@ -280,6 +280,39 @@ fn malformed_cookies_are_anonymous_never_500() {
 }
 
 #[test]
+fn many_cookie_headers() {
+    let kw = start();
+    let token = mint_token(&kw, "john", "john-password");
+    let many = |with: &[String]| {
+        let mut request = client().get(kw.url("/x"));
+        for i in 0..60 {
+            request = request.header("Cookie", format!("c{i}=v{i}"));
+        }
+        for cookie in with {
+            request = request.header("Cookie", cookie.as_str());
+        }
+        request.send().unwrap()
+    };
+    // The token in one of many Cookie headers authenticates; only it is held back.
+    let echo = echoed(many(&[format!("theme=dark; token={token}")]));
+    assert_eq!(echoed_header(&echo, "x-keyward-user"), Some("john"));
+    let cookies: Vec<&str> = echo["headers"]["cookie"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(cookies.len(), 61, "{cookies:?}");
+    assert_eq!(cookies[0], "c0=v0");
+    assert_eq!(cookies[60], "theme=dark");
+    assert!(!cookies.iter().any(|c| c.contains(&token)));
+    // Two token cookies in different headers: malformed, anonymous, cleared.
+    let resp = many(&[format!("token={token}"), format!("token={token}")]);
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["set-cookie"], "token=; path=/");
+}
+
+#[test]
 fn the_token_administrator_acts_for_other_users() {
     let kw = start();
     mint_token(&kw, "john", "john-password");
