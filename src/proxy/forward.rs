@@ -106,6 +106,15 @@ mod tests {
         request
     }
 
+    /// Forwarded with no principal.
+    fn anonymous(request: &RequestHeader, forward_credentials: bool) -> RequestHeader {
+        let identity = Identity {
+            headers: &[],
+            request_id: "0123456789ABCDEF",
+        };
+        upstream_request(request, identity, forward_credentials).unwrap()
+    }
+
     fn names(request: &RequestHeader) -> Vec<&str> {
         request.headers.keys().map(HeaderName::as_str).collect()
     }
@@ -159,15 +168,7 @@ mod tests {
             ("Cookie", "token=53dfb96dc6d5b9cacd174e3649cba6d5"),
             ("X-Keyward-User", "root"),
         ]);
-        let forwarded = upstream_request(
-            &request,
-            Identity {
-                headers: &[],
-                request_id: "0123456789ABCDEF",
-            },
-            true,
-        )
-        .unwrap();
+        let forwarded = anonymous(&request, true);
         assert_eq!(
             names(&forwarded),
             ["authorization", "cookie", "gateway-request-id"]
@@ -177,15 +178,7 @@ mod tests {
     #[test]
     fn repeated_headers_keep_every_value_in_order() {
         let request = client(&[("Accept", "a"), ("accept", "b"), ("Cookie", "x=1")]);
-        let forwarded = upstream_request(
-            &request,
-            Identity {
-                headers: &[],
-                request_id: "0123456789ABCDEF",
-            },
-            false,
-        )
-        .unwrap();
+        let forwarded = anonymous(&request, false);
         let accepts: Vec<_> = forwarded.headers.get_all("accept").iter().collect();
         assert_eq!(accepts, ["a", "b"]);
         assert_eq!(forwarded.headers["cookie"], "x=1");
@@ -197,15 +190,7 @@ mod tests {
         request
             .set_raw_path(b"http://app.example.com/a?b=1")
             .unwrap();
-        let forwarded = upstream_request(
-            &request,
-            Identity {
-                headers: &[],
-                request_id: "0123456789ABCDEF",
-            },
-            false,
-        )
-        .unwrap();
+        let forwarded = anonymous(&request, false);
         assert_eq!(forwarded.raw_path(), b"http://app.example.com/a?b=1");
     }
 }
