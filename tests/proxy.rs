@@ -232,6 +232,35 @@ fn forwarded_requests_keep_the_clients_headers_values_and_order() {
 }
 
 #[test]
+fn chunked_and_sized_bodies_reach_the_upstream_whole() {
+    let kw = Keyward::start();
+    let body = vec![b'x'; 300_000];
+    // A reader of unknown length is sent with Transfer-Encoding: chunked.
+    let echo = echoed(
+        client()
+            .put(kw.url("/x/upload"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+                body.clone(),
+            )))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(echoed_header(&echo, "transfer-encoding"), Some("chunked"));
+    assert_eq!(echo["body_len"], 300_000);
+    let echo = echoed(
+        client()
+            .put(kw.url("/x/upload"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .body(body)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(echoed_header(&echo, "content-length"), Some("300000"));
+    assert_eq!(echo["body_len"], 300_000);
+}
+
+#[test]
 fn forward_credentials_keeps_the_authorization_header() {
     let kw = Keyward::start_with(Setup {
         extra: "forward_credentials: true".into(),
