@@ -49,6 +49,8 @@ where
         negative_name: &'static str,
         settings: &CacheSettings,
     ) -> Self {
+        let (hits, misses) = metrics.cache_counters(name);
+        let (negative_hits, _) = metrics.cache_counters(negative_name);
         CredentialCache {
             known: moka::future::Cache::builder()
                 .max_capacity(settings.capacity)
@@ -60,9 +62,9 @@ where
                 .time_to_live(settings.negative_ttl)
                 .support_invalidation_closures()
                 .build(),
-            hits: metrics.cache_counters(name).0,
-            negative_hits: metrics.cache_counters(negative_name).0,
-            misses: metrics.cache_counters(name).1,
+            hits,
+            negative_hits,
+            misses,
             metrics,
             name,
             negative_name,

@@ -156,8 +156,6 @@ pub mod identity_header {
     pub const SECURITY_LEVEL: HeaderName = HeaderName::from_static("x-keyward-security-level");
     pub const AUTH_METHOD: HeaderName = HeaderName::from_static("x-keyward-auth-method");
     pub const CREDENTIAL: HeaderName = HeaderName::from_static("x-keyward-credential");
-    /// How many there are: the forwarded request is sized for them.
-    pub const COUNT: usize = 7;
 }
 
 impl Principal {

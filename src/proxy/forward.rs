@@ -11,7 +11,7 @@
 //! as they do behind Envoy or linkerd; HTTP header names are case-insensitive (RFC 9110 §5.1).
 
 use super::respond::REQUEST_ID_HEADER;
-use crate::auth::{api_key, identity_header, token, totp};
+use crate::auth::{api_key, token, totp};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use pingora::http::RequestHeader;
 
@@ -38,7 +38,7 @@ pub fn upstream_request(
     forward_credentials: bool,
 ) -> pingora::Result<RequestHeader> {
     let mut headers =
-        HeaderMap::with_capacity(client.headers.len() + identity_header::COUNT + 1 + HEADROOM);
+        HeaderMap::with_capacity(client.headers.len() + identity.headers.len() + 1 + HEADROOM);
     for (name, value) in &client.headers {
         if name.as_str().starts_with(IDENTITY_PREFIX) || name == REQUEST_ID {
             continue;
@@ -134,7 +134,10 @@ mod tests {
             ("Cookie", &cookie),
             ("X-Other", "kept"),
         ]);
-        let identity = [(identity_header::USER, HeaderValue::from_static("john"))];
+        let identity = [(
+            crate::auth::identity_header::USER,
+            HeaderValue::from_static("john"),
+        )];
         let forwarded = upstream_request(
             &request,
             Identity {
