@@ -8,6 +8,7 @@ pub mod schema;
 use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
 use crate::policy::{Requirement, Route};
 use ipnet::IpNet;
+pub use schema::TrustedProxiesHeader;
 use schema::{FileConfig, LogFormat};
 use std::fmt;
 use std::net::IpAddr;
@@ -63,6 +64,8 @@ pub struct Config {
     pub tokens: Tokens,
     pub routes: Vec<Route>,
     pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies_header: TrustedProxiesHeader,
+    pub limits: Limits,
     pub forward_credentials: bool,
     pub logging: Logging,
     pub cache: CacheSettings,
@@ -140,6 +143,19 @@ pub struct CacheSettings {
     pub negative_capacity: u64,
 }
 
+/// `limits` (see `schema::LimitsFile` for each one's meaning).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub password_failures: u32,
+    pub password_failure_window: Duration,
+    pub password_hash_threads: usize,
+    pub token_metadata_bytes: usize,
+    pub tokens_per_user: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
@@ -212,6 +228,8 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         tokens,
         routes,
         trusted_proxies,
+        trusted_proxies_header,
+        limits,
         forward_credentials,
         logging,
         cache,
@@ -367,6 +385,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     if server.threads == 0 {
         problem("server.threads".into(), "must be at least 1".into());
     }
+    let limits = validate_limits(limits, &mut problem);
 
     Config {
         listen_proxy: listen.proxy,
@@ -389,6 +408,8 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         },
         routes: parsed_routes,
         trusted_proxies: proxies,
+        trusted_proxies_header,
+        limits,
         forward_credentials,
         logging: Logging {
             format: logging.format,
@@ -424,6 +445,70 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             grace_period: server.grace_period.0,
             shutdown_timeout: server.shutdown_timeout.0,
         },
+    }
+}
+
+fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, String)) -> Limits {
+    let schema::LimitsFile {
+        max_request_header_bytes,
+        header_read_timeout,
+        max_connections,
+        password_failures,
+        password_failure_window,
+        password_hash_threads,
+        token_metadata_bytes,
+        tokens_per_user,
+    } = limits;
+    // Below these, ordinary requests and logins would be refused.
+    let at_least: [(&str, u64, u64); 6] = [
+        (
+            "limits.max_request_header_bytes",
+            max_request_header_bytes as u64,
+            1024,
+        ),
+        ("limits.max_connections", max_connections as u64, 1),
+        ("limits.password_failures", password_failures.into(), 1),
+        (
+            "limits.password_hash_threads",
+            password_hash_threads as u64,
+            1,
+        ),
+        (
+            "limits.token_metadata_bytes",
+            token_metadata_bytes as u64,
+            1,
+        ),
+        ("limits.tokens_per_user", tokens_per_user.into(), 1),
+    ];
+    for (key, value, min) in at_least {
+        if value < min {
+            problem(key.into(), format!("must be at least {min}"));
+        }
+    }
+    if max_request_header_bytes > 1024 * 1024 {
+        // pingora refuses larger headers itself, with a 400 instead of 431.
+        problem(
+            "limits.max_request_header_bytes".into(),
+            "must be at most 1048576".into(),
+        );
+    }
+    for (key, value) in [
+        ("limits.header_read_timeout", header_read_timeout),
+        ("limits.password_failure_window", password_failure_window),
+    ] {
+        if value.0.is_zero() {
+            problem(key.into(), "must be greater than zero".into());
+        }
+    }
+    Limits {
+        max_request_header_bytes,
+        header_read_timeout: header_read_timeout.0,
+        max_connections,
+        password_failures,
+        password_failure_window: password_failure_window.0,
+        password_hash_threads,
+        token_metadata_bytes,
+        tokens_per_user,
     }
 }
 
@@ -649,6 +734,26 @@ routes:
             "2001:db8::/32"
         );
         assert!(parse_cidr("10.0.0.0/8x").is_err());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(config.limits.max_request_header_bytes, 65536);
+        assert_eq!(
+            config.trusted_proxies_header,
+            TrustedProxiesHeader::XForwardedFor
+        );
+        let yaml = format!(
+            "{MINIMAL}limits: {{ max_connections: 0, header_read_timeout: 0 }}\ntrusted_proxies_header: forwarded\n"
+        );
+        let keys: Vec<_> = issues(&yaml).into_iter().map(|i| i.key).collect();
+        assert_eq!(
+            keys,
+            vec!["limits.max_connections", "limits.header_read_timeout"]
+        );
+        let yaml = format!("{MINIMAL}trusted_proxies_header: x-real-ip\n");
+        assert_eq!(issues(&yaml)[0].key, "trusted_proxies_header");
     }
 
     #[test]

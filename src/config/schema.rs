@@ -21,6 +21,11 @@ pub struct FileConfig {
     pub routes: Vec<RouteFile>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Which header a trusted proxy's chain of client addresses is read from.
+    #[serde(default)]
+    pub trusted_proxies_header: TrustedProxiesHeader,
+    #[serde(default)]
+    pub limits: LimitsFile,
     #[serde(default)]
     pub forward_credentials: bool,
     #[serde(default)]
@@ -214,6 +219,62 @@ pub enum CredentialKindFile {
     Basic,
 }
 
+/// `trusted_proxies_header`: the one header a trusted proxy's client chain is read from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TrustedProxiesHeader {
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// `limits`: what one request, one connection or one user may cost keyward.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Request line plus headers, in bytes; larger requests get 431.
+    #[serde(default = "defaults::max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
+    /// A request's header must arrive whole within this time of its first byte (or of the
+    /// connection's start); slower connections are closed.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Seconds,
+    /// Open client connections on the proxy listener; connections beyond it are closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Failed password logins per (user name, client address) within `password_failure_window`
+    /// before further attempts get 429.
+    #[serde(default = "defaults::password_failures")]
+    pub password_failures: u32,
+    #[serde(default = "defaults::password_failure_window")]
+    pub password_failure_window: Seconds,
+    /// Concurrent argon2 verifications (each holds ~19 MiB while it runs).
+    #[serde(default = "defaults::password_hash_threads")]
+    pub password_hash_threads: usize,
+    /// Longest stored `X-Custom-Meta-Source` of a token, in bytes.
+    #[serde(default = "defaults::token_metadata_bytes")]
+    pub token_metadata_bytes: usize,
+    /// Unexpired tokens one user may hold; minting more gets 400.
+    #[serde(default = "defaults::tokens_per_user")]
+    pub tokens_per_user: u32,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_request_header_bytes: defaults::max_request_header_bytes(),
+            header_read_timeout: defaults::header_read_timeout(),
+            max_connections: defaults::max_connections(),
+            password_failures: defaults::password_failures(),
+            password_failure_window: defaults::password_failure_window(),
+            password_hash_threads: defaults::password_hash_threads(),
+            token_metadata_bytes: defaults::token_metadata_bytes(),
+            tokens_per_user: defaults::tokens_per_user(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingFile {
@@ -379,5 +440,29 @@ mod defaults {
     }
     pub fn shutdown_timeout() -> Seconds {
         Seconds(Duration::from_secs(5))
+    }
+    pub fn max_request_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn header_read_timeout() -> Seconds {
+        Seconds(Duration::from_secs(10))
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn password_failures() -> u32 {
+        10
+    }
+    pub fn password_failure_window() -> Seconds {
+        Seconds(Duration::from_secs(5 * 60))
+    }
+    pub fn password_hash_threads() -> usize {
+        2
+    }
+    pub fn token_metadata_bytes() -> usize {
+        1024
+    }
+    pub fn tokens_per_user() -> u32 {
+        1000
     }
 }
