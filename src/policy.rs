@@ -1,7 +1,7 @@
 //! Route policy (SPEC §6): the first route whose path prefix and methods match decides.
 
 use crate::auth::{CredentialKinds, Principal, SecurityLevel};
-use http::Method;
+use http::{HeaderMap, HeaderName, Method};
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -50,6 +50,11 @@ impl Route {
     }
 
     pub fn decide(&self, principal: Option<&Principal>, method: &Method) -> Decision {
+        // A presented credential's constraints hold on every route, public ones included:
+        // a read-only key must not write through a public route with its user's identity.
+        if principal.is_some_and(|p| p.read_only) && !is_safe(method) {
+            return Decision::Forbidden("read_only");
+        }
         if self.public {
             return Decision::Allow;
         }
@@ -78,38 +83,50 @@ impl Route {
         {
             return Decision::Forbidden("method_not_allowed");
         }
-        if principal.read_only && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-            return Decision::Forbidden("read_only");
-        }
         Decision::Allow
     }
+}
+
+/// The methods a read-only credential may use.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Headers with which frameworks (Rails, Laravel, Symfony, Express, ASP.NET, Google APIs) serve
+/// another method than the request line's. Spellings with `_` never reach the upstream.
+const METHOD_OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// The methods a request asks the upstream to serve instead of its own, from the
+/// method-override headers and a `_method` query parameter. `Err` when one is not a method.
+pub fn method_overrides(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<Method>, ()> {
+    let mut overrides = Vec::new();
+    for name in &METHOD_OVERRIDE_HEADERS {
+        for value in headers.get_all(name) {
+            overrides.push(override_method(value.as_bytes())?);
+        }
+    }
+    let from_query = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("_method="));
+    for value in from_query {
+        overrides.push(override_method(value.as_bytes())?);
+    }
+    Ok(overrides)
+}
+
+/// Frameworks upper-case the override (`put` is served as `PUT`), so policy does too.
+fn override_method(value: &[u8]) -> Result<Method, ()> {
+    Method::from_bytes(&value.trim_ascii().to_ascii_uppercase()).map_err(|_| ())
 }
 
 /// The first matching route, if any.
 pub fn route_for<'a>(routes: &'a [Route], method: &Method, path: &str) -> Option<&'a Route> {
     routes.iter().find(|r| r.matches(method, path))
-}
-
-/// Paths that upstreams may normalise into something else are refused outright, so a route
-/// prefix cannot be sidestepped with `/public/../admin` or `/%61dmin`-style spellings of
-/// separators and dots.
-pub fn is_ambiguous_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
-        return true;
-    }
-    // %2e, %2f, %5c in either case: an encoded dot, slash or backslash.
-    let encoded_separator = path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && matches!(
-                (w[1], w[2].to_ascii_lowercase()),
-                (b'2', b'e' | b'f') | (b'5', b'c')
-            )
-    });
-    if encoded_separator {
-        return true;
-    }
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
 }
 
 #[cfg(test)]
@@ -183,6 +200,13 @@ mod tests {
             r.decide(Some(&p), &Method::GET),
             Decision::Forbidden("function_required")
         );
+        let mut reader = principal(SecurityLevel::Default, &["B"]);
+        reader.read_only = true;
+        assert_eq!(r.decide(Some(&reader), &Method::GET), Decision::Allow);
+        assert_eq!(
+            r.decide(Some(&reader), &Method::POST),
+            Decision::Forbidden("read_only")
+        );
         r.allow = [CredentialKind::ApiKey].into_iter().collect();
         r.require.functions_any.clear();
         assert_eq!(
@@ -192,30 +216,28 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_paths() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/%2e%2e/x",
-            "/a%2Fb",
-            "/a%5cb",
-            "/%2E./x",
-            "/a\\b",
-            "x",
-        ] {
-            assert!(is_ambiguous_path(bad), "{bad}");
-        }
-        for good in [
-            "/",
-            "/a/b",
-            "/a..b/c",
-            "/.well-known/x",
-            "/a%20b",
-            "/%",
-            "/a%2",
-        ] {
-            assert!(!is_ambiguous_path(good), "{good}");
-        }
+    fn read_only_holds_on_public_routes() {
+        let mut public = route("/");
+        public.public = true;
+        let mut reader = principal(SecurityLevel::Default, &[]);
+        reader.read_only = true;
+        assert_eq!(public.decide(None, &Method::POST), Decision::Allow);
+        assert_eq!(public.decide(Some(&reader), &Method::GET), Decision::Allow);
+        assert_eq!(
+            public.decide(Some(&reader), &Method::DELETE),
+            Decision::Forbidden("read_only")
+        );
+    }
+
+    #[test]
+    fn method_overrides_are_found_in_headers_and_query() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(method_overrides(&headers, Some("a=1")), Ok(vec![]));
+        headers.append("x-http-method-override", "DELETE".parse().unwrap());
+        headers.append("X-Method-Override", " put ".parse().unwrap());
+        let found = method_overrides(&headers, Some("x=1&_method=PATCH")).unwrap();
+        assert_eq!(found, vec![Method::DELETE, Method::PUT, Method::PATCH]);
+        headers.insert("x-http-method", "BAD METHOD".parse().unwrap());
+        assert!(method_overrides(&headers, None).is_err());
     }
 }

@@ -169,7 +169,7 @@ impl AdminApi {
         };
         let token_api = self
             .router
-            .at(session.req_header().uri.path())
+            .at(admin_path(ctx))
             .map(|m| m.value.is_token_api())
             .unwrap_or(false);
         let result = self.dispatch(session, ctx, &mut target).await;
@@ -247,7 +247,7 @@ impl AdminApi {
         target: &mut AuditTarget,
     ) -> Result<Reply, AdminError> {
         let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
+        let path = admin_path(ctx).to_owned();
         let Ok(found) = self.router.at(&path) else {
             return Err(AdminError::NotFound("no such endpoint".into()));
         };
@@ -417,6 +417,12 @@ impl AdminApi {
             .await?
             .ok_or_else(|| AdminError::NotFound("the caller no longer exists".into()))
     }
+}
+
+/// The normalized path the proxy decided on (never the raw one: `/authentication//v1/apikey`
+/// is the same endpoint as `/authentication/v1/apikey`).
+fn admin_path(ctx: &RequestCtx) -> &str {
+    ctx.target.as_ref().map_or("", |t| t.path())
 }
 
 fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {

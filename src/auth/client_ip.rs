@@ -1,36 +1,71 @@
 //! The client address (SPEC §2): the TCP peer, or — only when the peer is a trusted proxy —
-//! the right-most address in `X-Forwarded-For` / `Forwarded` that is not itself trusted.
+//! the right-most address of the configured forwarding header (`trusted_proxies_header`:
+//! `X-Forwarded-For` or `Forwarded`) that is not itself trusted.
 //!
 //! Right-most, because every hop appends: the entries left of the last trusted hop were
-//! written by the client and prove nothing.
+//! written by the client and prove nothing. One header only: when a trusted proxy writes one
+//! of them, the other is whatever the client sent, and must not win.
 
+use crate::config::TrustedProxiesHeader;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// Who is asking, and through which believed hops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddress {
+    pub client: IpAddr,
+    /// The addresses from the client to keyward's peer, nearest last, peer included: the
+    /// `X-Forwarded-For` keyward forwards. Only the believed part of a chain is kept.
+    pub chain: Vec<IpAddr>,
+}
+
+/// The client address and believed chain of a request from `peer`.
+pub fn resolve(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[IpNet],
+    header: TrustedProxiesHeader,
+) -> ClientAddress {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
-        return peer;
+        return ClientAddress {
+            client: peer,
+            chain: vec![peer],
+        };
     }
-    // Hops, nearest last. `Forwarded` (RFC 7239) wins when both are present.
-    let mut hops = forwarded_hops(headers);
-    if hops.is_empty() {
-        hops = x_forwarded_for_hops(headers);
-    }
-    let mut client = peer;
+    // Hops, nearest last.
+    let hops = match header {
+        TrustedProxiesHeader::XForwardedFor => x_forwarded_for_hops(headers),
+        TrustedProxiesHeader::Forwarded => forwarded_hops(headers),
+    };
+    let mut chain = vec![peer];
     for hop in hops.iter().rev() {
         match hop {
             Some(ip) => {
-                client = *ip;
+                chain.push(*ip);
                 if !is_trusted(ip) {
-                    return client;
+                    break;
                 }
             }
             // An unparsable hop ends the chain of trust: stop at the last good address.
-            None => return client,
+            None => break,
         }
     }
-    client
+    chain.reverse();
+    ClientAddress {
+        client: chain[0],
+        chain,
+    }
+}
+
+/// The client address alone (see [`resolve`]).
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[IpNet],
+    header: TrustedProxiesHeader,
+) -> IpAddr {
+    resolve(peer, headers, trusted, header).client
 }
 
 /// A credential's stored `validSources`. They were validated when written; one that no
@@ -112,18 +147,31 @@ mod tests {
         vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
     }
 
+    const XFF: TrustedProxiesHeader = TrustedProxiesHeader::XForwardedFor;
+    const FORWARDED: TrustedProxiesHeader = TrustedProxiesHeader::Forwarded;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|ip| ip.parse().unwrap()).collect()
+    }
+
     #[test]
     fn untrusted_peer_cannot_spoof() {
-        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(client_ip(peer, &h, &trusted()), peer);
+        for choice in [XFF, FORWARDED] {
+            let resolved = resolve(peer, &h, &trusted(), choice);
+            assert_eq!(resolved.client, peer);
+            assert_eq!(resolved.chain, vec![peer]);
+        }
     }
 
     #[test]
     fn trusted_peer_gives_rightmost_untrusted() {
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1")]);
-        let ip = client_ip("10.0.0.1".parse().unwrap(), &h, &trusted());
-        assert_eq!(ip, "1.2.3.4".parse::<IpAddr>().unwrap());
+        let resolved = resolve("10.0.0.1".parse().unwrap(), &h, &trusted(), XFF);
+        assert_eq!(resolved.client, "1.2.3.4".parse::<IpAddr>().unwrap());
+        // What keyward forwards: the believed chain only, then the peer.
+        assert_eq!(resolved.chain, ips(&["1.2.3.4", "10.1.1.1", "10.0.0.1"]));
     }
 
     #[test]
@@ -132,8 +180,21 @@ mod tests {
             "forwarded",
             "for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2:80",
         )]);
-        let ip = client_ip("::1".parse().unwrap(), &h, &trusted());
+        let ip = client_ip("::1".parse().unwrap(), &h, &trusted(), FORWARDED);
         assert_eq!(ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        let h = headers(&[("forwarded", "for=6.6.6.6"), ("x-forwarded-for", "1.2.3.4")]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted(), XFF), ips(&["1.2.3.4"])[0]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted(), FORWARDED),
+            ips(&["6.6.6.6"])[0]
+        );
+        // A trusted peer that sent no chain is itself the client.
+        assert_eq!(client_ip(peer, &headers(&[]), &trusted(), XFF), peer);
     }
 
     #[test]
@@ -151,6 +212,6 @@ mod tests {
     fn garbage_hop_stops_the_walk() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4, garbage")]);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, &h, &trusted()), peer);
+        assert_eq!(client_ip(peer, &h, &trusted(), XFF), peer);
     }
 }

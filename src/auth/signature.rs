@@ -271,16 +271,21 @@ pub fn check_content_digest(header: &RequestHeader, body: &[u8]) -> Result<(), S
 }
 
 /// Whether a request carries a body (and so must cover `content-digest`).
+/// Any `Transfer-Encoding`, or any `Content-Length` in any form (`N`, `N, N`, repeated) that
+/// is not all zeros, means a body: a request must never be taken as body-less by one reading
+/// and framed with a body by another.
 pub fn has_body(header: &RequestHeader) -> bool {
-    let length = header
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match length {
-        Some(n) => n > 0,
-        None => header.headers.contains_key(http::header::TRANSFER_ENCODING),
-    }
+    let headers = &header.headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|value| {
+                value
+                    .as_bytes()
+                    .iter()
+                    .any(|b| !matches!(b, b'0' | b',' | b' ' | b'\t'))
+            })
 }
 
 /// Parses an enrolled public key: base64 of the 32 raw bytes, or a PEM `PUBLIC KEY`.

@@ -1,6 +1,7 @@
 //! Per-request state, created empty by `new_ctx` and filled as the request moves through the
 //! phases.
 
+use super::target::RequestTarget;
 use crate::auth::Principal;
 use crate::metrics::Outcome;
 use rand::Rng;
@@ -33,6 +34,12 @@ pub struct RequestCtx {
     pub request_id: RequestId,
     pub started: Instant,
     pub client_ip: Option<IpAddr>,
+    /// The normalized target: what routes matched and what the upstream receives.
+    pub target: Option<RequestTarget>,
+    /// `X-Forwarded-For` as keyward forwards it.
+    pub x_forwarded_for: Option<http::HeaderValue>,
+    /// The TCP peer is one of `trusted_proxies`.
+    pub peer_trusted: bool,
     pub principal: Option<Arc<Principal>>,
     /// Set when keyward answered the request itself (a refusal, or an admin answer).
     pub outcome: Option<Outcome>,
@@ -48,6 +55,9 @@ impl RequestCtx {
             request_id: RequestId::random(),
             started: Instant::now(),
             client_ip: None,
+            target: None,
+            x_forwarded_for: None,
+            peer_trusted: false,
             principal: None,
             outcome: None,
             reason: None,

@@ -5,14 +5,18 @@
 pub mod ctx;
 pub mod forward;
 pub mod respond;
+pub mod target;
 
 use crate::admin::{self, AdminApi};
-use crate::auth::{client_ip, signature, token, Authenticator, Credential};
+use crate::auth::{
+    client_ip, signature, token, Authenticated, Authenticator, Credential, Principal,
+};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
-use crate::policy;
+use crate::policy::{self, Route};
 use async_trait::async_trait;
 use ctx::RequestCtx;
+use forward::Forwarding;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -20,6 +24,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use respond::{Refusal, REQUEST_ID_HEADER};
 use std::sync::Arc;
+use target::RequestTarget;
 
 pub struct KeywardProxy {
     config: Arc<Config>,
@@ -53,38 +58,92 @@ impl KeywardProxy {
     }
 
     /// Decides a request: to the upstream (with `ctx.principal` set), to the admin API, or
-    /// refused.
+    /// refused. Each step either passes or refuses; nothing is forwarded before all passed.
     async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
         let request = session.req_header();
-        let path = request.uri.path();
-        if policy::is_ambiguous_path(path) {
-            return Err(Refusal::BadRequest("ambiguous_path"));
+        check_header_size(request, self.config.limits.max_request_header_bytes)?;
+        let target = RequestTarget::parse(&request.method, request.raw_path())?;
+        self.client_address(session, ctx)?;
+        if let Some(authority) = target.authority() {
+            // An absolute-form target names the host itself (RFC 9112 §3.2.2); everything
+            // after this step (token domains, `@authority`, the upstream) sees that one.
+            session
+                .req_header_mut()
+                .insert_header(http::header::HOST, authority)
+                .map_err(|_| Refusal::BadRequest("invalid_request_target"))?;
         }
+        let path = target.path();
+        if admin::is_reserved(path) {
+            ctx.target = Some(target);
+            return Ok(Admission::Admin);
+        }
+        let route = self.route(&session.req_header().method, &target)?;
+        let authenticated = self.authenticate(session, ctx).await?;
+        ctx.principal = authenticated.principal;
+        ctx.clear_token_cookie = authenticated.clear_token_cookie;
+        self.decide(
+            route,
+            ctx.principal.as_deref(),
+            session.req_header(),
+            &target,
+        )?;
+        ctx.target = Some(target);
+        Ok(Admission::Upstream)
+    }
+
+    /// Who is asking: fail closed without a client address, since every policy needs one.
+    fn client_address(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         else {
-            // Fail closed: every policy needs to know who is asking.
             return Err(Refusal::BadRequest("no_client_address"));
         };
-        let client_ip = client_ip::client_ip(peer, &request.headers, &self.config.trusted_proxies);
-        ctx.client_ip = Some(client_ip);
-        if admin::is_reserved(path) {
-            return Ok(Admission::Admin);
-        }
+        let config = &self.config;
+        let address = client_ip::resolve(
+            peer,
+            &session.req_header().headers,
+            &config.trusted_proxies,
+            config.trusted_proxies_header,
+        );
+        ctx.peer_trusted = config.trusted_proxies.iter().any(|net| net.contains(&peer));
+        ctx.x_forwarded_for = Some(Forwarding::chain_value(&address.chain));
+        ctx.client_ip = Some(address.client);
+        Ok(())
+    }
 
-        let Some(route) = policy::route_for(&self.config.routes, &request.method, path) else {
-            return Err(Refusal::Forbidden("no_route"));
+    /// The first route for the normalized path; `OPTIONS *` is about the whole server, so the
+    /// route of `/` decides it.
+    fn route(&self, method: &http::Method, target: &RequestTarget) -> Result<&Route, Refusal> {
+        let path = if target.is_asterisk() {
+            "/"
+        } else {
+            target.path()
         };
+        policy::route_for(&self.config.routes, method, path).ok_or(Refusal::Forbidden("no_route"))
+    }
+
+    /// Checks the request's credential. A signed body is checked against Content-Digest before
+    /// anything is forwarded, so it is read here, within pingora's retry buffer, which replays
+    /// it to the upstream. Whether there is a body is pingora's framing decision (any
+    /// `Content-Length` form, any `Transfer-Encoding`), the one the upstream will see.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<Authenticated, Refusal> {
+        let has_body = !session.is_body_empty();
+        let client_ip = ctx
+            .client_ip
+            .ok_or(Refusal::BadRequest("no_client_address"))?;
+        let request = session.req_header();
         let credential = self.auth.find_credential(&request.headers)?;
-        let authenticated = if credential == Credential::Signature && signature::has_body(request) {
-            // A signed body is checked against Content-Digest before anything is forwarded, so
-            // it is read here, within pingora's retry buffer, which replays it to the upstream.
+        let authenticated = if credential == Credential::Signature && has_body {
             let body = read_signed_body(session).await?;
             let view = signature::RequestView {
                 header: session.req_header(),
@@ -104,14 +163,65 @@ impl KeywardProxy {
                 .authenticate_found(credential, &view, client_ip)
                 .await?
         };
-        let request = session.req_header();
-        ctx.principal = authenticated.principal;
-        ctx.clear_token_cookie = authenticated.clear_token_cookie;
-        match Refusal::from_decision(route.decide(ctx.principal.as_deref(), &request.method)) {
-            None => Ok(Admission::Upstream),
-            Some(refusal) => Err(refusal),
+        Ok(authenticated)
+    }
+
+    /// The route's decision for the request's method and for every method it asks the
+    /// upstream to serve instead (method-override headers, `_method`): the upstream serves
+    /// the override, so the policy must allow it on the same route. A read-only credential
+    /// may not override at all.
+    fn decide(
+        &self,
+        route: &Route,
+        principal: Option<&Principal>,
+        request: &RequestHeader,
+        target: &RequestTarget,
+    ) -> Result<(), Refusal> {
+        if let Some(refusal) = Refusal::from_decision(route.decide(principal, &request.method)) {
+            return Err(refusal);
+        }
+        let overrides = policy::method_overrides(&request.headers, target.query())
+            .map_err(|()| Refusal::BadRequest("invalid_method_override"))?;
+        for method in &overrides {
+            if principal.is_some_and(|p| p.read_only) {
+                return Err(Refusal::Forbidden("read_only"));
+            }
+            let same_route = self
+                .route(method, target)
+                .is_ok_and(|other| std::ptr::eq(other, route));
+            if !same_route {
+                return Err(Refusal::Forbidden("method_override_not_allowed"));
+            }
+            if let Some(refusal) = Refusal::from_decision(route.decide(principal, method)) {
+                return Err(refusal);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Request line plus header fields, as the client sent them, within the configured limit
+/// (431 above it, as Envoy and nginx answer). pingora itself reads at most 1 MiB of header.
+fn check_header_size(request: &RequestHeader, limit: usize) -> Result<(), Refusal> {
+    // `METHOD SP target SP HTTP/1.1 CRLF`, then `name: value CRLF` per field.
+    let mut size = request.method.as_str().len() + request.raw_path().len() + 11;
+    for (name, value) in &request.headers {
+        size += name.as_str().len() + value.len() + 4;
+        if size > limit {
+            return Err(Refusal::HeaderTooLarge);
         }
     }
+    match size > limit {
+        true => Err(Refusal::HeaderTooLarge),
+        false => Ok(()),
+    }
+}
+
+/// The normalized path once it is known, else the path as the client sent it.
+fn logged_path<'a>(request: &'a RequestHeader, ctx: &'a RequestCtx) -> &'a str {
+    ctx.target
+        .as_ref()
+        .map_or(request.uri.path(), RequestTarget::path)
 }
 
 /// The path as logs may show it: the token API accepts a token itself where it takes a
@@ -212,7 +322,22 @@ impl ProxyHttp for KeywardProxy {
                 .unwrap_or_default(),
             request_id: ctx.request_id.as_str(),
         };
-        *upstream = forward::upstream_request(upstream, identity, self.config.forward_credentials)?;
+        let target = ctx.target.as_ref();
+        let forwarding = Forwarding {
+            target: target.filter(|t| t.rewritten()).map(RequestTarget::as_str),
+            authority: target.and_then(RequestTarget::authority),
+            x_forwarded_for: ctx
+                .x_forwarded_for
+                .clone()
+                .ok_or_else(|| Error::explain(ErrorType::InternalError, "no client address"))?,
+            peer_trusted: ctx.peer_trusted,
+        };
+        *upstream = forward::upstream_request(
+            upstream,
+            identity,
+            forwarding,
+            self.config.forward_credentials,
+        )?;
         Ok(())
     }
 
@@ -300,7 +425,7 @@ impl ProxyHttp for KeywardProxy {
             request_id = ctx.request_id.as_str(),
             method = %request.method,
             // The path only (query strings can carry secrets), tokens in it redacted.
-            path = %loggable_path(request.uri.path()),
+            path = %loggable_path(logged_path(request, ctx)),
             status,
             outcome = outcome.as_str(),
             reason = ctx.reason.unwrap_or(""),
@@ -316,7 +441,7 @@ impl ProxyHttp for KeywardProxy {
         format!(
             "{} {} request_id={}",
             request.method,
-            loggable_path(request.uri.path()),
+            loggable_path(logged_path(request, ctx)),
             ctx.request_id.as_str()
         )
     }

@@ -1,5 +1,6 @@
 //! The one place that turns a refusal into an HTTP response.
 
+use super::target::TargetError;
 use crate::auth::AuthError;
 use crate::metrics::Outcome;
 use crate::policy::Decision;
@@ -23,6 +24,8 @@ pub enum Refusal {
     NotFound,
     /// 413: a signed body too large to check before forwarding.
     PayloadTooLarge,
+    /// 431: the request line and headers exceed `limits.max_request_header_bytes`.
+    HeaderTooLarge,
     /// 502: no upstream could be reached.
     BadGateway(&'static str),
     /// 429: too many failed second-factor attempts.
@@ -42,6 +45,7 @@ impl Refusal {
             Refusal::NotFound => 404,
             Refusal::TooManyRequests(_) => 429,
             Refusal::PayloadTooLarge => 413,
+            Refusal::HeaderTooLarge => 431,
             Refusal::BadGateway(_) => 502,
             Refusal::Unavailable(_) => 503,
             Refusal::GatewayTimeout => 504,
@@ -58,6 +62,7 @@ impl Refusal {
             | Refusal::Unavailable(r) => r,
             Refusal::NotFound => "not_found",
             Refusal::PayloadTooLarge => "signed_body_too_large",
+            Refusal::HeaderTooLarge => "request_header_too_large",
             Refusal::GatewayTimeout => "upstream_timeout",
         }
     }
@@ -69,6 +74,7 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
             Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::HeaderTooLarge => "request_header_fields_too_large",
             Refusal::TooManyRequests(_) => "too_many_requests",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
@@ -82,7 +88,8 @@ impl Refusal {
             Refusal::BadRequest(_)
             | Refusal::Forbidden(_)
             | Refusal::NotFound
-            | Refusal::PayloadTooLarge => Outcome::Denied,
+            | Refusal::PayloadTooLarge
+            | Refusal::HeaderTooLarge => Outcome::Denied,
             Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => {
                 Outcome::Error
             }
@@ -199,6 +206,12 @@ impl From<AuthError> for Refusal {
             AuthError::TotpRateLimited => Refusal::TooManyRequests(e.reason()),
             _ => Refusal::Unauthenticated(e.reason()),
         }
+    }
+}
+
+impl From<TargetError> for Refusal {
+    fn from(e: TargetError) -> Self {
+        Refusal::BadRequest(e.reason())
     }
 }
 
