@@ -100,9 +100,17 @@ const METHOD_OVERRIDE_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// A method override that names no method (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a method override names no HTTP method")]
+pub struct InvalidMethodOverride;
+
 /// The methods a request asks the upstream to serve instead of its own, from the
-/// method-override headers and a `_method` query parameter. `Err` when one is not a method.
-pub fn method_overrides(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<Method>, ()> {
+/// method-override headers and a `_method` query parameter.
+pub fn method_overrides(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Vec<Method>, InvalidMethodOverride> {
     let mut overrides = Vec::new();
     for name in &METHOD_OVERRIDE_HEADERS {
         for value in headers.get_all(name) {
@@ -120,8 +128,8 @@ pub fn method_overrides(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<
 }
 
 /// Frameworks upper-case the override (`put` is served as `PUT`), so policy does too.
-fn override_method(value: &[u8]) -> Result<Method, ()> {
-    Method::from_bytes(&value.trim_ascii().to_ascii_uppercase()).map_err(|_| ())
+fn override_method(value: &[u8]) -> Result<Method, InvalidMethodOverride> {
+    Method::from_bytes(&value.trim_ascii().to_ascii_uppercase()).map_err(|_| InvalidMethodOverride)
 }
 
 /// The first matching route, if any.

@@ -415,8 +415,9 @@ fn malformed_requests_get_400_not_a_hang() {
     for raw in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET /public HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-        b"GET /public/%2e%2e/x HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /public/../x HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /public/a%2fb HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /public/a%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET public HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
         let mut stream = std::net::TcpStream::connect(kw.proxy).unwrap();
         stream

@@ -181,7 +181,7 @@ impl KeywardProxy {
             return Err(refusal);
         }
         let overrides = policy::method_overrides(&request.headers, target.query())
-            .map_err(|()| Refusal::BadRequest("invalid_method_override"))?;
+            .map_err(|_| Refusal::BadRequest("invalid_method_override"))?;
         for method in &overrides {
             if principal.is_some_and(|p| p.read_only) {
                 return Err(Refusal::Forbidden("read_only"));
