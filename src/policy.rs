@@ -164,6 +164,7 @@ mod tests {
             credential_id: "john".into(),
             read_only: false,
             customers: vec![],
+            tenant: None,
             identity: Default::default(),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod envelope;
+pub mod guard;
 pub mod signatures;
 pub mod tokens;
 pub mod users;
@@ -63,10 +64,15 @@ enum Endpoint {
 impl Endpoint {
     /// The token API answers in the Swarm gateway's shapes, not the Argus envelope.
     fn is_token_api(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Tokens | Endpoint::Token | Endpoint::TenantTokens | Endpoint::TenantToken
-        )
+        self.surface() != guard::Surface::Argus
+    }
+
+    fn surface(self) -> guard::Surface {
+        match self {
+            Endpoint::Tokens | Endpoint::Token => guard::Surface::OwnTokens,
+            Endpoint::TenantTokens | Endpoint::TenantToken => guard::Surface::TenantTokens,
+            _ => guard::Surface::Argus,
+        }
     }
 }
 
@@ -259,6 +265,18 @@ impl AdminApi {
 
         let body = read_body(session).await?;
         let caller = self.authenticate(session, ctx, &body).await?;
+        // Tenant tokens, credential kinds, security level, read-only and cross-site writes:
+        // checked here once for every endpoint (src/admin/guard.rs says why each rule exists).
+        guard::admit(
+            endpoint.surface(),
+            &caller,
+            &guard::Incoming {
+                method: &method,
+                uri: &session.req_header().uri,
+                headers: &session.req_header().headers,
+                body: &body,
+            },
+        )?;
         let call = Call {
             caller: &caller,
             method: &method,
@@ -451,6 +469,8 @@ fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
 
 /// The caller may manage `target`'s credentials: at least DEFAULT (so never an external
 /// user's API key), and `target` itself or a POWER-USER. Read-only keys change nothing.
+/// (`guard::admit` already refused the first and last for every endpoint; repeated here so a
+/// handler called some other way stays safe.)
 pub fn authorize_manage(call: &Call<'_>, target: &User) -> Result<(), AdminError> {
     let caller = call.caller;
     if caller.level < SecurityLevel::Default {

@@ -87,6 +87,15 @@ pub fn parse_expiry(
     Ok(at_ms)
 }
 
+/// The level a token was stored with.
+fn stored_level(token: &Token) -> SecurityLevel {
+    match token.level.as_str() {
+        "ADMINISTRATIVE" => SecurityLevel::Administrative,
+        "EXTERNAL" => SecurityLevel::External,
+        _ => SecurityLevel::Default,
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
@@ -147,54 +156,102 @@ async fn mint_token(
         expires_at_ms,
         custom_source,
     };
+    // Why: every token is a row in the store and an entry in the caches; a script looping on
+    // a password must not grow them without bound (`limits.tokens_per_user`). Counted in the
+    // same store call as the insert; concurrent mints may pass the count together, so the cap
+    // can be exceeded by at most the number of mints racing for the last slot.
+    let cap = u64::from(api.config.limits.tokens_per_user);
+    let owner_id = owner.id;
     let stored = api
         .db
-        .call(move |store| async move { store.create_token(new_token).await })
-        .await?;
+        .call(move |store| async move {
+            if store.count_tokens(owner_id, now_ms()).await? >= cap {
+                return Ok(None);
+            }
+            store.create_token(new_token).await.map(Some)
+        })
+        .await?
+        .ok_or_else(|| {
+            AdminError::BadRequest(format!(
+                "{} already holds {cap} unexpired tokens (limits.tokens_per_user); delete one first",
+                owner.name
+            ))
+        })?;
     Ok((secret, stored))
 }
 
 /// The minting headers every mint reads: the expiry (validated against `tokens.ttl` and
-/// `tokens.max_ttl`) and `X-Custom-Meta-Source`.
+/// `tokens.max_ttl`, and never past `cap_ms`) and `X-Custom-Meta-Source`.
 fn expiry_and_source(
     api: &AdminApi,
     req: &TokenRequest<'_>,
+    cap_ms: Option<i64>,
 ) -> Result<(i64, Option<String>), AdminError> {
     let tokens = &api.config.tokens;
-    let expires = parse_expiry(
-        header(req.headers, EXPIRES_HEADER)?,
-        now_ms(),
-        tokens.ttl,
-        tokens.max_ttl,
-    )?;
+    let requested = header(req.headers, EXPIRES_HEADER)?;
+    let mut expires = parse_expiry(requested, now_ms(), tokens.ttl, tokens.max_ttl)?;
+    if let Some(cap) = cap_ms {
+        // Why: a token minted with a token must not outlive it (SPEC §4), or a stolen token
+        // could be renewed forever. An explicit expiry past the cap is an error (400); the
+        // default `tokens.ttl` is quietly capped instead, so a client that never names an
+        // expiry keeps working until the token it started with runs out.
+        match requested {
+            Some(_) if expires > cap => {
+                return Err(AdminError::BadRequest(format!(
+                    "{EXPIRES_HEADER}: a token cannot mint a token that outlives it"
+                )))
+            }
+            _ => expires = expires.min(cap),
+        }
+    }
     let source = header(req.headers, SOURCE_HEADER)?.map(str::to_owned);
+    // Why: stored and listed back on every GET; bounded like any stored input
+    // (`limits.token_metadata_bytes`).
+    let limit = api.config.limits.token_metadata_bytes;
+    if source.as_ref().is_some_and(|s| s.len() > limit) {
+        return Err(AdminError::BadRequest(format!(
+            "{SOURCE_HEADER} exceeds {limit} bytes (limits.token_metadata_bytes)"
+        )));
+    }
     Ok((expires, source))
 }
 
-/// Tokens are minted with a password (optionally + TOTP) or with a token.
-fn authorize_mint(call: &Call<'_>) -> Result<(), AdminError> {
-    match call.caller.kind {
-        CredentialKind::Basic | CredentialKind::Token => Ok(()),
-        _ => Err(AdminError::Forbidden(
-            "tokens are minted with a password or a token".into(),
-        )),
+/// When the caller is a token: its own expiry and level, read from the store (the principal
+/// does not carry the expiry). A token deleted meanwhile authenticates nothing.
+async fn asking_token(api: &AdminApi, call: &Call<'_>) -> Result<Option<Token>, AdminError> {
+    if call.caller.kind != CredentialKind::Token {
+        return Ok(None);
     }
+    let name = call.caller.credential_id.clone();
+    let found = api
+        .db
+        .call(move |store| async move { store.token_by_name(&name).await })
+        .await?;
+    found
+        .map(Some)
+        .ok_or(AdminError::Unauthenticated("expired"))
 }
 
+/// Tokens are minted with a password (optionally + TOTP) or with a token; which credentials
+/// may reach this endpoint at all is `guard::admit`'s rule.
 pub async fn mint(
     api: &AdminApi,
     call: &Call<'_>,
     req: &TokenRequest<'_>,
 ) -> Result<Reply, AdminError> {
-    authorize_mint(call)?;
     let owner = owner(api, call, header(req.headers, OWNER_HEADER)?).await?;
-    let (expires, source) = expiry_and_source(api, req)?;
-    // A token carries the level of the login that minted it, and never more for someone else.
+    let asking = asking_token(api, call).await?;
+    let (expires, source) = expiry_and_source(api, req, asking.as_ref().map(|t| t.expires_at_ms))?;
+    // Why: a token carries the level of the login that minted it — never more, so a DEFAULT
+    // token cannot mint an ADMINISTRATIVE one (a token-authenticated call's level *is* the
+    // asking token's level; `X-Totp-Code` is only read with a password) — and never more
+    // than DEFAULT for someone else.
     let level = if owner.id == call.caller.user_id {
-        call.caller.level.max(SecurityLevel::Default)
+        call.caller.level
     } else {
-        SecurityLevel::Default
+        SecurityLevel::Default.min(call.caller.level)
     };
+    debug_assert!(asking.is_none_or(|t| level <= stored_level(&t)));
     let (secret, stored) = mint_token(
         api,
         &owner,
@@ -312,13 +369,9 @@ pub async fn delete(
     Ok(Reply::raw(200, "text/plain", Vec::new(), headers).with_credential(name))
 }
 
-/// Tenant tokens are managed with a password by a POWER-USER or the token administrator.
+/// Tenant tokens are managed by a POWER-USER or the token administrator (with a password:
+/// `guard::admit`).
 fn authorize_tenant(api: &AdminApi, call: &Call<'_>) -> Result<(), AdminError> {
-    if call.caller.kind != CredentialKind::Basic {
-        return Err(AdminError::Forbidden(
-            "tenant tokens are managed with a password".into(),
-        ));
-    }
     if !call.caller.has_function(POWER_USER) && !is_token_administrator(api, call) {
         return Err(AdminError::Forbidden(format!(
             "tenant tokens need {POWER_USER} or the token administrator"
@@ -376,11 +429,12 @@ pub async fn tenant_mint(
     authorize_tenant(api, call)?;
     valid_tenant(tenant)?;
     let owner = api.resolve_caller(call.caller).await?;
-    let (expires, source) = expiry_and_source(api, req)?;
+    let (expires, source) = expiry_and_source(api, req, None)?;
+    // Stored as EXTERNAL: what the token authenticates as (src/auth/token.rs `cached`).
     let (secret, stored) = mint_token(
         api,
         &owner,
-        SecurityLevel::Default,
+        SecurityLevel::External,
         tenant.to_owned(),
         Some(tenant.to_owned()),
         expires,

@@ -175,6 +175,7 @@ impl CachedKey {
                 credential_id: key.prefix(),
                 read_only: key.read_only,
                 customers,
+                tenant: None,
                 identity: Default::default(),
             }),
         }

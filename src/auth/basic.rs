@@ -55,6 +55,7 @@ pub fn principal_for(user: &User) -> Principal {
         credential_id: user.name.clone(),
         read_only: false,
         customers: user.customer.iter().cloned().collect(),
+        tenant: None,
         identity: Default::default(),
     }
 }

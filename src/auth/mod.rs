@@ -141,6 +141,9 @@ pub struct Principal {
     pub credential_id: String,
     pub read_only: bool,
     pub customers: Vec<String>,
+    /// Set for a tenant token (SPEC §4): the principal is the tenant's application, acting
+    /// under its owner's name at EXTERNAL with no functions, and never an administrator.
+    pub tenant: Option<String>,
     /// The `X-Keyward-*` headers for this principal, built on first use. Principals live in the
     /// credential caches, so a warm request forwards them without formatting anything.
     pub identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
@@ -156,6 +159,8 @@ pub mod identity_header {
     pub const SECURITY_LEVEL: HeaderName = HeaderName::from_static("x-keyward-security-level");
     pub const AUTH_METHOD: HeaderName = HeaderName::from_static("x-keyward-auth-method");
     pub const CREDENTIAL: HeaderName = HeaderName::from_static("x-keyward-credential");
+    /// Only on requests authenticated by a tenant token (SPEC §4).
+    pub const TENANT: HeaderName = HeaderName::from_static("x-keyward-tenant");
 }
 
 impl Principal {
@@ -181,6 +186,10 @@ impl Principal {
                     self.method.as_str().to_owned(),
                 ),
                 (identity_header::CREDENTIAL, self.credential_id.clone()),
+                (
+                    identity_header::TENANT,
+                    self.tenant.clone().unwrap_or_default(),
+                ),
             ]
             .into_iter()
             .filter(|(name, value)| !value.is_empty() || *name == identity_header::FUNCTIONS)

@@ -350,6 +350,7 @@ impl CachedSigKey {
                 credential_id: format!("{}/{}", user.name, key.key_id),
                 read_only: false,
                 customers: user.customer.iter().cloned().collect(),
+                tenant: None,
                 identity: Default::default(),
             }),
         })

@@ -209,10 +209,22 @@ impl TokenAuthenticator {
 }
 
 fn cached(token: &Token, user: &crate::store::User) -> CachedToken {
-    let level = if token.level == "ADMINISTRATIVE" {
-        SecurityLevel::Administrative
-    } else {
-        SecurityLevel::Default
+    // A tenant token is a credential for the tenant's applications, not a login of the
+    // administrator who minted it (SPEC §4): it carries the owner's name so the upstream knows
+    // who answers for it, but none of the owner's functions or customer, and the lowest level.
+    // The admin API refuses any principal with a tenant (src/admin/mod.rs `admit`).
+    let (level, functions, customer) = match &token.tenant {
+        Some(_) => (SecurityLevel::External, Vec::new(), None),
+        None if token.level == "ADMINISTRATIVE" => (
+            SecurityLevel::Administrative,
+            user.functions.clone(),
+            user.customer.clone(),
+        ),
+        None => (
+            SecurityLevel::Default,
+            user.functions.clone(),
+            user.customer.clone(),
+        ),
     };
     CachedToken {
         name: token.name.clone(),
@@ -222,14 +234,15 @@ fn cached(token: &Token, user: &crate::store::User) -> CachedToken {
         principal: Arc::new(Principal {
             user_id: user.id,
             user_name: user.name.clone(),
-            customer: user.customer.clone(),
-            functions: user.functions.clone(),
+            customers: customer.iter().cloned().collect(),
+            customer,
+            functions,
             level,
             method: AuthMethod::Token,
             kind: CredentialKind::Token,
             credential_id: token.name.clone(),
             read_only: false,
-            customers: user.customer.iter().cloned().collect(),
+            tenant: token.tenant.clone(),
             identity: Default::default(),
         }),
     }

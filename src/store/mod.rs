@@ -271,6 +271,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self, scope: TokenScope, now_ms: i64) -> Result<Vec<Token>, StoreError>;
     /// Deletes one token; false when there is no such token.
     async fn delete_token(&self, name: &str) -> Result<bool, StoreError>;
+    /// How many unexpired tokens `owner_id` holds, in every domain and tenant (the
+    /// `limits.tokens_per_user` cap).
+    async fn count_tokens(&self, owner_id: i64, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Change-feed rows with `seq > after`, oldest first.
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;

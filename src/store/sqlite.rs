@@ -606,6 +606,17 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn count_tokens(&self, owner_id: i64, now_ms: i64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tokens WHERE owner_id = ? AND expires_at_ms > ?",
+        )
+        .bind(owner_id)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, kind, user_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -728,5 +739,47 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].last_used_ip.as_deref(), Some("10.1.1.1"));
         assert_eq!(listed[0].functions, Some(vec!["A".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn count_tokens_counts_only_the_owners_unexpired_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
+        let carol = store.create_user(new_user("carol")).await.unwrap();
+        let dave = store.create_user(new_user("dave")).await.unwrap();
+        let now = now_ms();
+        let token = |n: u8, owner_id: i64, tenant: Option<&str>, expires_at_ms: i64| NewToken {
+            name: format!("{n:032x}"),
+            token_hash: vec![n; 32],
+            owner_id,
+            domain: "example.com".into(),
+            tenant: tenant.map(str::to_owned),
+            level: "DEFAULT".into(),
+            expires_at_ms,
+            custom_source: None,
+        };
+        assert_eq!(store.count_tokens(carol.id, now).await.unwrap(), 0);
+        store
+            .create_token(token(1, carol.id, None, now + 60_000))
+            .await
+            .unwrap();
+        store
+            .create_token(token(2, carol.id, Some("t1"), now + 60_000))
+            .await
+            .unwrap();
+        store
+            .create_token(token(3, carol.id, None, now - 1))
+            .await
+            .unwrap();
+        store
+            .create_token(token(4, dave.id, None, now + 60_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.count_tokens(carol.id, now).await.unwrap(),
+            2,
+            "the expired token and dave's are not counted; the tenant token is"
+        );
+        assert_eq!(store.count_tokens(dave.id, now).await.unwrap(), 1);
     }
 }
