@@ -6,6 +6,8 @@ pub mod ctx;
 pub mod forward;
 pub mod respond;
 pub mod target;
+#[cfg(test)]
+mod tests;
 
 use crate::admin::{self, AdminApi};
 use crate::auth::{
@@ -64,9 +66,10 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
-        let request = session.req_header();
-        check_header_size(request, self.config.limits.max_request_header_bytes)?;
-        let target = RequestTarget::parse(&request.method, request.raw_path())?;
+        let target = inspect(
+            session.req_header(),
+            self.config.limits.max_request_header_bytes,
+        )?;
         self.client_address(session, ctx)?;
         if let Some(authority) = target.authority() {
             // An absolute-form target names the host itself (RFC 9112 §3.2.2); everything
@@ -198,6 +201,12 @@ impl KeywardProxy {
         }
         Ok(())
     }
+}
+
+/// The first step, on the request as pingora parsed it: its size, then its normalized target.
+fn inspect(request: &RequestHeader, header_limit: usize) -> Result<RequestTarget, Refusal> {
+    check_header_size(request, header_limit)?;
+    Ok(RequestTarget::parse(&request.method, request.raw_path())?)
 }
 
 /// Request line plus header fields, as the client sent them, within the configured limit

@@ -1,0 +1,168 @@
+//! The request path's first steps over raw bytes, parsed by pingora's own HTTP/1 reader (as
+//! a real connection would be), without starting a process: what is refused, and what the
+//! upstream would receive. End-to-end cases live in `tests/hardening.rs`.
+
+use super::forward::{self, Forwarding, Identity};
+use super::inspect;
+use super::respond::Refusal;
+use super::target::RequestTarget;
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+
+const LIMIT: usize = 64 * 1024;
+
+/// The request header pingora reads from `raw`, or `None` when pingora itself refuses it.
+fn parsed(raw: &[u8]) -> Option<RequestHeader> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = Box::new(std::io::Cursor::new(raw.to_vec()));
+        let mut session = ServerSession::new_http1(stream);
+        match session.read_request().await {
+            Ok(true) => Some(session.req_header().clone()),
+            _ => None,
+        }
+    })
+}
+
+/// What the upstream would receive for `raw`, sent by an anonymous client from 192.0.2.1.
+fn forwarded(raw: &[u8]) -> Result<RequestHeader, Refusal> {
+    let header = parsed(raw).ok_or(Refusal::BadRequest("pingora"))?;
+    let target: RequestTarget = inspect(&header, LIMIT)?;
+    let forwarding = Forwarding {
+        target: target.rewritten().then_some(target.as_str()),
+        authority: target.authority(),
+        x_forwarded_for: HeaderValue::from_static("192.0.2.1"),
+        peer_trusted: false,
+    };
+    let identity = Identity {
+        headers: &[],
+        request_id: "0123456789ABCDEF",
+    };
+    Ok(forward::upstream_request(&header, identity, forwarding, false).unwrap())
+}
+
+fn target_of(raw: &[u8]) -> Result<String, Refusal> {
+    forwarded(raw).map(|h| String::from_utf8_lossy(h.raw_path()).into_owned())
+}
+
+#[test]
+fn path_spellings_are_forwarded_normalized() {
+    for (raw, want) in [
+        (
+            &b"GET /%61pi//admin HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            "/api/admin",
+        ),
+        (
+            b"GET /x/%2E%2e/api/./admin?q=/../ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "/api/admin?q=/../",
+        ),
+        (
+            b"GET http://a/%7euser HTTP/1.1\r\nHost: a\r\n\r\n",
+            "/~user",
+        ),
+        (b"GET /a%3ab HTTP/1.1\r\nHost: a\r\n\r\n", "/a%3Ab"),
+        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "*"),
+    ] {
+        assert_eq!(
+            target_of(raw).as_deref(),
+            Ok(want),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+}
+
+#[test]
+fn unsafe_targets_are_refused_before_anything_else() {
+    for (raw, reason) in [
+        (
+            &b"GET api/admin HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            "invalid_request_target",
+        ),
+        (
+            b"GET x:/api/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "invalid_request_target",
+        ),
+        (
+            b"GET mailto:api/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "invalid_request_target",
+        ),
+        (
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "invalid_request_target",
+        ),
+        (
+            b"GET /a%2fb HTTP/1.1\r\nHost: a\r\n\r\n",
+            "encoded_separator",
+        ),
+        (
+            b"GET /a%00 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "control_character",
+        ),
+        (b"GET /a;b HTTP/1.1\r\nHost: a\r\n\r\n", "path_parameter"),
+        (
+            b"GET /a%e9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "invalid_utf8_path",
+        ),
+    ] {
+        let refusal = target_of(raw).unwrap_err();
+        // pingora refusing first is as good: nothing reaches the upstream either way.
+        assert!(
+            refusal == Refusal::BadRequest(reason) || refusal == Refusal::BadRequest("pingora"),
+            "{} gave {refusal:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+}
+
+#[test]
+fn raw_bytes_in_the_path_are_refused() {
+    let refusal = target_of(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap_err();
+    assert!(matches!(refusal, Refusal::BadRequest(_)), "{refusal:?}");
+}
+
+#[test]
+fn folded_and_forwarding_headers_never_leave() {
+    let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nX_Keyward_User: root\r\nx-keyward-user: root\r\n\
+        Gateway_Request_Id: 1\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\
+        X-Real-IP: 6.6.6.6\r\nSignature-Input: a=()\r\nSignature: a=:AA==:\r\n\r\n";
+    let upstream = forwarded(raw).unwrap();
+    let names: Vec<_> = upstream.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "gateway-request-id"
+        ]
+    );
+    assert_eq!(upstream.headers["x-forwarded-for"], "192.0.2.1");
+}
+
+#[test]
+fn content_length_lists_are_forwarded_once() {
+    let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc";
+    let upstream = forwarded(raw).unwrap();
+    let lengths: Vec<_> = upstream.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["3"]);
+    // Differing lengths are refused by pingora before any filter runs.
+    assert!(parsed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\nabc").is_none());
+    assert!(parsed(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\nabc"
+    )
+    .is_none());
+}
+
+#[test]
+fn oversized_headers_are_431() {
+    let raw = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Fill: {}\r\n\r\n",
+        "a".repeat(LIMIT)
+    );
+    assert_eq!(target_of(raw.as_bytes()), Err(Refusal::HeaderTooLarge));
+}
