@@ -451,3 +451,33 @@ fn request_headers_are_bounded() {
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     assert_eq!(with_key(&rig, "/x", &many).status, 431);
 }
+
+#[test]
+fn connection_listed_headers_cannot_remove_what_keyward_sets() {
+    // Proxies drop the hop-by-hop names a client lists in `Connection`; listing keyward's own
+    // headers there must not make the app miss them: refused, or forwarded intact.
+    let rig = start("");
+    for name in [
+        "X-Keyward-User",
+        "X-Forwarded-For",
+        "Gateway-Request-Id",
+        "X-Keyward-Credential",
+    ] {
+        // One Connection header, so that pingora reads its `close` too.
+        let raw = format!(
+            "GET /x HTTP/1.1\r\nHost: app.test\r\nArgus-API-Key: {}\r\n\
+             Connection: close, {name}\r\n\r\n",
+            rig.key
+        );
+        let resp = raw_request(rig.kw.proxy, raw.as_bytes());
+        match resp.status {
+            400 => {}
+            200 => {
+                let seen = resp.json();
+                let lower = name.to_ascii_lowercase();
+                assert!(seen["headers"][&lower].is_string(), "{name} was removed");
+            }
+            other => panic!("{name}: {other}"),
+        }
+    }
+}
