@@ -115,6 +115,8 @@ fn no_spelling_of_a_protected_path_reaches_it_with_less_rights() {
         "/api%5cadmin",
         "/api/admin%00",
         "/api/admin%0a",
+        "/api%c0%afadmin",
+        "/api/%ef%bc%8fadmin",
         "/api;x/admin",
         "/api/admin;x",
         "/api/%2561dmin",
@@ -434,6 +436,17 @@ fn read_only_keys_and_method_overrides() {
     assert_eq!(resp.status, 403);
     let resp = with_key(&rig, "/x", &["X-HTTP-Method-Override: NOT A METHOD"]);
     assert_eq!(resp.status, 400);
+    // Frameworks upper-case the method: `delete` would be served as DELETE.
+    for method in ["delete", "Delete", "get"] {
+        let resp = send(
+            &rig,
+            method,
+            "/reports",
+            &[format!("Argus-API-Key: {}", rig.key)],
+        );
+        assert_eq!(resp.status, 400, "{method}");
+        assert_eq!(reason(&resp), "invalid_method");
+    }
 }
 
 #[test]

@@ -21,9 +21,9 @@ pub enum Surface {
 /// the listener's scheme.
 const OWN_SCHEME: &str = "http";
 
-/// Reads change nothing; everything else is a write.
-pub fn is_write(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+/// Reads (the methods a read-only credential may use) change nothing; everything else writes.
+fn is_write(method: &Method) -> bool {
+    !crate::policy::is_safe(method)
 }
 
 /// The request as [`admit`] needs to see it.

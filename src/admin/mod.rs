@@ -484,7 +484,7 @@ pub fn authorize_manage(call: &Call<'_>, target: &User) -> Result<(), AdminError
             "managing another user's credentials needs {POWER_USER}"
         )));
     }
-    if caller.read_only && !matches!(*call.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    if caller.read_only && !crate::policy::is_safe(call.method) {
         return Err(AdminError::Forbidden(
             "a read-only key cannot change anything".into(),
         ));

@@ -203,9 +203,20 @@ impl KeywardProxy {
     }
 }
 
-/// The first step, on the request as pingora parsed it: its size, then its normalized target.
+/// The first step, on the request as pingora parsed it: its size, its method, then its
+/// normalized target.
 fn inspect(request: &RequestHeader, header_limit: usize) -> Result<RequestTarget, Refusal> {
     check_header_size(request, header_limit)?;
+    // Methods are case-sensitive (RFC 9110 §9.1) but frameworks upper-case them (Werkzeug,
+    // Rack): `delete` would pass a route limited to `DELETE` and be served as DELETE.
+    if request
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(Refusal::BadRequest("invalid_method"));
+    }
     Ok(RequestTarget::parse(&request.method, request.raw_path())?)
 }
 

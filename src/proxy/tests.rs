@@ -119,6 +119,17 @@ fn unsafe_targets_are_refused_before_anything_else() {
 }
 
 #[test]
+fn methods_must_be_upper_case() {
+    for raw in [
+        &b"get /x HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"Delete /x HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(target_of(raw), Err(Refusal::BadRequest("invalid_method")));
+    }
+    assert!(target_of(b"PURGE /x HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+}
+
+#[test]
 fn raw_bytes_in_the_path_are_refused() {
     let refusal = target_of(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap_err();
     assert!(matches!(refusal, Refusal::BadRequest(_)), "{refusal:?}");
