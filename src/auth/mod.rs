@@ -476,6 +476,11 @@ impl Authenticator {
             .auth_duration(kind.label(), started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.metrics.auth_failure(kind.label(), e.reason());
+            tracing::debug!(
+                method = kind.label(),
+                reason = e.reason(),
+                "credential refused"
+            );
         }
         // The metrics keep the real cause; a password login's answer does not (SPEC §6).
         let result = match kind {
