@@ -87,7 +87,8 @@ pub enum AdminError {
     MethodNotAllowed,
     #[error("too many failed attempts; try again later")]
     TooManyRequests,
-    /// 429 with `Retry-After`: too many failed password logins from this address.
+    /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
+    /// TOTP codes for this user.
     #[error("too many failed logins; try again in {0} s")]
     RetryLater(u64),
     /// Validation failed on `field` (412, `FIELD_ERROR`).

@@ -412,10 +412,10 @@ impl AdminApi {
                 Err(AdminError::Unauthenticated("credentials_required"))
             }
             Err(crate::auth::AuthError::StoreUnavailable) => Err(AdminError::Unavailable),
-            Err(crate::auth::AuthError::TotpRateLimited) => Err(AdminError::TooManyRequests),
-            Err(crate::auth::AuthError::PasswordThrottled(secs)) => {
-                Err(AdminError::RetryLater(secs))
-            }
+            Err(
+                crate::auth::AuthError::TotpRateLimited(secs)
+                | crate::auth::AuthError::PasswordThrottled(secs),
+            ) => Err(AdminError::RetryLater(secs)),
             Err(e) => Err(AdminError::Unauthenticated(e.reason())),
         }
     }

@@ -151,7 +151,9 @@ impl BasicAuthenticator {
                 ..(*principal).clone()
             })),
             Err(TotpFailure::Invalid) => Err(AuthError::BadTotp),
-            Err(TotpFailure::RateLimited) => Err(AuthError::TotpRateLimited),
+            Err(TotpFailure::RateLimited { retry_after_secs }) => {
+                Err(AuthError::TotpRateLimited(retry_after_secs))
+            }
         }
     }
 
@@ -182,15 +184,19 @@ impl BasicAuthenticator {
 
         let generation = self.generation.load(Ordering::Acquire);
         let lookup = name.clone();
-        let user = self
+        let user = match self
             .db
             .call(move |store| async move { store.user_by_name(&lookup).await })
             .await
-            .map_err(|e| {
+        {
+            Ok(user) => user,
+            Err(e) => {
                 tracing::warn!(error = %e, "store lookup failed during Basic authentication");
                 self.metrics.store_error();
-                AuthError::StoreUnavailable
-            })?;
+                self.throttle.undecided(attempt);
+                return Err(AuthError::StoreUnavailable);
+            }
+        };
         let Some(user) = user else {
             self.hasher.verify(password, None).await;
             return Err(AuthError::UnknownKey);

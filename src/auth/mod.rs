@@ -226,8 +226,9 @@ pub enum AuthError {
     Signature(signature::SignatureError),
     #[error("wrong or reused TOTP code")]
     BadTotp,
-    #[error("too many failed TOTP codes; try again later")]
-    TotpRateLimited,
+    /// Too many wrong TOTP codes for this user (429; try again in this many seconds).
+    #[error("too many failed TOTP codes; try again in {0} s")]
+    TotpRateLimited(u64),
     /// What a client is told of any failed password login (unknown user, wrong password,
     /// locked account), so that the answer reveals none of them.
     #[error("wrong user name or password")]
@@ -253,7 +254,7 @@ impl AuthError {
             AuthError::Ambiguous => "ambiguous_credentials",
             AuthError::Signature(e) => e.reason(),
             AuthError::BadTotp => "bad_totp",
-            AuthError::TotpRateLimited => "totp_rate_limited",
+            AuthError::TotpRateLimited(_) => "totp_rate_limited",
             AuthError::BadCredentials => "bad_credentials",
             AuthError::PasswordThrottled(_) => "too_many_failures",
             AuthError::StoreUnavailable => "store_unavailable",
@@ -263,7 +264,7 @@ impl AuthError {
     /// The seconds a client should wait before trying again, for refusals that have one.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            AuthError::PasswordThrottled(secs) => Some(*secs),
+            AuthError::PasswordThrottled(secs) | AuthError::TotpRateLimited(secs) => Some(*secs),
             _ => None,
         }
     }

@@ -42,9 +42,11 @@ pub struct PasswordThrottle {
     window: Duration,
 }
 
-/// An attempt in progress; [`PasswordThrottle::succeeded`] takes it back.
+/// An attempt in progress: a failure unless [`PasswordThrottle::succeeded`] or
+/// [`PasswordThrottle::undecided`] says otherwise.
 pub struct Attempt {
     key: [u8; 32],
+    failures: Arc<Failures>,
 }
 
 impl PasswordThrottle {
@@ -91,7 +93,7 @@ impl PasswordThrottle {
                 (n < self.limit).then_some(n + 1)
             });
         match counted {
-            Ok(_) => Ok(Attempt { key }),
+            Ok(_) => Ok(Attempt { key, failures }),
             Err(_) => {
                 let left = self.window.saturating_sub(failures.since.elapsed());
                 Err(Throttled {
@@ -121,6 +123,14 @@ impl PasswordThrottle {
     pub fn succeeded(&self, attempt: Attempt) {
         self.failures.invalidate(&attempt.key);
     }
+
+    /// The attempt could not be decided (the store was unavailable): it does not count.
+    pub fn undecided(&self, attempt: Attempt) {
+        let _ = attempt
+            .failures
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +156,16 @@ mod tests {
             throttle.attempt("john", a).is_err(),
             "a success elsewhere resets nothing here"
         );
+    }
+
+    #[test]
+    fn an_undecided_attempt_does_not_count() {
+        let throttle = PasswordThrottle::new(1, Duration::from_secs(60));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let attempt = throttle.attempt("john", a).unwrap();
+        throttle.undecided(attempt);
+        throttle.attempt("john", a).unwrap();
+        assert!(throttle.attempt("john", a).is_err());
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub enum Refusal {
     BadGateway(&'static str),
     /// 429: too many failed second-factor attempts.
     TooManyRequests(&'static str),
-    /// 429 with `Retry-After`: too many failed password logins from this address.
+    /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
+    /// TOTP codes for this user.
     RetryLater {
         reason: &'static str,
         retry_after_secs: u64,
@@ -219,8 +220,8 @@ impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::StoreUnavailable => Refusal::Unavailable(e.reason()),
-            AuthError::TotpRateLimited => Refusal::TooManyRequests(e.reason()),
-            AuthError::PasswordThrottled(retry_after_secs) => Refusal::RetryLater {
+            AuthError::TotpRateLimited(retry_after_secs)
+            | AuthError::PasswordThrottled(retry_after_secs) => Refusal::RetryLater {
                 reason: e.reason(),
                 retry_after_secs,
             },
