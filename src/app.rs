@@ -3,7 +3,7 @@
 use crate::admin::AdminApi;
 use crate::audit::AuditLog;
 use crate::auth::api_key::{ApiKeyAuthenticator, KeyHasher};
-use crate::auth::basic::BasicAuthenticator;
+use crate::auth::basic::{BasicAuthenticator, ThrottleSettings};
 use crate::auth::password::PasswordHasher;
 use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::token::TokenAuthenticator;
@@ -35,13 +35,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let pepper = db.block_on(|store| async move { store.api_key_pepper().await })?;
 
     let metrics = Arc::new(Metrics::new());
-    let hasher = PasswordHasher::new(config.server.threads);
+    let hasher = PasswordHasher::new(config.limits.password_hash_threads);
     let basic = Arc::new(BasicAuthenticator::new(
         db.clone(),
         hasher,
         metrics.clone(),
         config.cache.basic_ttl,
         config.cache.basic_capacity,
+        ThrottleSettings {
+            failures: config.limits.password_failures,
+            window: config.limits.password_failure_window,
+        },
     ));
     let key_cache = CacheSettings {
         ttl: config.cache.api_key_ttl,

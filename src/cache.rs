@@ -2,6 +2,11 @@
 //! credential's identifier, beside a negative cache of identifiers the store does not know so
 //! that a flood of random credentials costs the store at most one query per identifier.
 //! Concurrent misses for one identifier share a single load.
+//!
+//! Memory is bounded in bytes, not only in entries: keys are `Copy` (fixed-size values such as
+//! a parsed API key prefix or a 32-byte digest, never an attacker-chosen string), so a full
+//! negative cache holds `negative_capacity` entries of at most a few hundred bytes each
+//! however long the junk credentials were. Values come from the store only.
 
 use crate::auth::AuthError;
 use crate::metrics::Metrics;
@@ -40,7 +45,7 @@ pub struct CredentialCache<K, V> {
 
 impl<K, V> CredentialCache<K, V>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Copy + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
     pub fn new(
@@ -90,7 +95,7 @@ where
         self.misses.inc();
         let loaded = self
             .known
-            .try_get_with(key.clone(), async move {
+            .try_get_with(key, async move {
                 match load.await {
                     Ok(Some(value)) => Ok(Arc::new(value)),
                     Ok(None) => Err(LoadError::NotFound),

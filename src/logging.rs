@@ -1,22 +1,79 @@
 //! Log output: `tracing-subscriber` to stderr, text or JSON. `RUST_LOG` overrides the config.
+//!
+//! Third-party crates (pingora, h2, hyper, sqlx, rustls, …) log raw request headers, Basic
+//! credentials and API keys included, at debug and trace. Whatever `RUST_LOG` or
+//! `logging.level` say, their events are kept to `info` and above unless the environment
+//! variable [`THIRD_PARTY_ENV`] is `1`: secrets never reach a log at a level keyward enables
+//! on its own. keyward's own events (targets `keyward::…`) follow the filter as given.
 
 use crate::config::schema::LogFormat;
 use crate::config::Logging;
 use std::io::IsTerminal;
+use tracing::level_filters::LevelFilter;
+use tracing::Level;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+/// `KEYWARD_LOG_THIRD_PARTY=1`: let third-party debug and trace output through (it may contain
+/// credentials; for debugging only).
+pub const THIRD_PARTY_ENV: &str = "KEYWARD_LOG_THIRD_PARTY";
+
+/// Whether an event's target is keyward's own code.
+pub fn is_keyward(target: &str) -> bool {
+    target
+        .strip_prefix("keyward")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
+/// Whether an event passes the third-party cap (see the module docs).
+pub fn third_party_allows(target: &str, level: &Level, third_party: bool) -> bool {
+    third_party || is_keyward(target) || *level <= Level::INFO
+}
 
 pub fn init(logging: &Logging) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(logging.level.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let third_party = std::env::var(THIRD_PARTY_ENV).is_ok_and(|v| v == "1");
+    // The cap only removes events; combined with the env filter's own hint (the larger of the
+    // two is used), this bound is exact enough for `log` records to be skipped cheaply.
+    let hint = Layer::<tracing_subscriber::Registry>::max_level_hint(&filter)
+        .unwrap_or(LevelFilter::TRACE)
+        .max(LevelFilter::INFO);
+    let cap = tracing_subscriber::filter::filter_fn(move |meta| {
+        third_party_allows(meta.target(), meta.level(), third_party)
+    })
+    .with_max_level_hint(hint);
+    let registry = tracing_subscriber::registry().with(filter).with(cap);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = match logging.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn third_party_debug_is_capped_unless_asked_for() {
+        assert!(is_keyward("keyward"));
+        assert!(is_keyward("keyward::proxy"));
+        assert!(!is_keyward("keywardish"));
+        assert!(!third_party_allows(
+            "pingora_proxy::proxy_h1",
+            &Level::DEBUG,
+            false
+        ));
+        assert!(!third_party_allows("h2::codec", &Level::TRACE, false));
+        assert!(third_party_allows("sqlx::query", &Level::WARN, false));
+        assert!(third_party_allows("keyward::auth", &Level::TRACE, false));
+        assert!(third_party_allows("hyper::proto", &Level::TRACE, true));
+    }
 }

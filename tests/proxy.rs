@@ -86,9 +86,10 @@ fn basic_with_right_and_wrong_password() {
     assert_eq!(echoed_header(&echo, "x-keyward-credential"), Some("john"));
 
     let before = kw.upstream().requests();
+    // One reason for every failed password login (SPEC §6); the metrics keep the cause.
     for (user, password, reason) in [
-        ("john", "wrong-password", "bad_secret"),
-        ("nobody", "john-password", "unknown_key"),
+        ("john", "wrong-password", "bad_credentials"),
+        ("nobody", "john-password", "bad_credentials"),
     ] {
         let resp = client()
             .get(kw.url("/x"))

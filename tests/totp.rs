@@ -96,6 +96,19 @@ fn wrong_codes_are_refused_then_rate_limited() {
             .header("X-Totp-Code", code)
             .send()
             .unwrap();
+        // Only the TOTP throttle's 429 carries Retry-After here (the window is 5 minutes).
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            retry_after.is_some(),
+            resp.status() == 429,
+            "Retry-After on 429 only: {retry_after:?}"
+        );
+        if let Some(secs) = retry_after {
+            assert!((1..=300).contains(&secs.parse::<u64>().unwrap()), "{secs}");
+        }
         let status = resp.status().as_u16();
         let body: Value = resp.json().unwrap_or(Value::Null);
         (status, body["reason"].as_str().unwrap_or("").to_owned())

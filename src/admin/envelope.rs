@@ -87,6 +87,10 @@ pub enum AdminError {
     MethodNotAllowed,
     #[error("too many failed attempts; try again later")]
     TooManyRequests,
+    /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
+    /// TOTP codes for this user.
+    #[error("too many failed logins; try again in {0} s")]
+    RetryLater(u64),
     /// Validation failed on `field` (412, `FIELD_ERROR`).
     #[error("{field}: {message}")]
     Field {
@@ -118,7 +122,7 @@ impl AdminError {
             AdminError::Forbidden(_) => 403,
             AdminError::NotFound(_) => 404,
             AdminError::MethodNotAllowed => 405,
-            AdminError::TooManyRequests => 429,
+            AdminError::TooManyRequests | AdminError::RetryLater(_) => 429,
             AdminError::Field { .. } => 412,
             AdminError::Unavailable => 503,
         }
@@ -128,7 +132,9 @@ impl AdminError {
     pub fn outcome(&self) -> &'static str {
         match self {
             AdminError::BadRequest(_) | AdminError::MethodNotAllowed => "bad_request",
-            AdminError::Unauthenticated(_) | AdminError::TooManyRequests => "unauthenticated",
+            AdminError::Unauthenticated(_)
+            | AdminError::TooManyRequests
+            | AdminError::RetryLater(_) => "unauthenticated",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::Field { .. } => "invalid",
@@ -143,9 +149,17 @@ impl AdminError {
             AdminError::Forbidden(_) => "access.denied",
             AdminError::NotFound(_) => "object.not.found",
             AdminError::MethodNotAllowed => "request.method.not.allowed",
-            AdminError::TooManyRequests => "access.rate.limited",
+            AdminError::TooManyRequests | AdminError::RetryLater(_) => "access.rate.limited",
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",
+        }
+    }
+
+    /// The `Retry-After` seconds of a refusal that has them.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AdminError::RetryLater(secs) => Some(*secs),
+            _ => None,
         }
     }
 

@@ -215,6 +215,7 @@ impl AdminApi {
             source_ip: ctx.client_ip,
         });
         let challenge = matches!(result, Err(AdminError::Unauthenticated(_)));
+        let retry_after = result.as_ref().err().and_then(AdminError::retry_after_secs);
         let (content_type, body, extra) = match result {
             Ok(Reply { raw: Some(raw), .. }) => (raw.content_type, raw.body, raw.headers),
             Ok(reply) => (
@@ -235,6 +236,9 @@ impl AdminApi {
         };
         let mut header = respond::json_header(status, &request_id, body.len(), challenge);
         header.insert_header("content-type", content_type)?;
+        if let Some(secs) = retry_after {
+            header.insert_header("retry-after", secs.to_string())?;
+        }
         let mut clears_cookie = false;
         for (name, value) in extra {
             clears_cookie |= name == "set-cookie" && value == token::CLEAR_COOKIE;
@@ -408,7 +412,10 @@ impl AdminApi {
                 Err(AdminError::Unauthenticated("credentials_required"))
             }
             Err(crate::auth::AuthError::StoreUnavailable) => Err(AdminError::Unavailable),
-            Err(crate::auth::AuthError::TotpRateLimited) => Err(AdminError::TooManyRequests),
+            Err(
+                crate::auth::AuthError::TotpRateLimited(secs)
+                | crate::auth::AuthError::PasswordThrottled(secs),
+            ) => Err(AdminError::RetryLater(secs)),
             Err(e) => Err(AdminError::Unauthenticated(e.reason())),
         }
     }

@@ -3,15 +3,20 @@
 //! argon2 costs tens of milliseconds, so successful logins are cached for a short TTL, keyed by
 //! an HMAC of the credential under a per-process random key (the cache never holds a password
 //! or anything that could be brute-forced offline). Entries are dropped when the user changes.
+//!
+//! Guessing is throttled per (user name, client address) by [`PasswordThrottle`]; the client
+//! is told one reason for every failure (see [`AuthError::password_answer`]).
 
 use super::api_key::KeyHasher;
 use super::password::PasswordHasher;
+use super::throttle::PasswordThrottle;
 use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::metrics::Metrics;
 use crate::store::{Db, User};
 use base64::Engine as _;
 use rand::RngCore;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +77,14 @@ pub struct BasicAuthenticator {
     /// Bumped on every invalidation; a login that raced with one is not cached.
     generation: AtomicU64,
     totp: TotpVerifier,
+    throttle: PasswordThrottle,
+}
+
+/// How many failed logins a (user name, client address) pair may have, within what window.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleSettings {
+    pub failures: u32,
+    pub window: Duration,
 }
 
 impl BasicAuthenticator {
@@ -81,6 +94,7 @@ impl BasicAuthenticator {
         metrics: Arc<Metrics>,
         ttl: Duration,
         capacity: u64,
+        throttle: ThrottleSettings,
     ) -> BasicAuthenticator {
         let mut cache_key = vec![0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut cache_key);
@@ -99,6 +113,7 @@ impl BasicAuthenticator {
             cache_key: KeyHasher::new(cache_key),
             generation: AtomicU64::new(0),
             totp: TotpVerifier::new(),
+            throttle: PasswordThrottle::new(throttle.failures, throttle.window),
         }
     }
 
@@ -107,8 +122,9 @@ impl BasicAuthenticator {
         &self,
         header: &[u8],
         totp_code: Option<&[u8]>,
+        client_ip: IpAddr,
     ) -> Result<Arc<Principal>, AuthError> {
-        let principal = self.password(header).await?;
+        let principal = self.password(header, client_ip).await?;
         let Some(code) = totp_code else {
             return Ok(principal);
         };
@@ -135,31 +151,52 @@ impl BasicAuthenticator {
                 ..(*principal).clone()
             })),
             Err(TotpFailure::Invalid) => Err(AuthError::BadTotp),
-            Err(TotpFailure::RateLimited) => Err(AuthError::TotpRateLimited),
+            Err(TotpFailure::RateLimited { retry_after_secs }) => {
+                Err(AuthError::TotpRateLimited(retry_after_secs))
+            }
         }
     }
 
-    async fn password(&self, header: &[u8]) -> Result<Arc<Principal>, AuthError> {
-        // Only headers that parsed and verified are cached, so a hit needs no parsing.
+    async fn password(
+        &self,
+        header: &[u8],
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        // Only headers that parsed and verified are cached, so a hit needs no parsing; the
+        // name it carries is exactly the cached user's (names are matched byte for byte).
         let key = self.cache_key_for(header);
         if let Some(principal) = self.cache.get(&key).await {
             self.hits.inc();
+            // A throttled pair is refused even with the right password.
+            self.throttle
+                .check(&principal.user_name, client_ip)
+                .map_err(|t| AuthError::PasswordThrottled(t.retry_after_secs))?;
             return Ok(principal);
         }
         self.misses.inc();
         let (name, password) = parse(header)?;
+        // Counted before the store or argon2 is asked, unknown names alike (the throttle must
+        // not tell them apart either); a success takes the attempt back.
+        let attempt = self
+            .throttle
+            .attempt(&name, client_ip)
+            .map_err(|t| AuthError::PasswordThrottled(t.retry_after_secs))?;
 
         let generation = self.generation.load(Ordering::Acquire);
         let lookup = name.clone();
-        let user = self
+        let user = match self
             .db
             .call(move |store| async move { store.user_by_name(&lookup).await })
             .await
-            .map_err(|e| {
+        {
+            Ok(user) => user,
+            Err(e) => {
                 tracing::warn!(error = %e, "store lookup failed during Basic authentication");
                 self.metrics.store_error();
-                AuthError::StoreUnavailable
-            })?;
+                self.throttle.undecided(attempt);
+                return Err(AuthError::StoreUnavailable);
+            }
+        };
         let Some(user) = user else {
             self.hasher.verify(password, None).await;
             return Err(AuthError::UnknownKey);
@@ -174,6 +211,7 @@ impl BasicAuthenticator {
         if user.locked {
             return Err(AuthError::Locked);
         }
+        self.throttle.succeeded(attempt);
         let principal = Arc::new(principal_for(&user));
         if self.generation.load(Ordering::Acquire) == generation {
             self.cache.insert(key, principal.clone()).await;

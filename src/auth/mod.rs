@@ -9,6 +9,7 @@ pub mod basic;
 pub mod client_ip;
 pub mod password;
 pub mod signature;
+pub mod throttle;
 pub mod token;
 pub mod totp;
 pub mod usage;
@@ -225,8 +226,16 @@ pub enum AuthError {
     Signature(signature::SignatureError),
     #[error("wrong or reused TOTP code")]
     BadTotp,
-    #[error("too many failed TOTP codes; try again later")]
-    TotpRateLimited,
+    /// Too many wrong TOTP codes for this user (429; try again in this many seconds).
+    #[error("too many failed TOTP codes; try again in {0} s")]
+    TotpRateLimited(u64),
+    /// What a client is told of any failed password login (unknown user, wrong password,
+    /// locked account), so that the answer reveals none of them.
+    #[error("wrong user name or password")]
+    BadCredentials,
+    /// Too many failed password logins for this user name from this address (429).
+    #[error("too many failed password logins; try again in {0} s")]
+    PasswordThrottled(u64),
     /// The store could not be asked; the credential may well be valid (answered 503).
     #[error("the credential store is unavailable")]
     StoreUnavailable,
@@ -245,8 +254,31 @@ impl AuthError {
             AuthError::Ambiguous => "ambiguous_credentials",
             AuthError::Signature(e) => e.reason(),
             AuthError::BadTotp => "bad_totp",
-            AuthError::TotpRateLimited => "totp_rate_limited",
+            AuthError::TotpRateLimited(_) => "totp_rate_limited",
+            AuthError::BadCredentials => "bad_credentials",
+            AuthError::PasswordThrottled(_) => "too_many_failures",
             AuthError::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// The seconds a client should wait before trying again, for refusals that have one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AuthError::PasswordThrottled(secs) | AuthError::TotpRateLimited(secs) => Some(*secs),
+            _ => None,
+        }
+    }
+
+    /// What the client is told of a failed password login: one reason whatever failed. The
+    /// metrics count the real cause before this is applied. A wrong TOTP code keeps its own
+    /// reason: the password alone is a complete login, so it reveals nothing a guesser could
+    /// not learn without the code.
+    pub fn password_answer(self) -> AuthError {
+        match self {
+            AuthError::UnknownKey | AuthError::BadSecret | AuthError::Locked => {
+                AuthError::BadCredentials
+            }
+            other => other,
         }
     }
 }
@@ -435,7 +467,7 @@ impl Authenticator {
                     .headers
                     .get(&totp::HEADER_NAME)
                     .map(|v| v.as_bytes());
-                self.basic.authenticate(value, code).await
+                self.basic.authenticate(value, code, client_ip).await
             }
             Credential::ApiKey(value) => self.api_keys.authenticate(value, client_ip).await,
             Credential::Signature => self.signatures.authenticate(request, client_ip).await,
@@ -445,7 +477,17 @@ impl Authenticator {
             .auth_duration(kind.label(), started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.metrics.auth_failure(kind.label(), e.reason());
+            tracing::debug!(
+                method = kind.label(),
+                reason = e.reason(),
+                "credential refused"
+            );
         }
+        // The metrics keep the real cause; a password login's answer does not (SPEC §6).
+        let result = match kind {
+            CredentialKind::Basic => result.map_err(AuthError::password_answer),
+            _ => result,
+        };
         result.map(Some)
     }
 

@@ -30,6 +30,8 @@ pub const SESSION_CACHE_NAME: &str = "signature_session";
 const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
 /// Longest accepted `Signature-Input` / `Signature` value.
 const MAX_HEADER_LEN: usize = 4096;
+/// Longest accepted `keyid` (`<user name or id>/<keyID>`); longer ones are malformed.
+pub const MAX_KEYID_LEN: usize = 256;
 /// Memory of one replay-window entry: 32-byte key plus moka's per-entry bookkeeping
 /// (node, access-order deque and timer-wheel links, hash-table slot). Measured: see
 /// docs/performance.md.
@@ -146,6 +148,9 @@ pub fn parse_headers(header: &RequestHeader) -> Result<SignedRequest, SignatureE
     let expires = int_param("expires")?;
     let nonce = str_param("nonce")?;
     let keyid = str_param("keyid")?.ok_or(SignatureError::Malformed)?;
+    if keyid.len() > MAX_KEYID_LEN {
+        return Err(SignatureError::Malformed);
+    }
     if let Some(alg) = str_param("alg")? {
         if alg != "ed25519" {
             return Err(SignatureError::Malformed);
@@ -315,6 +320,15 @@ pub fn parse_keyid(keyid: &str) -> Option<(String, i64)> {
     Some((user.to_owned(), key_id.parse().ok()?))
 }
 
+/// The cache key of a parsed keyid: a fixed-size digest of its user part and key id.
+fn key_ref_hash(user_ref: &str, key_id: i64) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update(user_ref.as_bytes());
+    digest.update([0]);
+    digest.update(key_id.to_le_bytes());
+    digest.finalize().into()
+}
+
 /// An enrolled key as the request path needs it.
 pub struct CachedSigKey {
     user_id: i64,
@@ -367,7 +381,9 @@ pub struct SignatureAuthenticator {
     db: Db,
     metrics: Arc<Metrics>,
     settings: SignatureSettings,
-    keys: CredentialCache<(String, i64), CachedSigKey>,
+    /// Keyed by [`key_ref_hash`] of what the client named, so an unknown keyid costs the
+    /// negative cache 32 bytes however long it was.
+    keys: CredentialCache<[u8; 32], CachedSigKey>,
     replay: moka::sync::Cache<[u8; 32], ()>,
     sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
     usage: UsageRecorder,
@@ -502,9 +518,10 @@ impl SignatureAuthenticator {
 
     async fn lookup(&self, user_ref: String, key_id: i64) -> Result<Arc<CachedSigKey>, AuthError> {
         let db = self.db.clone();
-        let lookup = user_ref.clone();
+        let cache_key = key_ref_hash(&user_ref, key_id);
+        let lookup = user_ref;
         self.keys
-            .get_or_load((user_ref, key_id), async move {
+            .get_or_load(cache_key, async move {
                 let found = db
                     .call(move |store| async move {
                         let user = match lookup.parse::<i64>() {
@@ -774,6 +791,17 @@ mod tests {
             SignatureError::Malformed,
             "two labels"
         );
+        for (len, ok) in [(MAX_KEYID_LEN, true), (MAX_KEYID_LEN + 1, false)] {
+            let keyid = format!("{}/1", "u".repeat(len - 2));
+            let mut header = b26_request();
+            header
+                .insert_header(
+                    "signature-input",
+                    format!("sig-b26=(\"@method\");created=1;keyid=\"{keyid}\""),
+                )
+                .unwrap();
+            assert_eq!(parse_headers(&header).is_ok(), ok, "keyid of {len} bytes");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use rand::RngCore;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use totp_rs::{Algorithm, Secret, TOTP};
 
 pub const HEADER: &str = "x-totp-code";
@@ -56,13 +56,19 @@ pub fn provisioning_uri(secret: &str, account: &str) -> Result<String, String> {
 pub enum TotpFailure {
     /// Wrong, malformed, reused, or the user has no TOTP secret.
     Invalid,
-    /// Too many failures for this user recently.
-    RateLimited,
+    /// Too many failures for this user recently; the window ends in this many seconds.
+    RateLimited { retry_after_secs: u64 },
 }
 
 pub struct TotpVerifier {
     used: moka::sync::Cache<(i64, String), ()>,
-    failures: moka::sync::Cache<i64, Arc<AtomicU32>>,
+    failures: moka::sync::Cache<i64, Arc<Failures>>,
+}
+
+/// A user's failed codes in the window that began at `since`.
+struct Failures {
+    count: AtomicU32,
+    since: Instant,
 }
 
 impl Default for TotpVerifier {
@@ -93,11 +99,17 @@ impl TotpVerifier {
         secret: Option<&str>,
         code: &[u8],
     ) -> Result<(), TotpFailure> {
-        let failures = self
-            .failures
-            .get_with(user_id, || Arc::new(AtomicU32::new(0)));
-        if failures.load(Ordering::Acquire) >= MAX_FAILURES {
-            return Err(TotpFailure::RateLimited);
+        let failures = self.failures.get_with(user_id, || {
+            Arc::new(Failures {
+                count: AtomicU32::new(0),
+                since: Instant::now(),
+            })
+        });
+        if failures.count.load(Ordering::Acquire) >= MAX_FAILURES {
+            let left = FAILURE_WINDOW.saturating_sub(failures.since.elapsed());
+            return Err(TotpFailure::RateLimited {
+                retry_after_secs: left.as_secs_f64().ceil().max(1.0) as u64,
+            });
         }
         let ok = (|| {
             let code = std::str::from_utf8(code).ok()?.trim();
@@ -116,7 +128,7 @@ impl TotpVerifier {
         match ok {
             Some(()) => Ok(()),
             None => {
-                failures.fetch_add(1, Ordering::AcqRel);
+                failures.count.fetch_add(1, Ordering::AcqRel);
                 Err(TotpFailure::Invalid)
             }
         }
@@ -161,10 +173,10 @@ mod tests {
             );
         }
         let code = current_code(&secret);
-        assert_eq!(
+        assert!(matches!(
             verifier.verify(2, "mary", Some(&secret), code.as_bytes()),
-            Err(TotpFailure::RateLimited)
-        );
+            Err(TotpFailure::RateLimited { retry_after_secs }) if (299..=300).contains(&retry_after_secs)
+        ));
         assert_eq!(
             verifier.verify(3, "x", Some(&secret), code.as_bytes()),
             Ok(()),

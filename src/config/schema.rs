@@ -249,7 +249,8 @@ pub struct LimitsFile {
     pub password_failures: u32,
     #[serde(default = "defaults::password_failure_window")]
     pub password_failure_window: Seconds,
-    /// Concurrent argon2 verifications (each holds ~19 MiB while it runs).
+    /// Dedicated argon2 verification threads (each keeps one ~19 MiB working set); logins
+    /// beyond them wait in a bounded queue.
     #[serde(default = "defaults::password_hash_threads")]
     pub password_hash_threads: usize,
     /// Longest stored `X-Custom-Meta-Source` of a token, in bytes.

@@ -30,6 +30,12 @@ pub enum Refusal {
     BadGateway(&'static str),
     /// 429: too many failed second-factor attempts.
     TooManyRequests(&'static str),
+    /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
+    /// TOTP codes for this user.
+    RetryLater {
+        reason: &'static str,
+        retry_after_secs: u64,
+    },
     /// 503: keyward cannot decide right now (the store is down and nothing is cached).
     Unavailable(&'static str),
     /// 504: the upstream did not answer in time.
@@ -43,7 +49,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
-            Refusal::TooManyRequests(_) => 429,
+            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } => 429,
             Refusal::PayloadTooLarge => 413,
             Refusal::HeaderTooLarge => 431,
             Refusal::BadGateway(_) => 502,
@@ -59,7 +65,8 @@ impl Refusal {
             | Refusal::Forbidden(r)
             | Refusal::BadGateway(r)
             | Refusal::TooManyRequests(r)
-            | Refusal::Unavailable(r) => r,
+            | Refusal::Unavailable(r)
+            | Refusal::RetryLater { reason: r, .. } => r,
             Refusal::NotFound => "not_found",
             Refusal::PayloadTooLarge => "signed_body_too_large",
             Refusal::HeaderTooLarge => "request_header_too_large",
@@ -75,7 +82,7 @@ impl Refusal {
             Refusal::NotFound => "not_found",
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
-            Refusal::TooManyRequests(_) => "too_many_requests",
+            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } => "too_many_requests",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -84,7 +91,9 @@ impl Refusal {
 
     pub fn outcome(self) -> Outcome {
         match self {
-            Refusal::Unauthenticated(_) | Refusal::TooManyRequests(_) => Outcome::Unauthenticated,
+            Refusal::Unauthenticated(_)
+            | Refusal::TooManyRequests(_)
+            | Refusal::RetryLater { .. } => Outcome::Unauthenticated,
             Refusal::BadRequest(_)
             | Refusal::Forbidden(_)
             | Refusal::NotFound
@@ -126,6 +135,12 @@ impl Refusal {
         );
         if let Some(cookie) = set_cookie {
             header.append_header("set-cookie", cookie)?;
+        }
+        if let Refusal::RetryLater {
+            retry_after_secs, ..
+        } = self
+        {
+            header.insert_header("retry-after", retry_after_secs.to_string())?;
         }
         send(session, header, body).await
     }
@@ -193,6 +208,8 @@ fn explain(reason: &str) -> Option<&'static str> {
         "stale" => "the signature's created time is outside the accepted window",
         "digest_mismatch" => "the body does not match Content-Digest",
         "locked" => "the account is locked",
+        "bad_credentials" => "wrong user name or password",
+        "too_many_failures" => "too many failed logins from this address; see Retry-After",
         "expired" => "the credential has expired",
         "source_not_allowed" => "the credential may not be used from this address",
         _ => return None,
@@ -203,7 +220,11 @@ impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::StoreUnavailable => Refusal::Unavailable(e.reason()),
-            AuthError::TotpRateLimited => Refusal::TooManyRequests(e.reason()),
+            AuthError::TotpRateLimited(retry_after_secs)
+            | AuthError::PasswordThrottled(retry_after_secs) => Refusal::RetryLater {
+                reason: e.reason(),
+                retry_after_secs,
+            },
             _ => Refusal::Unauthenticated(e.reason()),
         }
     }

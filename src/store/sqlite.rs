@@ -25,12 +25,67 @@ const API_KEY_COLUMNS: &str = "user_id, key_id, secret_hash, description, create
 const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, password_hash, \
                             totp_secret, locked, created_at_ms";
 
-impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+/// The database holds the API key pepper, TOTP secrets and password hashes: its directory is
+/// created 0700 and the file 0600 before SQLite opens it (SQLite gives `-wal` and `-shm` the
+/// database file's mode). An existing directory or file readable by others is left as it is,
+/// with a warning naming it.
+fn prepare_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let wide = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+            .filter(|mode| mode & 0o077 != 0)
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if dir.exists() {
+            if let Some(mode) = wide(dir) {
+                tracing::warn!(
+                    directory = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the store's directory is accessible to other users; it should be 0700"
+                );
+            }
+        } else {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| StoreError::Task(format!("cannot create {}: {e}", dir.display())))?;
         }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                let file = Path::new(&name);
+                if let Some(mode) = wide(file) {
+                    tracing::warn!(
+                        file = %file.display(),
+                        mode = format!("{mode:o}"),
+                        "the store file is readable by other users; it should be 0600"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Task(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        prepare_files(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -1,0 +1,298 @@
+//! Files and logs: the store's files are private to keyward's user, and no credential reaches
+//! stderr, even with `RUST_LOG=debug` or `logging.level: debug`.
+
+mod common;
+
+use base64::Engine as _;
+use common::{client, free_port, Keyward, Upstream, ADMIN_PASSWORD, BIN};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A keyward whose store is at `db` (relative to its temporary directory), with `env` set and
+/// `extra` appended to the config.
+fn start(db: &str, env: &[(&str, &str)], extra: &str, prepare: impl FnOnce(&Path)) -> Keyward {
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path());
+    let upstream = Upstream::start();
+    let proxy = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ops = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        r#"
+listen:
+  proxy: {proxy}
+  ops: {ops}
+upstream:
+  address: {upstream}
+store:
+  url: sqlite://{db}
+bootstrap:
+  admin:
+    name: admin
+    password_env: KEYWARD_TEST_ADMIN_PASSWORD
+    functions: [POWER-USER]
+tokens:
+  administrator: admin
+server:
+  threads: 2
+  grace_period: 1s
+  shutdown_timeout: 1s
+routes:
+  - path: /public
+    public: true
+  - path: /
+    require: {{ min_security_level: EXTERNAL }}
+{extra}
+"#,
+        upstream = upstream.addr,
+        db = dir.path().join(db).display(),
+    );
+    let config_path = dir.path().join("keyward.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("KEYWARD_LOG_THIRD_PARTY")
+        .env("KEYWARD_TEST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut kw = Keyward {
+        child: command.spawn().unwrap(),
+        proxy,
+        ops,
+        upstream: Some(upstream),
+        dir,
+        config_path,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = kw.child.try_wait() {
+            panic!("keyward exited early ({status}):\n{}", kw.stderr());
+        }
+        if client()
+            .get(kw.ops_url("/readyz"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return kw;
+        }
+        assert!(Instant::now() < deadline, "not ready:\n{}", kw.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn create_key(kw: &Keyward, user: &str) -> String {
+    let resp = client()
+        .post(kw.url(&format!("/authentication/v1/user/{user}/apikey")))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .body(r#"{"description": "k"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: serde_json::Value = resp.json().unwrap();
+    body["data"]["apiKeyString"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_store_directory_and_files_are_private() {
+    let kw = start("data/nested/keyward.db", &[], "", |_| {});
+    // A write, so that the WAL has content while keyward runs.
+    create_key(&kw, "admin");
+    let data = kw.dir.path().join("data");
+    let db: PathBuf = data.join("nested/keyward.db");
+    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(mode(&data.join("nested")), 0o700);
+    for file in ["keyward.db", "keyward.db-wal", "keyward.db-shm"] {
+        assert_eq!(mode(&data.join("nested").join(file)), 0o600, "{file}");
+    }
+    assert!(!kw.stderr().contains("should be 0"), "{}", kw.stderr());
+    // The CLI (another process) writes the same files; they stay private.
+    kw.add_user("john", "john-password", &[]);
+    assert_eq!(mode(&db), 0o600);
+}
+
+#[test]
+fn an_existing_directory_open_to_others_is_warned_about() {
+    let kw = start("shared/keyward.db", &[], "", |dir| {
+        let shared = dir.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    let shared = kw.dir.path().join("shared");
+    assert_eq!(
+        mode(&shared),
+        0o755,
+        "an existing directory is left as it is"
+    );
+    assert_eq!(mode(&shared.join("keyward.db")), 0o600);
+    let stderr = kw.stderr();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("should be 0700"))
+        .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    assert!(warning.contains(&*shared.to_string_lossy()), "{warning}");
+}
+
+/// Sends every kind of credential with recognisable secrets; returns the secrets.
+fn send_secrets(kw: &Keyward) -> Vec<String> {
+    kw.add_user("john", "Sup3r-Secret-Passw0rd", &[]);
+    let mut secrets = vec![
+        "Sup3r-Secret-Passw0rd".to_owned(),
+        "Wr0ng-Secret-Guess".to_owned(),
+    ];
+    for (user, password) in [
+        ("john", "Sup3r-Secret-Passw0rd"),
+        ("john", "Wr0ng-Secret-Guess"),
+        ("nobody", "Wr0ng-Secret-Guess"),
+    ] {
+        let resp = client()
+            .get(kw.url("/x"))
+            .basic_auth(user, Some(password))
+            .send()
+            .unwrap();
+        assert!(matches!(resp.status().as_u16(), 200 | 401));
+        secrets
+            .push(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    }
+    // A real API key, and a well-formed unknown one.
+    let key = create_key(kw, "john");
+    let unknown = format!("15a6/7/{}", "S3cretApiKeyS3cretApiKeyS3cretApiKeyS3cret");
+    for value in [&key, &unknown] {
+        client()
+            .get(kw.url("/x"))
+            .header("Argus-API-Key", value)
+            .send()
+            .unwrap();
+        secrets.push(value.rsplit_once('/').unwrap().1.to_owned());
+    }
+    // A real token (minted, so also in a Set-Cookie answer) and an unknown one.
+    let minted = client()
+        .post(kw.url("/.TOKEN/"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .unwrap();
+    assert_eq!(minted.status(), 201);
+    let cookie = minted.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let token = cookie
+        .strip_prefix("token=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    for value in [token, "5ec7e75ec7e75ec7e75ec7e75ec7e75e"] {
+        client()
+            .get(kw.url("/x"))
+            .header("Cookie", format!("token={value}"))
+            .send()
+            .unwrap();
+        secrets.push(value.to_owned());
+    }
+    secrets.push(base64::engine::general_purpose::STANDARD.encode(ADMIN_PASSWORD));
+    secrets.push(ADMIN_PASSWORD.to_owned());
+    // A signed request (unknown key): the signature value is a credential too.
+    let signature = base64::engine::general_purpose::STANDARD.encode([0x5a; 64]);
+    client()
+        .get(kw.url("/x"))
+        .header(
+            "Signature-Input",
+            format!(
+                "sig=(\"@method\" \"@authority\" \"@path\" \"@query\");created={};nonce=\"n0nce\";keyid=\"john/1\"",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+            ),
+        )
+        .header("Signature", format!("sig=:{signature}:"))
+        .send()
+        .unwrap();
+    secrets.push(signature);
+    // Let buffered output reach the file.
+    std::thread::sleep(Duration::from_millis(300));
+    secrets
+}
+
+/// Credentials forwarded upstream: pingora's debug output prints the upstream request header,
+/// so without the cap they would be in it.
+const FORWARD_CREDENTIALS: &str = "forward_credentials: true\n";
+
+fn leaked<'a>(stderr: &str, secrets: &'a [String]) -> Vec<&'a str> {
+    secrets
+        .iter()
+        .filter(|s| stderr.contains(s.as_str()))
+        .map(String::as_str)
+        .collect()
+}
+
+#[test]
+fn no_secret_reaches_stderr_with_rust_log_debug() {
+    let kw = start(
+        "keyward.db",
+        &[("RUST_LOG", "debug")],
+        FORWARD_CREDENTIALS,
+        |_| {},
+    );
+    let secrets = send_secrets(&kw);
+    let stderr = kw.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("DEBUG") && l.contains("credential refused")),
+        "keyward's debug output is on:\n{stderr}"
+    );
+    assert_eq!(leaked(&stderr, &secrets), Vec::<&str>::new(), "{stderr}");
+}
+
+#[test]
+fn no_secret_reaches_stderr_with_logging_level_debug() {
+    let kw = start(
+        "keyward.db",
+        &[],
+        &format!("{FORWARD_CREDENTIALS}logging:\n  level: debug\n  format: json\n"),
+        |_| {},
+    );
+    let secrets = send_secrets(&kw);
+    let stderr = kw.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("DEBUG") && l.contains("credential refused")),
+        "keyward's debug output is on:\n{stderr}"
+    );
+    assert_eq!(leaked(&stderr, &secrets), Vec::<&str>::new(), "{stderr}");
+}
+
+/// The switch exists and is what keeps the secrets out: with it, pingora's debug output
+/// (which prints request headers) comes through, credentials included.
+#[test]
+fn the_third_party_switch_lets_pingora_debug_through() {
+    let kw = start(
+        "keyward.db",
+        &[("RUST_LOG", "debug"), ("KEYWARD_LOG_THIRD_PARTY", "1")],
+        FORWARD_CREDENTIALS,
+        |_| {},
+    );
+    let secrets = send_secrets(&kw);
+    let stderr = kw.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("pingora")),
+        "third-party output comes through:\n{stderr}"
+    );
+    assert!(!leaked(&stderr, &secrets).is_empty(), "{stderr}");
+}
