@@ -450,6 +450,90 @@ mod tests {
         assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), None);
     }
 
+    const TIMEOUT: Duration = Duration::from_millis(200);
+
+    fn wrapped() -> (
+        HeaderDeadline,
+        tokio::io::DuplexStream,
+        prometheus::IntCounter,
+    ) {
+        let (ours, client) = tokio::io::duplex(4096);
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        (
+            HeaderDeadline::new(Box::new(ours), TIMEOUT, counter.clone()),
+            client,
+            counter,
+        )
+    }
+
+    async fn read_some(stream: &mut HeaderDeadline) -> io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1024];
+        let n = stream.read(&mut buf).await?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[tokio::test]
+    async fn a_header_late_by_pieces_fails_and_gets_408() {
+        use tokio::io::AsyncReadExt;
+        let (mut stream, mut client, counter) = wrapped();
+        let started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                match read_some(&mut stream).await {
+                    Ok(bytes) => got.extend(bytes),
+                    Err(e) => return (got, e.kind(), started.elapsed()),
+                }
+            }
+        });
+        // A byte every 50 ms: each read is quick, the header as a whole is late.
+        for byte in b"GET / HTTP/1.1\r\nHost: x" {
+            if client.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (got, kind, elapsed) = reader.await.unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(elapsed >= TIMEOUT && elapsed < TIMEOUT * 2, "{elapsed:?}");
+        assert!(got.len() < 8, "only what arrived in time was read");
+        let mut answer = vec![0u8; 15];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 408 Re");
+        assert_eq!(counter.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn body_and_idle_time_between_requests_are_not_limited() {
+        let (mut stream, mut client, counter) = wrapped();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+            .await
+            .unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 40);
+        // The header is complete: a body slower than the timeout passes.
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"cd").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"cd");
+        // Re-armed for the next request: the idle time before its first byte does not count.
+        stream.rearm();
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 16);
+        tokio::time::sleep(TIMEOUT / 2).await;
+        client.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 11);
+        // But its header is held to the deadline from that first byte.
+        stream.rearm();
+        client.write_all(b"GET /").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"GET /");
+        let kind = read_some(&mut stream).await.unwrap_err().kind();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(counter.get(), 1);
+    }
+
     #[test]
     fn empty_lines_before_the_request_do_not_end_it() {
         assert_eq!(ends(&[b"\r\n\r\n\n", b"GET / HTTP/1.1\r\n"]), None);
