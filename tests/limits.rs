@@ -146,7 +146,7 @@ fn slow_partial_headers_are_closed_within_the_timeout() {
         .max()
         .unwrap();
     assert!(
-        latest < Duration::from_millis(2500),
+        latest < Duration::from_secs(3),
         "the last slow connection was closed after {latest:?}"
     );
     assert!(slow.iter().all(|s| s.sent >= 8), "the clients did drip");
