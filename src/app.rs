@@ -10,6 +10,7 @@ use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
 use crate::cache::CacheSettings;
 use crate::config::{BootstrapAdmin, Config};
+use crate::connection::ConnectionLimits;
 use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -123,7 +124,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         admin,
         upstreams,
     );
-    let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    // Connection limits wrap pingora's HTTP proxy app (see `connection`).
+    let mut proxy_service = Service::new(
+        "keyward proxy".to_owned(),
+        ConnectionLimits::new(
+            pingora::proxy::http_proxy(&server.configuration, proxy),
+            config.limits.max_connections,
+            config.limits.header_read_timeout,
+            &metrics,
+        ),
+    );
     proxy_service.add_tcp(&config.listen_proxy);
 
     let mut ops = Service::new(

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod invalidation;
 pub mod logging;
 pub mod metrics;

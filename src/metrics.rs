@@ -1,8 +1,8 @@
 //! Prometheus metrics (SPEC §9): one handle with domain methods, its own registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// `keyward_requests_total{outcome}`.
@@ -68,6 +68,52 @@ pub struct Metrics {
     admin_operations: IntCounterVec,
     upstream_responses: IntCounterVec,
     store_errors: IntCounter,
+    connections: ConnectionMetrics,
+}
+
+/// The proxy listener's connection limits (`crate::connection`).
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// `keyward_connections_open`: client connections on the proxy listener now.
+    pub open: IntGauge,
+    /// `keyward_connections_refused_total`: connections closed at once, over `max_connections`.
+    pub refused: IntCounter,
+    /// `keyward_header_timeouts_total`: connections closed because a request header did not
+    /// arrive within `header_read_timeout`.
+    pub header_timeouts: IntCounter,
+}
+
+impl ConnectionMetrics {
+    fn new(registry: &Registry) -> ConnectionMetrics {
+        let open = IntGauge::new(
+            "keyward_connections_open",
+            "Client connections open on the proxy listener.",
+        )
+        .expect("valid metric");
+        let refused = IntCounter::new(
+            "keyward_connections_refused_total",
+            "Client connections closed at once because max_connections were open.",
+        )
+        .expect("valid metric");
+        let header_timeouts = IntCounter::new(
+            "keyward_header_timeouts_total",
+            "Client connections closed because a request header did not arrive within \
+             header_read_timeout.",
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(refused.clone()),
+            Box::new(header_timeouts.clone()),
+        ] {
+            registry.register(metric).expect("metric registered once");
+        }
+        ConnectionMetrics {
+            open,
+            refused,
+            header_timeouts,
+        }
+    }
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -155,6 +201,7 @@ impl Metrics {
             auth_duration,
             cache_entries,
             store_errors,
+            connections: ConnectionMetrics::new(&registry),
             registry,
         };
         metrics.touch_known_series();
@@ -290,6 +337,10 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// The Prometheus text exposition of every metric.

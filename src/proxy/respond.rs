@@ -22,6 +22,8 @@ pub enum Refusal {
     Forbidden(&'static str),
     /// 404: a path keyward reserves for itself that has no endpoint.
     NotFound,
+    /// 408: the request header did not arrive within `limits.header_read_timeout`.
+    RequestTimeout,
     /// 413: a signed body too large to check before forwarding.
     PayloadTooLarge,
     /// 431: the request line and headers exceed `limits.max_request_header_bytes`.
@@ -49,6 +51,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
+            Refusal::RequestTimeout => 408,
             Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } => 429,
             Refusal::PayloadTooLarge => 413,
             Refusal::HeaderTooLarge => 431,
@@ -68,6 +71,7 @@ impl Refusal {
             | Refusal::Unavailable(r)
             | Refusal::RetryLater { reason: r, .. } => r,
             Refusal::NotFound => "not_found",
+            Refusal::RequestTimeout => "header_timeout",
             Refusal::PayloadTooLarge => "signed_body_too_large",
             Refusal::HeaderTooLarge => "request_header_too_large",
             Refusal::GatewayTimeout => "upstream_timeout",
@@ -80,6 +84,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
+            Refusal::RequestTimeout => "request_timeout",
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
             Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } => "too_many_requests",
@@ -97,6 +102,7 @@ impl Refusal {
             Refusal::BadRequest(_)
             | Refusal::Forbidden(_)
             | Refusal::NotFound
+            | Refusal::RequestTimeout
             | Refusal::PayloadTooLarge
             | Refusal::HeaderTooLarge => Outcome::Denied,
             Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => {
@@ -143,6 +149,29 @@ impl Refusal {
             header.insert_header("retry-after", retry_after_secs.to_string())?;
         }
         send(session, header, body).await
+    }
+}
+
+impl Refusal {
+    /// The whole HTTP/1.1 response, ending with `Connection: close`, for the connection-level
+    /// refusals written straight to a socket before any request was parsed (see
+    /// `crate::connection`): no pingora session exists there to write it through.
+    pub fn raw_http1(self, request_id: &str) -> Vec<u8> {
+        let body = self.body(request_id);
+        let status = self.status();
+        let phrase = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut out = format!(
+            "HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\ncache-control: no-store\r\n{REQUEST_ID_HEADER}: \
+             {request_id}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
     }
 }
 
@@ -260,6 +289,22 @@ mod tests {
             serde_json::from_slice(&refusal.body("0123456789ABCDEF")).unwrap();
         assert_eq!(body["reason"], "bad_secret");
         assert_eq!(body["request_id"], "0123456789ABCDEF");
+    }
+
+    #[test]
+    fn raw_refusal_is_a_whole_closing_response() {
+        let raw = Refusal::RequestTimeout.raw_http1("0123456789ABCDEF");
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["reason"], "header_timeout");
+        assert_eq!(body["status"], 408);
     }
 
     #[test]

@@ -1,0 +1,542 @@
+//! Connection limits on the proxy listener (`limits.max_connections`,
+//! `limits.header_read_timeout`).
+//!
+//! pingora bounds each read of a request header separately (60 s), so a client dripping a byte
+//! every 50 s holds its connection forever, and it accepts any number of connections.
+//! [`ConnectionLimits`] wraps pingora's HTTP proxy app: it holds a permit of a semaphore for
+//! each connection's whole life (refusing connections over the cap at once), and drives the
+//! connection's keep-alive loop itself so that it can re-arm a [`HeaderDeadline`] for every
+//! request: an IO adapter that fails reads once a request header has taken too long.
+
+use crate::metrics::{ConnectionMetrics, Metrics};
+use crate::proxy::ctx::RequestId;
+use crate::proxy::respond::Refusal;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// pingora's keep-alive timeout between requests on a connection (what its own HTTP app sets).
+const KEEPALIVE_SECONDS: u64 = 60;
+/// How long writing the 503 to a refused connection may take before it is just closed.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A `ServerApp` around an HTTP app (pingora's `HttpProxy`) that enforces the connection limits.
+pub struct ConnectionLimits<A> {
+    inner: Arc<A>,
+    permits: Arc<Semaphore>,
+    header_timeout: Duration,
+    metrics: ConnectionMetrics,
+}
+
+impl<A> ConnectionLimits<A> {
+    pub fn new(
+        inner: A,
+        max_connections: usize,
+        header_timeout: Duration,
+        metrics: &Metrics,
+    ) -> ConnectionLimits<A> {
+        ConnectionLimits {
+            inner: Arc::new(inner),
+            permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            header_timeout,
+            metrics: metrics.connections().clone(),
+        }
+    }
+}
+
+/// One open connection: its permit, and its place in `keyward_connections_open`.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl<A> ConnectionLimits<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Whether pingora's HTTP app would serve this stream as HTTP/1 (what the header deadline
+    /// understands); h2c, HTTP/2 over TLS and custom protocols are left to it whole.
+    fn is_http1(&self, stream: &Stream) -> bool {
+        let options = self.inner.server_options();
+        let h2c = options.is_some_and(|o| o.h2c) && stream.get_ssl_digest().is_none();
+        let custom = options.is_some_and(|o| o.force_custom);
+        !h2c && !custom && matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1))
+    }
+
+    /// The HTTP/1 keep-alive loop of pingora's `ServerApp for HttpServerApp`, with the header
+    /// deadline re-armed before each request.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let stream: Stream = Box::new(HeaderDeadline::new(
+            stream,
+            self.header_timeout,
+            self.metrics.header_timeouts.clone(),
+        ));
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(match *shutdown.borrow() {
+            true => None,
+            false => Some(KEEPALIVE_SECONDS),
+        });
+        session.set_keepalive_reuses_remaining(
+            self.inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        let mut result = self.inner.process_new_http(session, shutdown).await;
+        while let Some(reused) = result {
+            let (stream, settings) = reused.consume();
+            // The stream handed back is the one wrapped above; anything else would be a
+            // pingora change this loop does not understand, so the connection is closed.
+            let Ok(mut deadline) = stream.into_any().downcast::<HeaderDeadline>() else {
+                tracing::warn!("reused proxy stream is not a HeaderDeadline; closing");
+                return;
+            };
+            deadline.rearm();
+            let mut session = ServerSession::new_http1(deadline);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.inner.process_new_http(session, shutdown).await;
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for ConnectionLimits<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics.refused.inc();
+            let refusal = Refusal::Unavailable("too_many_connections")
+                .raw_http1(RequestId::random().as_str());
+            let write = async {
+                stream.write_all(&refusal).await?;
+                stream.flush().await
+            };
+            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
+            Shutdown::shutdown(&mut *stream).await;
+            return None;
+        };
+        self.metrics.open.inc();
+        let _open = Open {
+            _permit: permit,
+            gauge: self.metrics.open.clone(),
+        };
+        if self.is_http1(&stream) {
+            self.serve_http1(stream, shutdown).await;
+        } else {
+            // pingora's own loop; the connection cap still holds for its whole life.
+            ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+/// Where a [`HeaderDeadline`] is in the current request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request header: it must be complete by `deadline`, or, when that is `None`,
+    /// within `timeout` of its first byte.
+    Header {
+        deadline: Option<Instant>,
+        /// Line feeds since the last byte that is neither CR nor LF (the header ends at two).
+        newlines: u8,
+        /// A byte other than CR or LF was read (empty lines before a request are ignored).
+        started: bool,
+    },
+    /// The header is complete: reads pass straight through until re-armed.
+    Body,
+    /// The deadline passed: every further read fails.
+    Expired,
+}
+
+/// Wraps a connection's stream; while armed, fails reads once the request header has not
+/// arrived whole (a blank line, CRLF CRLF or LF LF) within the timeout.
+#[derive(Debug)]
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    /// Only made when a read has to wait while armed: a request that arrives in one read (the
+    /// common case) never touches the timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    timeouts: prometheus::IntCounter,
+}
+
+impl HeaderDeadline {
+    /// Armed for the connection's first request: its header must be in within `timeout` of now.
+    pub fn new(inner: Stream, timeout: Duration, timeouts: prometheus::IntCounter) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout,
+            phase: Phase::Header {
+                deadline: Some(Instant::now() + timeout),
+                newlines: 0,
+                started: false,
+            },
+            sleep: None,
+            timeouts,
+        }
+    }
+
+    /// Arms the deadline for the next request on a kept-alive connection: it starts at the
+    /// request's first byte (the idle time before it is pingora's keep-alive timeout).
+    pub fn rearm(&mut self) {
+        if self.phase != Phase::Expired {
+            self.phase = Phase::Header {
+                deadline: None,
+                newlines: 0,
+                started: false,
+            };
+        }
+    }
+
+    /// Counts the deadline, answers 408 when part of a header had arrived (best effort: only
+    /// what the socket takes at once), and fails the read.
+    fn expire(&mut self, cx: &mut Context<'_>, started: bool) -> Poll<io::Result<()>> {
+        self.phase = Phase::Expired;
+        self.sleep = None;
+        self.timeouts.inc();
+        if started {
+            let response = Refusal::RequestTimeout.raw_http1(RequestId::random().as_str());
+            let mut written = 0;
+            while written < response.len() {
+                match Pin::new(&mut self.inner).poll_write(cx, &response[written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => written += n,
+                    _ => break,
+                }
+            }
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request header not received within limits.header_read_timeout",
+        )))
+    }
+}
+
+/// Scans newly read bytes for the end of a request header; returns whether it was found.
+fn header_ends(bytes: &[u8], newlines: &mut u8, started: &mut bool) -> bool {
+    for &byte in bytes {
+        match byte {
+            b'\n' if *started => {
+                *newlines += 1;
+                if *newlines == 2 {
+                    return true;
+                }
+            }
+            b'\n' | b'\r' => {}
+            _ => {
+                *started = true;
+                *newlines = 0;
+            }
+        }
+    }
+    false
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Phase::Header {
+            deadline,
+            mut newlines,
+            mut started,
+        } = this.phase
+        else {
+            if this.phase == Phase::Expired {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if read.is_empty() {
+                    // End of stream: pingora sees the close.
+                    return Poll::Ready(Ok(()));
+                }
+                let now = Instant::now();
+                let deadline = match deadline {
+                    Some(deadline) if now >= deadline => return this.expire(cx, true),
+                    Some(deadline) => deadline,
+                    None => now + this.timeout,
+                };
+                this.phase = match header_ends(read, &mut newlines, &mut started) {
+                    true => {
+                        this.sleep = None;
+                        Phase::Body
+                    }
+                    false => Phase::Header {
+                        deadline: Some(deadline),
+                        newlines,
+                        started,
+                    },
+                };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some(deadline) = deadline else {
+                    // Idle between requests: pingora's keep-alive timeout applies.
+                    return Poll::Pending;
+                };
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                ready!(sleep.as_mut().poll(cx));
+                this.expire(cx, started)
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(chunks: &[&[u8]]) -> Option<usize> {
+        let (mut newlines, mut started) = (0, false);
+        chunks
+            .iter()
+            .position(|chunk| header_ends(chunk, &mut newlines, &mut started))
+    }
+
+    #[test]
+    fn finds_the_blank_line_across_reads() {
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), Some(0));
+        assert_eq!(
+            ends(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r", b"\n"]),
+            Some(2)
+        );
+        assert_eq!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some(0));
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), None);
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(200);
+
+    fn wrapped() -> (
+        HeaderDeadline,
+        tokio::io::DuplexStream,
+        prometheus::IntCounter,
+    ) {
+        let (ours, client) = tokio::io::duplex(4096);
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        (
+            HeaderDeadline::new(Box::new(ours), TIMEOUT, counter.clone()),
+            client,
+            counter,
+        )
+    }
+
+    async fn read_some(stream: &mut HeaderDeadline) -> io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1024];
+        let n = stream.read(&mut buf).await?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[tokio::test]
+    async fn a_header_late_by_pieces_fails_and_gets_408() {
+        use tokio::io::AsyncReadExt;
+        let (mut stream, mut client, counter) = wrapped();
+        let started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                match read_some(&mut stream).await {
+                    Ok(bytes) => got.extend(bytes),
+                    Err(e) => return (got, e.kind(), started.elapsed()),
+                }
+            }
+        });
+        // A byte every 50 ms: each read is quick, the header as a whole is late.
+        for byte in b"GET / HTTP/1.1\r\nHost: x" {
+            if client.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (got, kind, elapsed) = reader.await.unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(elapsed >= TIMEOUT && elapsed < TIMEOUT * 2, "{elapsed:?}");
+        assert!(got.len() < 8, "only what arrived in time was read");
+        let mut answer = vec![0u8; 15];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 408 Re");
+        assert_eq!(counter.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn body_and_idle_time_between_requests_are_not_limited() {
+        let (mut stream, mut client, counter) = wrapped();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+            .await
+            .unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 40);
+        // The header is complete: a body slower than the timeout passes.
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"cd").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"cd");
+        // Re-armed for the next request: the idle time before its first byte does not count.
+        stream.rearm();
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 16);
+        tokio::time::sleep(TIMEOUT / 2).await;
+        client.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 11);
+        // But its header is held to the deadline from that first byte.
+        stream.rearm();
+        client.write_all(b"GET /").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"GET /");
+        let kind = read_some(&mut stream).await.unwrap_err().kind();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert_eq!(counter.get(), 1);
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_do_not_end_it() {
+        assert_eq!(ends(&[b"\r\n\r\n\n", b"GET / HTTP/1.1\r\n"]), None);
+        assert_eq!(ends(&[b"\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]), Some(1));
+    }
+}
