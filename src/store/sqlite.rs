@@ -102,6 +102,14 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Every transaction here writes. `BEGIN IMMEDIATE` takes the write lock at the start,
+    /// under `busy_timeout`; a deferred `BEGIN` that reads first and then writes fails at once
+    /// with SQLITE_BUSY when another connection committed in between (WAL snapshot), which
+    /// surfaced as a 503 on admin writes racing the last-use flusher.
+    async fn write_transaction(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn record_change(
         tx: &mut Transaction<'_, Sqlite>,
         kind: ChangeKind,
@@ -127,7 +135,7 @@ impl SqliteStore {
             "UPDATE {table} SET last_used_at_ms = ?, last_used_ip = ? \
              WHERE user_id = ? AND key_id = ? AND last_used_at_ms < ?"
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for u in usage {
             sqlx::query(&sql)
                 .bind(u.at_ms)
@@ -151,7 +159,7 @@ impl SqliteStore {
         update: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
         revoked: bool,
     ) -> Result<Option<ApiKey>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         if update.execute(&mut *tx).await?.rows_affected() == 0 {
             return Ok(None);
         }
@@ -176,7 +184,7 @@ impl SqliteStore {
         id: i64,
         update: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let done = update.execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Ok(false);
@@ -282,7 +290,7 @@ impl Store for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         let functions = serde_json::to_string(&user.functions)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(
             "INSERT INTO users (name, domain, customer, functions, external, password_hash, \
              created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
@@ -341,7 +349,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let done = sqlx::query("UPDATE users SET locked = ? WHERE id = ?")
             .bind(locked)
             .bind(id)
@@ -386,7 +394,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let key_id: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(key_id), 0) + 1 FROM api_keys WHERE user_id = ?",
         )
@@ -485,7 +493,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_signature_key(&self, key: NewSignatureKey) -> Result<SignatureKey, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let key_id: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(key_id), 0) + 1 FROM signature_keys WHERE user_id = ?",
         )
@@ -549,7 +557,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_signature_key(&self, user_id: i64, key_id: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let done = sqlx::query(
             "UPDATE signature_keys SET deleted = 1 \
              WHERE user_id = ? AND key_id = ? AND deleted = 0",
@@ -644,7 +652,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let owner: Option<i64> = sqlx::query_scalar("SELECT owner_id FROM tokens WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -794,6 +802,69 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].last_used_ip.as_deref(), Some("10.1.1.1"));
         assert_eq!(listed[0].functions, Some(vec!["A".to_string()]));
+    }
+
+    /// Concurrent writers on the pool's connections (key creation reads the next id, then
+    /// inserts) all succeed: none is refused with SQLITE_BUSY for a snapshot another
+    /// connection moved past, which a deferred `BEGIN` gave as a 503 under load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_never_see_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
+        let user = store.create_user(new_user("erin")).await.unwrap();
+        store
+            .create_api_key(NewApiKey {
+                user_id: user.id,
+                secret_hash: vec![1; 32],
+                description: "used".into(),
+                created_by_id: user.id,
+                created_by_name: user.name.clone(),
+                valid_until_ms: 0,
+                valid_sources: vec![],
+                functions: None,
+                customers: vec![],
+                read_only: false,
+            })
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            let user = user.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    store
+                        .record_api_key_usage(&[KeyUsage {
+                            user_id: user.id,
+                            key_id: 1,
+                            at_ms: i,
+                            ip: "10.1.1.1".into(),
+                        }])
+                        .await
+                        .map(|_| ())
+                } else {
+                    store
+                        .create_api_key(NewApiKey {
+                            user_id: user.id,
+                            secret_hash: vec![2; 32],
+                            description: format!("k{i}"),
+                            created_by_id: user.id,
+                            created_by_name: user.name.clone(),
+                            valid_until_ms: 0,
+                            valid_sources: vec![],
+                            functions: None,
+                            customers: vec![],
+                            read_only: false,
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(store.list_api_keys(user.id).await.unwrap().len(), 33);
     }
 
     #[tokio::test]
