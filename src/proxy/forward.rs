@@ -60,11 +60,15 @@ pub struct Forwarding<'a> {
 impl Forwarding<'_> {
     /// `X-Forwarded-For` for a chain of addresses, nearest last.
     pub fn chain_value(chain: &[std::net::IpAddr]) -> HeaderValue {
-        let text = chain
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        use std::fmt::Write as _;
+        // One allocation: this runs on every request.
+        let mut text = String::with_capacity(chain.len() * 17);
+        for (i, ip) in chain.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            let _ = write!(text, "{ip}");
+        }
         // IP addresses are ASCII.
         HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }

@@ -143,7 +143,11 @@ impl RequestTarget {
             Some(i) => (&raw[..i], Some(&raw[i + 1..])),
             None => (raw, None),
         };
-        let path = normalize_path(raw_path)?;
+        let path = match is_normal(raw_path) {
+            // The common case, on every request: nothing to rewrite, one copy.
+            true => String::from_utf8(raw_path.to_vec()).map_err(|_| TargetError::InvalidByte)?,
+            false => normalize_path(raw_path)?,
+        };
         let rewritten = path.as_bytes() != raw_path;
         let path_len = path.len();
         let mut text = path;
@@ -163,6 +167,26 @@ impl RequestTarget {
             authority,
         })
     }
+}
+
+/// A path [`normalize_path`] would return unchanged: visible ASCII without escapes, `\`,
+/// `;`, empty segments (`//`) or dot segments.
+fn is_normal(raw: &[u8]) -> bool {
+    let plain_bytes = raw
+        .iter()
+        .all(|&b| (0x21..=0x7e).contains(&b) && !matches!(b, b'%' | b'\\' | b';'));
+    if !plain_bytes || raw.first() != Some(&b'/') {
+        return false;
+    }
+    let mut segments = raw[1..].split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        // An empty segment is `//`, except the last one: a trailing slash is normal.
+        if (segment.is_empty() && !last) || segment == b"." || segment == b".." {
+            return false;
+        }
+    }
+    true
 }
 
 /// RFC 3986 §2.3.
@@ -300,6 +324,36 @@ mod tests {
                 "{spelling}"
             );
         }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_normalizer() {
+        for raw in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b/c",
+            "/a..b/.c/c.",
+            "/.well-known/x",
+            "//",
+            "/a//b",
+            "/a/.",
+            "/a/./b",
+            "/..",
+            "/a/..",
+            "/a%20",
+            "/a;b",
+            "/a\\b",
+            "/~a-b_c",
+        ] {
+            if is_normal(raw.as_bytes()) {
+                assert_eq!(normalize_path(raw.as_bytes()).as_deref(), Ok(raw), "{raw}");
+            }
+        }
+        assert!(is_normal(b"/a/b/"));
+        assert!(!is_normal(b"/a//b"));
+        assert!(!is_normal(b"/a/./b"));
+        assert!(!is_normal(b"//"));
     }
 
     #[test]
