@@ -85,8 +85,6 @@ pub enum AdminError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("too many failed attempts; try again later")]
-    TooManyRequests,
     /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
     /// TOTP codes for this user.
     #[error("too many failed logins; try again in {0} s")]
@@ -100,6 +98,21 @@ pub enum AdminError {
     },
     #[error("the credential store is unavailable")]
     Unavailable,
+}
+
+/// A refused credential on an admin call, mapped as the proxy maps it (`proxy::respond`):
+/// 503 when the store could not answer, 429 with `Retry-After` when throttled, else 401.
+impl From<crate::auth::AuthError> for AdminError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::StoreUnavailable => AdminError::Unavailable,
+            AuthError::TotpRateLimited(secs) | AuthError::PasswordThrottled(secs) => {
+                AdminError::RetryLater(secs)
+            }
+            _ => AdminError::Unauthenticated(e.reason()),
+        }
+    }
 }
 
 impl AdminError {
@@ -122,7 +135,7 @@ impl AdminError {
             AdminError::Forbidden(_) => 403,
             AdminError::NotFound(_) => 404,
             AdminError::MethodNotAllowed => 405,
-            AdminError::TooManyRequests | AdminError::RetryLater(_) => 429,
+            AdminError::RetryLater(_) => 429,
             AdminError::Field { .. } => 412,
             AdminError::Unavailable => 503,
         }
@@ -132,9 +145,7 @@ impl AdminError {
     pub fn outcome(&self) -> &'static str {
         match self {
             AdminError::BadRequest(_) | AdminError::MethodNotAllowed => "bad_request",
-            AdminError::Unauthenticated(_)
-            | AdminError::TooManyRequests
-            | AdminError::RetryLater(_) => "unauthenticated",
+            AdminError::Unauthenticated(_) | AdminError::RetryLater(_) => "unauthenticated",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::Field { .. } => "invalid",
@@ -149,7 +160,7 @@ impl AdminError {
             AdminError::Forbidden(_) => "access.denied",
             AdminError::NotFound(_) => "object.not.found",
             AdminError::MethodNotAllowed => "request.method.not.allowed",
-            AdminError::TooManyRequests | AdminError::RetryLater(_) => "access.rate.limited",
+            AdminError::RetryLater(_) => "access.rate.limited",
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",
         }

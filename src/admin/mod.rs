@@ -411,12 +411,7 @@ impl AdminApi {
                 ctx.clear_token_cookie = clear_token_cookie;
                 Err(AdminError::Unauthenticated("credentials_required"))
             }
-            Err(crate::auth::AuthError::StoreUnavailable) => Err(AdminError::Unavailable),
-            Err(
-                crate::auth::AuthError::TotpRateLimited(secs)
-                | crate::auth::AuthError::PasswordThrottled(secs),
-            ) => Err(AdminError::RetryLater(secs)),
-            Err(e) => Err(AdminError::Unauthenticated(e.reason())),
+            Err(e) => Err(AdminError::from(e)),
         }
     }
 
