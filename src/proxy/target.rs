@@ -240,16 +240,18 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, TargetError> {
         }
         i += 1;
     }
-    if high_escape && !decodes_to_utf8(&decoded) {
-        return Err(TargetError::InvalidUtf8);
+    if high_escape {
+        check_decoded(&decoded)?;
     }
     // Only visible ASCII was pushed above.
     let text = String::from_utf8(decoded).map_err(|_| TargetError::InvalidByte)?;
     Ok(remove_dot_segments_and_merge_slashes(&text))
 }
 
-/// Whether a path whose remaining escapes are all well-formed decodes to UTF-8.
-fn decodes_to_utf8(path: &[u8]) -> bool {
+/// A path whose remaining escapes are all well-formed must decode to UTF-8 without control
+/// characters: escapes of C1 controls (`%C2%80`–`%C2%9F`, NEL among them) too, which some
+/// runtimes read as whitespace or line breaks.
+fn check_decoded(path: &[u8]) -> Result<(), TargetError> {
     let mut bytes = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
@@ -263,7 +265,11 @@ fn decodes_to_utf8(path: &[u8]) -> bool {
             i += 1;
         }
     }
-    std::str::from_utf8(&bytes).is_ok()
+    let text = std::str::from_utf8(&bytes).map_err(|_| TargetError::InvalidUtf8)?;
+    match text.chars().any(char::is_control) {
+        true => Err(TargetError::ControlCharacter),
+        false => Ok(()),
+    }
 }
 
 /// `/a//b/./c/../d` → `/a/b/d`. A path that ends in `/`, `.` or `..` keeps a trailing slash,
@@ -399,6 +405,9 @@ mod tests {
             ("/a%00b", TargetError::ControlCharacter),
             ("/a%0d%0ab", TargetError::ControlCharacter),
             ("/a%7f", TargetError::ControlCharacter),
+            ("/%c2%9a", TargetError::ControlCharacter),
+            ("/a%C2%85b", TargetError::ControlCharacter),
+            ("/a%c2%80", TargetError::ControlCharacter),
             ("/a%ff", TargetError::InvalidUtf8),
             ("/a%c3", TargetError::InvalidUtf8),
             ("/a%", TargetError::InvalidEscape),
