@@ -360,13 +360,7 @@ fn a_token_cannot_mint_a_token_that_outlives_it() {
 #[test]
 fn an_administrative_token_cannot_mint_a_year_long_one_and_a_default_one_cannot_rise() {
     let kw = start();
-    let out = kw.cli(&["user", "totp", "john"], None);
-    let uri = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .strip_prefix("TOTP: ")
-        .unwrap()
-        .to_owned();
-    let totp = totp_rs::TOTP::from_url(uri).unwrap();
+    let totp = kw.enable_totp("john");
     let code = totp.generate(now());
     let (admin_token, admin_expires) = minted(mint_basic(
         &kw,

@@ -812,30 +812,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
         let user = store.create_user(new_user("erin")).await.unwrap();
-        store
-            .create_api_key(NewApiKey {
-                user_id: user.id,
-                secret_hash: vec![1; 32],
-                description: "used".into(),
-                created_by_id: user.id,
-                created_by_name: user.name.clone(),
-                valid_until_ms: 0,
-                valid_sources: vec![],
-                functions: None,
-                customers: vec![],
-                read_only: false,
-            })
-            .await
-            .unwrap();
+        let user_id = user.id;
+        let key = move |description: String| NewApiKey {
+            user_id,
+            secret_hash: vec![1; 32],
+            description,
+            created_by_id: user_id,
+            created_by_name: "erin".into(),
+            valid_until_ms: 0,
+            valid_sources: vec![],
+            functions: None,
+            customers: vec![],
+            read_only: false,
+        };
+        store.create_api_key(key("used".into())).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..64 {
             let store = store.clone();
-            let user = user.clone();
             tasks.push(tokio::spawn(async move {
                 if i % 2 == 0 {
                     store
                         .record_api_key_usage(&[KeyUsage {
-                            user_id: user.id,
+                            user_id,
                             key_id: 1,
                             at_ms: i,
                             ip: "10.1.1.1".into(),
@@ -843,28 +841,14 @@ mod tests {
                         .await
                         .map(|_| ())
                 } else {
-                    store
-                        .create_api_key(NewApiKey {
-                            user_id: user.id,
-                            secret_hash: vec![2; 32],
-                            description: format!("k{i}"),
-                            created_by_id: user.id,
-                            created_by_name: user.name.clone(),
-                            valid_until_ms: 0,
-                            valid_sources: vec![],
-                            functions: None,
-                            customers: vec![],
-                            read_only: false,
-                        })
-                        .await
-                        .map(|_| ())
+                    store.create_api_key(key(format!("k{i}"))).await.map(|_| ())
                 }
             }));
         }
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        assert_eq!(store.list_api_keys(user.id).await.unwrap().len(), 33);
+        assert_eq!(store.list_api_keys(user_id).await.unwrap().len(), 33);
     }
 
     #[tokio::test]

@@ -197,6 +197,17 @@ routes:{routes}
         assert!(out.status.success(), "user add failed: {out:?}");
     }
 
+    /// Gives `user` a TOTP secret with `keyward user totp`; returns the generator for it.
+    pub fn enable_totp(&self, user: &str) -> totp_rs::TOTP {
+        let out = self.cli(&["user", "totp", user], None);
+        let uri = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix("TOTP: ")
+            .unwrap_or_else(|| panic!("user totp printed no URI: {out:?}"))
+            .to_owned();
+        totp_rs::TOTP::from_url(uri).unwrap()
+    }
+
     pub fn metrics(&self) -> String {
         client()
             .get(self.ops_url("/metrics"))
