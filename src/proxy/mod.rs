@@ -245,19 +245,33 @@ fn logged_path<'a>(request: &'a RequestHeader, ctx: &'a RequestCtx) -> &'a str {
 }
 
 /// The path as logs may show it: the token API accepts a token itself where it takes a
-/// token name, so any token-shaped segment there is redacted.
+/// token name, so any segment holding a token there is redacted. A refused request is logged
+/// with the path it sent (`//.TOKEN/<token>%00`), so the check looks for the token API's
+/// names anywhere and for a token anywhere in a segment.
 fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !admin::is_token_path(path) {
+    if !admin::is_token_path(path) && !path.contains(".TOKEN") && !path.contains("_admin") {
         return path.into();
     }
     path.split('/')
-        .map(|segment| match token::is_token(segment) {
+        .map(|segment| match holds_token(segment) {
             true => "[redacted]",
             false => segment,
         })
         .collect::<Vec<_>>()
         .join("/")
         .into()
+}
+
+/// A run of 32 hex digits (a token, in any case, with anything around it).
+fn holds_token(segment: &str) -> bool {
+    let mut run = 0;
+    for b in segment.bytes() {
+        run = if b.is_ascii_hexdigit() { run + 1 } else { 0 };
+        if run >= 32 {
+            return true;
+        }
+    }
+    false
 }
 
 /// The body of a signed request, at most pingora's retry-buffer size (64 KiB): larger signed

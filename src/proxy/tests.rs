@@ -177,3 +177,21 @@ fn oversized_headers_are_431() {
     );
     assert_eq!(target_of(raw.as_bytes()), Err(Refusal::HeaderTooLarge));
 }
+
+#[test]
+fn tokens_in_token_api_paths_never_reach_the_log() {
+    let t = "53dfb96dc6d5b9cacd174e3649cba6d5";
+    for path in [
+        format!("/.TOKEN/{t}"),
+        format!("//.TOKEN/{t}%00"),
+        format!("/.TOKEN/x{}y", t.to_uppercase()),
+        format!("/_admin/manage/tenants/a/tokens/{t};x"),
+    ] {
+        let logged = super::loggable_path(&path);
+        assert!(
+            !logged.to_ascii_lowercase().contains(t),
+            "{path} logged as {logged}"
+        );
+    }
+    assert_eq!(super::loggable_path("/api/x"), "/api/x");
+}
