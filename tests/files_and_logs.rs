@@ -4,89 +4,26 @@
 mod common;
 
 use base64::Engine as _;
-use common::{client, free_port, Keyward, Upstream, ADMIN_PASSWORD, BIN};
+use common::{client, Keyward, Setup, ADMIN_PASSWORD};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A keyward whose store is at `db` (relative to its temporary directory), with `env` set and
-/// `extra` appended to the config.
+/// `extra` appended to the config; `prepare` sees the directory before keyward starts.
 fn start(db: &str, env: &[(&str, &str)], extra: &str, prepare: impl FnOnce(&Path)) -> Keyward {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path());
-    let upstream = Upstream::start();
-    let proxy = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let ops = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        r#"
-listen:
-  proxy: {proxy}
-  ops: {ops}
-upstream:
-  address: {upstream}
-store:
-  url: sqlite://{db}
-bootstrap:
-  admin:
-    name: admin
-    password_env: KEYWARD_TEST_ADMIN_PASSWORD
-    functions: [POWER-USER]
-tokens:
-  administrator: admin
-server:
-  threads: 2
-  grace_period: 1s
-  shutdown_timeout: 1s
-routes:
-  - path: /public
-    public: true
-  - path: /
-    require: {{ min_security_level: EXTERNAL }}
-{extra}
-"#,
-        upstream = upstream.addr,
-        db = dir.path().join(db).display(),
-    );
-    let config_path = dir.path().join("keyward.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .env_remove("KEYWARD_LOG_THIRD_PARTY")
-        .env("KEYWARD_TEST_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut kw = Keyward {
-        child: command.spawn().unwrap(),
-        proxy,
-        ops,
-        upstream: Some(upstream),
-        dir,
-        config_path,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = kw.child.try_wait() {
-            panic!("keyward exited early ({status}):\n{}", kw.stderr());
-        }
-        if client()
-            .get(kw.ops_url("/readyz"))
-            .send()
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return kw;
-        }
-        assert!(Instant::now() < deadline, "not ready:\n{}", kw.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Keyward::start_with(Setup {
+        extra: extra.into(),
+        store_file: db.into(),
+        env: env
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        dir: Some(dir),
+        ..Setup::default()
+    })
 }
 
 fn mode(path: &Path) -> u32 {

@@ -49,6 +49,12 @@ pub struct Setup {
     pub upstream_address: Option<String>,
     /// Several upstreams (the edge case), instead of one.
     pub upstream_addresses: Option<Vec<String>>,
+    /// The store file, relative to keyward's directory.
+    pub store_file: String,
+    /// Environment variables for the keyward process.
+    pub env: Vec<(String, String)>,
+    /// keyward's directory, prepared by the test; `None`: a fresh temporary one.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Default for Setup {
@@ -64,6 +70,9 @@ impl Default for Setup {
             extra: String::new(),
             upstream_address: None,
             upstream_addresses: None,
+            store_file: "keyward.db".into(),
+            env: Vec::new(),
+            dir: None,
         }
     }
 }
@@ -83,7 +92,7 @@ impl Keyward {
     }
 
     pub fn start_with(setup: Setup) -> Keyward {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = setup.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let (upstream, upstream_line) = match (setup.upstream_address, setup.upstream_addresses) {
             (_, Some(many)) => (
                 None,
@@ -128,13 +137,13 @@ cache:
 routes:{routes}
 {extra}
 "#,
-            db = dir.path().join("keyward.db").display(),
+            db = dir.path().join(&setup.store_file).display(),
             routes = setup.routes,
             extra = setup.extra,
         );
         let config_path = dir.path().join("keyward.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let child = spawn_serve(&config_path, dir.path(), Some(ADMIN_PASSWORD));
+        let child = spawn_serve_with(&config_path, dir.path(), Some(ADMIN_PASSWORD), &setup.env);
         let mut keyward = Keyward {
             child,
             proxy,
@@ -230,6 +239,17 @@ impl Drop for Keyward {
 }
 
 pub fn spawn_serve(config: &Path, dir: &Path, admin_password: Option<&str>) -> Child {
+    spawn_serve_with(config, dir, admin_password, &[])
+}
+
+/// [`spawn_serve`] with environment variables set (logging switches are cleared first, so a
+/// test sees only what it asks for).
+pub fn spawn_serve_with(
+    config: &Path,
+    dir: &Path,
+    admin_password: Option<&str>,
+    env: &[(String, String)],
+) -> Child {
     let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let mut command = Command::new(BIN);
     command
@@ -237,11 +257,15 @@ pub fn spawn_serve(config: &Path, dir: &Path, admin_password: Option<&str>) -> C
         .arg(config)
         .current_dir(dir)
         .env_remove("RUST_LOG")
+        .env_remove("KEYWARD_LOG_THIRD_PARTY")
         .env_remove("KEYWARD_TEST_ADMIN_PASSWORD")
         .stdout(Stdio::null())
         .stderr(stderr);
     if let Some(password) = admin_password {
         command.env("KEYWARD_TEST_ADMIN_PASSWORD", password);
+    }
+    for (name, value) in env {
+        command.env(name, value);
     }
     command.spawn().unwrap()
 }
