@@ -58,16 +58,6 @@ pub fn resolve(
     }
 }
 
-/// The client address alone (see [`resolve`]).
-pub fn client_ip(
-    peer: IpAddr,
-    headers: &http::HeaderMap,
-    trusted: &[IpNet],
-    header: TrustedProxiesHeader,
-) -> IpAddr {
-    resolve(peer, headers, trusted, header).client
-}
-
 /// A credential's stored `validSources`. They were validated when written; one that no
 /// longer parses becomes 0.0.0.0/32, so it narrows rather than widens who may use the key.
 pub fn stored_sources(sources: &[String]) -> Vec<IpNet> {
@@ -148,6 +138,15 @@ mod tests {
     }
 
     const XFF: TrustedProxiesHeader = TrustedProxiesHeader::XForwardedFor;
+
+    fn client_ip(
+        peer: IpAddr,
+        headers: &http::HeaderMap,
+        trusted: &[IpNet],
+        header: TrustedProxiesHeader,
+    ) -> IpAddr {
+        resolve(peer, headers, trusted, header).client
+    }
     const FORWARDED: TrustedProxiesHeader = TrustedProxiesHeader::Forwarded;
 
     fn ips(list: &[&str]) -> Vec<IpAddr> {
