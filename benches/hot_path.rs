@@ -14,15 +14,27 @@ use keyward::config::Config;
 use keyward::config::StoreUrl;
 use keyward::metrics::Metrics;
 use keyward::store::NewSignatureKey;
-use keyward::store::{Db, NewApiKey, NewUser};
+use keyward::store::{Db, NewApiKey, NewUser, PoolSettings, StoreHealth};
+use keyward::users::local_audit;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+fn bench_db(dir: &tempfile::TempDir) -> Db {
+    let url = StoreUrl::Sqlite(dir.path().join("bench.db"));
+    let (errors, up) = Metrics::new().store_series();
+    Db::start(
+        &url,
+        PoolSettings::default_for(&url),
+        StoreHealth::new(errors, up),
+    )
+    .unwrap()
+}
+
 fn hot_path(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::start(&StoreUrl::Sqlite(dir.path().join("bench.db"))).unwrap();
+    let db = bench_db(&dir);
     let pepper = db
         .block_on(|store| async move { store.api_key_pepper().await })
         .unwrap();
@@ -32,28 +44,34 @@ fn hot_path(c: &mut Criterion) {
     let key = db
         .block_on(|store| async move {
             let user = store
-                .create_user(NewUser {
-                    name: "bench".into(),
-                    domain: None,
-                    customer: Some("7".into()),
-                    functions: vec!["CASE-SECMON-RO".into(), "POWER-USER".into()],
-                    external: false,
-                    password_hash: String::new(),
-                })
+                .create_user(
+                    NewUser {
+                        name: "bench".into(),
+                        domain: None,
+                        customer: Some("7".into()),
+                        functions: vec!["CASE-SECMON-RO".into(), "POWER-USER".into()],
+                        external: false,
+                        password_hash: String::new(),
+                    },
+                    local_audit("user.create", "bench"),
+                )
                 .await?;
             store
-                .create_api_key(NewApiKey {
-                    user_id: user.id,
-                    secret_hash,
-                    description: "bench".into(),
-                    created_by_id: user.id,
-                    created_by_name: user.name.clone(),
-                    valid_until_ms: 0,
-                    valid_sources: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
-                    functions: Some(vec!["CASE-SECMON-RO".into()]),
-                    customers: vec![],
-                    read_only: false,
-                })
+                .create_api_key(
+                    NewApiKey {
+                        user_id: user.id,
+                        secret_hash,
+                        description: "bench".into(),
+                        created_by_id: user.id,
+                        created_by_name: user.name.clone(),
+                        valid_until_ms: 0,
+                        valid_sources: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+                        functions: Some(vec!["CASE-SECMON-RO".into()]),
+                        customers: vec![],
+                        read_only: false,
+                    },
+                    local_audit("apikey.create", "bench"),
+                )
                 .await
         })
         .unwrap();
@@ -94,29 +112,35 @@ fn hot_path(c: &mut Criterion) {
 
 fn signature_path(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::start(&StoreUrl::Sqlite(dir.path().join("bench.db"))).unwrap();
+    let db = bench_db(&dir);
     let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let public_key = signing.verifying_key().to_bytes().to_vec();
     let key = db
         .block_on(|store| async move {
             let user = store
-                .create_user(NewUser {
-                    name: "bench".into(),
-                    domain: None,
-                    customer: None,
-                    functions: vec![],
-                    external: false,
-                    password_hash: String::new(),
-                })
+                .create_user(
+                    NewUser {
+                        name: "bench".into(),
+                        domain: None,
+                        customer: None,
+                        functions: vec![],
+                        external: false,
+                        password_hash: String::new(),
+                    },
+                    local_audit("user.create", "bench"),
+                )
                 .await?;
             store
-                .create_signature_key(NewSignatureKey {
-                    user_id: user.id,
-                    public_key,
-                    description: "bench".into(),
-                    valid_until_ms: 0,
-                    valid_sources: vec![],
-                })
+                .create_signature_key(
+                    NewSignatureKey {
+                        user_id: user.id,
+                        public_key,
+                        description: "bench".into(),
+                        valid_until_ms: 0,
+                        valid_sources: vec![],
+                    },
+                    local_audit("signature.enroll", "bench"),
+                )
                 .await
         })
         .unwrap();

@@ -15,7 +15,7 @@ use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::KeywardProxy;
-use crate::store::Db;
+use crate::store::{Db, StoreError, StoreHealth};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
 use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
@@ -27,7 +27,14 @@ use std::sync::Arc;
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let db = Db::start(&config.store).context("cannot open the store")?;
+    let metrics = Arc::new(Metrics::new());
+    let (store_errors, store_up) = metrics.store_series();
+    let db = Db::start(
+        &config.store,
+        config.store_pool,
+        StoreHealth::new(store_errors, store_up),
+    )
+    .context("cannot open the store")?;
     if let Some(admin) = &config.bootstrap_admin {
         bootstrap_admin(&db, admin)?;
     }
@@ -35,7 +42,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let feed_start = db.block_on(|store| async move { store.latest_change().await })?;
     let pepper = db.block_on(|store| async move { store.api_key_pepper().await })?;
 
-    let metrics = Arc::new(Metrics::new());
     let hasher = PasswordHasher::new(config.limits.password_hash_threads);
     let basic = Arc::new(BasicAuthenticator::new(
         db.clone(),
@@ -189,11 +195,19 @@ pub fn bootstrap_admin(db: &Db, admin: &BootstrapAdmin) -> anyhow::Result<()> {
         functions: admin.functions.clone(),
         ..UserSpec::default()
     };
-    let user = db
-        .block_on(
+    let created =
+        db.block_on(
             |store| async move { Ok(users::add_user(store.as_ref(), spec, &password).await) },
-        )?
-        .map_err(|e| anyhow!("bootstrap.admin: {e}"))?;
-    tracing::info!(user = %user.name, id = user.id, "created the bootstrap administrator");
+        )?;
+    match created {
+        Ok(user) => {
+            tracing::info!(user = %user.name, id = user.id, "created the bootstrap administrator")
+        }
+        // Replicas starting together against a new database race to create it; one wins.
+        Err(users::UserError::Store(StoreError::Conflict(_))) => {
+            tracing::info!(user = %admin.name, "the bootstrap administrator was created by another replica")
+        }
+        Err(e) => return Err(anyhow!("bootstrap.admin: {e}")),
+    }
     Ok(())
 }

@@ -1,28 +1,13 @@
-//! Audit records (SPEC §4): one per admin call, on the `keyward::audit` tracing target and,
-//! when `audit.path` is set, appended as one JSON object per line to that file.
-//! Secrets never appear: credentials are named by prefix, key id or token name only.
+//! Audit records: one per admin call. The store's audit table is the durable record (a change
+//! and its record commit together; `keyward audit tail` reads them back); each record is also
+//! exported to the `keyward::audit` tracing target and, when `audit.path` is set, appended as
+//! one JSON object per line to that file. Secrets never appear: credentials are named by
+//! prefix, key id or token name only.
 
-use serde::Serialize;
+pub use crate::store::AuditEvent;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::mpsc;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord<'a> {
-    pub time: String,
-    pub request_id: &'a str,
-    /// The authenticated caller, `-` when authentication failed.
-    pub actor: &'a str,
-    pub auth_method: &'a str,
-    pub operation: &'a str,
-    pub target_user: &'a str,
-    pub target_credential: &'a str,
-    /// The HTTP status of the answer.
-    pub status: u16,
-    pub outcome: &'a str,
-    pub source_ip: Option<IpAddr>,
-}
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -62,26 +47,25 @@ impl AuditLog {
         Ok(AuditLog { file: Some(tx) })
     }
 
-    pub fn record(&self, r: &AuditRecord<'_>) {
+    pub fn record(&self, r: &AuditEvent) {
         tracing::info!(
             target: "keyward::audit",
             time = %r.time,
-            request_id = r.request_id,
-            actor = r.actor,
-            auth_method = r.auth_method,
-            operation = r.operation,
-            target_user = r.target_user,
-            target_credential = r.target_credential,
+            request_id = %r.request_id,
+            actor = %r.actor,
+            auth_method = %r.auth_method,
+            operation = %r.operation,
+            target_user = %r.target_user,
+            target_credential = %r.target_credential,
             status = r.status,
-            outcome = r.outcome,
-            source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            outcome = %r.outcome,
+            source_ip = %r.source_ip.as_deref().unwrap_or_default(),
             "admin call"
         );
         if let Some(file) = &self.file {
-            if let Ok(mut line) = serde_json::to_string(r) {
-                line.push('\n');
-                let _ = file.send(line);
-            }
+            let mut line = r.to_json();
+            line.push('\n');
+            let _ = file.send(line);
         }
     }
 }
@@ -95,17 +79,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::with_file(&path).unwrap();
-        let record = AuditRecord {
+        let record = AuditEvent {
+            seq: 0,
             time: now_rfc3339(),
-            request_id: "0123456789ABCDEF",
-            actor: "admin",
-            auth_method: "PASSWORD",
-            operation: "user.lock",
-            target_user: "john",
-            target_credential: "",
+            request_id: "0123456789ABCDEF".into(),
+            actor: "admin".into(),
+            auth_method: "PASSWORD".into(),
+            operation: "user.lock".into(),
+            target_user: "john".into(),
+            target_credential: String::new(),
             status: 200,
-            outcome: "ok",
-            source_ip: Some("127.0.0.1".parse().unwrap()),
+            outcome: "ok".into(),
+            source_ip: Some("127.0.0.1".into()),
         };
         log.record(&record);
         log.record(&record);

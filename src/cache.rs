@@ -33,7 +33,6 @@ enum LoadError {
 pub struct CredentialCache<K, V> {
     known: moka::future::Cache<K, Arc<V>>,
     unknown: moka::future::Cache<K, ()>,
-    metrics: Arc<Metrics>,
     /// `cache` label of the metrics (the negative cache has its own).
     name: &'static str,
     negative_name: &'static str,
@@ -70,7 +69,6 @@ where
             hits,
             negative_hits,
             misses,
-            metrics,
             name,
             negative_name,
         }
@@ -111,8 +109,8 @@ where
                     Err(AuthError::UnknownKey)
                 }
                 LoadError::Store(message) => {
-                    self.metrics.store_error();
-                    tracing::warn!(cache = self.name, error = %message, "store lookup failed during authentication");
+                    // Counted, and logged once per outage, by the store's health tracker.
+                    tracing::debug!(cache = self.name, error = %message, "store lookup failed during authentication");
                     Err(AuthError::StoreUnavailable)
                 }
             },

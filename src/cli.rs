@@ -1,7 +1,7 @@
 //! The command line (SPEC §5, §8).
 
 use crate::config::{Config, ConfigError, EMBEDDED_DEFAULT};
-use crate::store::Db;
+use crate::store::{Db, StoreHealth};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +33,9 @@ pub enum Command {
     /// Manage users in the configured store.
     #[command(subcommand)]
     User(UserCommand),
+    /// Read the audit records in the configured store.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Write a new Ed25519 key pair for signed requests; prints the public key to enroll.
     Keygen {
         /// Where to write the private key (PKCS#8 PEM, mode 0600); never overwritten.
@@ -85,6 +88,19 @@ pub enum UserCommand {
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest records, one JSON object per line, oldest first.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// Keep printing records as they are written (every replica's, with PostgreSQL).
+        #[arg(short, long)]
+        follow: bool,
     },
 }
 
@@ -201,8 +217,42 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Opens the configured store for a one-off command.
+fn open_store(config: &Config) -> anyhow::Result<Db> {
+    let (errors, up) = crate::metrics::Metrics::new().store_series();
+    Db::start(
+        &config.store,
+        config.store_pool,
+        StoreHealth::new(errors, up),
+    )
+    .context("cannot open the store")
+}
+
+/// `keyward audit tail [-n N] [--follow]`.
+pub fn run_audit_command(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Tail { lines, follow } = command;
+    let db = open_store(config)?;
+    let limit = i64::from(lines);
+    let mut last = 0;
+    for record in db.block_on(|store| async move { store.audit_tail(limit).await })? {
+        last = record.seq;
+        println!("{}", record.to_json());
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let after = last;
+        for record in db.block_on(|store| async move { store.audit_since(after, 1000).await })? {
+            last = record.seq;
+            println!("{}", record.to_json());
+        }
+    }
+}
+
 pub fn run_user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
-    let db = Db::start(&config.store).context("cannot open the store")?;
+    let db = open_store(config)?;
     match command {
         UserCommand::Add(add) => {
             let AddUser {

@@ -2,29 +2,38 @@
 //!
 //! Changes made through this keyward's own admin API are applied to its caches before the call
 //! returns; this loop is for everything else — the `keyward user` CLI writing to the same store,
-//! and other replicas — and bounds their staleness to `cache.invalidation_poll`.
+//! and other replicas. With PostgreSQL every committed change is also announced (`NOTIFY`), and
+//! the loop reads the feed as soon as the announcement arrives; the poll every
+//! `cache.invalidation_poll` is the catch-up path, which alone bounds staleness with SQLite and
+//! while the listening connection is down. The feed is read from the last position applied,
+//! so nothing written while a replica was cut off is missed. A replica that could not read the
+//! feed for longer than the feed is kept drops every cached credential instead.
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, ChangeKind, Db};
+use crate::store::{now_ms, ChangeKind, Db, FeedSignal};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Feed rows are kept this long; a replica that falls further behind flushes everything.
 const FEED_RETENTION: Duration = Duration::from_secs(3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const BATCH: i64 = 1000;
+/// A replica that has not read the feed for this long may have missed pruned rows.
+const BLIND_AFTER: Duration = Duration::from_secs(FEED_RETENTION.as_secs() - PRUNE_EVERY.as_secs());
 
 pub struct ChangeFollower {
     db: Db,
     auth: Arc<Authenticator>,
-    metrics: Arc<Metrics>,
     interval: Duration,
     last_seq: AtomicI64,
+    /// When the feed was last read successfully.
+    last_read: Mutex<Instant>,
+    signal: Arc<FeedSignal>,
 }
 
 impl ChangeFollower {
@@ -37,12 +46,17 @@ impl ChangeFollower {
         interval: Duration,
         start_seq: i64,
     ) -> ChangeFollower {
+        let signal = Arc::new(FeedSignal {
+            wake: tokio::sync::Notify::new(),
+            listening: metrics.change_feed_listening().clone(),
+        });
         ChangeFollower {
             db,
             auth,
-            metrics,
             interval,
             last_seq: AtomicI64::new(start_seq),
+            last_read: Mutex::new(Instant::now()),
+            signal,
         }
     }
 
@@ -58,11 +72,13 @@ impl ChangeFollower {
             {
                 Ok(changes) => changes,
                 Err(e) => {
-                    self.metrics.store_error();
-                    tracing::warn!(error = %e, "cannot read the change feed");
+                    // Counted and logged (once per outage) by the store's health tracker.
+                    tracing::debug!(error = %e, "cannot read the change feed");
+                    self.flush_if_blind();
                     return applied;
                 }
             };
+            *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             let count = changes.len();
             for change in &changes {
                 match change.kind {
@@ -71,7 +87,7 @@ impl ChangeFollower {
                     ChangeKind::SignatureKey => {
                         self.auth.signatures.invalidate_user(change.user_id)
                     }
-                    ChangeKind::Token => self.auth.tokens.invalidate_user(change.user_id),
+                    ChangeKind::Token => self.auth.tokens.invalidate_user_tokens(change.user_id),
                 }
                 self.last_seq.store(change.seq, Ordering::Release);
             }
@@ -82,6 +98,20 @@ impl ChangeFollower {
         }
     }
 
+    /// After longer than the feed's retention without reading it, rows this replica never saw
+    /// may have been pruned: every cached credential is dropped, to be read again from the
+    /// store when it answers.
+    fn flush_if_blind(&self) {
+        let mut last_read = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        if last_read.elapsed() >= BLIND_AFTER {
+            tracing::warn!(
+                "the change feed was unreadable for too long; dropping every cached credential"
+            );
+            self.auth.invalidate_all();
+            *last_read = Instant::now();
+        }
+    }
+
     async fn prune(&self) {
         let before = now_ms() - FEED_RETENTION.as_millis() as i64;
         if let Err(e) = self
@@ -89,8 +119,7 @@ impl ChangeFollower {
             .call(move |store| async move { store.prune_changes(before).await })
             .await
         {
-            self.metrics.store_error();
-            tracing::warn!(error = %e, "cannot prune the change feed");
+            tracing::debug!(error = %e, "cannot prune the change feed");
         }
     }
 }
@@ -128,12 +157,18 @@ impl BackgroundService for UsageFlusher {
 #[async_trait]
 impl BackgroundService for ChangeFollower {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if self.db.listen(self.signal.clone()) {
+            tracing::info!("following the change feed through PostgreSQL notifications");
+        }
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = self.signal.wake.notified() => {
+                    self.poll_once().await;
+                }
                 _ = ticker.tick() => {
                     self.poll_once().await;
                     if last_prune.elapsed() >= PRUNE_EVERY {

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             keyward::app::serve(config)
         }
         Command::User(user) => cli::run_user_command(&config, user),
+        Command::Audit(audit) => cli::run_audit_command(&config, audit),
         Command::Keygen { .. } | Command::Sign(_) => Ok(()),
     };
     exit(result)

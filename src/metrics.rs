@@ -68,6 +68,8 @@ pub struct Metrics {
     admin_operations: IntCounterVec,
     upstream_responses: IntCounterVec,
     store_errors: IntCounter,
+    store_up: IntGauge,
+    change_feed_listening: IntGauge,
     connections: ConnectionMetrics,
 }
 
@@ -158,7 +160,26 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("metric registered once");
+        let store_up = IntGauge::new(
+            "keyward_store_up",
+            "1 while the store answers, 0 from a failed connection until it answers again.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_up.clone()))
+            .expect("metric registered once");
+        let changes_behind = IntGauge::new(
+            "keyward_change_feed_listening",
+            "1 while this replica receives change notifications (PostgreSQL LISTEN), 0 while it \
+             only polls the change feed.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(changes_behind.clone()))
+            .expect("metric registered once");
         let mut metrics = Metrics {
+            store_up,
+            change_feed_listening: changes_behind,
             requests_by_label: Vec::new(),
             auth_duration_by_method: Vec::new(),
             upstream_responses_by_class: Vec::new(),
@@ -337,6 +358,16 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    /// `keyward_store_errors_total` and `keyward_store_up`, for the store's health tracker.
+    pub fn store_series(&self) -> (IntCounter, IntGauge) {
+        (self.store_errors.clone(), self.store_up.clone())
+    }
+
+    /// `keyward_change_feed_listening`.
+    pub fn change_feed_listening(&self) -> &IntGauge {
+        &self.change_feed_listening
     }
 
     pub fn connections(&self) -> &ConnectionMetrics {

@@ -28,14 +28,10 @@ impl OpsApp {
         let ping = self.db.call(|store| async move { store.ping().await });
         match tokio::time::timeout(Duration::from_secs(2), ping).await {
             Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                self.metrics.store_error();
-                tracing::warn!(error = %e, "readiness check: store unreachable");
-                false
-            }
+            // Counted, and logged once per outage, by the store's health tracker.
+            Ok(Err(_)) => false,
             Err(_) => {
-                self.metrics.store_error();
-                tracing::warn!("readiness check: store did not answer within 2s");
+                self.db.health().timed_out();
                 false
             }
         }

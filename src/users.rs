@@ -1,8 +1,9 @@
-//! User management shared by the CLI (and, later, the REST endpoints): validation, hashing,
-//! and the store calls.
+//! User management shared by the CLI and the bootstrap administrator: validation, hashing, and
+//! the store calls. Every change is audited like an admin call, with the local operator as the
+//! actor (auth method `LOCAL`).
 
 use crate::auth::password::hash_password;
-use crate::store::{NewUser, Store, StoreError, User};
+use crate::store::{AuditEvent, NewUser, Store, StoreError, User};
 
 pub const MIN_PASSWORD_LEN: usize = 8;
 const MAX_NAME_LEN: usize = 255;
@@ -69,6 +70,24 @@ pub fn validate_password(password: &str) -> Result<(), UserError> {
     Ok(())
 }
 
+/// The audit record of a change made on this machine (`keyward user ...`, bootstrap): the
+/// actor is the operating-system user running the command.
+pub fn local_audit(operation: &str, target_user: &str) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        time: crate::audit::now_rfc3339(),
+        request_id: crate::proxy::ctx::RequestId::random().as_str().to_owned(),
+        actor: std::env::var("USER").unwrap_or_else(|_| "-".into()),
+        auth_method: "LOCAL".into(),
+        operation: operation.into(),
+        target_user: target_user.into(),
+        target_credential: String::new(),
+        status: 200,
+        outcome: "ok".into(),
+        source_ip: None,
+    }
+}
+
 pub async fn add_user(
     store: &dyn Store,
     spec: UserSpec,
@@ -83,15 +102,19 @@ pub async fn add_user(
     let mut functions = spec.functions;
     functions.sort();
     functions.dedup();
+    let audit = local_audit("user.create", &spec.name);
     Ok(store
-        .create_user(NewUser {
-            name: spec.name,
-            domain: spec.domain,
-            customer: spec.customer,
-            functions,
-            external: spec.external,
-            password_hash,
-        })
+        .create_user(
+            NewUser {
+                name: spec.name,
+                domain: spec.domain,
+                customer: spec.customer,
+                functions,
+                external: spec.external,
+                password_hash,
+            },
+            audit,
+        )
         .await?)
 }
 
@@ -104,7 +127,11 @@ async fn existing(store: &dyn Store, name: &str) -> Result<User, UserError> {
 
 pub async fn set_locked(store: &dyn Store, name: &str, locked: bool) -> Result<User, UserError> {
     let user = existing(store, name).await?;
-    if !store.set_user_locked(user.id, locked).await? {
+    let operation = if locked { "user.lock" } else { "user.unlock" };
+    if !store
+        .set_user_locked(user.id, locked, local_audit(operation, name))
+        .await?
+    {
         return Err(UserError::NoSuchUser(name.to_owned()));
     }
     Ok(User { locked, ..user })
@@ -114,7 +141,10 @@ pub async fn set_password(store: &dyn Store, name: &str, password: &str) -> Resu
     validate_password(password)?;
     let user = existing(store, name).await?;
     let hash = hash_password(password).map_err(UserError::Hash)?;
-    if !store.set_user_password(user.id, &hash).await? {
+    if !store
+        .set_user_password(user.id, &hash, local_audit("user.password", name))
+        .await?
+    {
         return Err(UserError::NoSuchUser(name.to_owned()));
     }
     Ok(())
@@ -125,7 +155,10 @@ pub async fn new_totp(store: &dyn Store, name: &str) -> Result<String, UserError
     let user = existing(store, name).await?;
     let secret = crate::auth::totp::generate_secret();
     let uri = crate::auth::totp::provisioning_uri(&secret, &user.name).map_err(UserError::Hash)?;
-    if !store.set_user_totp(user.id, Some(&secret)).await? {
+    if !store
+        .set_user_totp(user.id, Some(&secret), local_audit("user.totp", name))
+        .await?
+    {
         return Err(UserError::NoSuchUser(name.to_owned()));
     }
     Ok(uri)

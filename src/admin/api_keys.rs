@@ -201,9 +201,10 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
         customers,
         read_only,
     };
+    let audit = call.audit(201, &target.name, "");
     let key = api
         .db
-        .call(move |store| async move { store.create_api_key(new_key).await })
+        .call(move |store| async move { store.create_api_key(new_key, audit).await })
         .await?;
     // The prefix may have been probed (and cached as unknown) before it existed.
     api.auth.api_keys.invalidate_user(target.id);
@@ -244,11 +245,12 @@ pub async fn renew(
         body.expiration_days,
         body.disable_expiration.unwrap_or(false),
     )?;
+    let audit = call.audit(200, &target.name, &prefix.to_string());
     let renewed = api
         .db
         .call(move |store| async move {
             store
-                .renew_api_key(prefix.user_id, prefix.key_id, valid_until_ms)
+                .renew_api_key(prefix.user_id, prefix.key_id, valid_until_ms, audit)
                 .await
         })
         .await?
@@ -266,9 +268,14 @@ pub async fn revoke(
 ) -> Result<Reply, AdminError> {
     authorize_manage(call, target)?;
     let prefix = target_prefix(target, user_hex, key_id)?;
+    let audit = call.audit(200, &target.name, &prefix.to_string());
     let revoked = api
         .db
-        .call(move |store| async move { store.revoke_api_key(prefix.user_id, prefix.key_id).await })
+        .call(move |store| async move {
+            store
+                .revoke_api_key(prefix.user_id, prefix.key_id, audit)
+                .await
+        })
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
     // Effective on this instance before the call returns.

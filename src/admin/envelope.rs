@@ -170,6 +170,7 @@ impl AdminError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             AdminError::RetryLater(secs) => Some(*secs),
+            AdminError::Unavailable => Some(crate::proxy::respond::UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -211,7 +212,10 @@ impl AdminError {
 
 impl From<crate::store::StoreError> for AdminError {
     fn from(e: crate::store::StoreError) -> Self {
-        tracing::warn!(error = %e, "store error in an admin call");
+        // An outage is logged once by the store's health tracker; anything else here.
+        if !e.is_outage() {
+            tracing::warn!(error = %e, "store error in an admin call");
+        }
         AdminError::Unavailable
     }
 }

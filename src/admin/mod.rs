@@ -10,20 +10,22 @@ pub mod signatures;
 pub mod tokens;
 pub mod users;
 
-use crate::audit::{self, AuditLog, AuditRecord};
+use crate::audit::{self, AuditLog};
 use crate::auth::signature::RequestView;
 use crate::auth::{token, Authenticated, Authenticator, Principal, SecurityLevel};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
-use crate::store::{Db, User};
+use crate::store::{AuditEvent, Db, User};
 use envelope::{AdminError, Reply};
 use http::Method;
 use pingora::proxy::Session;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Namespaces reserved for keyward's own endpoints, from the first release, so an upstream
@@ -99,6 +101,33 @@ pub struct Call<'a> {
     pub caller: &'a Principal,
     pub method: &'a Method,
     pub body: &'a [u8],
+    pub request_id: &'a str,
+    pub source_ip: Option<IpAddr>,
+    pub operation: &'static str,
+    /// Set once a store write was handed this call's audit record (see [`Call::audit`]).
+    pub audit_handed_over: &'a AtomicBool,
+}
+
+impl Call<'_> {
+    /// This call's audit record as it is answered with `status` on success, for the store
+    /// write that makes the change to commit with it: the record is then exactly as durable
+    /// as the change. Creates fill in the credential they made.
+    pub fn audit(&self, status: u16, target_user: &str, credential: &str) -> AuditEvent {
+        self.audit_handed_over.store(true, Ordering::Relaxed);
+        AuditEvent {
+            seq: 0,
+            time: audit::now_rfc3339(),
+            request_id: self.request_id.to_owned(),
+            actor: self.caller.user_name.clone(),
+            auth_method: self.caller.method.as_str().to_owned(),
+            operation: self.operation.to_owned(),
+            target_user: target_user.to_owned(),
+            target_credential: credential.to_owned(),
+            status,
+            outcome: "ok".to_owned(),
+            source_ip: self.source_ip.map(|ip| ip.to_string()),
+        }
+    }
 }
 
 impl AdminApi {
@@ -178,7 +207,10 @@ impl AdminApi {
             .at(admin_path(ctx))
             .map(|m| m.value.is_token_api())
             .unwrap_or(false);
-        let result = self.dispatch(session, ctx, &mut target).await;
+        let audit_handed_over = AtomicBool::new(false);
+        let result = self
+            .dispatch(session, ctx, &mut target, &audit_handed_over)
+            .await;
         let request_id = ctx.request_id.as_str().to_owned();
         let (status, outcome) = match &result {
             Ok(reply) => (reply.status, "ok"),
@@ -202,18 +234,34 @@ impl AdminApi {
         }
         self.metrics.admin_operation(target.operation, outcome);
         let principal = ctx.principal.as_deref();
-        self.audit.record(&AuditRecord {
+        let record = AuditEvent {
+            seq: 0,
             time: audit::now_rfc3339(),
-            request_id: &request_id,
-            actor: principal.map_or("-", |p| p.user_name.as_str()),
-            auth_method: principal.map_or("-", |p| p.method.as_str()),
-            operation: target.operation,
-            target_user: &target.user,
-            target_credential: &target.credential,
+            request_id: request_id.clone(),
+            actor: principal.map_or("-", |p| p.user_name.as_str()).to_owned(),
+            auth_method: principal.map_or("-", |p| p.method.as_str()).to_owned(),
+            operation: target.operation.to_owned(),
+            target_user: target.user.clone(),
+            target_credential: target.credential.clone(),
             status,
-            outcome,
-            source_ip: ctx.client_ip,
-        });
+            outcome: outcome.to_owned(),
+            source_ip: ctx.client_ip.map(|ip| ip.to_string()),
+        };
+        // A change committed its record with it; every other authenticated call (reads,
+        // refusals, failed writes) is appended here, before the answer is sent. Calls that
+        // failed authentication are logged only: a flood of junk credentials must not turn
+        // into a flood of store writes.
+        if principal.is_some() && !(result.is_ok() && audit_handed_over.load(Ordering::Relaxed)) {
+            let stored = record.clone();
+            if let Err(e) = self
+                .db
+                .call(move |store| async move { store.append_audit(stored).await })
+                .await
+            {
+                tracing::debug!(error = %e, "audit record not stored; it is still logged");
+            }
+        }
+        self.audit.record(&record);
         let challenge = matches!(result, Err(AdminError::Unauthenticated(_)));
         let retry_after = result.as_ref().err().and_then(AdminError::retry_after_secs);
         let (content_type, body, extra) = match result {
@@ -255,6 +303,7 @@ impl AdminApi {
         session: &mut Session,
         ctx: &mut RequestCtx,
         target: &mut AuditTarget,
+        audit_handed_over: &AtomicBool,
     ) -> Result<Reply, AdminError> {
         let method = session.req_header().method.clone();
         let path = admin_path(ctx).to_owned();
@@ -281,10 +330,15 @@ impl AdminApi {
                 body: &body,
             },
         )?;
+        let request_id = ctx.request_id.as_str().to_owned();
         let call = Call {
             caller: &caller,
             method: &method,
             body: &body,
+            request_id: &request_id,
+            source_ip: ctx.client_ip,
+            operation: target.operation,
+            audit_handed_over,
         };
         if endpoint.is_token_api() {
             let header = session.req_header();

@@ -106,9 +106,10 @@ pub async fn enroll(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
         valid_until_ms,
         valid_sources,
     };
+    let audit = call.audit(201, &target.name, "");
     let key = api
         .db
-        .call(move |store| async move { store.create_signature_key(new_key).await })
+        .call(move |store| async move { store.create_signature_key(new_key, audit).await })
         .await?;
     api.auth.signatures.invalidate_user(target.id);
     Ok(Reply::created(json!({ "keyID": key.key_id })))
@@ -130,9 +131,10 @@ pub async fn delete(
     authorize_manage(call, target)?;
     let key_id = key_id(key)?;
     let user_id = target.id;
+    let audit = call.audit(200, &target.name, &format!("{}/{key_id}", target.name));
     let deleted = api
         .db
-        .call(move |store| async move { store.delete_signature_key(user_id, key_id).await })
+        .call(move |store| async move { store.delete_signature_key(user_id, key_id, audit).await })
         .await?;
     if !deleted {
         return Err(AdminError::NotFound(format!("no signature key {key_id}")));

@@ -135,15 +135,28 @@ async fn owner(api: &AdminApi, call: &Call<'_>, named: Option<&str>) -> Result<U
     }
 }
 
-async fn mint_token(
-    api: &AdminApi,
-    owner: &User,
+/// What a mint decided the new token is, before it has a secret.
+struct Minting {
     level: SecurityLevel,
     domain: String,
     tenant: Option<String>,
     expires_at_ms: i64,
     custom_source: Option<String>,
+}
+
+async fn mint_token(
+    api: &AdminApi,
+    call: &Call<'_>,
+    owner: &User,
+    minting: Minting,
 ) -> Result<(String, Token), AdminError> {
+    let Minting {
+        level,
+        domain,
+        tenant,
+        expires_at_ms,
+        custom_source,
+    } = minting;
     let secret = token::generate();
     let hash = api.auth.tokens.hash(&secret);
     let new_token = NewToken {
@@ -162,13 +175,14 @@ async fn mint_token(
     // can be exceeded by at most the number of mints racing for the last slot.
     let cap = u64::from(api.config.limits.tokens_per_user);
     let owner_id = owner.id;
+    let audit = call.audit(201, &owner.name, &new_token.name);
     let stored = api
         .db
         .call(move |store| async move {
             if store.count_tokens(owner_id, now_ms()).await? >= cap {
                 return Ok(None);
             }
-            store.create_token(new_token).await.map(Some)
+            store.create_token(new_token, audit).await.map(Some)
         })
         .await?
         .ok_or_else(|| {
@@ -252,16 +266,14 @@ pub async fn mint(
         SecurityLevel::Default.min(call.caller.level)
     };
     debug_assert!(asking.is_none_or(|t| level <= stored_level(&t)));
-    let (secret, stored) = mint_token(
-        api,
-        &owner,
+    let minting = Minting {
         level,
-        req.domain.clone(),
-        None,
-        expires,
-        source,
-    )
-    .await?;
+        domain: req.domain.clone(),
+        tenant: None,
+        expires_at_ms: expires,
+        custom_source: source,
+    };
+    let (secret, stored) = mint_token(api, call, &owner, minting).await?;
     let body = format!("Token {secret} expires {}\n", rfc3339(stored.expires_at_ms));
     let set_cookie = query_param(req.query, "setcookie") != Some("false");
     let mut headers = Vec::new();
@@ -335,12 +347,23 @@ async fn find_token(api: &AdminApi, name_or_token: &str) -> Result<Option<Token>
 }
 
 /// Deletes a token, effective on this keyward before the call returns.
-async fn remove(api: &AdminApi, name: &str) -> Result<(), AdminError> {
+async fn remove(
+    api: &AdminApi,
+    call: &Call<'_>,
+    owner: &str,
+    name: &str,
+) -> Result<(), AdminError> {
     let deleted_name = name.to_owned();
-    api.db
-        .call(move |store| async move { store.delete_token(&deleted_name).await })
+    let audit = call.audit(200, owner, name);
+    let deleted = api
+        .db
+        .call(move |store| async move { store.delete_token(&deleted_name, audit).await })
         .await?;
     api.auth.tokens.invalidate_name(name);
+    if !deleted {
+        // Deleted by a concurrent call (here or on another replica) since it was found.
+        return Err(AdminError::NotFound("no such token".into()));
+    }
     Ok(())
 }
 
@@ -358,7 +381,7 @@ pub async fn delete(
         .filter(|t| t.tenant.is_none() && (t.owner_id == caller_id || admin))
         .ok_or_else(|| AdminError::NotFound("no such token".into()))?;
     let name = token.name.clone();
-    remove(api, &name).await?;
+    remove(api, call, &token.owner_name, &name).await?;
     let mut headers = vec![("content-length", "0".to_owned())];
     let own_cookie = req
         .cookie_token
@@ -431,16 +454,14 @@ pub async fn tenant_mint(
     let owner = api.resolve_caller(call.caller).await?;
     let (expires, source) = expiry_and_source(api, req, None)?;
     // Stored as EXTERNAL: what the token authenticates as (src/auth/token.rs `cached`).
-    let (secret, stored) = mint_token(
-        api,
-        &owner,
-        SecurityLevel::External,
-        tenant.to_owned(),
-        Some(tenant.to_owned()),
-        expires,
-        source,
-    )
-    .await?;
+    let minting = Minting {
+        level: SecurityLevel::External,
+        domain: tenant.to_owned(),
+        tenant: Some(tenant.to_owned()),
+        expires_at_ms: expires,
+        custom_source: source,
+    };
+    let (secret, stored) = mint_token(api, call, &owner, minting).await?;
     let body = json!({
         "token": secret,
         "owner": owner.name,
@@ -470,7 +491,7 @@ pub async fn tenant_delete(
         .filter(|t| t.tenant.as_deref() == Some(tenant))
         .ok_or_else(|| AdminError::NotFound("no such token".into()))?;
     let name = token.name.clone();
-    remove(api, &name).await?;
+    remove(api, call, &token.owner_name, &name).await?;
     Ok(Reply::raw(
         200,
         "text/plain",

@@ -30,9 +30,10 @@ pub async fn set_locked(
 ) -> Result<Reply, AdminError> {
     authorize(call)?;
     let user_id = target.id;
+    let audit = call.audit(200, &target.name, "");
     let changed = api
         .db
-        .call(move |store| async move { store.set_user_locked(user_id, locked).await })
+        .call(move |store| async move { store.set_user_locked(user_id, locked, audit).await })
         .await?;
     if !changed {
         return Err(AdminError::NotFound(format!(

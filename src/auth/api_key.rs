@@ -207,7 +207,6 @@ impl CachedKey {
 
 pub struct ApiKeyAuthenticator {
     db: Db,
-    metrics: Arc<Metrics>,
     hasher: KeyHasher,
     keys: CredentialCache<Prefix, CachedKey>,
     usage: UsageRecorder,
@@ -223,8 +222,7 @@ impl ApiKeyAuthenticator {
         ApiKeyAuthenticator {
             db,
             hasher,
-            keys: CredentialCache::new(metrics.clone(), CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
-            metrics,
+            keys: CredentialCache::new(metrics, CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
             usage: UsageRecorder::default(),
         }
     }
@@ -273,8 +271,7 @@ impl ApiKeyAuthenticator {
             .call(move |store| async move { store.record_api_key_usage(&batch).await })
             .await
         {
-            self.metrics.store_error();
-            tracing::warn!(error = %e, "cannot record API key usage");
+            tracing::debug!(error = %e, "cannot record API key usage");
         }
     }
 
@@ -284,6 +281,10 @@ impl ApiKeyAuthenticator {
             move |prefix, _| prefix.user_id == user_id,
             move |prefix| prefix.user_id == user_id,
         );
+    }
+
+    pub fn invalidate_all(&self) {
+        self.keys.invalidate(|_, _| true, |_| true);
     }
 
     /// `(cache label, entries)` of the key caches.

@@ -68,7 +68,6 @@ pub fn principal_for(user: &User) -> Principal {
 pub struct BasicAuthenticator {
     db: Db,
     hasher: PasswordHasher,
-    metrics: Arc<Metrics>,
     cache: moka::future::Cache<[u8; 32], Arc<Principal>>,
     /// Keyed by a per-process random key.
     cache_key: KeyHasher,
@@ -102,7 +101,6 @@ impl BasicAuthenticator {
         BasicAuthenticator {
             db,
             hasher,
-            metrics,
             hits,
             misses,
             cache: moka::future::Cache::builder()
@@ -135,10 +133,7 @@ impl BasicAuthenticator {
             .db
             .call(move |store| async move { store.user_by_id(user_id).await })
             .await
-            .map_err(|_| {
-                self.metrics.store_error();
-                AuthError::StoreUnavailable
-            })?
+            .map_err(|_| AuthError::StoreUnavailable)?
             .ok_or(AuthError::UnknownKey)?;
         match self
             .totp
@@ -191,8 +186,8 @@ impl BasicAuthenticator {
         {
             Ok(user) => user,
             Err(e) => {
-                tracing::warn!(error = %e, "store lookup failed during Basic authentication");
-                self.metrics.store_error();
+                // Counted, and logged once per outage, by the store's health tracker.
+                tracing::debug!(error = %e, "store lookup failed during Basic authentication");
                 self.throttle.undecided(attempt);
                 return Err(AuthError::StoreUnavailable);
             }
@@ -226,6 +221,11 @@ impl BasicAuthenticator {
         let _ = self
             .cache
             .invalidate_entries_if(move |_, principal| principal.user_id == user_id);
+    }
+
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
     }
 
     /// Exact once pending inserts and evictions are applied, which this does first.

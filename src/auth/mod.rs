@@ -499,6 +499,14 @@ impl Authenticator {
         self.tokens.invalidate_user(user_id);
     }
 
+    /// Drops every cached credential of every user.
+    pub fn invalidate_all(&self) {
+        self.basic.invalidate_all();
+        self.api_keys.invalidate_all();
+        self.signatures.invalidate_all();
+        self.tokens.invalidate_all();
+    }
+
     /// Writes recorded last uses of keys to the store.
     pub async fn flush_usage(&self) {
         self.api_keys.flush_usage().await;

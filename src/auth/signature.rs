@@ -379,7 +379,6 @@ struct SignatureSession {
 
 pub struct SignatureAuthenticator {
     db: Db,
-    metrics: Arc<Metrics>,
     settings: SignatureSettings,
     /// Keyed by [`key_ref_hash`] of what the client named, so an unknown keyid costs the
     /// negative cache 32 bytes however long it was.
@@ -437,7 +436,6 @@ impl SignatureAuthenticator {
                 .build(),
             usage: UsageRecorder::default(),
             db,
-            metrics,
             settings,
         }
     }
@@ -550,6 +548,12 @@ impl SignatureAuthenticator {
             .invalidate(move |_, key| key.user_id == user_id, |_| true);
     }
 
+    /// Drops every cached key and session (the replay window stays: it is not store data).
+    pub fn invalidate_all(&self) {
+        self.keys.invalidate(|_, _| true, |_| true);
+        self.sessions.invalidate_all();
+    }
+
     /// Evicts a user's signature sessions (one key or all); returns the key ids evicted.
     pub fn evict_sessions(&self, user_id: i64, key_id: Option<i64>) -> Vec<i64> {
         let mut evicted: Vec<i64> = self
@@ -575,8 +579,7 @@ impl SignatureAuthenticator {
             .call(move |store| async move { store.record_signature_key_usage(&batch).await })
             .await
         {
-            self.metrics.store_error();
-            tracing::warn!(error = %e, "cannot record signature key usage");
+            tracing::debug!(error = %e, "cannot record signature key usage");
         }
     }
 

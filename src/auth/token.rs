@@ -196,6 +196,19 @@ impl TokenAuthenticator {
             .invalidate(move |_, t| t.owner_id == user_id, |_| false);
     }
 
+    /// A change to one of the user's tokens from another process: their cached tokens go, and
+    /// so do remembered unknown tokens (a token minted elsewhere may have been presented here
+    /// before it existed; unknown entries are keyed by digest, so they cannot be narrowed to
+    /// one user).
+    pub fn invalidate_user_tokens(&self, user_id: i64) {
+        self.tokens
+            .invalidate(move |_, t| t.owner_id == user_id, |_| true);
+    }
+
+    pub fn invalidate_all(&self) {
+        self.tokens.invalidate(|_, _| true, |_| true);
+    }
+
     /// Drops one token by name, effective before the deleting call returns.
     pub fn invalidate_name(&self, name: &str) {
         let name = name.to_owned();

@@ -7,6 +7,7 @@ pub mod schema;
 
 use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
 use crate::policy::{Requirement, Route};
+pub use crate::store::{PoolSettings, StoreUrl};
 use ipnet::IpNet;
 pub use schema::TrustedProxiesHeader;
 use schema::{FileConfig, LogFormat};
@@ -60,6 +61,7 @@ pub struct Config {
     pub listen_ops: String,
     pub upstream: Upstream,
     pub store: StoreUrl,
+    pub store_pool: PoolSettings,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     pub tokens: Tokens,
     pub routes: Vec<Route>,
@@ -103,12 +105,6 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health_check_interval: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    Sqlite(PathBuf),
-    Postgres(String),
 }
 
 #[derive(Debug, Clone)]
@@ -287,13 +283,29 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             .unwrap_or_default()
     });
 
-    let store_url = match parse_store_url(&store.url) {
+    let store_url = match StoreUrl::parse(&store.url) {
         Ok(url) => url,
         Err(message) => {
             problem("store.url".into(), message);
             StoreUrl::Sqlite(PathBuf::new())
         }
     };
+    let mut store_pool = PoolSettings::default_for(&store_url);
+    if let Some(max) = store.max_connections {
+        if max == 0 {
+            problem("store.max_connections".into(), "must be at least 1".into());
+        }
+        store_pool.max_connections = max;
+    }
+    if let Some(timeout) = store.connect_timeout {
+        if timeout.0.is_zero() {
+            problem(
+                "store.connect_timeout".into(),
+                "must be more than 0s".into(),
+            );
+        }
+        store_pool.acquire_timeout = timeout.0;
+    }
 
     let bootstrap_admin = bootstrap.and_then(|b| b.admin).map(|admin| {
         if admin.name.trim().is_empty() {
@@ -399,6 +411,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             health_check_interval: upstream.health_check_interval.0,
         },
         store: store_url,
+        store_pool,
         bootstrap_admin,
         tokens: Tokens {
             administrator: tokens.administrator,
@@ -603,21 +616,6 @@ fn host_port(address: &str) -> Option<(&str, u16)> {
         return None;
     }
     Some((host, port))
-}
-
-fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if path.is_empty() {
-            return Err("sqlite:// needs a file path, e.g. sqlite://data/keyward.db".into());
-        }
-        Ok(StoreUrl::Sqlite(PathBuf::from(path)))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(StoreUrl::Postgres(url.to_owned()))
-    } else {
-        Err(format!(
-            "unsupported store URL {url:?}: use sqlite://PATH or postgres://..."
-        ))
-    }
 }
 
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (taken as /32 or /128).

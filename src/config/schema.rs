@@ -133,6 +133,12 @@ pub struct UpstreamFile {
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     pub url: String,
+    /// Connections in the pool (default 4 for SQLite, 16 for PostgreSQL).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Longest wait for a store connection before a request is refused with 503 (default 2s).
+    #[serde(default)]
+    pub connect_timeout: Option<Seconds>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -142,17 +142,29 @@ impl Refusal {
         if let Some(cookie) = set_cookie {
             header.append_header("set-cookie", cookie)?;
         }
-        if let Refusal::RetryLater {
-            retry_after_secs, ..
-        } = self
-        {
-            header.insert_header("retry-after", retry_after_secs.to_string())?;
+        if let Some(secs) = self.retry_after_secs() {
+            header.insert_header("retry-after", secs.to_string())?;
         }
         send(session, header, body).await
     }
 }
 
+/// `Retry-After` of a 503: a store or Redis that cannot be reached is usually back within
+/// seconds (a failover, a restarted pod), and cached credentials keep working meanwhile.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 impl Refusal {
+    /// The `Retry-After` seconds of a refusal that has them: throttles, and 503s.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Refusal::RetryLater {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Refusal::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+
     /// The whole HTTP/1.1 response, ending with `Connection: close`, for the connection-level
     /// refusals written straight to a socket before any request was parsed (see
     /// `crate::connection`): no pingora session exists there to write it through.

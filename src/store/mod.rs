@@ -5,12 +5,68 @@
 //! CLI, or another replica) made stale, so the feed is part of the store's contract, not an
 //! optimisation.
 
+#[cfg(test)]
+mod contract;
+pub mod health;
+pub mod postgres;
+mod rows;
+pub mod scratch;
 pub mod sqlite;
 
-use crate::config::StoreUrl;
 use async_trait::async_trait;
+pub use health::StoreHealth;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Where the store lives: `sqlite://PATH` (one process, or processes on one machine) or
+/// `postgres://...` (a fleet sharing one database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, e.g. sqlite://data/keyward.db".into());
+            }
+            Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+            Ok(StoreUrl::Postgres(url.to_owned()))
+        } else {
+            Err("unsupported store URL: use sqlite://PATH or postgres://...".into())
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreUrl::Postgres(_))
+    }
+}
+
+/// How the store's connections are sized (`store.max_connections`, `store.connect_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// Longest wait for a connection: bounds how long an uncached request waits on a store
+    /// that does not answer before it is refused with 503.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl PoolSettings {
+    /// One SQLite file takes one writer at a time; a network database serves many.
+    pub fn default_for(url: &StoreUrl) -> PoolSettings {
+        PoolSettings {
+            max_connections: if url.is_postgres() { 16 } else { 4 },
+            acquire_timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +82,75 @@ pub enum StoreError {
     Task(String),
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// The store could not be reached (as opposed to refusing one statement): what marks the
+    /// store down in [`StoreHealth`] and `/readyz`.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Unavailable(e) => !matches!(
+                e,
+                sqlx::Error::Database(_)
+                    | sqlx::Error::RowNotFound
+                    | sqlx::Error::ColumnNotFound(_)
+                    | sqlx::Error::ColumnDecode { .. }
+                    | sqlx::Error::Decode(_)
+                    | sqlx::Error::TypeNotFound { .. }
+            ),
+            StoreError::Task(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The audit record of one admin call or CLI change (`keyward audit tail` reads them back).
+///
+/// A change is written in the same transaction as its record, so the store never holds one
+/// without the other; calls that change nothing (refusals, lists) are appended on their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the audit table (0 until stored).
+    #[serde(default, skip_serializing_if = "unstored")]
+    pub seq: i64,
+    /// RFC 3339, milliseconds, UTC.
+    pub time: String,
+    pub request_id: String,
+    /// The authenticated caller, `-` when authentication failed.
+    pub actor: String,
+    pub auth_method: String,
+    pub operation: String,
+    pub target_user: String,
+    /// Prefix, `user/keyId` or token name; never a secret. A create fills in what it made.
+    pub target_credential: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    pub outcome: String,
+    pub source_ip: Option<String>,
+}
+
+fn unstored(seq: &i64) -> bool {
+    *seq == 0
+}
+
+impl AuditEvent {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn from_json(seq: i64, text: &str) -> Result<AuditEvent, StoreError> {
+        let mut event: AuditEvent = serde_json::from_str(text)
+            .map_err(|e| StoreError::Corrupt(format!("audit.record: {e}")))?;
+        event.seq = seq;
+        Ok(event)
+    }
+}
+
+/// How a backend with change notifications tells the change follower to read the feed now.
+pub struct FeedSignal {
+    pub wake: tokio::sync::Notify,
+    /// `keyward_change_feed_listening`: 1 while notifications arrive.
+    pub listening: prometheus::IntGauge,
 }
 
 /// A user (SPEC §1).
@@ -219,21 +344,37 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError>;
     async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
     /// Returns false when there is no such user. Locking also deletes the user's tokens.
-    async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError>;
+    async fn set_user_locked(
+        &self,
+        id: i64,
+        locked: bool,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
     /// Returns false when there is no such user.
-    async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError>;
+    async fn set_user_password(
+        &self,
+        id: i64,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
     /// Sets (or with `None` removes) the user's TOTP secret; false when there is no such user.
-    async fn set_user_totp(&self, id: i64, secret: Option<&str>) -> Result<bool, StoreError>;
+    async fn set_user_totp(
+        &self,
+        id: i64,
+        secret: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
 
     /// The server-side key API key hashes are computed with; made on first use.
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError>;
     /// Stores a new key under the user's next key id.
-    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError>;
+    async fn create_api_key(&self, key: NewApiKey, audit: AuditEvent)
+        -> Result<ApiKey, StoreError>;
     /// An active (not revoked) key.
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError>;
     /// The user's active keys, oldest first.
@@ -244,15 +385,24 @@ pub trait Store: Send + Sync + 'static {
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
+        audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Revokes an active key; `None` when there is no such key.
-    async fn revoke_api_key(&self, user_id: i64, key_id: i64)
-        -> Result<Option<ApiKey>, StoreError>;
+    async fn revoke_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        audit: AuditEvent,
+    ) -> Result<Option<ApiKey>, StoreError>;
     /// Records last uses, in one transaction.
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
 
     /// Enrolls a key under the user's next key id.
-    async fn create_signature_key(&self, key: NewSignatureKey) -> Result<SignatureKey, StoreError>;
+    async fn create_signature_key(
+        &self,
+        key: NewSignatureKey,
+        audit: AuditEvent,
+    ) -> Result<SignatureKey, StoreError>;
     /// An enrolled (not deleted) key.
     async fn signature_key(
         &self,
@@ -261,16 +411,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<SignatureKey>, StoreError>;
     async fn list_signature_keys(&self, user_id: i64) -> Result<Vec<SignatureKey>, StoreError>;
     /// Deletes an enrolled key; false when there is no such key.
-    async fn delete_signature_key(&self, user_id: i64, key_id: i64) -> Result<bool, StoreError>;
+    async fn delete_signature_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
     async fn record_signature_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
 
-    async fn create_token(&self, token: NewToken) -> Result<Token, StoreError>;
+    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> Result<Token, StoreError>;
     async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError>;
     async fn token_by_name(&self, name: &str) -> Result<Option<Token>, StoreError>;
     /// Unexpired tokens in `scope`, oldest first.
     async fn list_tokens(&self, scope: TokenScope, now_ms: i64) -> Result<Vec<Token>, StoreError>;
     /// Deletes one token; false when there is no such token.
-    async fn delete_token(&self, name: &str) -> Result<bool, StoreError>;
+    async fn delete_token(&self, name: &str, audit: AuditEvent) -> Result<bool, StoreError>;
     /// How many unexpired tokens `owner_id` holds, in every domain and tenant (the
     /// `limits.tokens_per_user` cap).
     async fn count_tokens(&self, owner_id: i64, now_ms: i64) -> Result<u64, StoreError>;
@@ -281,15 +436,26 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_change(&self) -> Result<i64, StoreError>;
     /// Drops change-feed rows older than `before_ms`; returns how many.
     async fn prune_changes(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Appends the record of a call that changed nothing (a refusal, a list).
+    async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError>;
+    /// Audit records with `seq > after`, oldest first.
+    async fn audit_since(&self, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The newest `limit` audit records, oldest first.
+    async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Starts following change notifications, when the backend has them (PostgreSQL
+    /// `LISTEN`), on the current runtime: `signal.wake` is notified on every change and after
+    /// every reconnection, so the follower reads the feed at once instead of at its next poll.
+    /// Returns false when the backend has no notifications (SQLite: the poll is all there is).
+    fn listen(&self, signal: Arc<FeedSignal>) -> bool;
 }
 
 /// Opens the store named by the config, creating and migrating it as needed.
-pub async fn connect(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(url: &StoreUrl, pool: PoolSettings) -> Result<Arc<dyn Store>, StoreError> {
     match url {
-        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Unsupported(
-            "store.url: the postgres backend is not available in this build yet; use sqlite://",
-        )),
+        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path, pool).await?)),
+        StoreUrl::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::open(url, pool).await?)),
     }
 }
 
@@ -302,18 +468,25 @@ pub async fn connect(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
 pub struct Db {
     store: Arc<dyn Store>,
     runtime: tokio::runtime::Handle,
+    health: Arc<StoreHealth>,
 }
 
 impl Db {
     /// Starts the store runtime and connects on it. The runtime lives as long as the process.
-    pub fn start(url: &StoreUrl) -> Result<Db, StoreError> {
+    pub fn start(
+        url: &StoreUrl,
+        pool: PoolSettings,
+        health: StoreHealth,
+    ) -> Result<Db, StoreError> {
+        // A network database answers many queries at once; one file takes one writer.
+        let threads = if url.is_postgres() { 2 } else { 1 };
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(threads)
             .thread_name("keyward-store")
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let store = runtime.block_on(connect(url))?;
+        let store = runtime.block_on(connect(url, pool))?;
         let handle = runtime.handle().clone();
         // Never dropped: dropping a runtime from inside another one panics, and the store
         // must outlive every service anyway.
@@ -321,7 +494,19 @@ impl Db {
         Ok(Db {
             store,
             runtime: handle,
+            health: Arc::new(health),
         })
+    }
+
+    /// Whether the store answered its last call, and the counter of its failures.
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// Starts the backend's change notifications (see [`Store::listen`]) on the store runtime.
+    pub fn listen(&self, signal: Arc<FeedSignal>) -> bool {
+        let _guard = self.runtime.enter();
+        self.store.listen(signal)
     }
 
     /// Runs `f` against the store on the store runtime.
@@ -332,10 +517,12 @@ impl Db {
         T: Send + 'static,
     {
         let fut = f(self.store.clone());
-        match self.runtime.spawn(fut).await {
+        let result = match self.runtime.spawn(fut).await {
             Ok(result) => result,
             Err(e) => Err(StoreError::Task(e.to_string())),
-        }
+        };
+        self.health.observe(result.as_ref().err());
+        result
     }
 
     /// Runs `f` to completion from synchronous code (start-up, before the services run).

@@ -1,9 +1,13 @@
 //! SQLite backend: one file, WAL journal, `synchronous=FULL` so an acknowledged write survives
 //! `kill -9` and power loss alike. Admin writes are rare; the request path reads from caches.
 
+use super::rows::{
+    row_decoders, to_json, API_KEY_COLUMNS, SIGNATURE_KEY_COLUMNS, TOKEN_SELECT, USER_COLUMNS,
+};
 use super::{
-    now_ms, ApiKey, Change, ChangeKind, KeyUsage, NewApiKey, NewSignatureKey, NewToken, NewUser,
-    SignatureKey, Store, StoreError, Token, TokenScope, User,
+    now_ms, ApiKey, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
+    NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
+    TokenScope, User,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -12,18 +16,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct SqliteStore {
     pool: SqlitePool,
 }
-
-const API_KEY_COLUMNS: &str = "user_id, key_id, secret_hash, description, created_at_ms, \
-                               created_by_id, created_by_name, valid_until_ms, valid_sources, \
-                               functions, customers, read_only, last_used_at_ms, last_used_ip";
-
-const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, password_hash, \
-                            totp_secret, locked, created_at_ms";
 
 /// The database holds the API key pepper, TOTP secrets and password hashes: its directory is
 /// created 0700 and the file 0600 before SQLite opens it (SQLite gives `-wal` and `-shm` the
@@ -84,7 +82,7 @@ fn prepare_files(path: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub async fn open(path: &Path, pool: PoolSettings) -> Result<SqliteStore, StoreError> {
         prepare_files(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -94,8 +92,8 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(3))
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
@@ -110,18 +108,49 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Appends the change to the feed and its audit record, in the caller's transaction.
     async fn record_change(
         tx: &mut Transaction<'_, Sqlite>,
         kind: ChangeKind,
         user_id: i64,
+        audit: &AuditEvent,
     ) -> Result<(), StoreError> {
+        let at_ms = now_ms();
         sqlx::query("INSERT INTO changes (kind, user_id, at_ms) VALUES (?, ?, ?)")
             .bind(kind.as_str())
             .bind(user_id)
-            .bind(now_ms())
+            .bind(at_ms)
+            .execute(&mut **tx)
+            .await?;
+        Self::insert_audit(tx, audit, at_ms).await
+    }
+
+    async fn insert_audit(
+        tx: &mut Transaction<'_, Sqlite>,
+        audit: &AuditEvent,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit (at_ms, record) VALUES (?, ?)")
+            .bind(at_ms)
+            .bind(audit.to_json())
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    /// Takes the user's next key id from `column` (locking the user's row until commit).
+    async fn next_key_id(
+        tx: &mut Transaction<'_, Sqlite>,
+        column: &'static str,
+        user_id: i64,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(&format!(
+            "UPDATE users SET {column} = {column} + 1 WHERE id = ? RETURNING {column} - 1"
+        ))
+        .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("no user with id {user_id}")))
     }
 
     /// Records last uses of keys in `table` (`api_keys` or `signature_keys`), in one
@@ -158,12 +187,13 @@ impl SqliteStore {
         key_id: i64,
         update: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
         revoked: bool,
+        audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let mut tx = self.write_transaction().await?;
         if update.execute(&mut *tx).await?.rows_affected() == 0 {
             return Ok(None);
         }
-        Self::record_change(&mut tx, ChangeKind::ApiKey, user_id).await?;
+        Self::record_change(&mut tx, ChangeKind::ApiKey, user_id, &audit).await?;
         let row = sqlx::query(&format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND key_id = ? \
              AND revoked = ?"
@@ -183,102 +213,20 @@ impl SqliteStore {
         &self,
         id: i64,
         update: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write_transaction().await?;
         let done = update.execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        Self::record_change(&mut tx, ChangeKind::User, id).await?;
+        Self::record_change(&mut tx, ChangeKind::User, id, &audit).await?;
         tx.commit().await?;
         Ok(true)
     }
 }
 
-fn json_list(row: &SqliteRow, column: &str) -> Result<Vec<String>, StoreError> {
-    let text: String = row.try_get(column)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
-}
-
-fn to_json(list: &[String]) -> String {
-    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
-}
-
-fn api_key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
-    let functions: Option<String> = row.try_get("functions")?;
-    let functions = functions
-        .map(|text| serde_json::from_str(&text))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("api_keys.functions: {e}")))?;
-    Ok(ApiKey {
-        user_id: row.try_get("user_id")?,
-        key_id: row.try_get("key_id")?,
-        secret_hash: row.try_get("secret_hash")?,
-        description: row.try_get("description")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        created_by_id: row.try_get("created_by_id")?,
-        created_by_name: row.try_get("created_by_name")?,
-        valid_until_ms: row.try_get("valid_until_ms")?,
-        valid_sources: json_list(row, "valid_sources")?,
-        functions,
-        customers: json_list(row, "customers")?,
-        read_only: row.try_get("read_only")?,
-        last_used_at_ms: row.try_get("last_used_at_ms")?,
-        last_used_ip: row.try_get("last_used_ip")?,
-    })
-}
-
-const SIGNATURE_KEY_COLUMNS: &str = "user_id, key_id, public_key, description, created_at_ms, \
-                                     valid_until_ms, valid_sources, last_used_at_ms, last_used_ip";
-
-fn signature_key_from_row(row: &SqliteRow) -> Result<SignatureKey, StoreError> {
-    Ok(SignatureKey {
-        user_id: row.try_get("user_id")?,
-        key_id: row.try_get("key_id")?,
-        public_key: row.try_get("public_key")?,
-        description: row.try_get("description")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        valid_until_ms: row.try_get("valid_until_ms")?,
-        valid_sources: json_list(row, "valid_sources")?,
-        last_used_at_ms: row.try_get("last_used_at_ms")?,
-        last_used_ip: row.try_get("last_used_ip")?,
-    })
-}
-
-const TOKEN_SELECT: &str = "SELECT t.name, t.token_hash, t.owner_id, u.name AS owner_name, \
-                            t.domain, t.tenant, t.level, t.created_at_ms, t.expires_at_ms, \
-                            t.custom_source FROM tokens t JOIN users u ON u.id = t.owner_id";
-
-fn token_from_row(row: &SqliteRow) -> Result<Token, StoreError> {
-    Ok(Token {
-        name: row.try_get("name")?,
-        token_hash: row.try_get("token_hash")?,
-        owner_id: row.try_get("owner_id")?,
-        owner_name: row.try_get("owner_name")?,
-        domain: row.try_get("domain")?,
-        tenant: row.try_get("tenant")?,
-        level: row.try_get("level")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        custom_source: row.try_get("custom_source")?,
-    })
-}
-
-fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
-    let functions = json_list(row, "functions")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        domain: row.try_get("domain")?,
-        customer: row.try_get("customer")?,
-        functions,
-        external: row.try_get("external")?,
-        password_hash: row.try_get("password_hash")?,
-        totp_secret: row.try_get("totp_secret")?,
-        locked: row.try_get("locked")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
-}
+row_decoders!(SqliteRow);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -287,13 +235,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
         let functions = serde_json::to_string(&user.functions)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.write_transaction().await?;
-        let inserted = sqlx::query(
+        let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (name, domain, customer, functions, external, password_hash, \
-             created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+             created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING \
+             RETURNING id",
         )
         .bind(&user.name)
         .bind(&user.domain)
@@ -302,16 +251,15 @@ impl Store for SqliteStore {
         .bind(user.external)
         .bind(&user.password_hash)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 0 {
+        let Some(id) = inserted else {
             return Err(StoreError::Conflict(format!(
                 "a user named {:?} already exists",
                 user.name
             )));
-        }
-        let id = inserted.last_insert_rowid();
-        Self::record_change(&mut tx, ChangeKind::User, id).await?;
+        };
+        Self::record_change(&mut tx, ChangeKind::User, id, &audit).await?;
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
             .bind(id)
             .fetch_one(&mut *tx)
@@ -348,7 +296,12 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn set_user_locked(&self, id: i64, locked: bool) -> Result<bool, StoreError> {
+    async fn set_user_locked(
+        &self,
+        id: i64,
+        locked: bool,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write_transaction().await?;
         let done = sqlx::query("UPDATE users SET locked = ? WHERE id = ?")
             .bind(locked)
@@ -364,16 +317,21 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        Self::record_change(&mut tx, ChangeKind::User, id).await?;
+        Self::record_change(&mut tx, ChangeKind::User, id, &audit).await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    async fn set_user_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError> {
+    async fn set_user_password(
+        &self,
+        id: i64,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
         let update = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(password_hash)
             .bind(id);
-        self.update_user(id, update).await
+        self.update_user(id, update, audit).await
     }
 
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError> {
@@ -393,14 +351,13 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn create_api_key(&self, key: NewApiKey) -> Result<ApiKey, StoreError> {
+    async fn create_api_key(
+        &self,
+        key: NewApiKey,
+        mut audit: AuditEvent,
+    ) -> Result<ApiKey, StoreError> {
         let mut tx = self.write_transaction().await?;
-        let key_id: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(key_id), 0) + 1 FROM api_keys WHERE user_id = ?",
-        )
-        .bind(key.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let key_id = Self::next_key_id(&mut tx, "next_api_key_id", key.user_id).await?;
         sqlx::query(
             "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
              created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
@@ -420,7 +377,8 @@ impl Store for SqliteStore {
         .bind(key.read_only)
         .execute(&mut *tx)
         .await?;
-        Self::record_change(&mut tx, ChangeKind::ApiKey, key.user_id).await?;
+        audit.target_credential = format!("{:x}/{key_id}", key.user_id);
+        Self::record_change(&mut tx, ChangeKind::ApiKey, key.user_id, &audit).await?;
         let row = sqlx::query(&format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND key_id = ?"
         ))
@@ -464,6 +422,7 @@ impl Store for SqliteStore {
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
+        audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let update = sqlx::query(
             "UPDATE api_keys SET valid_until_ms = ? \
@@ -472,34 +431,36 @@ impl Store for SqliteStore {
         .bind(valid_until_ms)
         .bind(user_id)
         .bind(key_id);
-        self.change_api_key(user_id, key_id, update, false).await
+        self.change_api_key(user_id, key_id, update, false, audit)
+            .await
     }
 
     async fn revoke_api_key(
         &self,
         user_id: i64,
         key_id: i64,
+        audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let update = sqlx::query(
             "UPDATE api_keys SET revoked = 1 WHERE user_id = ? AND key_id = ? AND revoked = 0",
         )
         .bind(user_id)
         .bind(key_id);
-        self.change_api_key(user_id, key_id, update, true).await
+        self.change_api_key(user_id, key_id, update, true, audit)
+            .await
     }
 
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
         self.record_usage("api_keys", usage).await
     }
 
-    async fn create_signature_key(&self, key: NewSignatureKey) -> Result<SignatureKey, StoreError> {
+    async fn create_signature_key(
+        &self,
+        key: NewSignatureKey,
+        mut audit: AuditEvent,
+    ) -> Result<SignatureKey, StoreError> {
         let mut tx = self.write_transaction().await?;
-        let key_id: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(key_id), 0) + 1 FROM signature_keys WHERE user_id = ?",
-        )
-        .bind(key.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let key_id = Self::next_key_id(&mut tx, "next_signature_key_id", key.user_id).await?;
         sqlx::query(
             "INSERT INTO signature_keys (user_id, key_id, public_key, description, \
              created_at_ms, valid_until_ms, valid_sources) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -513,7 +474,8 @@ impl Store for SqliteStore {
         .bind(to_json(&key.valid_sources))
         .execute(&mut *tx)
         .await?;
-        Self::record_change(&mut tx, ChangeKind::SignatureKey, key.user_id).await?;
+        audit.target_credential = format!("{}/{key_id}", audit.target_user);
+        Self::record_change(&mut tx, ChangeKind::SignatureKey, key.user_id, &audit).await?;
         let row = sqlx::query(&format!(
             "SELECT {SIGNATURE_KEY_COLUMNS} FROM signature_keys WHERE user_id = ? AND key_id = ?"
         ))
@@ -556,7 +518,12 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn delete_signature_key(&self, user_id: i64, key_id: i64) -> Result<bool, StoreError> {
+    async fn delete_signature_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write_transaction().await?;
         let done = sqlx::query(
             "UPDATE signature_keys SET deleted = 1 \
@@ -569,7 +536,7 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        Self::record_change(&mut tx, ChangeKind::SignatureKey, user_id).await?;
+        Self::record_change(&mut tx, ChangeKind::SignatureKey, user_id, &audit).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -578,14 +545,20 @@ impl Store for SqliteStore {
         self.record_usage("signature_keys", usage).await
     }
 
-    async fn set_user_totp(&self, id: i64, secret: Option<&str>) -> Result<bool, StoreError> {
+    async fn set_user_totp(
+        &self,
+        id: i64,
+        secret: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
         let update = sqlx::query("UPDATE users SET totp_secret = ? WHERE id = ?")
             .bind(secret)
             .bind(id);
-        self.update_user(id, update).await
+        self.update_user(id, update, audit).await
     }
 
-    async fn create_token(&self, token: NewToken) -> Result<Token, StoreError> {
+    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> Result<Token, StoreError> {
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "INSERT INTO tokens (name, token_hash, owner_id, domain, tenant, level, \
              created_at_ms, expires_at_ms, custom_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -599,11 +572,16 @@ impl Store for SqliteStore {
         .bind(now_ms())
         .bind(token.expires_at_ms)
         .bind(&token.custom_source)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        self.token_by_name(&token.name)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("token vanished after insert".into()))
+        Self::record_change(&mut tx, ChangeKind::Token, token.owner_id, &audit).await?;
+        let row = sqlx::query(&format!("{TOKEN_SELECT} WHERE t.name = ?"))
+            .bind(&token.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let created = token_from_row(&row)?;
+        tx.commit().await?;
+        Ok(created)
     }
 
     async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError> {
@@ -651,7 +629,7 @@ impl Store for SqliteStore {
         rows.iter().map(token_from_row).collect()
     }
 
-    async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
+    async fn delete_token(&self, name: &str, audit: AuditEvent) -> Result<bool, StoreError> {
         let mut tx = self.write_transaction().await?;
         let owner: Option<i64> = sqlx::query_scalar("SELECT owner_id FROM tokens WHERE name = ?")
             .bind(name)
@@ -664,7 +642,7 @@ impl Store for SqliteStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        Self::record_change(&mut tx, ChangeKind::Token, owner).await?;
+        Self::record_change(&mut tx, ChangeKind::Token, owner, &audit).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -716,180 +694,40 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_user(name: &str) -> NewUser {
-        NewUser {
-            name: name.into(),
-            domain: None,
-            customer: Some("42".into()),
-            functions: vec!["POWER-USER".into()],
-            external: false,
-            password_hash: "$argon2id$placeholder".into(),
-        }
+    async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.write_transaction().await?;
+        Self::insert_audit(&mut tx, &audit, now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
-    #[tokio::test]
-    async fn users_round_trip_and_feed_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
-        let before = store.latest_change().await.unwrap();
-        let alice = store.create_user(new_user("alice")).await.unwrap();
-        assert_eq!(alice.functions, vec!["POWER-USER".to_string()]);
-        assert!(matches!(
-            store.create_user(new_user("alice")).await,
-            Err(StoreError::Conflict(_))
-        ));
-        assert!(store.set_user_locked(alice.id, true).await.unwrap());
-        assert!(!store.set_user_locked(alice.id + 100, true).await.unwrap());
-        let fetched = store.user_by_name("alice").await.unwrap().unwrap();
-        assert!(fetched.locked);
-        let changes = store.changes_since(before, 10).await.unwrap();
-        assert_eq!(changes.len(), 2);
-        assert!(changes.iter().all(|c| c.user_id == alice.id));
-        assert_eq!(store.prune_changes(now_ms() + 1).await.unwrap(), 2);
+    async fn audit_since(&self, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, record FROM audit WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|(seq, text)| AuditEvent::from_json(*seq, text))
+            .collect()
     }
 
-    #[tokio::test]
-    async fn api_keys_get_increasing_ids_and_revocation_is_final() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
-        let pepper = store.api_key_pepper().await.unwrap();
-        assert_eq!(pepper.len(), 32);
-        assert_eq!(store.api_key_pepper().await.unwrap(), pepper, "made once");
-        let user = store.create_user(new_user("bob")).await.unwrap();
-        let new_key = |description: &str| NewApiKey {
-            user_id: user.id,
-            secret_hash: vec![1; 32],
-            description: description.into(),
-            created_by_id: user.id,
-            created_by_name: user.name.clone(),
-            valid_until_ms: 0,
-            valid_sources: vec!["10.0.0.0/8".into()],
-            functions: Some(vec!["A".into()]),
-            customers: vec![],
-            read_only: true,
-        };
-        let first = store.create_api_key(new_key("one")).await.unwrap();
-        let second = store.create_api_key(new_key("two")).await.unwrap();
-        assert_eq!((first.key_id, second.key_id), (1, 2));
-        assert_eq!(second.prefix(), format!("{:x}/2", user.id));
-        assert!(store.revoke_api_key(user.id, 2).await.unwrap().is_some());
-        assert!(store.revoke_api_key(user.id, 2).await.unwrap().is_none());
-        assert!(store.api_key(user.id, 2).await.unwrap().is_none());
-        let third = store.create_api_key(new_key("three")).await.unwrap();
-        assert_eq!(third.key_id, 3, "a revoked key's id is not reused");
-        let renewed = store
-            .renew_api_key(user.id, 1, 1234)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(renewed.valid_until_ms, 1234);
-        store
-            .record_api_key_usage(&[KeyUsage {
-                user_id: user.id,
-                key_id: 1,
-                at_ms: 99,
-                ip: "10.1.1.1".into(),
-            }])
-            .await
-            .unwrap();
-        let listed = store.list_api_keys(user.id).await.unwrap();
-        assert_eq!(listed.len(), 2);
-        assert_eq!(listed[0].last_used_ip.as_deref(), Some("10.1.1.1"));
-        assert_eq!(listed[0].functions, Some(vec!["A".to_string()]));
+    async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, record FROM (SELECT seq, record FROM audit ORDER BY seq DESC LIMIT ?) \
+             ORDER BY seq",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|(seq, text)| AuditEvent::from_json(*seq, text))
+            .collect()
     }
 
-    /// Concurrent writers on the pool's connections (key creation reads the next id, then
-    /// inserts) all succeed: none is refused with SQLITE_BUSY for a snapshot another
-    /// connection moved past, which a deferred `BEGIN` gave as a 503 under load.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writers_never_see_busy() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("k.db")).await.unwrap());
-        let user = store.create_user(new_user("erin")).await.unwrap();
-        let user_id = user.id;
-        let key = move |description: String| NewApiKey {
-            user_id,
-            secret_hash: vec![1; 32],
-            description,
-            created_by_id: user_id,
-            created_by_name: "erin".into(),
-            valid_until_ms: 0,
-            valid_sources: vec![],
-            functions: None,
-            customers: vec![],
-            read_only: false,
-        };
-        store.create_api_key(key("used".into())).await.unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..64 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                if i % 2 == 0 {
-                    store
-                        .record_api_key_usage(&[KeyUsage {
-                            user_id,
-                            key_id: 1,
-                            at_ms: i,
-                            ip: "10.1.1.1".into(),
-                        }])
-                        .await
-                        .map(|_| ())
-                } else {
-                    store.create_api_key(key(format!("k{i}"))).await.map(|_| ())
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
-        assert_eq!(store.list_api_keys(user_id).await.unwrap().len(), 33);
-    }
-
-    #[tokio::test]
-    async fn count_tokens_counts_only_the_owners_unexpired_tokens() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("k.db")).await.unwrap();
-        let carol = store.create_user(new_user("carol")).await.unwrap();
-        let dave = store.create_user(new_user("dave")).await.unwrap();
-        let now = now_ms();
-        let token = |n: u8, owner_id: i64, tenant: Option<&str>, expires_at_ms: i64| NewToken {
-            name: format!("{n:032x}"),
-            token_hash: vec![n; 32],
-            owner_id,
-            domain: "example.com".into(),
-            tenant: tenant.map(str::to_owned),
-            level: "DEFAULT".into(),
-            expires_at_ms,
-            custom_source: None,
-        };
-        assert_eq!(store.count_tokens(carol.id, now).await.unwrap(), 0);
-        store
-            .create_token(token(1, carol.id, None, now + 60_000))
-            .await
-            .unwrap();
-        store
-            .create_token(token(2, carol.id, Some("t1"), now + 60_000))
-            .await
-            .unwrap();
-        store
-            .create_token(token(3, carol.id, None, now - 1))
-            .await
-            .unwrap();
-        store
-            .create_token(token(4, dave.id, None, now + 60_000))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.count_tokens(carol.id, now).await.unwrap(),
-            2,
-            "the expired token and dave's are not counted; the tenant token is"
-        );
-        assert_eq!(store.count_tokens(dave.id, now).await.unwrap(), 1);
+    fn listen(&self, _signal: Arc<FeedSignal>) -> bool {
+        false
     }
 }
