@@ -51,14 +51,14 @@ impl AuditLog {
         tracing::info!(
             target: "keyward::audit",
             time = %r.time,
-            request_id = %r.request_id,
-            actor = %r.actor,
-            auth_method = %r.auth_method,
-            operation = %r.operation,
-            target_user = %r.target_user,
-            target_credential = %r.target_credential,
+            request_id = r.request_id.as_str(),
+            actor = r.actor.as_str(),
+            auth_method = r.auth_method.as_str(),
+            operation = r.operation.as_str(),
+            target_user = r.target_user.as_str(),
+            target_credential = r.target_credential.as_str(),
             status = r.status,
-            outcome = %r.outcome,
+            outcome = r.outcome.as_str(),
             source_ip = %r.source_ip.as_deref().unwrap_or_default(),
             "admin call"
         );

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod tcp_cut;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -55,6 +56,10 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// keyward's directory, prepared by the test; `None`: a fresh temporary one.
     pub dir: Option<tempfile::TempDir>,
+    /// A `postgres://` store instead of the SQLite file.
+    pub store_url: Option<String>,
+    /// `cache.invalidation_poll`.
+    pub invalidation_poll: String,
 }
 
 impl Default for Setup {
@@ -73,6 +78,8 @@ impl Default for Setup {
             store_file: "keyward.db".into(),
             env: Vec::new(),
             dir: None,
+            store_url: None,
+            invalidation_poll: "100ms".into(),
         }
     }
 }
@@ -120,7 +127,7 @@ upstream:
   connect_timeout: 2s
   read_timeout: 3s
 store:
-  url: sqlite://{db}
+  url: {store_url}
 bootstrap:
   admin:
     name: admin
@@ -133,11 +140,15 @@ server:
   grace_period: 2s
   shutdown_timeout: 1s
 cache:
-  invalidation_poll: 100ms
+  invalidation_poll: {poll}
 routes:{routes}
 {extra}
 "#,
-            db = dir.path().join(&setup.store_file).display(),
+            store_url = setup.store_url.clone().unwrap_or_else(|| format!(
+                "sqlite://{}",
+                dir.path().join(&setup.store_file).display()
+            )),
+            poll = setup.invalidation_poll,
             routes = setup.routes,
             extra = setup.extra,
         );
