@@ -77,7 +77,9 @@ pub fn local_audit(operation: &str, target_user: &str) -> AuditEvent {
         seq: 0,
         time: crate::audit::now_rfc3339(),
         request_id: crate::proxy::ctx::RequestId::random().as_str().to_owned(),
-        actor: std::env::var("USER").unwrap_or_else(|_| "-".into()),
+        actor: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "local".into()),
         auth_method: "LOCAL".into(),
         operation: operation.into(),
         target_user: target_user.into(),

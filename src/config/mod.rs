@@ -283,10 +283,29 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             .unwrap_or_default()
     });
 
-    let store_url = match StoreUrl::parse(&store.url) {
+    let (store_key, store_text) = match (&store.url, &store.url_env) {
+        (Some(url), None) => ("store.url", Ok(url.clone())),
+        (None, Some(var)) => (
+            "store.url_env",
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("the environment variable {var} is not set")),
+        ),
+        (Some(_), Some(_)) => (
+            "store.url",
+            Err("set store.url or store.url_env, not both".into()),
+        ),
+        (None, None) => (
+            "store.url",
+            Err("missing: set store.url or store.url_env".into()),
+        ),
+    };
+    // The URL may carry a password: errors name the key, never repeat the value.
+    let store_url = match store_text.and_then(|text| StoreUrl::parse(&text)) {
         Ok(url) => url,
         Err(message) => {
-            problem("store.url".into(), message);
+            problem(store_key.into(), message);
             StoreUrl::Sqlite(PathBuf::new())
         }
     };
@@ -722,6 +741,47 @@ routes:
             .replace("sqlite://data/keyward.db", "mysql://x");
         let keys: Vec<_> = issues(&yaml).into_iter().map(|i| i.key).collect();
         assert_eq!(keys, vec!["listen.proxy", "store.url"]);
+    }
+
+    #[test]
+    fn store_url_from_the_environment_and_pool_settings() {
+        let var = "KEYWARD_CONFIG_TEST_STORE_URL";
+        std::env::set_var(var, "postgres://keyward:s3cret@db.example:5432/keyward");
+        let yaml = MINIMAL.replace(
+            "store: { url: sqlite://data/keyward.db }",
+            &format!("store: {{ url_env: {var}, max_connections: 7, connect_timeout: 3s }}"),
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert!(config.store.is_postgres());
+        assert_eq!(config.store_pool.max_connections, 7);
+        assert_eq!(config.store_pool.acquire_timeout, Duration::from_secs(3));
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "Debug hides the password"
+        );
+
+        let missing = MINIMAL.replace(
+            "store: { url: sqlite://data/keyward.db }",
+            "store: { url_env: KEYWARD_CONFIG_TEST_UNSET }",
+        );
+        assert_eq!(issues(&missing)[0].key, "store.url_env");
+        let both = MINIMAL.replace(
+            "store: { url: sqlite://data/keyward.db }",
+            &format!("store: {{ url: sqlite://x.db, url_env: {var} }}"),
+        );
+        assert_eq!(issues(&both)[0].key, "store.url");
+        let bad = MINIMAL.replace(
+            "sqlite://data/keyward.db",
+            "postgres://keyward:s3cret@db.example:notaport/x",
+        );
+        let found = issues(&bad);
+        assert_eq!(found[0].key, "store.url");
+        assert!(!found[0].message.contains("s3cret"), "{}", found[0].message);
+        let zero = MINIMAL.replace(
+            "store: { url: sqlite://data/keyward.db }",
+            "store: { url: sqlite://x.db, max_connections: 0 }",
+        );
+        assert_eq!(issues(&zero)[0].key, "store.max_connections");
     }
 
     #[test]

@@ -132,7 +132,12 @@ pub struct UpstreamFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    pub url: String,
+    /// `sqlite://PATH` or `postgres://...`; or, with `url_env`, the environment variable that
+    /// holds it (a database password belongs in a Secret, not in the config file).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// Connections in the pool (default 4 for SQLite, 16 for PostgreSQL).
     #[serde(default)]
     pub max_connections: Option<u32>,

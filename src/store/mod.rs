@@ -22,10 +22,29 @@ use std::sync::Arc;
 
 /// Where the store lives: `sqlite://PATH` (one process, or processes on one machine) or
 /// `postgres://...` (a fleet sharing one database).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
     Postgres(String),
+}
+
+/// Never prints a PostgreSQL password.
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreUrl::Postgres(url) => {
+                let shown = match url.split_once("://") {
+                    Some((scheme, rest)) => match rest.split_once('@') {
+                        Some((_, host)) => format!("{scheme}://***@{host}"),
+                        None => url.clone(),
+                    },
+                    None => "postgres://...".into(),
+                };
+                f.debug_tuple("Postgres").field(&shown).finish()
+            }
+        }
+    }
 }
 
 impl StoreUrl {
@@ -36,8 +55,9 @@ impl StoreUrl {
             }
             Ok(StoreUrl::Sqlite(PathBuf::from(path)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // sqlx's message may quote the URL, password included: not repeated here.
             url.parse::<sqlx::postgres::PgConnectOptions>()
-                .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+                .map_err(|_| "not a valid PostgreSQL URL".to_owned())?;
             Ok(StoreUrl::Postgres(url.to_owned()))
         } else {
             Err("unsupported store URL: use sqlite://PATH or postgres://...".into())
