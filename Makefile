@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load
+.PHONY: run test prereqs load load-postgres
 
 prereqs:
 	@scripts/prereqs.sh
@@ -15,3 +15,7 @@ test: prereqs
 
 load: prereqs
 	scripts/load.sh 4 32 7
+
+# The same comparison with a PostgreSQL store (a fresh database on KEYWARD_TEST_POSTGRES).
+load-postgres: prereqs
+	KEYWARD_LOAD_STORE=postgres scripts/load.sh 4 32 7

@@ -2,6 +2,9 @@
 # Load comparison, one run, same tool (wrk), same machine: the upstream directly, keyward on a
 # public route, keyward with cached Basic auth, keyward with an API key.
 # Usage: scripts/load.sh [SECONDS_PER_MEASUREMENT] [CONNECTIONS] [ROUNDS]
+# KEYWARD_LOAD_STORE=postgres runs keyward on a fresh PostgreSQL database (on the server named by
+# KEYWARD_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/test; dropped afterwards)
+# instead of a SQLite file: warm caches do no store I/O, whatever the backend.
 # Prints requests/s of each and the ratios. Figures vary by machine; the ratios are the result.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -16,8 +19,22 @@ done
 cargo build --release --bin keyward --example echo_upstream --example signed_load >&2
 work="$(mktemp -d)"
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+pg_admin="${KEYWARD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
+pg_db=""
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  if [ -n "$pg_db" ]; then psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
+store_url="sqlite://$work/keyward.db"
+if [ "${KEYWARD_LOAD_STORE:-sqlite}" = postgres ]; then
+  command -v psql >/dev/null || { echo "KEYWARD_LOAD_STORE=postgres needs psql" >&2; exit 1; }
+  pg_db="keyward_load_$$"
+  psql "$pg_admin" -qc "CREATE DATABASE $pg_db" >/dev/null
+  store_url="${pg_admin%/*}/$pg_db"
+fi
+echo "store: ${store_url%%://*}" >&2
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
@@ -26,7 +43,7 @@ up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
 cat > "$work/keyward.yaml" <<YAML
 listen: { proxy: $proxy, ops: $ops }
 upstream: { address: $up }
-store: { url: sqlite://$work/keyward.db }
+store: { url: $store_url }
 bootstrap:
   admin: { name: admin, password_env: LOAD_ADMIN_PASSWORD, functions: [POWER-USER] }
 server: { threads: 2 }
