@@ -11,6 +11,7 @@ use crate::auth::Authenticator;
 use crate::cache::CacheSettings;
 use crate::config::{BootstrapAdmin, Config};
 use crate::connection::ConnectionLimits;
+use crate::fleet::FleetClaims;
 use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -42,18 +43,27 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let feed_start = db.block_on(|store| async move { store.latest_change().await })?;
     let pepper = db.block_on(|store| async move { store.api_key_pepper().await })?;
 
+    let fleet = match &config.replay {
+        Some(settings) => Some(Arc::new(
+            FleetClaims::start(settings, &pepper, metrics.clone()).map_err(|e| anyhow!(e))?,
+        )),
+        None => None,
+    };
     let hasher = PasswordHasher::new(config.limits.password_hash_threads);
-    let basic = Arc::new(BasicAuthenticator::new(
-        db.clone(),
-        hasher,
-        metrics.clone(),
-        config.cache.basic_ttl,
-        config.cache.basic_capacity,
-        ThrottleSettings {
-            failures: config.limits.password_failures,
-            window: config.limits.password_failure_window,
-        },
-    ));
+    let basic = Arc::new(
+        BasicAuthenticator::new(
+            db.clone(),
+            hasher,
+            metrics.clone(),
+            config.cache.basic_ttl,
+            config.cache.basic_capacity,
+            ThrottleSettings {
+                failures: config.limits.password_failures,
+                window: config.limits.password_failure_window,
+            },
+        )
+        .with_fleet(fleet.clone()),
+    );
     let key_cache = CacheSettings {
         ttl: config.cache.api_key_ttl,
         capacity: config.cache.api_key_capacity,
@@ -72,11 +82,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         KeyHasher::new(pepper.clone()),
         &key_cache,
     ));
-    let signatures = Arc::new(SignatureAuthenticator::new(
-        db.clone(),
-        metrics.clone(),
-        config.signatures.clone(),
-    ));
+    let signatures = Arc::new(
+        SignatureAuthenticator::new(db.clone(), metrics.clone(), config.signatures.clone())
+            .with_fleet(fleet),
+    );
     let auth = Arc::new(Authenticator::new(
         basic,
         api_keys,

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod fleet;
 pub mod invalidation;
 pub mod logging;
 pub mod metrics;

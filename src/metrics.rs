@@ -39,6 +39,8 @@ const OUTCOMES: [Outcome; 4] = [
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
+/// The `claim` label of `keyward_replay_local_fallback_total` (see `crate::fleet::ClaimKind`).
+const FLEET_CLAIMS: [&str; 4] = ["signature", "totp", "totp_throttle", "password_throttle"];
 /// The caches reported by `keyward_cache_*`.
 const CACHES: [&str; 9] = [
     crate::auth::token::CACHE_NAME,
@@ -71,6 +73,8 @@ pub struct Metrics {
     store_up: IntGauge,
     change_feed_listening: IntGauge,
     connections: ConnectionMetrics,
+    redis_errors: IntCounter,
+    replay_local_fallbacks: IntCounterVec,
 }
 
 /// The proxy listener's connection limits (`crate::connection`).
@@ -124,6 +128,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .register(Box::new(vec.clone()))
         .expect("metric registered once");
     vec
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("metric registered once");
+    counter
 }
 
 impl Metrics {
@@ -219,6 +231,18 @@ impl Metrics {
                 "Responses received from the upstream by status class.",
                 &["status_class"],
             ),
+            redis_errors: counter(
+                &registry,
+                "keyward_redis_errors_total",
+                "Redis calls of the shared replay window that failed or timed out.",
+            ),
+            replay_local_fallbacks: counter_vec(
+                &registry,
+                "keyward_replay_local_fallback_total",
+                "Claims decided by this replica's own window because Redis could not answer \
+                 (replay.on_redis_error: local; password throttles always), by claim.",
+                &["claim"],
+            ),
             auth_duration,
             cache_entries,
             store_errors,
@@ -294,6 +318,9 @@ impl Metrics {
         for class in STATUS_CLASSES {
             self.upstream_responses.with_label_values(&[class]);
         }
+        for claim in FLEET_CLAIMS {
+            self.replay_local_fallbacks.with_label_values(&[claim]);
+        }
         for cache in CACHES {
             self.cache_hits.with_label_values(&[cache]);
             self.cache_misses.with_label_values(&[cache]);
@@ -368,6 +395,18 @@ impl Metrics {
     /// `keyward_change_feed_listening`.
     pub fn change_feed_listening(&self) -> &IntGauge {
         &self.change_feed_listening
+    }
+
+    /// A Redis call of the shared replay window failed or timed out.
+    pub fn redis_error(&self) {
+        self.redis_errors.inc();
+    }
+
+    /// A claim was decided by this replica's own window because Redis could not answer.
+    pub fn replay_local_fallback(&self, claim: &str) {
+        self.replay_local_fallbacks
+            .with_label_values(&[claim])
+            .inc();
     }
 
     pub fn connections(&self) -> &ConnectionMetrics {

@@ -96,7 +96,7 @@ pub enum AdminError {
         message: String,
         template: &'static str,
     },
-    #[error("the credential store is unavailable")]
+    #[error("the credential store or the shared replay window is unavailable; retry later")]
     Unavailable,
 }
 
@@ -106,7 +106,9 @@ impl From<crate::auth::AuthError> for AdminError {
     fn from(e: crate::auth::AuthError) -> Self {
         use crate::auth::AuthError;
         match e {
-            AuthError::StoreUnavailable => AdminError::Unavailable,
+            AuthError::StoreUnavailable | AuthError::ReplayWindowUnavailable => {
+                AdminError::Unavailable
+            }
             AuthError::TotpRateLimited(secs) | AuthError::PasswordThrottled(secs) => {
                 AdminError::RetryLater(secs)
             }

@@ -12,6 +12,7 @@ use super::password::PasswordHasher;
 use super::throttle::PasswordThrottle;
 use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::fleet::FleetClaims;
 use crate::metrics::Metrics;
 use crate::store::{Db, User};
 use base64::Engine as _;
@@ -110,9 +111,16 @@ impl BasicAuthenticator {
                 .build(),
             cache_key: KeyHasher::new(cache_key),
             generation: AtomicU64::new(0),
-            totp: TotpVerifier::new(),
+            totp: TotpVerifier::new(None),
             throttle: PasswordThrottle::new(throttle.failures, throttle.window),
         }
+    }
+
+    /// Claims TOTP codes and counts TOTP and password failures fleet-wide, in Redis.
+    pub fn with_fleet(mut self, fleet: Option<Arc<FleetClaims>>) -> Self {
+        self.totp = TotpVerifier::new(fleet.clone());
+        self.throttle = self.throttle.with_fleet(fleet);
+        self
     }
 
     /// Checks a Basic credential; with a TOTP code too, the principal is ADMINISTRATIVE.
@@ -138,6 +146,7 @@ impl BasicAuthenticator {
         match self
             .totp
             .verify(user.id, &user.name, user.totp_secret.as_deref(), code)
+            .await
         {
             Ok(()) => Ok(Arc::new(Principal {
                 level: SecurityLevel::Administrative,
@@ -149,6 +158,7 @@ impl BasicAuthenticator {
             Err(TotpFailure::RateLimited { retry_after_secs }) => {
                 Err(AuthError::TotpRateLimited(retry_after_secs))
             }
+            Err(TotpFailure::Unavailable) => Err(AuthError::ReplayWindowUnavailable),
         }
     }
 
@@ -165,6 +175,7 @@ impl BasicAuthenticator {
             // A throttled pair is refused even with the right password.
             self.throttle
                 .check(&principal.user_name, client_ip)
+                .await
                 .map_err(|t| AuthError::PasswordThrottled(t.retry_after_secs))?;
             return Ok(principal);
         }
@@ -175,6 +186,7 @@ impl BasicAuthenticator {
         let attempt = self
             .throttle
             .attempt(&name, client_ip)
+            .await
             .map_err(|t| AuthError::PasswordThrottled(t.retry_after_secs))?;
 
         let generation = self.generation.load(Ordering::Acquire);
@@ -188,7 +200,7 @@ impl BasicAuthenticator {
             Err(e) => {
                 // Counted, and logged once per outage, by the store's health tracker.
                 tracing::debug!(error = %e, "store lookup failed during Basic authentication");
-                self.throttle.undecided(attempt);
+                self.throttle.undecided(attempt).await;
                 return Err(AuthError::StoreUnavailable);
             }
         };
@@ -206,7 +218,7 @@ impl BasicAuthenticator {
         if user.locked {
             return Err(AuthError::Locked);
         }
-        self.throttle.succeeded(attempt);
+        self.throttle.succeeded(attempt).await;
         let principal = Arc::new(principal_for(&user));
         if self.generation.load(Ordering::Acquire) == generation {
             self.cache.insert(key, principal.clone()).await;

@@ -239,6 +239,16 @@ pub enum AuthError {
     /// The store could not be asked; the credential may well be valid (answered 503).
     #[error("the credential store is unavailable")]
     StoreUnavailable,
+    /// The shared replay window (Redis) could not answer and `replay.on_redis_error: refuse`
+    /// holds: a signature or TOTP code cannot be known unused (answered 503).
+    #[error("the shared replay window is unavailable")]
+    ReplayWindowUnavailable,
+}
+
+impl From<crate::fleet::FleetUnavailable> for AuthError {
+    fn from(_: crate::fleet::FleetUnavailable) -> AuthError {
+        AuthError::ReplayWindowUnavailable
+    }
 }
 
 impl AuthError {
@@ -258,6 +268,7 @@ impl AuthError {
             AuthError::BadCredentials => "bad_credentials",
             AuthError::PasswordThrottled(_) => "too_many_failures",
             AuthError::StoreUnavailable => "store_unavailable",
+            AuthError::ReplayWindowUnavailable => "replay_window_unavailable",
         }
     }
 

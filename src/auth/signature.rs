@@ -11,6 +11,7 @@ use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::config::SignatureSettings;
+use crate::fleet::{Answer, ClaimKind, FleetClaims};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Db, SignatureKey, StoreError, User};
 use base64::Engine as _;
@@ -386,6 +387,9 @@ pub struct SignatureAuthenticator {
     replay: moka::sync::Cache<[u8; 32], ()>,
     sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
     usage: UsageRecorder,
+    /// The replay window shared with the other replicas (`replay.redis_url`), behind the
+    /// local one.
+    fleet: Option<Arc<FleetClaims>>,
 }
 
 impl SignatureError {
@@ -435,9 +439,17 @@ impl SignatureAuthenticator {
                 .support_invalidation_closures()
                 .build(),
             usage: UsageRecorder::default(),
+            fleet: None,
             db,
             settings,
         }
+    }
+
+    /// Shares the replay window with the fleet: an accepted signature is also claimed in
+    /// Redis, so every other replica (and this one after a restart) refuses it.
+    pub fn with_fleet(mut self, fleet: Option<Arc<FleetClaims>>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     pub async fn authenticate(
@@ -500,11 +512,27 @@ impl SignatureAuthenticator {
                 return Err(SignatureError::ClockSkew.into());
             }
         }
-        // Replay: the first to insert this signature wins, atomically.
+        // Replay: the first to insert this signature wins, atomically. The local window comes
+        // first, so a replay on this replica costs no Redis round trip.
         let fingerprint: [u8; 32] = Sha256::digest(signed.signature).into();
-        let entry = self.replay.entry(fingerprint).or_insert(());
-        if !entry.is_fresh() {
+        if !self.replay.entry(fingerprint).or_insert(()).is_fresh() {
             return Err(SignatureError::Replay.into());
+        }
+        if let Some(fleet) = &self.fleet {
+            let window = self.settings.max_age + self.settings.max_future;
+            match fleet
+                .claim(ClaimKind::Signature, &fingerprint, window)
+                .await
+            {
+                Ok(Answer::Fleet(true) | Answer::Local) => {}
+                Ok(Answer::Fleet(false)) => return Err(SignatureError::Replay.into()),
+                Err(unavailable) => {
+                    // Not accepted, so not used: the same signature may come again once
+                    // Redis answers.
+                    self.replay.invalidate(&fingerprint);
+                    return Err(unavailable.into());
+                }
+            }
         }
         // `get_with` keeps an established session (and refreshes its idle timer).
         self.sessions.get_with(session_key, || SignatureSession {

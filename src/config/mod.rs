@@ -6,6 +6,7 @@
 pub mod schema;
 
 use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
+use crate::fleet::{FleetSettings, OnRedisError};
 use crate::policy::{Requirement, Route};
 pub use crate::store::{PoolSettings, StoreUrl};
 use ipnet::IpNet;
@@ -75,6 +76,8 @@ pub struct Config {
     pub api_keys: ApiKeySettings,
     pub signatures: SignatureSettings,
     pub audit_path: Option<PathBuf>,
+    /// `replay`: the replay window shared through Redis; `None`: each replica's own.
+    pub replay: Option<FleetSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +236,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         api_keys,
         signatures,
         audit,
+        replay,
     } = file;
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
@@ -417,6 +421,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         problem("server.threads".into(), "must be at least 1".into());
     }
     let limits = validate_limits(limits, &mut problem);
+    let replay = replay.map(|replay| validate_replay(replay, &mut problem));
 
     Config {
         listen_proxy: listen.proxy,
@@ -457,6 +462,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             negative_capacity: cache.negative_capacity,
         },
         audit_path: audit.path,
+        replay,
         signatures: SignatureSettings {
             max_age: signatures.max_age.0,
             max_future: signatures.max_future.0,
@@ -541,6 +547,26 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         password_hash_threads,
         token_metadata_bytes,
         tokens_per_user,
+    }
+}
+
+fn validate_replay(
+    replay: schema::ReplayFile,
+    problem: &mut impl FnMut(String, String),
+) -> FleetSettings {
+    let schema::ReplayFile {
+        redis_url,
+        on_redis_error,
+    } = replay;
+    if let Err(message) = crate::fleet::check_redis_url(&redis_url) {
+        problem("replay.redis_url".into(), message);
+    }
+    FleetSettings {
+        redis_url,
+        on_redis_error: match on_redis_error {
+            schema::OnRedisErrorFile::Refuse => OnRedisError::Refuse,
+            schema::OnRedisErrorFile::Local => OnRedisError::Local,
+        },
     }
 }
 
@@ -812,6 +838,44 @@ routes:
         );
         let yaml = format!("{MINIMAL}trusted_proxies_header: x-real-ip\n");
         assert_eq!(issues(&yaml)[0].key, "trusted_proxies_header");
+    }
+
+    #[test]
+    fn replay_section_is_optional_and_checked() {
+        assert_eq!(Config::from_yaml(MINIMAL).unwrap().replay, None);
+        let yaml = format!("{MINIMAL}replay: {{ redis_url: redis://127.0.0.1:6379 }}\n");
+        assert_eq!(
+            Config::from_yaml(&yaml).unwrap().replay,
+            Some(FleetSettings {
+                redis_url: "redis://127.0.0.1:6379".into(),
+                on_redis_error: OnRedisError::Refuse,
+            }),
+            "refuse is the default"
+        );
+        let yaml = format!(
+            "{MINIMAL}replay: {{ redis_url: \"redis://:pw@10.0.0.5:6380/1\", on_redis_error: local }}\n"
+        );
+        let replay = Config::from_yaml(&yaml).unwrap().replay.unwrap();
+        assert_eq!(replay.on_redis_error, OnRedisError::Local);
+
+        for (section, key) in [
+            (
+                "{ redis_url: redis://h:1, on_redis_error: ignore }",
+                "replay.on_redis_error",
+            ),
+            ("{ redis_url: redis://h:1, url: redis://h:2 }", "replay.url"),
+            ("{ on_redis_error: local }", "replay"),
+            ("{ redis_url: http://h:1 }", "replay.redis_url"),
+            (
+                "{ redis_url: \"rediss://:topsecret@h:1\" }",
+                "replay.redis_url",
+            ),
+        ] {
+            let found = issues(&format!("{MINIMAL}replay: {section}\n"));
+            assert_eq!(found.len(), 1, "{section}: {found:?}");
+            assert_eq!(found[0].key, key, "{section}: {found:?}");
+            assert!(!found[0].message.contains("topsecret"), "{:?}", found[0]);
+        }
     }
 
     #[test]

@@ -40,6 +40,27 @@ pub struct FileConfig {
     pub signatures: SignaturesFile,
     #[serde(default)]
     pub audit: AuditFile,
+    /// Absent: every replica keeps its own replay window.
+    #[serde(default)]
+    pub replay: Option<ReplayFile>,
+}
+
+/// `replay`: the replay window shared by a fleet through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFile {
+    pub redis_url: String,
+    #[serde(default)]
+    pub on_redis_error: OnRedisErrorFile,
+}
+
+/// `replay.on_redis_error`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisErrorFile {
+    #[default]
+    Refuse,
+    Local,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -38,7 +38,8 @@ pub enum Refusal {
         reason: &'static str,
         retry_after_secs: u64,
     },
-    /// 503: keyward cannot decide right now (the store is down and nothing is cached).
+    /// 503 with `Retry-After`: keyward cannot decide right now (the store is down and nothing
+    /// is cached, or the shared replay window cannot be reached).
     Unavailable(&'static str),
     /// 504: the upstream did not answer in time.
     GatewayTimeout,
@@ -253,6 +254,10 @@ fn explain(reason: &str) -> Option<&'static str> {
         "too_many_failures" => "too many failed logins from this address; see Retry-After",
         "expired" => "the credential has expired",
         "source_not_allowed" => "the credential may not be used from this address",
+        "replay_window_unavailable" => {
+            "the shared replay window (used signatures and TOTP codes) cannot be reached right \
+             now; try again after Retry-After, with a new signature"
+        }
         _ => return None,
     })
 }
@@ -260,7 +265,9 @@ fn explain(reason: &str) -> Option<&'static str> {
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::StoreUnavailable => Refusal::Unavailable(e.reason()),
+            AuthError::StoreUnavailable | AuthError::ReplayWindowUnavailable => {
+                Refusal::Unavailable(e.reason())
+            }
             AuthError::TotpRateLimited(retry_after_secs)
             | AuthError::PasswordThrottled(retry_after_secs) => Refusal::RetryLater {
                 reason: e.reason(),
@@ -323,5 +330,10 @@ mod tests {
     fn store_outage_is_503_not_401() {
         assert_eq!(Refusal::from(AuthError::StoreUnavailable).status(), 503);
         assert_eq!(Refusal::from(AuthError::BadSecret).status(), 401);
+        let redis = Refusal::from(AuthError::ReplayWindowUnavailable);
+        assert_eq!(redis.status(), 503);
+        assert_eq!(redis.reason(), "replay_window_unavailable");
+        assert_eq!(redis.retry_after_secs(), Some(UNAVAILABLE_RETRY_AFTER_SECS));
+        assert_eq!(Refusal::from(AuthError::BadSecret).retry_after_secs(), None);
     }
 }

@@ -91,6 +91,7 @@ pub struct Keyward {
     pub upstream: Option<Upstream>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Keyward {
@@ -162,9 +163,24 @@ routes:{routes}
             upstream,
             dir,
             config_path,
+            env: setup.env,
         };
         keyward.wait_ready();
         keyward
+    }
+
+    /// Kills the process (as a crash would) and starts it again with the same config, on the
+    /// same ports and store.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_serve_with(
+            &self.config_path,
+            self.dir.path(),
+            Some(ADMIN_PASSWORD),
+            &self.env,
+        );
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -298,6 +314,31 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         }
     }
     child.wait_with_output().unwrap()
+}
+
+/// The Redis the fleet tests share (`KEYWARD_TEST_REDIS`, default `127.0.0.1:6379`), checked
+/// to answer `PING` so that a missing server fails with a clear message.
+pub fn redis_address() -> SocketAddr {
+    use std::io::Read;
+    let address: SocketAddr = std::env::var("KEYWARD_TEST_REDIS")
+        .unwrap_or_else(|_| "127.0.0.1:6379".into())
+        .parse()
+        .expect("KEYWARD_TEST_REDIS is host:port");
+    let answer = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).and_then(
+        |mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 7];
+            stream.read_exact(&mut buf)?;
+            Ok(buf)
+        },
+    );
+    match answer {
+        Ok(buf) if &buf == b"+PONG\r\n" => address,
+        other => panic!(
+            "the fleet tests need a Redis server at {address} (set KEYWARD_TEST_REDIS): {other:?}"
+        ),
+    }
 }
 
 pub fn client() -> reqwest::blocking::Client {

@@ -1,5 +1,5 @@
-//! A TCP forwarder a test can cut and restore: stands between keyward and PostgreSQL to make
-//! an outage for one replica without touching the shared server.
+//! A TCP forwarder a test can cut and restore: stands between keyward and PostgreSQL (or
+//! Redis) to make an outage for one replica without touching the shared server.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 pub struct TcpCut {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Bytes are read and dropped: a server that accepts but never answers.
+    blackhole: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -18,8 +20,10 @@ impl TcpCut {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let blackhole = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
         let (cut_flag, open_list) = (cut.clone(), open.clone());
+        let hole = blackhole.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -35,11 +39,20 @@ impl TcpCut {
                 list.push(client.try_clone().unwrap());
                 list.push(server.try_clone().unwrap());
                 drop(list);
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    hole.clone(),
+                );
+                pipe(server, client, hole.clone());
             }
         });
-        TcpCut { addr, cut, open }
+        TcpCut {
+            addr,
+            cut,
+            blackhole,
+            open,
+        }
     }
 
     /// Closes every forwarded connection and refuses new ones until [`restore`](Self::restore).
@@ -50,17 +63,25 @@ impl TcpCut {
         }
     }
 
+    /// Keeps connections open but forwards nothing either way, until [`cut`](Self::cut) and
+    /// [`restore`](Self::restore).
+    pub fn blackhole(&self) {
+        self.blackhole.store(true, Ordering::Release);
+    }
+
     pub fn restore(&self) {
+        self.blackhole.store(false, Ordering::Release);
         self.cut.store(false, Ordering::Release);
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, blackhole: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if blackhole.load(Ordering::Acquire) => {}
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
