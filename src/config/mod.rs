@@ -556,11 +556,35 @@ fn validate_replay(
 ) -> FleetSettings {
     let schema::ReplayFile {
         redis_url,
+        redis_url_env,
         on_redis_error,
     } = replay;
-    if let Err(message) = crate::fleet::check_redis_url(&redis_url) {
-        problem("replay.redis_url".into(), message);
-    }
+    let (key, text) = match (redis_url, redis_url_env) {
+        (Some(url), None) => ("replay.redis_url", Ok(url)),
+        (None, Some(var)) => (
+            "replay.redis_url_env",
+            std::env::var(&var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("the environment variable {var} is not set")),
+        ),
+        (Some(_), Some(_)) => (
+            "replay.redis_url",
+            Err("set replay.redis_url or replay.redis_url_env, not both".into()),
+        ),
+        (None, None) => (
+            "replay.redis_url",
+            Err("missing: set replay.redis_url or replay.redis_url_env".into()),
+        ),
+    };
+    // The URL may carry a password: errors name the key, never repeat the value.
+    let redis_url = match text.and_then(|url| crate::fleet::check_redis_url(&url).map(|()| url)) {
+        Ok(url) => url,
+        Err(message) => {
+            problem(key.into(), message);
+            String::new()
+        }
+    };
     FleetSettings {
         redis_url,
         on_redis_error: match on_redis_error {
@@ -864,7 +888,15 @@ routes:
                 "replay.on_redis_error",
             ),
             ("{ redis_url: redis://h:1, url: redis://h:2 }", "replay.url"),
-            ("{ on_redis_error: local }", "replay"),
+            ("{ on_redis_error: local }", "replay.redis_url"),
+            (
+                "{ redis_url: redis://h:1, redis_url_env: X }",
+                "replay.redis_url",
+            ),
+            (
+                "{ redis_url_env: KEYWARD_CONFIG_TEST_UNSET }",
+                "replay.redis_url_env",
+            ),
             ("{ redis_url: http://h:1 }", "replay.redis_url"),
             (
                 "{ redis_url: \"rediss://:topsecret@h:1\" }",
@@ -876,6 +908,21 @@ routes:
             assert_eq!(found[0].key, key, "{section}: {found:?}");
             assert!(!found[0].message.contains("topsecret"), "{:?}", found[0]);
         }
+
+        let var = "KEYWARD_CONFIG_TEST_REDIS_URL";
+        std::env::set_var(var, "redis://:topsecret@redis.example:6379/0");
+        let yaml = format!("{MINIMAL}replay: {{ redis_url_env: {var} }}\n");
+        let config = Config::from_yaml(&yaml).unwrap();
+        let replay = config.replay.as_ref().unwrap();
+        assert_eq!(replay.redis_url, "redis://:topsecret@redis.example:6379/0");
+        assert!(
+            !format!("{config:?}").contains("topsecret"),
+            "Debug hides the password"
+        );
+        std::env::set_var(var, "rediss://:topsecret@redis.example:6379/0");
+        let found = issues(&yaml);
+        assert_eq!(found[0].key, "replay.redis_url_env");
+        assert!(!found[0].message.contains("topsecret"), "{:?}", found[0]);
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFile {
-    pub redis_url: String,
+    /// `redis://...`; or, with `redis_url_env`, the environment variable that holds it (a
+    /// Redis password belongs in a Secret, not in the config file).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
     #[serde(default)]
     pub on_redis_error: OnRedisErrorFile,
 }
