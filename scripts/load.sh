@@ -5,6 +5,8 @@
 # KEYWARD_LOAD_STORE=postgres runs keyward on a fresh PostgreSQL database (on the server named by
 # KEYWARD_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/test; dropped afterwards)
 # instead of a SQLite file: warm caches do no store I/O, whatever the backend.
+# KEYWARD_LOAD_REDIS=redis://127.0.0.1:6379 shares the replay window in that Redis
+# (replay.redis_url): every signed request and cached Basic login then makes one Redis call.
 # Prints requests/s of each and the ratios. Figures vary by machine; the ratios are the result.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -35,6 +37,11 @@ if [ "${KEYWARD_LOAD_STORE:-sqlite}" = postgres ]; then
   store_url="${pg_admin%/*}/$pg_db"
 fi
 echo "store: ${store_url%%://*}" >&2
+replay=""
+if [ -n "${KEYWARD_LOAD_REDIS:-}" ]; then
+  replay="replay: { redis_url: \"$KEYWARD_LOAD_REDIS\" }"
+  echo "replay window: redis" >&2
+fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
@@ -53,6 +60,7 @@ routes:
     public: true
   - path: /
     require: { min_security_level: EXTERNAL }
+$replay
 YAML
 LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
 keyward_pid=$!; pids+=("$keyward_pid")
