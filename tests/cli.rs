@@ -40,6 +40,40 @@ fn check_config_accepts_a_valid_file_and_the_shipped_examples() {
     }
 }
 
+/// The keyward.yaml of every ConfigMap in `deploy/` is a valid configuration, with the
+/// environment variables its Deployment sets from Secrets.
+#[test]
+fn check_config_accepts_the_configs_in_the_kubernetes_manifests() {
+    use serde::Deserialize;
+    for manifest in ["kubernetes-sidecar.yaml", "kubernetes-fleet.yaml"] {
+        let path = format!("{}/deploy/{manifest}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut configs = 0;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(document).unwrap();
+            let Some(config) = value["data"]["keyward.yaml"].as_str() else {
+                continue;
+            };
+            configs += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("k.yaml");
+            std::fs::write(&file, config).unwrap();
+            let out = Command::new(BIN)
+                .args(["check-config", "--config"])
+                .arg(&file)
+                .env(
+                    "KEYWARD_STORE_URL",
+                    "postgres://keyward:pw@postgres:5432/keyward",
+                )
+                .env("KEYWARD_REDIS_URL", "redis://:pw@redis:6379/0")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{manifest}: {out:?}");
+        }
+        assert_eq!(configs, 1, "{manifest} holds one keyward.yaml");
+    }
+}
+
 #[test]
 fn check_config_names_an_unknown_key() {
     let out = check_config(&VALID.replace("tokens:", "tokenz:"));
