@@ -17,9 +17,12 @@ use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::KeywardProxy;
 use crate::store::{Db, StoreError, StoreHealth};
+use crate::tls::TlsCertificates;
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
+use pingora::apps::HttpServerOptions;
 use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
+use pingora::listeners::tls::Acceptor;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -139,16 +142,34 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         admin,
         upstreams,
     );
-    // Connection limits wrap pingora's HTTP proxy app (see `connection`).
-    let mut proxy_service = Service::new(
-        "keyward proxy".to_owned(),
-        ConnectionLimits::new(
-            pingora::proxy::http_proxy(&server.configuration, proxy),
-            config.limits.max_connections,
-            config.limits.header_read_timeout,
-            &metrics,
-        ),
+    // `listen.tls`: the certificates live in `tls_certificates` for the process's life;
+    // `TlsCertificates::reload` swaps them for new handshakes.
+    let tls_certificates = match &config.listen_tls {
+        Some(files) => Some(Arc::new(TlsCertificates::load(files)?)),
+        None => None,
+    };
+    let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut http_options = HttpServerOptions::default();
+    // An HTTP/2 connection with no request in progress is closed after the keep-alive time
+    // of HTTP/1.1 (pingora's default keeps it forever, holding a connection permit).
+    http_options.h2_idle_timeout = Some(crate::connection::KEEPALIVE);
+    http.server_options = Some(http_options);
+    // Connection limits (and the TLS handshake) wrap pingora's HTTP proxy app (see
+    // `connection`).
+    let mut limits = ConnectionLimits::new(
+        http,
+        config.limits.max_connections,
+        config.limits.header_read_timeout,
+        &metrics,
     );
+    if let Some(certificates) = &tls_certificates {
+        let server_config = certificates
+            .server_config()
+            .context("listen.tls: cannot build the TLS server configuration")?;
+        limits = limits.with_tls(Acceptor::from_server_config(server_config));
+    }
+    let mut proxy_service = Service::new("keyward proxy".to_owned(), limits);
+    // Plain TCP even with TLS: `ConnectionLimits` makes the handshake.
     proxy_service.add_tcp(&config.listen_proxy);
 
     let mut ops = Service::new(
@@ -172,6 +193,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("key usage", flusher));
     tracing::info!(
         proxy = %config.listen_proxy,
+        tls = tls_certificates.is_some(),
         ops = %config.listen_ops,
         upstreams = ?config.upstream.addresses,
         "keyward starting"

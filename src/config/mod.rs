@@ -9,6 +9,7 @@ use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
 use crate::fleet::{FleetSettings, OnRedisError};
 use crate::policy::{Requirement, Route};
 pub use crate::store::{PoolSettings, StoreUrl};
+pub use crate::tls::TlsFiles;
 use ipnet::IpNet;
 pub use schema::TrustedProxiesHeader;
 use schema::{FileConfig, LogFormat};
@@ -60,6 +61,8 @@ fn join_issues(issues: &[ConfigIssue]) -> String {
 pub struct Config {
     pub listen_proxy: String,
     pub listen_ops: String,
+    /// `listen.tls`: the proxy listener speaks TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Option<TlsFiles>,
     pub upstream: Upstream,
     pub store: StoreUrl,
     pub store_pool: PoolSettings,
@@ -250,6 +253,19 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         }
     }
 
+    // The files are read here so that `check-config` finds a missing, unreadable or
+    // mismatched certificate or key, not only the first start.
+    let listen_tls = listen.tls.map(|tls| {
+        let files = TlsFiles {
+            cert: tls.cert,
+            key: tls.key,
+        };
+        if let Err(e) = crate::tls::TlsCertificates::load(&files) {
+            problem(e.key().into(), e.message().into());
+        }
+        files
+    });
+
     let addresses = match (upstream.address, upstream.addresses) {
         (Some(one), None) => vec![one],
         (None, Some(many)) if !many.is_empty() => many,
@@ -426,6 +442,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     Config {
         listen_proxy: listen.proxy,
         listen_ops: listen.ops,
+        listen_tls,
         upstream: Upstream {
             addresses,
             tls: upstream.tls,

@@ -66,6 +66,7 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
+        ctx.tls = is_tls(session);
         let target = inspect(
             session.req_header(),
             self.config.limits.max_request_header_bytes,
@@ -74,6 +75,15 @@ impl KeywardProxy {
         if let Some(authority) = target.authority() {
             // An absolute-form target names the host itself (RFC 9112 §3.2.2); everything
             // after this step (token domains, `@authority`, the upstream) sees that one.
+            session
+                .req_header_mut()
+                .insert_header(http::header::HOST, authority)
+                .map_err(|_| Refusal::BadRequest("invalid_request_target"))?;
+        } else if let Some(authority) = h2_authority(session) {
+            // HTTP/2 names the host in `:authority` (the URI's authority here) and may send
+            // no `Host`: it becomes the `Host` so that every step after this one, and the
+            // HTTP/1.1 upstream, sees the host as over HTTP/1.1. (pingora refuses a `Host`
+            // that differs from `:authority`.)
             session
                 .req_header_mut()
                 .insert_header(http::header::HOST, authority)
@@ -151,7 +161,7 @@ impl KeywardProxy {
             let view = signature::RequestView {
                 header: session.req_header(),
                 body: Some(&body),
-                tls: false,
+                tls: ctx.tls,
             };
             self.auth
                 .authenticate_found(Credential::Signature, &view, client_ip)
@@ -160,7 +170,7 @@ impl KeywardProxy {
             let view = signature::RequestView {
                 header: request,
                 body: None,
-                tls: false,
+                tls: ctx.tls,
             };
             self.auth
                 .authenticate_found(credential, &view, client_ip)
@@ -201,6 +211,21 @@ impl KeywardProxy {
         }
         Ok(())
     }
+}
+
+/// Whether the request came over TLS: the connection's TLS digest, whatever the protocol.
+pub fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// The `:authority` of an HTTP/2 request without a `Host` header.
+fn h2_authority(session: &Session) -> Option<http::HeaderValue> {
+    let request = session.req_header();
+    if !session.is_http2() || request.headers.contains_key(http::header::HOST) {
+        return None;
+    }
+    let authority = request.uri.authority()?;
+    http::HeaderValue::from_str(authority.as_str()).ok()
 }
 
 /// The first step, on the request as pingora parsed it: its size, its method, then its
@@ -365,6 +390,7 @@ impl ProxyHttp for KeywardProxy {
                 .clone()
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "no client address"))?,
             peer_trusted: ctx.peer_trusted,
+            tls: ctx.tls,
         };
         *upstream = forward::upstream_request(
             upstream,

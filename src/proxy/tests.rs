@@ -36,6 +36,7 @@ fn forwarded(raw: &[u8]) -> Result<RequestHeader, Refusal> {
         authority: target.authority(),
         x_forwarded_for: HeaderValue::from_static("192.0.2.1"),
         peer_trusted: false,
+        tls: false,
     };
     let identity = Identity {
         headers: &[],
