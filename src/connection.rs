@@ -672,6 +672,52 @@ mod tests {
         assert_eq!(counter.get(), 1);
     }
 
+    #[tokio::test]
+    async fn an_h2_preface_must_arrive_in_time_then_reads_pass_through() {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let mut stream = HeaderDeadline::h2_preface(Box::new(ours), TIMEOUT, counter.clone());
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), H2_PREFACE_LEN);
+        // The preface is in: frames may take their time.
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"frame").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"frame");
+        assert_eq!(counter.get(), 0);
+
+        // Part of a preface, then silence: the read fails at the deadline, nothing is written.
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let mut stream = HeaderDeadline::h2_preface(Box::new(ours), TIMEOUT, counter.clone());
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 16);
+        let started = Instant::now();
+        let kind = read_some(&mut stream).await.unwrap_err().kind();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < TIMEOUT * 2);
+        assert_eq!(counter.get(), 1);
+        drop(stream);
+        let mut rest = Vec::new();
+        use tokio::io::AsyncReadExt;
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no HTTP/1 answer on an h2 connection");
+    }
+
+    #[tokio::test]
+    async fn a_passthrough_stream_never_expires() {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let mut stream = HeaderDeadline::passthrough(Box::new(ours), counter.clone());
+        client.write_all(b"\x16\x03\x01").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"\x16\x03\x01");
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"rest").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"rest");
+        assert_eq!(counter.get(), 0);
+    }
+
     #[test]
     fn empty_lines_before_the_request_do_not_end_it() {
         assert_eq!(ends(&[b"\r\n\r\n\n", b"GET / HTTP/1.1\r\n"]), None);

@@ -758,6 +758,36 @@ routes:
     }
 
     #[test]
+    fn listen_tls_files_are_checked_at_load() {
+        let with_tls = |tls: &str| {
+            MINIMAL.replace(
+                "ops: 127.0.0.1:9090 }",
+                &format!("ops: 127.0.0.1:9090, tls: {tls} }}"),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let missing = with_tls(&format!(
+            "{{ cert: {}/none.crt, key: {}/none.key }}",
+            dir.path().display(),
+            dir.path().display()
+        ));
+        let found = issues(&missing);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "listen.tls.cert");
+        assert!(found[0].message.contains("cannot read"), "{found:?}");
+        assert_eq!(
+            issues(&with_tls("{ cert: a.crt }"))[0].key,
+            "listen.tls",
+            "key is required"
+        );
+        assert_eq!(
+            issues(&with_tls("{ cert: a, key: b, colour: c }"))[0].key,
+            "listen.tls.colour"
+        );
+        assert!(Config::from_yaml(MINIMAL).unwrap().listen_tls.is_none());
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let config = Config::from_yaml(EMBEDDED_DEFAULT).expect("embedded default config");
         assert_eq!(config.listen_proxy, "127.0.0.1:8080");
