@@ -10,8 +10,8 @@ use common::tls::{Protocol, TestPki};
 use common::{echoed_header, Keyward, Setup, ADMIN_PASSWORD, BIN};
 use ed25519_dalek::SigningKey;
 use reqwest::blocking::{Client, Response};
-use serde_json::{json, Value};
 use rustls_pki_types::pem::PemObject;
+use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -140,7 +140,10 @@ fn api_key_reaches_a_protected_route(edge: &Edge, client: &Client, protocol: Pro
     assert_eq!(echo["query"], "q=1");
     assert_eq!(echoed_header(&echo, "x-forwarded-proto"), Some("https"));
     assert_eq!(echoed_header(&echo, "x-keyward-user"), Some("john"));
-    assert_eq!(echoed_header(&echo, "x-keyward-auth-method"), Some("APIKEY"));
+    assert_eq!(
+        echoed_header(&echo, "x-keyward-auth-method"),
+        Some("APIKEY")
+    );
     assert_eq!(echoed_header(&echo, "argus-api-key"), None);
     // The upstream gets `Host` over both protocols (HTTP/2 names it in `:authority`).
     let authority = edge.authority();
@@ -237,7 +240,10 @@ fn forwarding_headers_are_keywards(edge: &Edge, client: &Client, protocol: Proto
         protocol,
     );
     let echo = echo_of(resp);
-    assert_eq!(echo["path"], "/app/a/c", "normalized once, forwarded as matched");
+    assert_eq!(
+        echo["path"], "/app/a/c",
+        "normalized once, forwarded as matched"
+    );
     assert_eq!(echoed_header(&echo, "x-forwarded-proto"), Some("https"));
     assert_eq!(echoed_header(&echo, "x-forwarded-for"), Some("127.0.0.1"));
     let authority = edge.authority();
@@ -276,6 +282,22 @@ fn token_cookie_is_secure_over_tls(edge: &Edge, client: &Client, protocol: Proto
     let echo = echo_of(resp);
     assert_eq!(echoed_header(&echo, "x-keyward-auth-method"), Some("TOKEN"));
     assert_eq!(echoed_header(&echo, "cookie"), Some("theme=dark"));
+    // Tokens are scoped to the host the client named (`:authority` over HTTP/2).
+    let resp = send(
+        client
+            .get(edge.kw.url("/.TOKEN/?format=json"))
+            .header("Cookie", format!("token={token}")),
+        protocol,
+    );
+    assert_eq!(resp.status(), 200);
+    let listed: Vec<Value> = resp.json().unwrap();
+    assert!(!listed.is_empty());
+    assert!(
+        listed
+            .iter()
+            .all(|t| t["x_token_domain_meta"] == "127.0.0.1"),
+        "{listed:?}"
+    );
 
     // A cookie-authenticated change must come from keyward's own origin, which is https here.
     let own = format!("https://{}", edge.authority());
@@ -326,7 +348,12 @@ fn admin_api_is_answered_not_forwarded(edge: &Edge, client: &Client, protocol: P
     assert_eq!(edge.upstream_requests(), before);
 }
 
-fn signed(edge: &Edge, method: &str, url: &str, body: Option<&[u8]>) -> Vec<(&'static str, String)> {
+fn signed(
+    edge: &Edge,
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+) -> Vec<(&'static str, String)> {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -535,7 +562,9 @@ fn client_hello(version: [u8; 2]) -> Vec<u8> {
     // ec_point_formats: uncompressed
     extensions.extend([0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
     // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
-    extensions.extend([0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01]);
+    extensions.extend([
+        0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01,
+    ]);
     hello.extend((extensions.len() as u16).to_be_bytes());
     hello.extend(extensions);
     let mut handshake = vec![0x01]; // ClientHello

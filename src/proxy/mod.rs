@@ -79,16 +79,11 @@ impl KeywardProxy {
                 .req_header_mut()
                 .insert_header(http::header::HOST, authority)
                 .map_err(|_| Refusal::BadRequest("invalid_request_target"))?;
-        } else if let Some(authority) = h2_authority(session) {
-            // HTTP/2 names the host in `:authority` (the URI's authority here) and may send
-            // no `Host`: it becomes the `Host` so that every step after this one, and the
-            // HTTP/1.1 upstream, sees the host as over HTTP/1.1. (pingora refuses a `Host`
-            // that differs from `:authority`.)
-            session
-                .req_header_mut()
-                .insert_header(http::header::HOST, authority)
-                .map_err(|_| Refusal::BadRequest("invalid_request_target"))?;
         }
+        // HTTP/2 names the host in `:authority`, which pingora keeps as the URI's authority,
+        // often without a `Host` header: token domains, `@authority` and the admin origin
+        // check read the URI's authority when `Host` is absent, pingora refuses a `Host` that
+        // differs from it, and writes it as `Host` for the HTTP/1.1 upstream.
         let path = target.path();
         if admin::is_reserved(path) {
             ctx.target = Some(target);
@@ -216,16 +211,6 @@ impl KeywardProxy {
 /// Whether the request came over TLS: the connection's TLS digest, whatever the protocol.
 pub fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
-/// The `:authority` of an HTTP/2 request without a `Host` header.
-fn h2_authority(session: &Session) -> Option<http::HeaderValue> {
-    let request = session.req_header();
-    if !session.is_http2() || request.headers.contains_key(http::header::HOST) {
-        return None;
-    }
-    let authority = request.uri.authority()?;
-    http::HeaderValue::from_str(authority.as_str()).ok()
 }
 
 /// The first step, on the request as pingora parsed it: its size, its method, then its

@@ -233,7 +233,8 @@ fn h2_targets_are_their_path_normalized_as_over_http1() {
             request_id: "0123456789ABCDEF",
         };
         let mut client = request.clone();
-        // What admission does for a request without `Host`.
+        // pingora's copy for an HTTP/1.1 upstream gets `Host` from `:authority` before
+        // the filter builds the forwarded request from it.
         client.insert_header("host", "App.example:8443").unwrap();
         let upstream = forward::upstream_request(&client, identity, forwarding, false).unwrap();
         // Origin-form towards the upstream, whatever the URI holds.
