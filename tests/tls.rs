@@ -212,6 +212,17 @@ fn refusals_never_reach_the_upstream(edge: &Edge, client: &Client, protocol: Pro
         protocol,
     );
     assert_eq!(resp.status(), 400);
+    if protocol == Protocol::Http2 {
+        // A `Host` that names another host than `:authority`: malformed (RFC 9113 §8.3.1).
+        let resp = send(
+            client
+                .get(edge.kw.url("/app/x"))
+                .header("Argus-API-Key", &edge.john_key)
+                .header("Host", "evil.example"),
+            protocol,
+        );
+        assert_eq!(resp.status(), 400);
+    }
     assert_eq!(edge.upstream_requests(), before, "nothing was forwarded");
     let resp = send(
         client
