@@ -21,4 +21,5 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod store;
+pub mod tls;
 pub mod users;

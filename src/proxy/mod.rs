@@ -89,6 +89,7 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
+        ctx.tls = is_tls(session);
         let target = inspect(
             session.req_header(),
             ctx.config.limits.max_request_header_bytes,
@@ -102,6 +103,10 @@ impl KeywardProxy {
                 .insert_header(http::header::HOST, authority)
                 .map_err(|_| Refusal::BadRequest("invalid_request_target"))?;
         }
+        // HTTP/2 names the host in `:authority`, which pingora keeps as the URI's authority,
+        // often without a `Host` header: token domains, `@authority` and the admin origin
+        // check read the URI's authority when `Host` is absent, pingora refuses a `Host` that
+        // differs from it, and writes it as `Host` for the HTTP/1.1 upstream.
         let path = target.path();
         if admin::is_reserved(path) {
             if !self.listener.serves_admin() {
@@ -172,7 +177,7 @@ impl KeywardProxy {
             let view = signature::RequestView {
                 header: session.req_header(),
                 body: Some(&body),
-                tls: false,
+                tls: ctx.tls,
             };
             self.auth
                 .authenticate_found(Credential::Signature, &view, client_ip)
@@ -181,7 +186,7 @@ impl KeywardProxy {
             let view = signature::RequestView {
                 header: request,
                 body: None,
-                tls: false,
+                tls: ctx.tls,
             };
             self.auth
                 .authenticate_found(credential, &view, client_ip)
@@ -222,6 +227,11 @@ impl KeywardProxy {
         }
         Ok(())
     }
+}
+
+/// Whether the request came over TLS: the connection's TLS digest, whatever the protocol.
+pub fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// The first step, on the request as pingora parsed it: its size, its method, then its
@@ -401,6 +411,7 @@ impl ProxyHttp for KeywardProxy {
                 .clone()
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "no client address"))?,
             peer_trusted: ctx.peer_trusted,
+            tls: ctx.tls,
         };
         *upstream = forward::upstream_request(
             upstream,
