@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod store;
 pub mod users;
