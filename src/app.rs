@@ -16,6 +16,7 @@ use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::KeywardProxy;
+use crate::ratelimit::RateLimiter;
 use crate::store::{Db, StoreError, StoreHealth};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
@@ -98,12 +99,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("audit.path: cannot open {}", path.display()))?,
         None => AuditLog::tracing_only(),
     };
+    // Rate-limit counters, shared by the proxy and the admin API and kept across reloads.
+    let limiter = Arc::new(RateLimiter::new(config.rate_limits.max_tracked));
     let admin = Arc::new(AdminApi::new(
         db.clone(),
         auth.clone(),
         metrics.clone(),
         config.clone(),
         audit,
+        limiter.clone(),
     ));
 
     let server_conf = ServerConf {
@@ -138,6 +142,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         auth.clone(),
         admin,
         upstreams,
+        limiter,
     );
     // Connection limits wrap pingora's HTTP proxy app (see `connection`).
     let mut proxy_service = Service::new(
