@@ -41,11 +41,12 @@ pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
 pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 pub const MAX_BURST: u32 = 1_000_000;
 
-/// A validated quota: `requests_per_second` (> 0) and `burst` (≥ 1). Kept as the replenish
-/// interval in nanoseconds so that it is `Eq`, `Hash` and exact.
+/// A validated quota: `requests_per_second` (> 0) and `burst` (≥ 1). The rate is kept in
+/// requests per 1000 s (so to 0.001 requests per second) so that it is an integer: `Eq`,
+/// `Hash`, stored exactly and shown as it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
-    interval_nanos: u64,
+    per_kilosecond: u64,
     burst: NonZeroU32,
 }
 
@@ -68,15 +69,25 @@ impl Limit {
             .filter(|b| *b <= MAX_BURST)
             .and_then(NonZeroU32::new)
             .ok_or(LimitError::Burst)?;
-        let interval_nanos = (1e9 / requests_per_second).round() as u64;
         Ok(Limit {
-            interval_nanos: interval_nanos.max(1),
+            per_kilosecond: ((requests_per_second * 1000.0).round() as u64).max(1),
             burst,
         })
     }
 
+    /// From its stored form (see [`Limit::per_kilosecond`]).
+    pub fn from_stored(per_kilosecond: i64, burst: i64) -> Result<Limit, LimitError> {
+        let rate = u64::try_from(per_kilosecond).map_err(|_| LimitError::Rate)?;
+        Limit::new(rate as f64 / 1000.0, u64::try_from(burst).map_err(|_| LimitError::Burst)?)
+    }
+
     pub fn requests_per_second(&self) -> f64 {
-        1e9 / self.interval_nanos as f64
+        self.per_kilosecond as f64 / 1000.0
+    }
+
+    /// Requests per 1000 seconds: the stored form of the rate.
+    pub fn per_kilosecond(&self) -> i64 {
+        self.per_kilosecond as i64
     }
 
     pub fn burst(&self) -> u32 {
@@ -85,7 +96,8 @@ impl Limit {
 
     fn quota(&self) -> governor::Quota {
         // `with_period` is `None` only for a zero interval, which `new` rules out.
-        governor::Quota::with_period(Duration::from_nanos(self.interval_nanos))
+        let interval_nanos = 1_000_000_000_000 / self.per_kilosecond;
+        governor::Quota::with_period(Duration::from_nanos(interval_nanos.max(1)))
             .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
             .allow_burst(self.burst)
     }
@@ -503,6 +515,14 @@ mod tests {
         assert_eq!(Limit::new(1.0, 1 << 40), Err(LimitError::Burst));
         let quota = limit(0.5, 3);
         assert_eq!(quota.window(), (1, 2));
+        assert_eq!(limit(3.0, 1).requests_per_second(), 3.0, "shown as given");
+        let stored = limit(2.5, 7);
+        assert_eq!(
+            Limit::from_stored(stored.per_kilosecond(), 7),
+            Ok(stored),
+            "stored exactly"
+        );
+        assert_eq!(Limit::from_stored(-1, 7), Err(LimitError::Rate));
         assert_eq!(limit(100.0, 200).window(), (100, 1));
     }
 

@@ -182,7 +182,7 @@ impl CachedKey {
                         user_id: key.user_id,
                         key_id: key.key_id,
                     },
-                    own: None,
+                    own: key.rate_limit,
                 },
                 identity: Default::default(),
             }),
@@ -336,6 +336,7 @@ mod tests {
             read_only: false,
             last_used_at_ms: 0,
             last_used_ip: None,
+            rate_limit: None,
         }
     }
 
