@@ -25,7 +25,6 @@ use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -264,9 +263,18 @@ impl RateLimiter {
     ) -> Result<u32, Duration> {
         // Never zero: governor's state reads zero as "never seen".
         let now = Nanos::from(now.saturating_duration_since(self.epoch)) + Nanos::new(1);
-        let store = Shifted { state, now, count };
+        // A TAT beyond a full burst of this quota (its state under an earlier, slower quota)
+        // counts as a full burst: the key waits at most one interval of the current quota.
+        let quota = limit.quota();
+        let full = Nanos::from(quota.burst_size_replenished_in());
+        let store = Shifted {
+            state,
+            now,
+            full,
+            count,
+        };
         let gcra = governor::RateLimiter::<NotKeyed, _, _, StateInformationMiddleware>::new(
-            limit.quota(),
+            quota,
             store,
             Frozen(now),
         );
@@ -368,10 +376,12 @@ impl Clock for Frozen {
 /// One key's state as a governor store for one check. The limiter built for the check starts
 /// at `now`, so it reads and writes TATs relative to `now`; the state holds them relative to
 /// [`RateLimiter`]'s epoch. A TAT in the past reads as `now`, which GCRA treats the same.
-/// Without `count`, the decision is made and nothing is written.
+/// Without `count`, the decision is made and no request is counted.
 struct Shifted<'a> {
     state: &'a InMemoryState,
     now: Nanos,
+    /// The furthest a TAT of this quota can lie ahead of `now`.
+    full: Nanos,
     count: bool,
 }
 
@@ -382,19 +392,29 @@ impl StateStore for Shifted<'_> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let relative = |stored: Option<Nanos>| stored.map(|tat| tat.saturating_sub(self.now));
-        if self.count {
-            return self.state.measure_and_replace(key, |stored| {
-                f(relative(stored)).map(|(outcome, next)| (outcome, next + self.now))
-            });
-        }
-        // A dry run: the closure never returns `Ok`, so the state is never replaced.
-        let dry = self
+        // The inner store writes when its closure answers `Ok`: a counted, conforming request
+        // (its new TAT), or a TAT cut down to a full burst of this quota (then kept, whatever
+        // the decision, so that the cut is made once). Anything else leaves the state as is.
+        let decided = self
             .state
-            .measure_and_replace::<Infallible, _, _>(key, |stored| Err(f(relative(stored))));
-        match dry {
-            Ok(never) => match never {},
-            Err(decision) => decision.map(|(outcome, _)| outcome),
+            .measure_and_replace::<Result<T, E>, _, Result<T, E>>(key, |stored| {
+                let ahead = stored.map(|tat| tat.saturating_sub(self.now));
+                let capped = ahead.map(|ahead| std::cmp::min(ahead, self.full));
+                match f(capped) {
+                    Ok((outcome, next)) if self.count => Ok((Ok(outcome), next + self.now)),
+                    decision => {
+                        let decision = decision.map(|(outcome, _)| outcome);
+                        match capped {
+                            Some(capped) if ahead != Some(capped) => {
+                                Ok((decision, capped + self.now))
+                            }
+                            _ => Err(decision),
+                        }
+                    }
+                }
+            });
+        match decided {
+            Ok(decision) | Err(decision) => decision,
         }
     }
 }
@@ -475,6 +495,29 @@ mod tests {
             assert!(limiter.check(KEY, limit(1.0, 6), now).is_ok());
         }
         assert!(limiter.check(KEY, limit(1.0, 6), now).is_err());
+    }
+
+    #[test]
+    fn a_faster_quota_caps_past_use_at_one_full_burst() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert!(limiter.check(KEY, limit(0.1, 5), now).is_ok());
+        }
+        // 50 s of debt under the old quota; the new one is 100/s with a burst of 10.
+        let faster = limit(100.0, 10);
+        let wait = limiter.check(KEY, faster, now).unwrap_err();
+        assert!(wait <= Duration::from_millis(10), "{wait:?}");
+        let later = now + Duration::from_millis(10);
+        assert!(limiter.check(KEY, faster, later).is_ok());
+        // A peek cuts the debt down as well (an address refused before authentication must
+        // not stay refused for the old quota's time).
+        let other = LimitKey::Basic(9);
+        for _ in 0..5 {
+            assert!(limiter.check(other, limit(0.1, 5), now).is_ok());
+        }
+        assert!(limiter.peek(other, faster, now).is_err());
+        assert!(limiter.peek(other, faster, later).is_ok());
     }
 
     #[test]
