@@ -77,7 +77,10 @@ impl Limit {
     /// From its stored form (see [`Limit::per_kilosecond`]).
     pub fn from_stored(per_kilosecond: i64, burst: i64) -> Result<Limit, LimitError> {
         let rate = u64::try_from(per_kilosecond).map_err(|_| LimitError::Rate)?;
-        Limit::new(rate as f64 / 1000.0, u64::try_from(burst).map_err(|_| LimitError::Burst)?)
+        Limit::new(
+            rate as f64 / 1000.0,
+            u64::try_from(burst).map_err(|_| LimitError::Burst)?,
+        )
     }
 
     pub fn requests_per_second(&self) -> f64 {
@@ -118,8 +121,14 @@ impl Limit {
 /// grow a key, and only authenticated credentials become credential keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKey {
-    ApiKey { user_id: i64, key_id: i64 },
-    Signature { user_id: i64, key_id: i64 },
+    ApiKey {
+        user_id: i64,
+        key_id: i64,
+    },
+    Signature {
+        user_id: i64,
+        key_id: i64,
+    },
     /// The token's public name (16 bytes of its hash).
     Token([u8; 16]),
     /// A password login, by user id.
@@ -612,7 +621,10 @@ mod tests {
             .after_authentication(&settings, ip, AuthOutcome::Anonymous, now)
             .unwrap();
         // No per-credential quota: authenticated requests are not limited.
-        let credential = CredentialLimit { key: KEY, own: None };
+        let credential = CredentialLimit {
+            key: KEY,
+            own: None,
+        };
         for _ in 0..10 {
             limiter
                 .after_authentication(&settings, ip, AuthOutcome::Authenticated(credential), now)

@@ -112,8 +112,10 @@ fn a_burst_over_the_credential_limit_is_429_and_forwards_nothing_then_recovers()
     // The same refusal, byte for byte on the wire.
     let raw = raw_request(
         kw.proxy,
-        format!("GET /api HTTP/1.1\r\nHost: x\r\nArgus-API-Key: {key}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET /api HTTP/1.1\r\nHost: x\r\nArgus-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(raw.status, 429);
     assert_eq!(
@@ -189,10 +191,14 @@ fn random_api_keys_from_one_address_hit_429_before_any_credential_work() {
     let unknown_before = kw
         .metrics()
         .lines()
-        .find(|l| l.starts_with("keyward_auth_failures_total{method=\"apikey\",reason=\"unknown_key\"}"))
+        .find(|l| {
+            l.starts_with("keyward_auth_failures_total{method=\"apikey\",reason=\"unknown_key\"}")
+        })
         .map(str::to_owned);
     assert!(
-        unknown_before.as_deref().is_some_and(|l| l.ends_with(" 20")),
+        unknown_before
+            .as_deref()
+            .is_some_and(|l| l.ends_with(" 20")),
         "only the first twenty keys were looked up: {unknown_before:?}"
     );
 }
@@ -310,12 +316,7 @@ fn a_key_with_its_own_rate_limit_gets_its_own_quota() {
     for _ in 0..5 {
         assert_eq!(get(&kw, "/api", &own).status(), 200, "the new quota");
     }
-    let (_, listed) = admin(
-        &kw,
-        reqwest::Method::GET,
-        "/authentication/v1/apikey",
-        None,
-    );
+    let (_, listed) = admin(&kw, reqwest::Method::GET, "/authentication/v1/apikey", None);
     let listed = listed["data"].as_array().unwrap().clone();
     let mine = listed
         .iter()
@@ -337,12 +338,7 @@ fn a_key_with_its_own_rate_limit_gets_its_own_quota() {
 fn admin_calls_count_against_the_same_limits() {
     let kw = start("  per_credential: { requests_per_second: 0.1, burst: 3 }");
     for i in 0..3 {
-        let (status, resp) = admin(
-            &kw,
-            reqwest::Method::GET,
-            "/authentication/v1/apikey",
-            None,
-        );
+        let (status, resp) = admin(&kw, reqwest::Method::GET, "/authentication/v1/apikey", None);
         assert_eq!(status, 200, "call {i}: {resp}");
     }
     let refused = client()
@@ -377,10 +373,7 @@ fn without_rate_limits_nothing_is_limited() {
     let kw = Keyward::start();
     let http = client();
     for _ in 0..60 {
-        assert_eq!(
-            http.get(kw.url("/public/x")).send().unwrap().status(),
-            200
-        );
+        assert_eq!(http.get(kw.url("/public/x")).send().unwrap().status(), 200);
     }
     assert_eq!(rate_limited_total(&kw, "client"), 0);
 }

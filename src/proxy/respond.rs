@@ -94,9 +94,9 @@ impl Refusal {
             Refusal::RequestTimeout => "request_timeout",
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
-            Refusal::TooManyRequests(_)
-            | Refusal::RetryLater { .. }
-            | Refusal::RateLimited(_) => "too_many_requests",
+            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
+                "too_many_requests"
+            }
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",

@@ -200,7 +200,11 @@ async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Stor
         .await
         .unwrap();
     assert_eq!(limited.rate_limit, Some(own));
-    let read = store.api_key(bob.id, limited.key_id).await.unwrap().unwrap();
+    let read = store
+        .api_key(bob.id, limited.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(read.rate_limit, Some(own), "read back exactly");
     assert_eq!(read.rate_limit.unwrap().requests_per_second(), 2.5);
     let kept = store
