@@ -9,14 +9,17 @@ use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
 use crate::cache::CacheSettings;
+use crate::cache::LiveDuration;
 use crate::config::{BootstrapAdmin, Config};
 use crate::connection::ConnectionLimits;
 use crate::fleet::FleetClaims;
 use crate::invalidation::{ChangeFollower, UsageFlusher};
+use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
-use crate::proxy::KeywardProxy;
+use crate::proxy::{KeywardProxy, Listener};
 use crate::ratelimit::RateLimiter;
+use crate::reload::{HangupReloader, LiveConfig, PidFile};
 use crate::store::{Db, StoreError, StoreHealth};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
@@ -25,10 +28,18 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub fn serve(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
+/// `path`: the file the configuration came from, re-read on `SIGHUP`; `None` for the
+/// embedded default. `log_filter`: how a reload changes the log filter (see `logging::init`).
+pub fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    log_filter: Option<LogFilterHandle>,
+) -> anyhow::Result<()> {
+    let live = Arc::new(LiveConfig::new(config, path));
+    let config = live.current();
     let metrics = Arc::new(Metrics::new());
     let (store_errors, store_up) = metrics.store_series();
     let db = Db::start(
@@ -51,12 +62,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let hasher = PasswordHasher::new(config.limits.password_hash_threads);
+    // Cache TTLs follow reloads (for entries stored after them).
+    let basic_ttl = LiveDuration::new(config.cache.basic_ttl);
+    let key_ttl = LiveDuration::new(config.cache.api_key_ttl);
+    let negative_ttl = LiveDuration::new(config.cache.negative_ttl);
+    {
+        let (basic_ttl, key_ttl, negative_ttl) =
+            (basic_ttl.clone(), key_ttl.clone(), negative_ttl.clone());
+        live.on_reload(Box::new(move |next: &Config| {
+            basic_ttl.set(next.cache.basic_ttl);
+            key_ttl.set(next.cache.api_key_ttl);
+            negative_ttl.set(next.cache.negative_ttl);
+            Ok(())
+        }));
+    }
+    if let Some(handle) = log_filter {
+        live.on_reload(Box::new(move |next: &Config| handle.set(&next.logging)));
+    }
     let basic = Arc::new(
         BasicAuthenticator::new(
             db.clone(),
             hasher,
             metrics.clone(),
-            config.cache.basic_ttl,
+            basic_ttl.clone(),
             config.cache.basic_capacity,
             ThrottleSettings {
                 failures: config.limits.password_failures,
@@ -66,9 +94,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .with_fleet(fleet.clone()),
     );
     let key_cache = CacheSettings {
-        ttl: config.cache.api_key_ttl,
+        ttl: key_ttl,
         capacity: config.cache.api_key_capacity,
-        negative_ttl: config.cache.negative_ttl,
+        negative_ttl,
         negative_capacity: config.cache.negative_capacity,
     };
     let api_keys = Arc::new(ApiKeyAuthenticator::new(
@@ -105,7 +133,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         db.clone(),
         auth.clone(),
         metrics.clone(),
-        config.clone(),
         audit,
         limiter.clone(),
     ));
@@ -136,25 +163,37 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Arc::new(balancer)
     };
 
-    let proxy = KeywardProxy::new(
-        config.clone(),
-        metrics.clone(),
-        auth.clone(),
-        admin,
-        upstreams,
-        limiter,
-    );
-    // Connection limits wrap pingora's HTTP proxy app (see `connection`).
-    let mut proxy_service = Service::new(
-        "keyward proxy".to_owned(),
-        ConnectionLimits::new(
-            pingora::proxy::http_proxy(&server.configuration, proxy),
-            config.limits.max_connections,
-            config.limits.header_read_timeout,
-            &metrics,
-        ),
-    );
+    let proxy_for = |listener: Listener| {
+        KeywardProxy::new(
+            live.clone(),
+            listener,
+            metrics.clone(),
+            auth.clone(),
+            admin.clone(),
+            upstreams.clone(),
+            limiter.clone(),
+        )
+    };
+    // Connection limits wrap pingora's HTTP proxy app (see `connection`), on each listener.
+    let service = |name: &str, proxy: KeywardProxy| {
+        Service::new(
+            name.to_owned(),
+            ConnectionLimits::new(
+                pingora::proxy::http_proxy(&server.configuration, proxy),
+                config.limits.max_connections,
+                config.limits.header_read_timeout,
+                &metrics,
+            ),
+        )
+    };
+    let serves_admin = config.listen_admin.is_none();
+    let mut proxy_service = service("keyward proxy", proxy_for(Listener::Proxy { serves_admin }));
     proxy_service.add_tcp(&config.listen_proxy);
+    let admin_service = config.listen_admin.as_ref().map(|address| {
+        let mut admin_service = service("keyward admin", proxy_for(Listener::Admin));
+        admin_service.add_tcp(address);
+        admin_service
+    });
 
     let mut ops = Service::new(
         "keyward ops".to_owned(),
@@ -166,17 +205,32 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let follower = ChangeFollower::new(
         db,
         auth,
-        metrics,
+        metrics.clone(),
         config.cache.invalidation_poll,
         feed_start,
     );
 
     server.add_service(proxy_service);
+    if let Some(admin_service) = admin_service {
+        server.add_service(admin_service);
+    }
     server.add_service(ops);
+    server.add_service(background_service(
+        "config reload",
+        HangupReloader::new(live.clone(), metrics.clone()),
+    ));
     server.add_service(background_service("change feed", follower));
     server.add_service(background_service("key usage", flusher));
+    let _pid_file = match PidFile::write(&config.server.pid_file) {
+        Ok(pid_file) => Some(pid_file),
+        Err(e) => {
+            tracing::warn!(path = %config.server.pid_file.display(), error = %e, "cannot write the pid file; `keyward reload` will not find this process (SIGHUP still reloads)");
+            None
+        }
+    };
     tracing::info!(
         proxy = %config.listen_proxy,
+        admin = config.listen_admin.as_deref().unwrap_or("(on the proxy listener)"),
         ops = %config.listen_ops,
         upstreams = ?config.upstream.addresses,
         "keyward starting"

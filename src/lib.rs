@@ -20,5 +20,6 @@ pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod store;
 pub mod users;

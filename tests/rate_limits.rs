@@ -368,6 +368,47 @@ fn admin_calls_count_against_the_same_limits() {
     assert_eq!(status, 200);
 }
 
+/// `SIGHUP` changes the quotas for new requests and keeps every key's count.
+#[test]
+fn a_reload_changes_the_quota_and_keeps_the_counts() {
+    let kw = start("  per_credential: { requests_per_second: 0.01, burst: 2 }");
+    let (key, _) = create_key(&kw, json!({"description": "a"}));
+    // `john` made one admin call; his key's count starts at zero.
+    for _ in 0..2 {
+        assert_eq!(get(&kw, "/api", &key).status(), 200);
+    }
+    assert_eq!(get(&kw, "/api", &key).status(), 429);
+    let text = std::fs::read_to_string(&kw.config_path).unwrap();
+    std::fs::write(
+        &kw.config_path,
+        text.replace("burst: 2 }", "burst: 4 }\n  max_tracked: 50"),
+    )
+    .unwrap();
+    kw.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !kw
+        .metrics()
+        .contains("keyward_config_reloads_total{result=\"ok\"} 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", kw.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two of the new burst of four were used before the reload.
+    for i in 0..2 {
+        assert_eq!(get(&kw, "/api", &key).status(), 200, "request {i}");
+    }
+    let refused = get(&kw, "/api", &key);
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        "\"credential\";q=1;w=100;keyward-burst=4"
+    );
+    assert!(
+        kw.stderr().contains("rate_limits.max_tracked"),
+        "named as needing a restart"
+    );
+}
+
 #[test]
 fn without_rate_limits_nothing_is_limited() {
     let kw = Keyward::start();

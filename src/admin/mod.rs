@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
-use crate::ratelimit::{AuthOutcome, RateLimiter};
+use crate::ratelimit::{AuthOutcome, RateLimitSettings, RateLimiter};
 use crate::store::{AuditEvent, Db, User};
 use envelope::{AdminError, Reply};
 use http::Method;
@@ -92,7 +92,6 @@ pub struct AdminApi {
     pub(crate) db: Db,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) config: Arc<Config>,
     audit: AuditLog,
     router: matchit::Router<Endpoint>,
     /// The proxy's rate-limit counters: admin calls count against the same quotas.
@@ -101,6 +100,8 @@ pub struct AdminApi {
 
 /// One authenticated admin call.
 pub struct Call<'a> {
+    /// The configuration of this request (see `RequestCtx::config`).
+    pub config: &'a Config,
     pub caller: &'a Principal,
     pub method: &'a Method,
     pub body: &'a [u8],
@@ -138,7 +139,6 @@ impl AdminApi {
         db: Db,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
-        config: Arc<Config>,
         audit: AuditLog,
         limiter: Arc<RateLimiter>,
     ) -> AdminApi {
@@ -194,7 +194,6 @@ impl AdminApi {
             db,
             auth,
             metrics,
-            config,
             audit,
             router,
             limiter,
@@ -347,7 +346,9 @@ impl AdminApi {
             },
         )?;
         let request_id = ctx.request_id.as_str().to_owned();
+        let config = ctx.config.clone();
         let call = Call {
+            config: &config,
             caller: &caller,
             method: &method,
             body: &body,
@@ -462,6 +463,8 @@ impl AdminApi {
         let client_ip = ctx
             .client_ip
             .ok_or(AdminError::BadRequest("no client address".into()))?;
+        // The quotas of this request's configuration snapshot; the counters are long-lived.
+        let limits = ctx.config.rate_limits;
         let view = RequestView {
             header: session.req_header(),
             body: Some(body),
@@ -473,7 +476,11 @@ impl AdminApi {
                 ..
             }) => {
                 ctx.principal = Some(principal.clone());
-                self.count_limit(client_ip, AuthOutcome::Authenticated(principal.rate_limit))?;
+                self.count_limit(
+                    &limits,
+                    client_ip,
+                    AuthOutcome::Authenticated(principal.rate_limit),
+                )?;
                 Ok(principal)
             }
             Ok(Authenticated {
@@ -481,6 +488,7 @@ impl AdminApi {
             }) => {
                 ctx.clear_token_cookie = clear_token_cookie;
                 self.count_limit(
+                    &limits,
                     client_ip,
                     match clear_token_cookie {
                         true => AuthOutcome::Refused,
@@ -492,7 +500,7 @@ impl AdminApi {
             Err(e) => {
                 let e = AdminError::from(e);
                 if matches!(e, AdminError::Unauthenticated(_)) {
-                    self.count_limit(client_ip, AuthOutcome::Refused)?;
+                    self.count_limit(&limits, client_ip, AuthOutcome::Refused)?;
                 }
                 Err(e)
             }
@@ -500,14 +508,14 @@ impl AdminApi {
     }
 
     /// Counts an admin call against the rate limits, as the proxy counts its requests.
-    fn count_limit(&self, client_ip: IpAddr, outcome: AuthOutcome) -> Result<(), AdminError> {
+    fn count_limit(
+        &self,
+        limits: &RateLimitSettings,
+        client_ip: IpAddr,
+        outcome: AuthOutcome,
+    ) -> Result<(), AdminError> {
         self.limiter
-            .after_authentication(
-                &self.config.rate_limits,
-                client_ip,
-                outcome,
-                std::time::Instant::now(),
-            )
+            .after_authentication(limits, client_ip, outcome, std::time::Instant::now())
             .map_err(|limited| {
                 self.metrics.rate_limited(limited.kind);
                 AdminError::RateLimited(limited)
