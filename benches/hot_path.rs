@@ -69,6 +69,7 @@ fn hot_path(c: &mut Criterion) {
                         functions: Some(vec!["CASE-SECMON-RO".into()]),
                         customers: vec![],
                         read_only: false,
+                        rate_limit: None,
                     },
                     local_audit("apikey.create", "bench"),
                 )

@@ -18,6 +18,7 @@ use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{KeywardProxy, Listener};
+use crate::ratelimit::RateLimiter;
 use crate::reload::{HangupReloader, LiveConfig, PidFile};
 use crate::store::{Db, StoreError, StoreHealth};
 use crate::tls::TlsCertificates;
@@ -129,11 +130,14 @@ pub fn serve(
             .with_context(|| format!("audit.path: cannot open {}", path.display()))?,
         None => AuditLog::tracing_only(),
     };
+    // Rate-limit counters, shared by the proxy and the admin API and kept across reloads.
+    let limiter = Arc::new(RateLimiter::new(config.rate_limits.max_tracked));
     let admin = Arc::new(AdminApi::new(
         db.clone(),
         auth.clone(),
         metrics.clone(),
         audit,
+        limiter.clone(),
     ));
 
     let server_conf = ServerConf {
@@ -170,6 +174,7 @@ pub fn serve(
             auth.clone(),
             admin.clone(),
             upstreams.clone(),
+            limiter.clone(),
         )
     };
     // `listen.tls`: the certificates live in `tls_certificates` for the process's life;

@@ -1,5 +1,6 @@
 //! Prometheus metrics (SPEC §9): one handle with domain methods, its own registry.
 
+use crate::ratelimit::LimitKind;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -76,6 +77,7 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     redis_errors: IntCounter,
     replay_local_fallbacks: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 /// The proxy listener's connection limits (`crate::connection`).
@@ -261,6 +263,13 @@ impl Metrics {
                  (replay.on_redis_error: local; password throttles always), by claim.",
                 &["claim"],
             ),
+            rate_limited: counter_vec(
+                &registry,
+                "keyward_rate_limited_total",
+                "Requests refused with 429 by a rate limit, by kind: credential (per_credential \
+                 or the key's own rateLimit) or client (per_client_unauthenticated).",
+                &["kind"],
+            ),
             auth_duration,
             cache_entries,
             store_errors,
@@ -341,6 +350,9 @@ impl Metrics {
         }
         for claim in FLEET_CLAIMS {
             self.replay_local_fallbacks.with_label_values(&[claim]);
+        }
+        for kind in [LimitKind::Credential, LimitKind::Client] {
+            self.rate_limited.with_label_values(&[kind.as_str()]);
         }
         for cache in CACHES {
             self.cache_hits.with_label_values(&[cache]);
@@ -433,6 +445,11 @@ impl Metrics {
         self.replay_local_fallbacks
             .with_label_values(&[claim])
             .inc();
+    }
+
+    /// A request was refused by a rate limit (on the refusal path only).
+    pub fn rate_limited(&self, kind: LimitKind) {
+        self.rate_limited.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn connections(&self) -> &ConnectionMetrics {

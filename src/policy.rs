@@ -165,6 +165,10 @@ mod tests {
             read_only: false,
             customers: vec![],
             tenant: None,
+            rate_limit: crate::ratelimit::CredentialLimit {
+                key: crate::ratelimit::LimitKey::Basic(1),
+                own: None,
+            },
             identity: Default::default(),
         }
     }

@@ -167,6 +167,8 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(cache.invalidation_poll => "cache.invalidation_poll");
     keep!(api_keys.last_used_flush => "api_keys.last_used_flush");
     keep!(logging.format => "logging.format");
+    // The limiter is sized once; its quotas follow the reload (counters are kept).
+    keep!(rate_limits.max_tracked => "rate_limits.max_tracked");
     changed
 }
 

@@ -3,8 +3,9 @@
 use super::envelope::{AdminError, Reply};
 use super::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
 use crate::auth::api_key::{generate_secret, Prefix};
+use crate::ratelimit::{Limit, LimitError};
 use crate::store::{now_ms, ApiKey, NewApiKey, User};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -18,6 +19,34 @@ struct CreateBody {
     expiration_days: Option<i64>,
     disable_expiration: Option<bool>,
     session_constraints: Option<SessionConstraints>,
+    rate_limit: Option<RateLimitBody>,
+}
+
+/// `rateLimit`: the key's own quota, instead of `rate_limits.per_credential`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RateLimitBody {
+    requests_per_second: f64,
+    burst: u64,
+}
+
+impl RateLimitBody {
+    fn limit(self) -> Result<Limit, AdminError> {
+        Limit::new(self.requests_per_second, self.burst).map_err(|e| {
+            let field = match e {
+                LimitError::Rate => "rateLimit.requestsPerSecond",
+                LimitError::Burst => "rateLimit.burst",
+            };
+            AdminError::field(field, e.to_string(), "validation.range")
+        })
+    }
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +65,9 @@ struct SessionConstraints {
 struct RenewBody {
     expiration_days: Option<i64>,
     disable_expiration: Option<bool>,
+    /// Absent: the key keeps its rate limit; `null`: it takes `per_credential` again.
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<RateLimitBody>>,
 }
 
 /// Customer ids arrive as numbers (`[1]`) or strings.
@@ -106,6 +138,10 @@ pub fn descriptor(key: &ApiKey) -> Value {
             "customers": key.customers,
             "readOnly": key.read_only,
         },
+        "rateLimit": key.rate_limit.map(|l| json!({
+            "requestsPerSecond": l.requests_per_second(),
+            "burst": l.burst(),
+        })),
     })
 }
 
@@ -140,6 +176,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
         ));
     }
     let valid_sources = super::parse_valid_sources(body.valid_sources)?;
+    let rate_limit = body.rate_limit.map(RateLimitBody::limit).transpose()?;
     let valid_until_ms = valid_until(
         call,
         body.expiration_days,
@@ -198,6 +235,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
         functions,
         customers,
         read_only,
+        rate_limit,
     };
     let audit = call.audit(201, &target.name, "");
     let key = api
@@ -233,6 +271,7 @@ pub async fn renew(
         RenewBody {
             expiration_days: None,
             disable_expiration: None,
+            rate_limit: None,
         }
     } else {
         parse_body(call.body)?
@@ -242,12 +281,23 @@ pub async fn renew(
         body.expiration_days,
         body.disable_expiration.unwrap_or(false),
     )?;
+    let rate_limit = match body.rate_limit {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(body)) => Some(Some(body.limit()?)),
+    };
     let audit = call.audit(200, &target.name, &prefix.to_string());
     let renewed = api
         .db
         .call(move |store| async move {
             store
-                .renew_api_key(prefix.user_id, prefix.key_id, valid_until_ms, audit)
+                .renew_api_key(
+                    prefix.user_id,
+                    prefix.key_id,
+                    valid_until_ms,
+                    rate_limit,
+                    audit,
+                )
                 .await
         })
         .await?
@@ -303,6 +353,57 @@ mod tests {
         assert!(
             matches!(&wrong_type, AdminError::Field { field, .. } if field == "expirationDays")
         );
+    }
+
+    #[test]
+    fn rate_limit_bodies() {
+        let create: CreateBody =
+            parse_body(br#"{"rateLimit":{"requestsPerSecond":5,"burst":10}}"#).unwrap();
+        let limit = create.rate_limit.unwrap().limit().unwrap();
+        assert_eq!((limit.requests_per_second(), limit.burst()), (5.0, 10));
+        for (body, field) in [
+            (
+                r#"{"rateLimit":{"requestsPerSecond":0,"burst":10}}"#,
+                "rateLimit.requestsPerSecond",
+            ),
+            (
+                r#"{"rateLimit":{"requestsPerSecond":1,"burst":0}}"#,
+                "rateLimit.burst",
+            ),
+        ] {
+            let parsed: CreateBody = parse_body(body.as_bytes()).unwrap();
+            let error = parsed.rate_limit.unwrap().limit().unwrap_err();
+            assert_eq!(error.status(), 412);
+            assert!(
+                matches!(&error, AdminError::Field { field: f, .. } if f == field),
+                "{error:?}"
+            );
+        }
+        for (body, field) in [
+            (r#"{"rateLimit":{"burst":1}}"#, "rateLimit"),
+            (
+                r#"{"rateLimit":{"requestsPerSecond":1,"burst":-1}}"#,
+                "rateLimit.burst",
+            ),
+            (
+                r#"{"rateLimit":{"requestsPerSecond":1,"burst":1,"window":1}}"#,
+                "rateLimit.window",
+            ),
+        ] {
+            let error = parse_body::<CreateBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status(), 412, "{body}");
+            assert!(
+                matches!(&error, AdminError::Field { field: f, .. } if f == field),
+                "{body}: {error:?}"
+            );
+        }
+        let absent: RenewBody = parse_body(br#"{"expirationDays":3}"#).unwrap();
+        assert!(absent.rate_limit.is_none());
+        let cleared: RenewBody = parse_body(br#"{"rateLimit":null}"#).unwrap();
+        assert!(matches!(cleared.rate_limit, Some(None)));
+        let set: RenewBody =
+            parse_body(br#"{"rateLimit":{"requestsPerSecond":1,"burst":2}}"#).unwrap();
+        assert!(matches!(set.rate_limit, Some(Some(_))));
     }
 
     #[test]

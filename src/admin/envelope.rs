@@ -89,6 +89,9 @@ pub enum AdminError {
     /// TOTP codes for this user.
     #[error("too many failed logins; try again in {0} s")]
     RetryLater(u64),
+    /// 429 with `Retry-After`, `RateLimit-Policy` and `RateLimit`: over a rate limit.
+    #[error("too many requests; try again in {} s", .0.retry_after_secs())]
+    RateLimited(crate::ratelimit::Limited),
     /// Validation failed on `field` (412, `FIELD_ERROR`).
     #[error("{field}: {message}")]
     Field {
@@ -137,7 +140,7 @@ impl AdminError {
             AdminError::Forbidden(_) => 403,
             AdminError::NotFound(_) => 404,
             AdminError::MethodNotAllowed => 405,
-            AdminError::RetryLater(_) => 429,
+            AdminError::RetryLater(_) | AdminError::RateLimited(_) => 429,
             AdminError::Field { .. } => 412,
             AdminError::Unavailable => 503,
         }
@@ -150,6 +153,7 @@ impl AdminError {
             AdminError::Unauthenticated(_) | AdminError::RetryLater(_) => "unauthenticated",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
+            AdminError::RateLimited(_) => "rate_limited",
             AdminError::Field { .. } => "invalid",
             AdminError::Unavailable => "error",
         }
@@ -162,7 +166,7 @@ impl AdminError {
             AdminError::Forbidden(_) => "access.denied",
             AdminError::NotFound(_) => "object.not.found",
             AdminError::MethodNotAllowed => "request.method.not.allowed",
-            AdminError::RetryLater(_) => "access.rate.limited",
+            AdminError::RetryLater(_) | AdminError::RateLimited(_) => "access.rate.limited",
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",
         }
@@ -172,6 +176,7 @@ impl AdminError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             AdminError::RetryLater(secs) => Some(*secs),
+            AdminError::RateLimited(limited) => Some(limited.retry_after_secs()),
             AdminError::Unavailable => Some(crate::proxy::respond::UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }

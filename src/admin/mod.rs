@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
+use crate::ratelimit::{AuthOutcome, RateLimitSettings, RateLimiter};
 use crate::store::{AuditEvent, Db, User};
 use envelope::{AdminError, Reply};
 use http::Method;
@@ -93,6 +94,8 @@ pub struct AdminApi {
     pub(crate) metrics: Arc<Metrics>,
     audit: AuditLog,
     router: matchit::Router<Endpoint>,
+    /// The proxy's rate-limit counters: admin calls count against the same quotas.
+    limiter: Arc<RateLimiter>,
 }
 
 /// One authenticated admin call.
@@ -139,6 +142,7 @@ impl AdminApi {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         audit: AuditLog,
+        limiter: Arc<RateLimiter>,
     ) -> AdminApi {
         let mut router = matchit::Router::new();
         let routes = [
@@ -194,6 +198,7 @@ impl AdminApi {
             metrics,
             audit,
             router,
+            limiter,
         }
     }
 
@@ -252,7 +257,15 @@ impl AdminApi {
         // refusals, failed writes) is appended here, before the answer is sent. Calls that
         // failed authentication are logged only: a flood of junk credentials must not turn
         // into a flood of store writes.
-        if principal.is_some() && !(result.is_ok() && audit_handed_over.load(Ordering::Relaxed)) {
+        // Calls over a rate limit are logged only, for the same reason.
+        let rate_limited = match &result {
+            Err(AdminError::RateLimited(limited)) => Some(*limited),
+            _ => None,
+        };
+        if principal.is_some()
+            && rate_limited.is_none()
+            && !(result.is_ok() && audit_handed_over.load(Ordering::Relaxed))
+        {
             let stored = record.clone();
             if let Err(e) = self
                 .db
@@ -287,6 +300,9 @@ impl AdminApi {
         header.insert_header("content-type", content_type)?;
         if let Some(secs) = retry_after {
             header.insert_header("retry-after", secs.to_string())?;
+        }
+        if let Some(limited) = &rate_limited {
+            respond::rate_limit_headers(&mut header, limited)?;
         }
         let mut clears_cookie = false;
         for (name, value) in extra {
@@ -451,6 +467,8 @@ impl AdminApi {
         let client_ip = ctx
             .client_ip
             .ok_or(AdminError::BadRequest("no client address".into()))?;
+        // The quotas of this request's configuration snapshot; the counters are long-lived.
+        let limits = ctx.config.rate_limits;
         let view = RequestView {
             header: session.req_header(),
             body: Some(body),
@@ -462,16 +480,50 @@ impl AdminApi {
                 ..
             }) => {
                 ctx.principal = Some(principal.clone());
+                self.count_limit(
+                    &limits,
+                    client_ip,
+                    AuthOutcome::Authenticated(principal.rate_limit),
+                )?;
                 Ok(principal)
             }
             Ok(Authenticated {
                 clear_token_cookie, ..
             }) => {
                 ctx.clear_token_cookie = clear_token_cookie;
+                self.count_limit(
+                    &limits,
+                    client_ip,
+                    match clear_token_cookie {
+                        true => AuthOutcome::Refused,
+                        false => AuthOutcome::Anonymous,
+                    },
+                )?;
                 Err(AdminError::Unauthenticated("credentials_required"))
             }
-            Err(e) => Err(AdminError::from(e)),
+            Err(e) => {
+                let e = AdminError::from(e);
+                if matches!(e, AdminError::Unauthenticated(_)) {
+                    self.count_limit(&limits, client_ip, AuthOutcome::Refused)?;
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// Counts an admin call against the rate limits, as the proxy counts its requests.
+    fn count_limit(
+        &self,
+        limits: &RateLimitSettings,
+        client_ip: IpAddr,
+        outcome: AuthOutcome,
+    ) -> Result<(), AdminError> {
+        self.limiter
+            .after_authentication(limits, client_ip, outcome, std::time::Instant::now())
+            .map_err(|limited| {
+                self.metrics.rate_limited(limited.kind);
+                AdminError::RateLimited(limited)
+            })
     }
 
     /// `{user}`: a numeric id (all digits; names never are) or a user name.

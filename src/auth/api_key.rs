@@ -9,6 +9,7 @@ use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::metrics::Metrics;
+use crate::ratelimit::{CredentialLimit, LimitKey};
 use crate::store::{now_ms, ApiKey, Db, StoreError, User};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -176,6 +177,13 @@ impl CachedKey {
                 read_only: key.read_only,
                 customers,
                 tenant: None,
+                rate_limit: CredentialLimit {
+                    key: LimitKey::ApiKey {
+                        user_id: key.user_id,
+                        key_id: key.key_id,
+                    },
+                    own: key.rate_limit,
+                },
                 identity: Default::default(),
             }),
         }
@@ -328,6 +336,7 @@ mod tests {
             read_only: false,
             last_used_at_ms: 0,
             last_used_ip: None,
+            rate_limit: None,
         }
     }
 

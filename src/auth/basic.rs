@@ -14,6 +14,7 @@ use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::fleet::FleetClaims;
 use crate::metrics::Metrics;
+use crate::ratelimit::{CredentialLimit, LimitKey};
 use crate::store::{Db, User};
 use base64::Engine as _;
 use rand::RngCore;
@@ -62,6 +63,10 @@ pub fn principal_for(user: &User) -> Principal {
         read_only: false,
         customers: user.customer.iter().cloned().collect(),
         tenant: None,
+        rate_limit: CredentialLimit {
+            key: LimitKey::Basic(user.id),
+            own: None,
+        },
         identity: Default::default(),
     }
 }

@@ -15,6 +15,7 @@ pub mod totp;
 pub mod usage;
 
 use crate::metrics::Metrics;
+use crate::ratelimit::CredentialLimit;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -145,6 +146,8 @@ pub struct Principal {
     /// Set for a tenant token (SPEC §4): the principal is the tenant's application, acting
     /// under its owner's name at EXTERNAL with no functions, and never an administrator.
     pub tenant: Option<String>,
+    /// Whose quota this principal's requests count against, and the credential's own quota.
+    pub rate_limit: CredentialLimit,
     /// The `X-Keyward-*` headers for this principal, built on first use. Principals live in the
     /// credential caches, so a warm request forwards them without formatting anything.
     pub identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,

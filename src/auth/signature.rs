@@ -13,6 +13,7 @@ use crate::cache::{CacheSettings, CredentialCache};
 use crate::config::SignatureSettings;
 use crate::fleet::{Answer, ClaimKind, FleetClaims};
 use crate::metrics::Metrics;
+use crate::ratelimit::{CredentialLimit, LimitKey};
 use crate::store::{now_ms, Db, SignatureKey, StoreError, User};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -366,6 +367,13 @@ impl CachedSigKey {
                 read_only: false,
                 customers: user.customer.iter().cloned().collect(),
                 tenant: None,
+                rate_limit: CredentialLimit {
+                    key: LimitKey::Signature {
+                        user_id: user.id,
+                        key_id: key.key_id,
+                    },
+                    own: None,
+                },
                 identity: Default::default(),
             }),
         })

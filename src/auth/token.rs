@@ -6,6 +6,7 @@ use super::api_key::KeyHasher;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::metrics::Metrics;
+use crate::ratelimit::{CredentialLimit, LimitKey};
 use crate::store::{now_ms, Db, StoreError, Token};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -33,6 +34,16 @@ pub fn generate() -> String {
 
 /// The public handle of a token: derived from its stored hash, so listing never needs (or
 /// reveals) the token itself.
+/// The rate-limit key of a token: its public name as bytes (a name not of that shape, which
+/// the store never holds, is hashed down to the same size).
+fn limit_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if hex::decode_to_slice(name, &mut key).is_err() {
+        key.copy_from_slice(&Sha256::digest(name.as_bytes())[..16]);
+    }
+    key
+}
+
 pub fn name_for(token_hash: &[u8]) -> String {
     hex::encode(&Sha256::digest(token_hash)[..16])
 }
@@ -256,6 +267,10 @@ fn cached(token: &Token, user: &crate::store::User) -> CachedToken {
             credential_id: token.name.clone(),
             read_only: false,
             tenant: token.tenant.clone(),
+            rate_limit: CredentialLimit {
+                key: LimitKey::Token(limit_key(&token.name)),
+                own: None,
+            },
             identity: Default::default(),
         }),
     }

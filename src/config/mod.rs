@@ -8,6 +8,7 @@ pub mod schema;
 use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
 use crate::fleet::{FleetSettings, OnRedisError};
 use crate::policy::{Requirement, Route};
+use crate::ratelimit::{Limit, RateLimitSettings};
 pub use crate::store::{PoolSettings, StoreUrl};
 pub use crate::tls::TlsFiles;
 use ipnet::IpNet;
@@ -83,6 +84,7 @@ pub struct Config {
     pub audit_path: Option<PathBuf>,
     /// `replay`: the replay window shared through Redis; `None`: each replica's own.
     pub replay: Option<FleetSettings>,
+    pub rate_limits: RateLimitSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +246,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         signatures,
         audit,
         replay,
+        rate_limits,
     } = file;
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
@@ -447,6 +450,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     }
     let limits = validate_limits(limits, &mut problem);
     let replay = replay.map(|replay| validate_replay(replay, &mut problem));
+    let rate_limits = validate_rate_limits(rate_limits, &mut problem);
 
     Config {
         listen_proxy: listen.proxy,
@@ -490,6 +494,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         },
         audit_path: audit.path,
         replay,
+        rate_limits,
         signatures: SignatureSettings {
             max_age: signatures.max_age.0,
             max_future: signatures.max_future.0,
@@ -575,6 +580,48 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         password_hash_threads,
         token_metadata_bytes,
         tokens_per_user,
+    }
+}
+
+fn validate_rate_limits(
+    rate_limits: schema::RateLimitsFile,
+    problem: &mut impl FnMut(String, String),
+) -> RateLimitSettings {
+    let schema::RateLimitsFile {
+        per_credential,
+        per_client_unauthenticated,
+        max_tracked,
+    } = rate_limits;
+    let mut quota = |name: &str, quota: Option<schema::QuotaFile>| {
+        let schema::QuotaFile {
+            requests_per_second,
+            burst,
+        } = quota?;
+        match Limit::new(requests_per_second, burst) {
+            Ok(limit) => Some(limit),
+            Err(e) => {
+                let field = match e {
+                    crate::ratelimit::LimitError::Rate => "requests_per_second",
+                    crate::ratelimit::LimitError::Burst => "burst",
+                };
+                problem(format!("rate_limits.{name}.{field}"), e.to_string());
+                None
+            }
+        }
+    };
+    let per_credential = quota("per_credential", per_credential);
+    let per_client_unauthenticated =
+        quota("per_client_unauthenticated", per_client_unauthenticated);
+    if max_tracked < 1 {
+        problem(
+            "rate_limits.max_tracked".into(),
+            "must be at least 1".into(),
+        );
+    }
+    RateLimitSettings {
+        per_credential,
+        per_client_unauthenticated,
+        max_tracked: max_tracked.max(1),
     }
 }
 
@@ -814,6 +861,58 @@ routes:
             SecurityLevel::External
         );
         assert_eq!(config.store, StoreUrl::Sqlite("data/keyward.db".into()));
+    }
+
+    #[test]
+    fn rate_limits_are_off_unless_configured_and_validated() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(config.rate_limits.per_credential, None);
+        assert_eq!(config.rate_limits.per_client_unauthenticated, None);
+        assert_eq!(
+            config.rate_limits.max_tracked,
+            crate::ratelimit::DEFAULT_MAX_TRACKED
+        );
+        let yaml = format!(
+            "{MINIMAL}rate_limits:\n  per_credential: {{ requests_per_second: 100, burst: 200 }}\n  \
+             per_client_unauthenticated: {{ requests_per_second: 0.5, burst: 40 }}\n  max_tracked: 5000\n"
+        );
+        let limits = Config::from_yaml(&yaml).unwrap().rate_limits;
+        let credential = limits.per_credential.unwrap();
+        assert_eq!(
+            (credential.requests_per_second(), credential.burst()),
+            (100.0, 200)
+        );
+        let client = limits.per_client_unauthenticated.unwrap();
+        assert_eq!((client.requests_per_second(), client.burst()), (0.5, 40));
+        assert_eq!(limits.max_tracked, 5000);
+        for (section, key) in [
+            (
+                "{ per_credential: { requests_per_second: 0, burst: 1 } }",
+                "rate_limits.per_credential.requests_per_second",
+            ),
+            (
+                "{ per_client_unauthenticated: { requests_per_second: 1, burst: 0 } }",
+                "rate_limits.per_client_unauthenticated.burst",
+            ),
+            (
+                "{ per_credential: { requests_per_second: 1, burst: -3 } }",
+                "rate_limits.per_credential.burst",
+            ),
+            (
+                "{ per_credential: { requests_per_second: 1 } }",
+                "rate_limits.per_credential",
+            ),
+            (
+                "{ per_credential: { requests_per_second: 1, burst: 2, window: 3 } }",
+                "rate_limits.per_credential.window",
+            ),
+            ("{ per_user: {} }", "rate_limits.per_user"),
+            ("{ max_tracked: 0 }", "rate_limits.max_tracked"),
+        ] {
+            let found = issues(&format!("{MINIMAL}rate_limits: {section}\n"));
+            assert_eq!(found.len(), 1, "{section}: {found:?}");
+            assert_eq!(found[0].key, key, "{section}: {found:?}");
+        }
     }
 
     #[test]

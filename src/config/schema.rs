@@ -43,6 +43,40 @@ pub struct FileConfig {
     /// Absent: every replica keeps its own replay window.
     #[serde(default)]
     pub replay: Option<ReplayFile>,
+    /// Absent (or a limit left out): not limited.
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
+}
+
+/// `rate_limits`: request quotas per credential and per client address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    #[serde(default)]
+    pub per_credential: Option<QuotaFile>,
+    #[serde(default)]
+    pub per_client_unauthenticated: Option<QuotaFile>,
+    /// How many keys (credentials and client networks) the limiter remembers at most.
+    #[serde(default = "defaults::rate_limits_max_tracked")]
+    pub max_tracked: u64,
+}
+
+impl Default for RateLimitsFile {
+    fn default() -> Self {
+        RateLimitsFile {
+            per_credential: None,
+            per_client_unauthenticated: None,
+            max_tracked: defaults::rate_limits_max_tracked(),
+        }
+    }
+}
+
+/// `{ requests_per_second, burst }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaFile {
+    pub requests_per_second: f64,
+    pub burst: u64,
 }
 
 /// `replay`: the replay window shared by a fleet through Redis.
@@ -432,6 +466,10 @@ impl<'de> Deserialize<'de> for Seconds {
 mod defaults {
     use super::Seconds;
     use std::time::Duration;
+
+    pub fn rate_limits_max_tracked() -> u64 {
+        crate::ratelimit::DEFAULT_MAX_TRACKED
+    }
 
     pub fn connect_timeout() -> Seconds {
         Seconds(Duration::from_secs(5))

@@ -16,6 +16,7 @@ use crate::auth::{
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Route};
+use crate::ratelimit::{AuthOutcome, Limited, RateLimiter};
 use crate::reload::LiveConfig;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -27,6 +28,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use respond::{Refusal, REQUEST_ID_HEADER};
 use std::sync::Arc;
+use std::time::Instant;
 use target::RequestTarget;
 
 pub struct KeywardProxy {
@@ -36,6 +38,8 @@ pub struct KeywardProxy {
     auth: Arc<Authenticator>,
     admin: Arc<AdminApi>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
+    /// Rate-limit counters: outside the config, so that a reload changes quotas, not counts.
+    limiter: Arc<RateLimiter>,
 }
 
 /// Which listener a proxy instance serves: what it answers itself and what it forwards.
@@ -71,6 +75,7 @@ impl KeywardProxy {
         auth: Arc<Authenticator>,
         admin: Arc<AdminApi>,
         upstreams: Arc<LoadBalancer<RoundRobin>>,
+        limiter: Arc<RateLimiter>,
     ) -> KeywardProxy {
         KeywardProxy {
             config,
@@ -79,6 +84,7 @@ impl KeywardProxy {
             auth,
             admin,
             upstreams,
+            limiter,
         }
     }
 
@@ -107,6 +113,8 @@ impl KeywardProxy {
         // often without a `Host` header: token domains, `@authority` and the admin origin
         // check read the URI's authority when `Host` is absent, pingora refuses a `Host` that
         // differs from it, and writes it as `Host` for the HTTP/1.1 upstream.
+
+        self.address_limit(ctx)?;
         let path = target.path();
         if admin::is_reserved(path) {
             if !self.listener.serves_admin() {
@@ -121,9 +129,22 @@ impl KeywardProxy {
         }
         let config = ctx.config.clone();
         let route = route(&config, &session.req_header().method, &target)?;
-        let authenticated = self.authenticate(session, ctx).await?;
+        let authenticated = match self.authenticate(session, ctx).await {
+            Ok(authenticated) => authenticated,
+            Err(refusal @ Refusal::Unauthenticated(_)) => {
+                self.count_limit(ctx, AuthOutcome::Refused)?;
+                return Err(refusal);
+            }
+            Err(refusal) => return Err(refusal),
+        };
+        let outcome = match (&authenticated.principal, authenticated.clear_token_cookie) {
+            (Some(principal), _) => AuthOutcome::Authenticated(principal.rate_limit),
+            (None, true) => AuthOutcome::Refused,
+            (None, false) => AuthOutcome::Anonymous,
+        };
         ctx.principal = authenticated.principal;
         ctx.clear_token_cookie = authenticated.clear_token_cookie;
+        self.count_limit(ctx, outcome)?;
         self.decide(
             &config,
             route,
@@ -155,6 +176,32 @@ impl KeywardProxy {
         ctx.x_forwarded_for = Some(Forwarding::chain_value(&address.chain));
         ctx.client_ip = Some(address.client);
         Ok(())
+    }
+
+    /// A client network whose refused credentials used up `per_client_unauthenticated` is
+    /// refused before any credential is checked (admin calls included).
+    fn address_limit(&self, ctx: &RequestCtx) -> Result<(), Refusal> {
+        let client = ctx
+            .client_ip
+            .ok_or(Refusal::BadRequest("no_client_address"))?;
+        self.limiter
+            .before_authentication(&ctx.config.rate_limits, client, Instant::now())
+            .map_err(|limited| self.limited(limited))
+    }
+
+    /// Counts the request against its credential's quota, or its client network's.
+    fn count_limit(&self, ctx: &RequestCtx, outcome: AuthOutcome) -> Result<(), Refusal> {
+        let client = ctx
+            .client_ip
+            .ok_or(Refusal::BadRequest("no_client_address"))?;
+        self.limiter
+            .after_authentication(&ctx.config.rate_limits, client, outcome, Instant::now())
+            .map_err(|limited| self.limited(limited))
+    }
+
+    fn limited(&self, limited: Limited) -> Refusal {
+        self.metrics.rate_limited(limited.kind);
+        Refusal::RateLimited(limited)
     }
 
     /// Checks the request's credential. A signed body is checked against Content-Digest before

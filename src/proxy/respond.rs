@@ -4,6 +4,7 @@ use super::target::TargetError;
 use crate::auth::AuthError;
 use crate::metrics::Outcome;
 use crate::policy::Decision;
+use crate::ratelimit::Limited;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -38,6 +39,8 @@ pub enum Refusal {
         reason: &'static str,
         retry_after_secs: u64,
     },
+    /// 429 with `Retry-After`, `RateLimit-Policy` and `RateLimit`: over a rate limit.
+    RateLimited(Limited),
     /// 503 with `Retry-After`: keyward cannot decide right now (the store is down and nothing
     /// is cached, or the shared replay window cannot be reached).
     Unavailable(&'static str),
@@ -53,7 +56,9 @@ impl Refusal {
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
             Refusal::RequestTimeout => 408,
-            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } => 429,
+            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
+                429
+            }
             Refusal::PayloadTooLarge => 413,
             Refusal::HeaderTooLarge => 431,
             Refusal::BadGateway(_) => 502,
@@ -72,6 +77,7 @@ impl Refusal {
             | Refusal::Unavailable(r)
             | Refusal::RetryLater { reason: r, .. } => r,
             Refusal::NotFound => "not_found",
+            Refusal::RateLimited(_) => "rate_limited",
             Refusal::RequestTimeout => "header_timeout",
             Refusal::PayloadTooLarge => "signed_body_too_large",
             Refusal::HeaderTooLarge => "request_header_too_large",
@@ -88,7 +94,9 @@ impl Refusal {
             Refusal::RequestTimeout => "request_timeout",
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
-            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } => "too_many_requests",
+            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
+                "too_many_requests"
+            }
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -105,7 +113,8 @@ impl Refusal {
             | Refusal::NotFound
             | Refusal::RequestTimeout
             | Refusal::PayloadTooLarge
-            | Refusal::HeaderTooLarge => Outcome::Denied,
+            | Refusal::HeaderTooLarge
+            | Refusal::RateLimited(_) => Outcome::Denied,
             Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => {
                 Outcome::Error
             }
@@ -146,6 +155,9 @@ impl Refusal {
         if let Some(secs) = self.retry_after_secs() {
             header.insert_header("retry-after", secs.to_string())?;
         }
+        if let Refusal::RateLimited(limited) = self {
+            rate_limit_headers(&mut header, &limited)?;
+        }
         send(session, header, body).await
     }
 }
@@ -162,6 +174,7 @@ impl Refusal {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             Refusal::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            Refusal::RateLimited(limited) => Some(limited.retry_after_secs()),
             _ => None,
         }
     }
@@ -186,6 +199,14 @@ impl Refusal {
         out.extend_from_slice(&body);
         out
     }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF httpapi rate-limit header fields draft) of a 429;
+/// `Retry-After` names the same moment as the draft's `t`.
+pub fn rate_limit_headers(header: &mut ResponseHeader, limited: &Limited) -> pingora::Result<()> {
+    header.insert_header("ratelimit-policy", limited.policy_header())?;
+    header.insert_header("ratelimit", limited.limit_header())?;
+    Ok(())
 }
 
 /// The header of every JSON answer keyward writes itself.
@@ -252,6 +273,7 @@ fn explain(reason: &str) -> Option<&'static str> {
         "locked" => "the account is locked",
         "bad_credentials" => "wrong user name or password",
         "too_many_failures" => "too many failed logins from this address; see Retry-After",
+        "rate_limited" => "too many requests; see Retry-After and the RateLimit header",
         "expired" => "the credential has expired",
         "source_not_allowed" => "the credential may not be used from this address",
         "replay_window_unavailable" => {

@@ -78,6 +78,7 @@ fn new_key(user: &User, description: &str) -> NewApiKey {
         functions: Some(vec!["A".into()]),
         customers: vec![],
         read_only: true,
+        rate_limit: None,
     }
 }
 
@@ -174,16 +175,62 @@ async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Stor
         .unwrap();
     assert_eq!(third.key_id, 3, "a revoked key's id is not reused");
     let renewed = store
-        .renew_api_key(bob.id, 1, 1234, a())
+        .renew_api_key(bob.id, 1, 1234, None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(renewed.valid_until_ms, 1234);
+    assert_eq!(renewed.rate_limit, None);
     assert!(store
-        .renew_api_key(bob.id, 2, 1, a())
+        .renew_api_key(bob.id, 2, 1, None, a())
         .await
         .unwrap()
         .is_none());
+    // A key's own rate limit: stored at creation, kept by a renewal without one, replaced or
+    // removed by a renewal with one.
+    let own = Limit::new(2.5, 7).unwrap();
+    let limited = store
+        .create_api_key(
+            NewApiKey {
+                rate_limit: Some(own),
+                ..new_key(&bob, "limited")
+            },
+            a(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(limited.rate_limit, Some(own));
+    let read = store
+        .api_key(bob.id, limited.key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.rate_limit, Some(own), "read back exactly");
+    assert_eq!(read.rate_limit.unwrap().requests_per_second(), 2.5);
+    let kept = store
+        .renew_api_key(bob.id, limited.key_id, 99, None, a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((kept.valid_until_ms, kept.rate_limit), (99, Some(own)));
+    let other = Limit::new(1000.0, 1).unwrap();
+    let replaced = store
+        .renew_api_key(bob.id, limited.key_id, 99, Some(Some(other)), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.rate_limit, Some(other));
+    let removed = store
+        .renew_api_key(bob.id, limited.key_id, 99, Some(None), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.rate_limit, None);
+    assert!(store
+        .revoke_api_key(bob.id, limited.key_id, a())
+        .await
+        .unwrap()
+        .is_some());
     let usage = |at_ms| KeyUsage {
         user_id: bob.id,
         key_id: 1,

@@ -13,6 +13,7 @@ mod rows;
 pub mod scratch;
 pub mod sqlite;
 
+use crate::ratelimit::Limit;
 use async_trait::async_trait;
 pub use health::StoreHealth;
 use serde::{Deserialize, Serialize};
@@ -225,6 +226,8 @@ pub struct ApiKey {
     pub read_only: bool,
     pub last_used_at_ms: i64,
     pub last_used_ip: Option<String>,
+    /// The key's own rate limit; `None`: `rate_limits.per_credential`.
+    pub rate_limit: Option<Limit>,
 }
 
 impl ApiKey {
@@ -246,6 +249,7 @@ pub struct NewApiKey {
     pub functions: Option<Vec<String>>,
     pub customers: Vec<String>,
     pub read_only: bool,
+    pub rate_limit: Option<Limit>,
 }
 
 /// An enrolled Ed25519 public key (SPEC §3).
@@ -399,12 +403,14 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError>;
     /// The user's active keys, oldest first.
     async fn list_api_keys(&self, user_id: i64) -> Result<Vec<ApiKey>, StoreError>;
-    /// Sets a new expiry on an active key; `None` when there is no such key.
+    /// Sets a new expiry on an active key, and its own rate limit when `rate_limit` is
+    /// `Some` (`Some(None)` removes it); `None` when there is no such key.
     async fn renew_api_key(
         &self,
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
+        rate_limit: Option<Option<Limit>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Revokes an active key; `None` when there is no such key.

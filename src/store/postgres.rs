@@ -18,6 +18,7 @@ use super::{
     NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
     TokenScope, User,
 };
+use crate::ratelimit::Limit;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
@@ -137,13 +138,18 @@ impl PostgresStore {
         user_id: i64,
         key_id: i64,
         update: &'static str,
-        valid_until_ms: Option<i64>,
+        renewal: Option<(i64, Option<Option<Limit>>)>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut query = sqlx::query(update).bind(user_id).bind(key_id);
-        if let Some(valid_until_ms) = valid_until_ms {
-            query = query.bind(valid_until_ms);
+        if let Some((valid_until_ms, rate_limit)) = renewal {
+            let new_limit = rate_limit.flatten();
+            query = query
+                .bind(valid_until_ms)
+                .bind(rate_limit.is_some())
+                .bind(new_limit.map(|l| l.per_kilosecond()))
+                .bind(new_limit.map(|l| i64::from(l.burst())));
         }
         if query.execute(&mut *tx).await?.rows_affected() == 0 {
             return Ok(None);
@@ -389,7 +395,8 @@ impl Store for PostgresStore {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
              created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             read_only, rate_limit_per_ks, rate_limit_burst) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              RETURNING {API_KEY_COLUMNS}"
         ))
         .bind(key.user_id)
@@ -404,6 +411,8 @@ impl Store for PostgresStore {
         .bind(key.functions.as_deref().map(to_json))
         .bind(to_json(&key.customers))
         .bind(key.read_only)
+        .bind(key.rate_limit.map(|l| l.per_kilosecond()))
+        .bind(key.rate_limit.map(|l| i64::from(l.burst())))
         .fetch_one(&mut *tx)
         .await?;
         let created = api_key_from_row(&row)?;
@@ -444,11 +453,15 @@ impl Store for PostgresStore {
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
+        rate_limit: Option<Option<Limit>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
-        let sql = "UPDATE api_keys SET valid_until_ms = $3 \
+        let sql = "UPDATE api_keys SET valid_until_ms = $3, \
+                   rate_limit_per_ks = CASE WHEN $4 THEN $5 ELSE rate_limit_per_ks END, \
+                   rate_limit_burst = CASE WHEN $4 THEN $6 ELSE rate_limit_burst END \
                    WHERE user_id = $1 AND key_id = $2 AND NOT revoked";
-        self.change_api_key(user_id, key_id, sql, Some(valid_until_ms), audit)
+        let renewal = Some((valid_until_ms, rate_limit));
+        self.change_api_key(user_id, key_id, sql, renewal, audit)
             .await
     }
 

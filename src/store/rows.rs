@@ -4,7 +4,7 @@
 
 pub(super) const API_KEY_COLUMNS: &str = "user_id, key_id, secret_hash, description, \
     created_at_ms, created_by_id, created_by_name, valid_until_ms, valid_sources, functions, \
-    customers, read_only, last_used_at_ms, last_used_ip";
+    customers, read_only, last_used_at_ms, last_used_ip, rate_limit_per_ks, rate_limit_burst";
 
 pub(super) const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, \
     password_hash, totp_secret, locked, created_at_ms";
@@ -35,6 +35,15 @@ macro_rules! row_decoders {
                 .map(|text| serde_json::from_str(&text))
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("api_keys.functions: {e}")))?;
+            let per_ks: Option<i64> = row.try_get("rate_limit_per_ks")?;
+            let burst: Option<i64> = row.try_get("rate_limit_burst")?;
+            let rate_limit = match (per_ks, burst) {
+                (Some(per_ks), Some(burst)) => Some(
+                    crate::ratelimit::Limit::from_stored(per_ks, burst)
+                        .map_err(|e| StoreError::Corrupt(format!("api_keys.rate_limit: {e}")))?,
+                ),
+                _ => None,
+            };
             Ok(ApiKey {
                 user_id: row.try_get("user_id")?,
                 key_id: row.try_get("key_id")?,
@@ -50,6 +59,7 @@ macro_rules! row_decoders {
                 read_only: row.try_get("read_only")?,
                 last_used_at_ms: row.try_get("last_used_at_ms")?,
                 last_used_ip: row.try_get("last_used_ip")?,
+                rate_limit,
             })
         }
 

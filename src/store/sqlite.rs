@@ -9,6 +9,7 @@ use super::{
     NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
     TokenScope, User,
 };
+use crate::ratelimit::Limit;
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -361,7 +362,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
              created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             read_only, rate_limit_per_ks, rate_limit_burst) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.user_id)
         .bind(key_id)
@@ -375,6 +377,8 @@ impl Store for SqliteStore {
         .bind(key.functions.as_deref().map(to_json))
         .bind(to_json(&key.customers))
         .bind(key.read_only)
+        .bind(key.rate_limit.map(|l| l.per_kilosecond()))
+        .bind(key.rate_limit.map(|l| i64::from(l.burst())))
         .execute(&mut *tx)
         .await?;
         audit.target_credential = format!("{:x}/{key_id}", key.user_id);
@@ -422,13 +426,21 @@ impl Store for SqliteStore {
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
+        rate_limit: Option<Option<Limit>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let new_limit = rate_limit.flatten();
         let update = sqlx::query(
-            "UPDATE api_keys SET valid_until_ms = ? \
+            "UPDATE api_keys SET valid_until_ms = ?, \
+             rate_limit_per_ks = CASE WHEN ? THEN ? ELSE rate_limit_per_ks END, \
+             rate_limit_burst = CASE WHEN ? THEN ? ELSE rate_limit_burst END \
              WHERE user_id = ? AND key_id = ? AND revoked = 0",
         )
         .bind(valid_until_ms)
+        .bind(rate_limit.is_some())
+        .bind(new_limit.map(|l| l.per_kilosecond()))
+        .bind(rate_limit.is_some())
+        .bind(new_limit.map(|l| i64::from(l.burst())))
         .bind(user_id)
         .bind(key_id);
         self.change_api_key(user_id, key_id, update, false, audit)

@@ -1,0 +1,646 @@
+//! Request rate limits: per credential, and per client address for requests that do not
+//! authenticate.
+//!
+//! The algorithm is governor's GCRA (a token bucket without a refill timer): a key may send
+//! `burst` requests at once, then one every `1 / requests_per_second`. What governor keeps per
+//! key is one number, the key's theoretical arrival time (TAT).
+//!
+//! The counters live in one long-lived [`RateLimiter`]; the quota is passed in with every
+//! check. A reload that changes a quota therefore keeps every key's state (its TAT is read
+//! under the new quota), and a key with its own quota (an API key's `rateLimit`) needs no limiter
+//! of its own. governor ties a quota to a limiter object and measures TATs from that object's
+//! creation, so each check builds a throw-away governor limiter on the stack (no allocation;
+//! a few integer operations) over a clock frozen at the check's instant, and the state store
+//! below shifts the stored TATs between that instant and this limiter's epoch.
+//!
+//! Memory is bounded: keys are fixed-size values ([`LimitKey`]), never strings a client chose,
+//! and they live in a moka cache of at most `rate_limits.max_tracked` entries that forgets keys
+//! idle for [`IDLE`]. Under a flood of distinct keys moka evicts the least useful entries; an
+//! evicted key starts again with a full burst.
+//!
+//! This module imports nothing of the rest of keyward, so that `auth` and `config` can use its
+//! vocabulary.
+
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A key idle this long is forgotten (and would start with a full burst). Ten minutes is longer
+/// than any key with a sensible quota takes to earn its whole burst back.
+pub const IDLE: Duration = Duration::from_secs(600);
+/// `rate_limits.max_tracked` unless configured.
+pub const DEFAULT_MAX_TRACKED: u64 = 100_000;
+/// Bounds of a quota, so that the window and the header values stay meaningful.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+pub const MAX_BURST: u32 = 1_000_000;
+
+/// A validated quota: `requests_per_second` (> 0) and `burst` (≥ 1). The rate is kept in
+/// requests per 1000 s (so to 0.001 requests per second) so that it is an integer: `Eq`,
+/// `Hash`, stored exactly and shown as it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    per_kilosecond: u64,
+    burst: NonZeroU32,
+}
+
+/// Why a quota was refused, in words for config errors and 412 field errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("requests per second must be a number from 0.001 to 1000000")]
+    Rate,
+    #[error("burst must be an integer from 1 to 1000000")]
+    Burst,
+}
+
+impl Limit {
+    pub fn new(requests_per_second: f64, burst: u64) -> Result<Limit, LimitError> {
+        if !(MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&requests_per_second) {
+            return Err(LimitError::Rate);
+        }
+        let burst = u32::try_from(burst)
+            .ok()
+            .filter(|b| *b <= MAX_BURST)
+            .and_then(NonZeroU32::new)
+            .ok_or(LimitError::Burst)?;
+        Ok(Limit {
+            per_kilosecond: ((requests_per_second * 1000.0).round() as u64).max(1),
+            burst,
+        })
+    }
+
+    /// From its stored form (see [`Limit::per_kilosecond`]).
+    pub fn from_stored(per_kilosecond: i64, burst: i64) -> Result<Limit, LimitError> {
+        let rate = u64::try_from(per_kilosecond).map_err(|_| LimitError::Rate)?;
+        Limit::new(
+            rate as f64 / 1000.0,
+            u64::try_from(burst).map_err(|_| LimitError::Burst)?,
+        )
+    }
+
+    pub fn requests_per_second(&self) -> f64 {
+        self.per_kilosecond as f64 / 1000.0
+    }
+
+    /// Requests per 1000 seconds: the stored form of the rate.
+    pub fn per_kilosecond(&self) -> i64 {
+        self.per_kilosecond as i64
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.burst.get()
+    }
+
+    fn quota(&self) -> governor::Quota {
+        // `with_period` is `None` only for a zero interval, which `new` rules out.
+        let interval_nanos = 1_000_000_000_000 / self.per_kilosecond;
+        governor::Quota::with_period(Duration::from_nanos(interval_nanos.max(1)))
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(self.burst)
+    }
+
+    /// The draft's `q` and `w` (whole requests per whole seconds): the sustained rate, rounded
+    /// down so that a client pacing itself by it is never refused. The burst is the vendor
+    /// parameter `keyward-burst`.
+    fn window(&self) -> (u64, u64) {
+        let rate = self.requests_per_second();
+        if rate >= 1.0 {
+            (rate.floor() as u64, 1)
+        } else {
+            (1, (1.0 / rate).ceil() as u64)
+        }
+    }
+}
+
+/// Whose requests a check counts. Fixed-size: a flood of random credentials or addresses cannot
+/// grow a key, and only authenticated credentials become credential keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    ApiKey {
+        user_id: i64,
+        key_id: i64,
+    },
+    Signature {
+        user_id: i64,
+        key_id: i64,
+    },
+    /// The token's public name (16 bytes of its hash).
+    Token([u8; 16]),
+    /// A password login, by user id.
+    Basic(i64),
+    /// Requests without a credential, by client network (see [`client_network`]).
+    Anonymous(u128),
+    /// Refused credentials, by client network.
+    Failures(u128),
+}
+
+/// An IPv4 client by its address, an IPv6 client by its /64: one IPv6 host usually holds a
+/// whole /64, so counting single addresses would let it pick a fresh one per request.
+pub fn client_network(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(_) => u128::from(v6),
+            None => u128::from(v6) & !u128::from(u64::MAX),
+        },
+    }
+}
+
+/// The rate-limit identity of an authenticated principal: its key, and its own quota when the
+/// credential carries one (an API key's `rateLimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialLimit {
+    pub key: LimitKey,
+    pub own: Option<Limit>,
+}
+
+/// The configured quotas (`rate_limits`); `None` turns that limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitSettings {
+    pub per_credential: Option<Limit>,
+    pub per_client_unauthenticated: Option<Limit>,
+    pub max_tracked: u64,
+}
+
+/// Which limit refused a request: the label of `keyward_rate_limited_total{kind}` and the
+/// policy name in the `RateLimit-Policy` and `RateLimit` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Credential,
+    Client,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Credential => "credential",
+            LimitKind::Client => "client",
+        }
+    }
+}
+
+/// A refused request: which limit, its quota, and when the next request would conform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub kind: LimitKind,
+    pub limit: Limit,
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// Whole seconds until the next request conforms, at least 1 (`Retry-After` and the
+    /// draft's `t`).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs_f64().ceil().max(1.0) as u64
+    }
+
+    /// `RateLimit-Policy: "credential";q=100;w=1;keyward-burst=200`.
+    pub fn policy_header(&self) -> String {
+        let (q, w) = self.limit.window();
+        let mut list = sfv::ListSerializer::new();
+        list.bare_item(sfv::string_ref(self.kind.as_str()))
+            .parameter(sfv::key_ref("q"), sf_integer(q))
+            .parameter(sfv::key_ref("w"), sf_integer(w))
+            .parameter(
+                sfv::key_ref("keyward-burst"),
+                sf_integer(u64::from(self.limit.burst())),
+            );
+        list.finish().unwrap_or_default()
+    }
+
+    /// `RateLimit: "credential";r=0;t=1`.
+    pub fn limit_header(&self) -> String {
+        let mut list = sfv::ListSerializer::new();
+        list.bare_item(sfv::string_ref(self.kind.as_str()))
+            .parameter(sfv::key_ref("r"), sf_integer(0))
+            .parameter(sfv::key_ref("t"), sf_integer(self.retry_after_secs()));
+        list.finish().unwrap_or_default()
+    }
+}
+
+/// Every value written here is below 10^9 (bounded quotas and waits), within sfv's integers.
+fn sf_integer(value: u64) -> sfv::Integer {
+    sfv::Integer::try_from(value.min(999_999_999_999_999)).unwrap_or(sfv::integer(0))
+}
+
+/// The counters, shared by every request and kept across reloads.
+pub struct RateLimiter {
+    states: moka::sync::Cache<LimitKey, Arc<InMemoryState>>,
+    epoch: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(max_tracked: u64) -> RateLimiter {
+        RateLimiter {
+            states: moka::sync::Cache::builder()
+                .max_capacity(max_tracked)
+                .time_to_idle(IDLE)
+                .build(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Counts one request of `key` against `limit`: `Ok` with the requests left in the burst,
+    /// or `Err` with the time until the next one conforms (nothing is counted then).
+    pub fn check(&self, key: LimitKey, limit: Limit, now: Instant) -> Result<u32, Duration> {
+        let state = self
+            .states
+            .get_with(key, || Arc::new(InMemoryState::default()));
+        self.decide(&state, limit, now, true)
+    }
+
+    /// Whether a request of `key` would conform, counting nothing (and remembering nothing
+    /// for a key not seen yet).
+    pub fn peek(&self, key: LimitKey, limit: Limit, now: Instant) -> Result<(), Duration> {
+        match self.states.get(&key) {
+            Some(state) => self.decide(&state, limit, now, false).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn decide(
+        &self,
+        state: &InMemoryState,
+        limit: Limit,
+        now: Instant,
+        count: bool,
+    ) -> Result<u32, Duration> {
+        // Never zero: governor's state reads zero as "never seen".
+        let now = Nanos::from(now.saturating_duration_since(self.epoch)) + Nanos::new(1);
+        // A TAT beyond a full burst of this quota (its state under an earlier, slower quota)
+        // counts as a full burst: the key waits at most one interval of the current quota.
+        let quota = limit.quota();
+        let full = Nanos::from(quota.burst_size_replenished_in());
+        let store = Shifted {
+            state,
+            now,
+            full,
+            count,
+        };
+        let gcra = governor::RateLimiter::<NotKeyed, _, _, StateInformationMiddleware>::new(
+            quota,
+            store,
+            Frozen(now),
+        );
+        match gcra.check() {
+            Ok(snapshot) => Ok(snapshot.remaining_burst_capacity()),
+            Err(not_until) => Err(not_until.wait_time_from(now)),
+        }
+    }
+
+    /// Keys currently tracked (after moka's pending maintenance).
+    pub fn tracked(&self) -> u64 {
+        self.states.run_pending_tasks();
+        self.states.entry_count()
+    }
+
+    /// The rate-limit step before authentication: a client network whose refused credentials
+    /// used up its quota is refused at once, before any credential work (argon2, the store).
+    pub fn before_authentication(
+        &self,
+        settings: &RateLimitSettings,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        let Some(limit) = settings.per_client_unauthenticated else {
+            return Ok(());
+        };
+        let key = LimitKey::Failures(client_network(client));
+        self.peek(key, limit, now).map_err(|retry_after| Limited {
+            kind: LimitKind::Client,
+            limit,
+            retry_after,
+        })
+    }
+
+    /// The rate-limit step after authentication: an authenticated request counts against its
+    /// credential (its own quota, else `per_credential`); a refused credential counts against
+    /// the client network's failures and a request without one against its anonymous
+    /// requests (both `per_client_unauthenticated`, kept apart so that anonymous traffic from
+    /// a shared address never blocks the credentials used from it).
+    pub fn after_authentication(
+        &self,
+        settings: &RateLimitSettings,
+        client: IpAddr,
+        outcome: AuthOutcome,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        let (key, limit, kind) = match outcome {
+            AuthOutcome::Authenticated(credential) => (
+                credential.key,
+                credential.own.or(settings.per_credential),
+                LimitKind::Credential,
+            ),
+            AuthOutcome::Refused => (
+                LimitKey::Failures(client_network(client)),
+                settings.per_client_unauthenticated,
+                LimitKind::Client,
+            ),
+            AuthOutcome::Anonymous => (
+                LimitKey::Anonymous(client_network(client)),
+                settings.per_client_unauthenticated,
+                LimitKind::Client,
+            ),
+        };
+        let Some(limit) = limit else {
+            return Ok(());
+        };
+        self.check(key, limit, now)
+            .map(|_| ())
+            .map_err(|retry_after| Limited {
+                kind,
+                limit,
+                retry_after,
+            })
+    }
+}
+
+/// How a request's authentication ended, as the limits see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Authenticated(CredentialLimit),
+    /// A credential (or token cookie) was presented and refused.
+    Refused,
+    /// No credential at all.
+    Anonymous,
+}
+
+/// governor's clock, stopped at the instant of one check.
+#[derive(Debug, Clone, Copy)]
+struct Frozen(Nanos);
+
+impl Clock for Frozen {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        self.0
+    }
+}
+
+/// One key's state as a governor store for one check. The limiter built for the check starts
+/// at `now`, so it reads and writes TATs relative to `now`; the state holds them relative to
+/// [`RateLimiter`]'s epoch. A TAT in the past reads as `now`, which GCRA treats the same.
+/// Without `count`, the decision is made and no request is counted.
+struct Shifted<'a> {
+    state: &'a InMemoryState,
+    now: Nanos,
+    /// The furthest a TAT of this quota can lie ahead of `now`.
+    full: Nanos,
+    count: bool,
+}
+
+impl StateStore for Shifted<'_> {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // The inner store writes when its closure answers `Ok`: a counted, conforming request
+        // (its new TAT), or a TAT cut down to a full burst of this quota (then kept, whatever
+        // the decision, so that the cut is made once). Anything else leaves the state as is.
+        let decided = self
+            .state
+            .measure_and_replace::<Result<T, E>, _, Result<T, E>>(key, |stored| {
+                let ahead = stored.map(|tat| tat.saturating_sub(self.now));
+                let capped = ahead.map(|ahead| std::cmp::min(ahead, self.full));
+                match f(capped) {
+                    Ok((outcome, next)) if self.count => Ok((Ok(outcome), next + self.now)),
+                    decision => {
+                        let decision = decision.map(|(outcome, _)| outcome);
+                        match capped {
+                            Some(capped) if ahead != Some(capped) => {
+                                Ok((decision, capped + self.now))
+                            }
+                            _ => Err(decision),
+                        }
+                    }
+                }
+            });
+        match decided {
+            Ok(decision) | Err(decision) => decision,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(rps: f64, burst: u64) -> Limit {
+        Limit::new(rps, burst).unwrap()
+    }
+
+    const KEY: LimitKey = LimitKey::ApiKey {
+        user_id: 1,
+        key_id: 1,
+    };
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let limiter = RateLimiter::new(100);
+        let t0 = Instant::now();
+        let quota = limit(10.0, 5);
+        for left in (0..5).rev() {
+            assert_eq!(limiter.check(KEY, quota, t0), Ok(left));
+        }
+        let wait = limiter.check(KEY, quota, t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // One interval later exactly one more request conforms.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(limiter.check(KEY, quota, t1).is_ok());
+        assert!(limiter.check(KEY, quota, t1).is_err());
+        // After the whole burst's worth of time the burst is back.
+        let t2 = t1 + Duration::from_millis(500);
+        for _ in 0..5 {
+            assert!(limiter.check(KEY, quota, t2).is_ok());
+        }
+        assert!(limiter.check(KEY, quota, t2).is_err());
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        let quota = limit(1.0, 1);
+        assert!(limiter.check(KEY, quota, now).is_ok());
+        assert!(limiter.check(KEY, quota, now).is_err());
+        assert!(limiter.check(LimitKey::Basic(1), quota, now).is_ok());
+    }
+
+    #[test]
+    fn peek_counts_nothing() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        let quota = limit(1.0, 2);
+        assert!(limiter.peek(KEY, quota, now).is_ok());
+        assert_eq!(limiter.tracked(), 0, "a peek remembers no new key");
+        assert_eq!(limiter.check(KEY, quota, now), Ok(1));
+        for _ in 0..10 {
+            assert!(limiter.peek(KEY, quota, now).is_ok());
+        }
+        assert_eq!(limiter.check(KEY, quota, now), Ok(0));
+        assert!(limiter.peek(KEY, quota, now).is_err());
+    }
+
+    #[test]
+    fn a_new_quota_keeps_the_counters() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.check(KEY, limit(1.0, 3), now).is_ok());
+        }
+        assert!(limiter.check(KEY, limit(1.0, 3), now).is_err());
+        // A reload doubles the burst: the three used stay used, three more pass.
+        for _ in 0..3 {
+            assert!(limiter.check(KEY, limit(1.0, 6), now).is_ok());
+        }
+        assert!(limiter.check(KEY, limit(1.0, 6), now).is_err());
+    }
+
+    #[test]
+    fn a_faster_quota_caps_past_use_at_one_full_burst() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert!(limiter.check(KEY, limit(0.1, 5), now).is_ok());
+        }
+        // 50 s of debt under the old quota; the new one is 100/s with a burst of 10.
+        let faster = limit(100.0, 10);
+        let wait = limiter.check(KEY, faster, now).unwrap_err();
+        assert!(wait <= Duration::from_millis(10), "{wait:?}");
+        let later = now + Duration::from_millis(10);
+        assert!(limiter.check(KEY, faster, later).is_ok());
+        // A peek cuts the debt down as well (an address refused before authentication must
+        // not stay refused for the old quota's time).
+        let other = LimitKey::Basic(9);
+        for _ in 0..5 {
+            assert!(limiter.check(other, limit(0.1, 5), now).is_ok());
+        }
+        assert!(limiter.peek(other, faster, now).is_err());
+        assert!(limiter.peek(other, faster, later).is_ok());
+    }
+
+    #[test]
+    fn memory_stays_at_the_cap_under_a_flood_of_keys() {
+        let cap = 1_000;
+        let limiter = RateLimiter::new(cap);
+        let now = Instant::now();
+        let quota = limit(1.0, 1);
+        for i in 0..50_000u128 {
+            let _ = limiter.check(LimitKey::Anonymous(i << 64), quota, now);
+            let _ = limiter.check(LimitKey::Failures(i), quota, now);
+        }
+        let tracked = limiter.tracked();
+        assert!(tracked <= cap, "{tracked} keys tracked, cap {cap}");
+        assert!(tracked > 0);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_network(a), client_network(b));
+        assert_ne!(client_network(a), client_network(c));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v4b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_ne!(client_network(v4), client_network(v4b));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(client_network(v4), client_network(mapped));
+    }
+
+    #[test]
+    fn quotas_are_validated() {
+        assert_eq!(Limit::new(0.0, 1), Err(LimitError::Rate));
+        assert_eq!(Limit::new(-1.0, 1), Err(LimitError::Rate));
+        assert_eq!(Limit::new(f64::NAN, 1), Err(LimitError::Rate));
+        assert_eq!(Limit::new(1.0, 0), Err(LimitError::Burst));
+        assert_eq!(Limit::new(1.0, 1 << 40), Err(LimitError::Burst));
+        let quota = limit(0.5, 3);
+        assert_eq!(quota.window(), (1, 2));
+        assert_eq!(limit(3.0, 1).requests_per_second(), 3.0, "shown as given");
+        let stored = limit(2.5, 7);
+        assert_eq!(
+            Limit::from_stored(stored.per_kilosecond(), 7),
+            Ok(stored),
+            "stored exactly"
+        );
+        assert_eq!(Limit::from_stored(-1, 7), Err(LimitError::Rate));
+        assert_eq!(limit(100.0, 200).window(), (100, 1));
+    }
+
+    #[test]
+    fn headers_follow_the_draft_syntax() {
+        let limited = Limited {
+            kind: LimitKind::Credential,
+            limit: limit(100.0, 200),
+            retry_after: Duration::from_millis(10),
+        };
+        assert_eq!(
+            limited.policy_header(),
+            "\"credential\";q=100;w=1;keyward-burst=200"
+        );
+        assert_eq!(limited.limit_header(), "\"credential\";r=0;t=1");
+        assert_eq!(limited.retry_after_secs(), 1);
+        // Both parse as structured-field lists.
+        for value in [limited.policy_header(), limited.limit_header()] {
+            sfv::Parser::new(&value).parse::<sfv::List>().unwrap();
+        }
+    }
+
+    #[test]
+    fn failures_and_anonymous_requests_are_counted_apart() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        let settings = RateLimitSettings {
+            per_credential: None,
+            per_client_unauthenticated: Some(limit(1.0, 2)),
+            max_tracked: 100,
+        };
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..2 {
+            limiter
+                .after_authentication(&settings, ip, AuthOutcome::Refused, now)
+                .unwrap();
+        }
+        let refused = limiter
+            .before_authentication(&settings, ip, now)
+            .unwrap_err();
+        assert_eq!(refused.kind, LimitKind::Client);
+        // Anonymous requests from the address have their own count.
+        limiter
+            .after_authentication(&settings, ip, AuthOutcome::Anonymous, now)
+            .unwrap();
+        // No per-credential quota: authenticated requests are not limited.
+        let credential = CredentialLimit {
+            key: KEY,
+            own: None,
+        };
+        for _ in 0..10 {
+            limiter
+                .after_authentication(&settings, ip, AuthOutcome::Authenticated(credential), now)
+                .unwrap();
+        }
+        // A key's own quota applies even without `per_credential`.
+        let own = CredentialLimit {
+            key: KEY,
+            own: Some(limit(1.0, 1)),
+        };
+        limiter
+            .after_authentication(&settings, ip, AuthOutcome::Authenticated(own), now)
+            .unwrap();
+        let refused = limiter
+            .after_authentication(&settings, ip, AuthOutcome::Authenticated(own), now)
+            .unwrap_err();
+        assert_eq!(refused.kind, LimitKind::Credential);
+    }
+}
