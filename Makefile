@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres
+.PHONY: run test prereqs load load-postgres load-edge
 
 prereqs:
 	@scripts/prereqs.sh
@@ -19,3 +19,7 @@ load: prereqs
 # The same comparison with a PostgreSQL store (a fresh database on KEYWARD_TEST_POSTGRES).
 load-postgres: prereqs
 	KEYWARD_LOAD_STORE=postgres scripts/load.sh 4 32 7
+
+# keyward against nginx with the same certificate: HTTP/1.1, TLS, HTTP/2 (scripts/load-edge.sh).
+load-edge: prereqs
+	scripts/load-edge.sh 4 32 5

@@ -9,7 +9,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::signature::{self, RequestView, SignatureAuthenticator};
-use keyward::cache::CacheSettings;
+use keyward::cache::{CacheSettings, LiveDuration};
 use keyward::config::Config;
 use keyward::config::StoreUrl;
 use keyward::metrics::Metrics;
@@ -87,9 +87,9 @@ fn hot_path(c: &mut Criterion) {
         Arc::new(Metrics::new()),
         hasher,
         &CacheSettings {
-            ttl: Duration::from_secs(3600),
+            ttl: LiveDuration::new(Duration::from_secs(3600)),
             capacity: 100_000,
-            negative_ttl: Duration::from_secs(30),
+            negative_ttl: LiveDuration::new(Duration::from_secs(30)),
             negative_capacity: 100_000,
         },
     ));

@@ -9,13 +9,16 @@ use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
 use crate::cache::CacheSettings;
+use crate::cache::LiveDuration;
 use crate::config::{BootstrapAdmin, Config};
 use crate::connection::ConnectionLimits;
 use crate::fleet::FleetClaims;
 use crate::invalidation::{ChangeFollower, UsageFlusher};
+use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
-use crate::proxy::KeywardProxy;
+use crate::proxy::{KeywardProxy, Listener};
+use crate::reload::{HangupReloader, LiveConfig, PidFile};
 use crate::store::{Db, StoreError, StoreHealth};
 use crate::tls::TlsCertificates;
 use crate::users::{self, UserSpec};
@@ -27,10 +30,18 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub fn serve(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
+/// `path`: the file the configuration came from, re-read on `SIGHUP`; `None` for the
+/// embedded default. `log_filter`: how a reload changes the log filter (see `logging::init`).
+pub fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    log_filter: Option<LogFilterHandle>,
+) -> anyhow::Result<()> {
+    let live = Arc::new(LiveConfig::new(config, path));
+    let config = live.current();
     let metrics = Arc::new(Metrics::new());
     let (store_errors, store_up) = metrics.store_series();
     let db = Db::start(
@@ -53,12 +64,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let hasher = PasswordHasher::new(config.limits.password_hash_threads);
+    // Cache TTLs follow reloads (for entries stored after them).
+    let basic_ttl = LiveDuration::new(config.cache.basic_ttl);
+    let key_ttl = LiveDuration::new(config.cache.api_key_ttl);
+    let negative_ttl = LiveDuration::new(config.cache.negative_ttl);
+    {
+        let (basic_ttl, key_ttl, negative_ttl) =
+            (basic_ttl.clone(), key_ttl.clone(), negative_ttl.clone());
+        live.on_reload(Box::new(move |next: &Config| {
+            basic_ttl.set(next.cache.basic_ttl);
+            key_ttl.set(next.cache.api_key_ttl);
+            negative_ttl.set(next.cache.negative_ttl);
+            Ok(())
+        }));
+    }
+    if let Some(handle) = log_filter {
+        live.on_reload(Box::new(move |next: &Config| handle.set(&next.logging)));
+    }
     let basic = Arc::new(
         BasicAuthenticator::new(
             db.clone(),
             hasher,
             metrics.clone(),
-            config.cache.basic_ttl,
+            basic_ttl.clone(),
             config.cache.basic_capacity,
             ThrottleSettings {
                 failures: config.limits.password_failures,
@@ -68,9 +96,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .with_fleet(fleet.clone()),
     );
     let key_cache = CacheSettings {
-        ttl: config.cache.api_key_ttl,
+        ttl: key_ttl,
         capacity: config.cache.api_key_capacity,
-        negative_ttl: config.cache.negative_ttl,
+        negative_ttl,
         negative_capacity: config.cache.negative_capacity,
     };
     let api_keys = Arc::new(ApiKeyAuthenticator::new(
@@ -105,7 +133,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         db.clone(),
         auth.clone(),
         metrics.clone(),
-        config.clone(),
         audit,
     ));
 
@@ -135,42 +162,70 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Arc::new(balancer)
     };
 
-    let proxy = KeywardProxy::new(
-        config.clone(),
-        metrics.clone(),
-        auth.clone(),
-        admin,
-        upstreams,
-    );
+    let proxy_for = |listener: Listener| {
+        KeywardProxy::new(
+            live.clone(),
+            listener,
+            metrics.clone(),
+            auth.clone(),
+            admin.clone(),
+            upstreams.clone(),
+        )
+    };
     // `listen.tls`: the certificates live in `tls_certificates` for the process's life;
-    // `TlsCertificates::reload` swaps them for new handshakes.
+    // `TlsCertificates::reload` swaps them for new handshakes (on every configuration reload).
     let tls_certificates = match &config.listen_tls {
         Some(files) => Some(Arc::new(TlsCertificates::load(files)?)),
         None => None,
     };
-    let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
-    let mut http_options = HttpServerOptions::default();
-    // An HTTP/2 connection with no request in progress is closed after the keep-alive time
-    // of HTTP/1.1 (pingora's default keeps it forever, holding a connection permit).
-    http_options.h2_idle_timeout = Some(crate::connection::KEEPALIVE);
-    http.server_options = Some(http_options);
-    // Connection limits (and the TLS handshake) wrap pingora's HTTP proxy app (see
-    // `connection`).
-    let mut limits = ConnectionLimits::new(
-        http,
-        config.limits.max_connections,
-        config.limits.header_read_timeout,
-        &metrics,
-    );
     if let Some(certificates) = &tls_certificates {
-        let server_config = certificates
-            .server_config()
-            .context("listen.tls: cannot build the TLS server configuration")?;
-        limits = limits.with_tls(Acceptor::from_server_config(server_config));
+        let certificates = certificates.clone();
+        live.on_reload(Box::new(move |next: &Config| match &next.listen_tls {
+            Some(files) => certificates.reload(files).map_err(|e| e.to_string()),
+            // Turning TLS off needs a restart (the listener is built at start).
+            None => Ok(()),
+        }));
     }
-    let mut proxy_service = Service::new("keyward proxy".to_owned(), limits);
+    // Connection limits (and the TLS handshake) wrap pingora's HTTP proxy app (see
+    // `connection`), on each listener.
+    let service = |name: &str, proxy: KeywardProxy, tls: bool| -> anyhow::Result<_> {
+        let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
+        let mut http_options = HttpServerOptions::default();
+        // An HTTP/2 connection with no request in progress is closed after the keep-alive
+        // time of HTTP/1.1 (pingora's default keeps it forever, holding a connection permit).
+        http_options.h2_idle_timeout = Some(crate::connection::KEEPALIVE);
+        http.server_options = Some(http_options);
+        let mut limits = ConnectionLimits::new(
+            http,
+            config.limits.max_connections,
+            config.limits.header_read_timeout,
+            &metrics,
+        );
+        if let Some(certificates) = tls_certificates.as_ref().filter(|_| tls) {
+            let server_config = certificates
+                .server_config()
+                .context("listen.tls: cannot build the TLS server configuration")?;
+            limits = limits.with_tls(Acceptor::from_server_config(server_config));
+        }
+        Ok(Service::new(name.to_owned(), limits))
+    };
+    let serves_admin = config.listen_admin.is_none();
+    let mut proxy_service = service(
+        "keyward proxy",
+        proxy_for(Listener::Proxy { serves_admin }),
+        true,
+    )?;
     // Plain TCP even with TLS: `ConnectionLimits` makes the handshake.
     proxy_service.add_tcp(&config.listen_proxy);
+    // The admin listener is plaintext: it belongs on a private address (see README).
+    let admin_service = match config.listen_admin.as_ref() {
+        Some(address) => {
+            let mut admin_service = service("keyward admin", proxy_for(Listener::Admin), false)?;
+            admin_service.add_tcp(address);
+            Some(admin_service)
+        }
+        None => None,
+    };
 
     let mut ops = Service::new(
         "keyward ops".to_owned(),
@@ -182,17 +237,32 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let follower = ChangeFollower::new(
         db,
         auth,
-        metrics,
+        metrics.clone(),
         config.cache.invalidation_poll,
         feed_start,
     );
 
     server.add_service(proxy_service);
+    if let Some(admin_service) = admin_service {
+        server.add_service(admin_service);
+    }
     server.add_service(ops);
+    server.add_service(background_service(
+        "config reload",
+        HangupReloader::new(live.clone(), metrics.clone()),
+    ));
     server.add_service(background_service("change feed", follower));
     server.add_service(background_service("key usage", flusher));
+    let _pid_file = match PidFile::write(&config.server.pid_file) {
+        Ok(pid_file) => Some(pid_file),
+        Err(e) => {
+            tracing::warn!(path = %config.server.pid_file.display(), error = %e, "cannot write the pid file; `keyward reload` will not find this process (SIGHUP still reloads)");
+            None
+        }
+    };
     tracing::info!(
         proxy = %config.listen_proxy,
+        admin = config.listen_admin.as_deref().unwrap_or("(on the proxy listener)"),
         tls = tls_certificates.is_some(),
         ops = %config.listen_ops,
         upstreams = ?config.upstream.addresses,

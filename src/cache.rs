@@ -12,14 +12,56 @@ use crate::auth::AuthError;
 use crate::metrics::Metrics;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct CacheSettings {
-    pub ttl: Duration,
+    pub ttl: LiveDuration,
     pub capacity: u64,
-    pub negative_ttl: Duration,
+    pub negative_ttl: LiveDuration,
     pub negative_capacity: u64,
+}
+
+/// A duration a configuration reload can change while the caches using it keep their entries
+/// (a TTL change applies to entries stored after it).
+#[derive(Debug, Clone)]
+pub struct LiveDuration(Arc<AtomicU64>);
+
+impl LiveDuration {
+    pub fn new(value: Duration) -> LiveDuration {
+        LiveDuration(Arc::new(AtomicU64::new(nanos(value))))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, value: Duration) {
+        self.0.store(nanos(value), Ordering::Relaxed);
+    }
+
+    /// A moka expiry policy: entries live for the duration current when they are stored.
+    pub fn expiry(&self) -> LiveExpiry {
+        LiveExpiry(self.clone())
+    }
+}
+
+fn nanos(value: Duration) -> u64 {
+    u64::try_from(value.as_nanos()).unwrap_or(u64::MAX)
+}
+
+pub struct LiveExpiry(LiveDuration);
+
+impl<K, V> moka::Expiry<K, V> for LiveExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        _value: &V,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.0.get())
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,12 +100,12 @@ where
         CredentialCache {
             known: moka::future::Cache::builder()
                 .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
+                .expire_after(settings.ttl.expiry())
                 .support_invalidation_closures()
                 .build(),
             unknown: moka::future::Cache::builder()
                 .max_capacity(settings.negative_capacity)
-                .time_to_live(settings.negative_ttl)
+                .expire_after(settings.negative_ttl.expiry())
                 .support_invalidation_closures()
                 .build(),
             hits,
@@ -137,5 +179,34 @@ where
             (self.name, self.known.entry_count()),
             (self.negative_name, self.unknown.entry_count()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_ttl_applies_to_entries_stored_after_it() {
+        let ttl = LiveDuration::new(Duration::from_secs(3600));
+        let cache = CredentialCache::<u64, u64>::new(
+            Arc::new(Metrics::new()),
+            "apikey",
+            "apikey_negative",
+            &CacheSettings {
+                ttl: ttl.clone(),
+                capacity: 100,
+                negative_ttl: LiveDuration::new(Duration::from_secs(3600)),
+                negative_capacity: 100,
+            },
+        );
+        let load = |v: u64| async move { Ok::<_, String>(Some(v)) };
+        cache.get_or_load(1, load(1)).await.unwrap();
+        ttl.set(Duration::from_millis(50));
+        cache.get_or_load(2, load(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // 1 is still cached (loaded again it would be 10); 2 expired and is loaded anew.
+        assert_eq!(*cache.get_or_load(1, load(10)).await.unwrap(), 1);
+        assert_eq!(*cache.get_or_load(2, load(20)).await.unwrap(), 20);
     }
 }

@@ -17,8 +17,9 @@ pub const DEFAULT_CONFIG: &str = "config/keyward.yaml";
     about = "Authentication sidecar for HTTP upstreams"
 )]
 pub struct Cli {
-    /// Configuration file [default: config/keyward.yaml, or the embedded default when absent]
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Configuration file [default: $KEYWARD_CONFIG, else config/keyward.yaml, else the
+    /// embedded default]
+    #[arg(long, global = true, value_name = "FILE", env = "KEYWARD_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -30,6 +31,9 @@ pub enum Command {
     Serve,
     /// Validate the configuration and exit (0 when valid).
     CheckConfig,
+    /// Validate the configuration, then make the running keyward (found through
+    /// `server.pid_file`) reload it.
+    Reload,
     /// Manage users in the configured store.
     #[command(subcommand)]
     User(UserCommand),
@@ -210,11 +214,51 @@ pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
 /// Loads the config named on the command line; without `--config`, `config/keyward.yaml` if it
 /// exists, else the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    match path {
-        Some(path) => Config::from_file(path),
-        None if Path::new(DEFAULT_CONFIG).exists() => Config::from_file(Path::new(DEFAULT_CONFIG)),
+    match config_path(path) {
+        Some(path) => Config::from_file(&path),
         None => Config::from_yaml(EMBEDDED_DEFAULT),
     }
+}
+
+/// The file the configuration is read from (and re-read on reload); `None`: the embedded
+/// default.
+pub fn config_path(path: Option<&Path>) -> Option<PathBuf> {
+    match path {
+        Some(path) => Some(path.to_owned()),
+        None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+        None => None,
+    }
+}
+
+/// `keyward reload`: sends SIGHUP to the process in `server.pid_file`, once the file it will
+/// read is known to be valid (the caller validated `config`).
+pub fn reload(config: &Config) -> anyhow::Result<()> {
+    let pid_file = &config.server.pid_file;
+    let text = std::fs::read_to_string(pid_file).with_context(|| {
+        format!(
+            "cannot read the pid file {} (server.pid_file): is keyward serve running with this configuration?",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("{}: not a process id", pid_file.display()))?;
+    // A stale file may name a process that is not keyward any more: never signal that one.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("keyward") {
+        return Err(anyhow!(
+            "{} names process {pid}, which is not a running keyward",
+            pid_file.display()
+        ));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .with_context(|| format!("cannot signal process {pid}"))?;
+    println!("asked keyward (pid {pid}) to reload; its log says whether the reload succeeded");
+    Ok(())
 }
 
 /// Opens the configured store for a one-off command.

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod store;
 pub mod tls;
 pub mod users;

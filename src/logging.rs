@@ -13,7 +13,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::Level;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 /// `KEYWARD_LOG_THIRD_PARTY=1`: let third-party debug and trace output through (it may contain
 /// credentials; for debugging only).
@@ -40,30 +40,69 @@ pub fn third_party_allows(target: &str, level: &Level, third_party: bool) -> boo
     }
 }
 
-pub fn init(logging: &Logging) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(logging.level.as_deref().unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let third_party = std::env::var(THIRD_PARTY_ENV).is_ok_and(|v| v == "1");
+/// The filter part of the subscriber (the level filter and the third-party cap), replaced
+/// as one on reload so that the cap's level hint follows the new filter.
+type FilterLayers = Box<dyn Layer<Registry> + Send + Sync>;
+
+fn filter_layers(filter: EnvFilter, third_party: bool) -> FilterLayers {
     // The cap only removes events; combined with the env filter's own hint (the larger of the
     // two is used), this bound is exact enough for `log` records to be skipped cheaply.
-    let hint = Layer::<tracing_subscriber::Registry>::max_level_hint(&filter)
+    let hint = Layer::<Registry>::max_level_hint(&filter)
         .unwrap_or(LevelFilter::TRACE)
         .max(LevelFilter::INFO);
     let cap = tracing_subscriber::filter::filter_fn(move |meta| {
         third_party_allows(meta.target(), meta.level(), third_party)
     })
     .with_max_level_hint(hint);
-    let registry = tracing_subscriber::registry().with(filter).with(cap);
+    Box::new(filter.and_then(cap))
+}
+
+/// Changes the log filter of the running process (`logging.level` on reload). A filter from
+/// `RUST_LOG` wins over the config, at start and on reload.
+pub struct LogFilterHandle {
+    handle: reload::Handle<FilterLayers, Registry>,
+    third_party: bool,
+    from_env: bool,
+}
+
+impl LogFilterHandle {
+    pub fn set(&self, logging: &Logging) -> Result<(), String> {
+        if self.from_env {
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(logging.level.as_deref().unwrap_or("info"))
+            .map_err(|e| format!("logging.level: {e}"))?;
+        self.handle
+            .reload(filter_layers(filter, self.third_party))
+            .map_err(|e| format!("logging.level: {e}"))
+    }
+}
+
+/// Installs the subscriber; returns the handle a reload changes the filter with (`None` when
+/// a subscriber was already installed).
+pub fn init(logging: &Logging) -> Option<LogFilterHandle> {
+    let from_env = EnvFilter::try_from_default_env();
+    let from_env_ok = from_env.is_ok();
+    let filter = from_env
+        .or_else(|_| EnvFilter::try_new(logging.level.as_deref().unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let third_party = std::env::var(THIRD_PARTY_ENV).is_ok_and(|v| v == "1");
+    let (filters, handle) = reload::Layer::new(filter_layers(filter, third_party));
+    let registry = tracing_subscriber::registry().with(filters);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second call (tests, embedding) keeps the first subscriber.
-    let _ = match logging.format {
+    let installed = match logging.format {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
         LogFormat::Text => registry.with(fmt).try_init(),
     };
+    installed.ok().map(|()| LogFilterHandle {
+        handle,
+        third_party,
+        from_env: from_env_ok,
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     if let Some(result) = standalone {
         return exit(result);
     }
+    let path = cli::config_path(config.as_deref());
     let config = match cli::load_config(config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -27,9 +28,10 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             Ok(())
         }
+        Command::Reload => cli::reload(&config),
         Command::Serve => {
-            keyward::logging::init(&config.logging);
-            keyward::app::serve(config)
+            let log_filter = keyward::logging::init(&config.logging);
+            keyward::app::serve(config, path, log_filter)
         }
         Command::User(user) => cli::run_user_command(&config, user),
         Command::Audit(audit) => cli::run_audit_command(&config, audit),

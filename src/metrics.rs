@@ -72,6 +72,7 @@ pub struct Metrics {
     store_errors: IntCounter,
     store_up: IntGauge,
     change_feed_listening: IntGauge,
+    config_reloads: IntCounterVec,
     connections: ConnectionMetrics,
     redis_errors: IntCounter,
     replay_local_fallbacks: IntCounterVec,
@@ -201,6 +202,12 @@ impl Metrics {
             .register(Box::new(changes_behind.clone()))
             .expect("metric registered once");
         let mut metrics = Metrics {
+            config_reloads: counter_vec(
+                &registry,
+                "keyward_config_reloads_total",
+                "Configuration reloads (SIGHUP, keyward reload) by result: ok, invalid.",
+                &["result"],
+            ),
             store_up,
             change_feed_listening: changes_behind,
             requests_by_label: Vec::new(),
@@ -288,6 +295,9 @@ impl Metrics {
     /// Creates the series every deployment has, at zero, so dashboards and alerts see the
     /// families from the first scrape instead of after the first event.
     fn touch_known_series(&self) {
+        for result in ["ok", "invalid"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
         for method in METHOD_LABELS {
             for outcome in OUTCOMES {
                 self.requests.with_label_values(&[method, outcome.as_str()]);
@@ -401,6 +411,11 @@ impl Metrics {
     /// `keyward_store_errors_total` and `keyward_store_up`, for the store's health tracker.
     pub fn store_series(&self) -> (IntCounter, IntGauge) {
         (self.store_errors.clone(), self.store_up.clone())
+    }
+
+    /// A configuration reload: `ok` or `invalid`.
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// `keyward_change_feed_listening`.

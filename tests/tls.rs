@@ -766,3 +766,62 @@ fn check_config_names_a_bad_certificate_or_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listen.tls.cert"), "{stderr}");
 }
+
+/// The serial of the certificate keyward presents on a new connection, read with openssl.
+fn served_serial(kw: &Keyward) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -noout -serial",
+            kw.proxy
+        ))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `SIGHUP` re-reads the certificate files: a new connection gets the new certificate, and a
+/// file that cannot be used refuses the reload and keeps the old one.
+#[test]
+fn sighup_swaps_the_certificate() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let (kw, pki) = start_tls("");
+    let before = served_serial(&kw);
+    assert!(before.ends_with("1092"), "serial 4242 = 0x1092: {before}");
+    // The new certificate replaces the files keyward was started with.
+    let fresh = tempfile::tempdir().unwrap();
+    let next = pki.server(fresh.path(), "tls", 4343);
+    let (cert, key) = next.pair();
+    std::fs::copy(&cert, kw.dir.path().join("tls.crt")).unwrap();
+    std::fs::copy(&key, kw.dir.path().join("tls.key")).unwrap();
+    kw.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_serial(&kw) == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = served_serial(&kw);
+    assert!(
+        after.ends_with("10F7"),
+        "the new certificate (4343 = 0x10F7): {after}"
+    );
+    assert!(metric(&kw, "keyward_config_reloads_total{result=\"ok\"}") >= 1);
+
+    // A broken key file: the reload is refused and the running certificate stays.
+    std::fs::write(kw.dir.path().join("tls.key"), "not a key").unwrap();
+    kw.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&kw, "keyward_config_reloads_total{result=\"invalid\"}") == 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric(&kw, "keyward_config_reloads_total{result=\"invalid\"}"),
+        1
+    );
+    assert_eq!(served_serial(&kw), after);
+}

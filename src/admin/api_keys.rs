@@ -57,7 +57,6 @@ impl IdValue {
 
 /// The expiry of a new or renewed key, in ms since the epoch (0 = never).
 fn valid_until(
-    api: &AdminApi,
     call: &Call<'_>,
     expiration_days: Option<i64>,
     disable_expiration: bool,
@@ -73,7 +72,7 @@ fn valid_until(
         }
         return Ok(0);
     }
-    let limits = &api.config.api_keys;
+    let limits = &call.config.api_keys;
     let days = expiration_days.unwrap_or(limits.default_expiration_days);
     if days < 1 {
         return Err(AdminError::field(
@@ -142,7 +141,6 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
     }
     let valid_sources = super::parse_valid_sources(body.valid_sources)?;
     let valid_until_ms = valid_until(
-        api,
         call,
         body.expiration_days,
         body.disable_expiration.unwrap_or(false),
@@ -240,7 +238,6 @@ pub async fn renew(
         parse_body(call.body)?
     };
     let valid_until_ms = valid_until(
-        api,
         call,
         body.expiration_days,
         body.disable_expiration.unwrap_or(false),

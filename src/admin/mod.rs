@@ -91,13 +91,14 @@ pub struct AdminApi {
     pub(crate) db: Db,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) config: Arc<Config>,
     audit: AuditLog,
     router: matchit::Router<Endpoint>,
 }
 
 /// One authenticated admin call.
 pub struct Call<'a> {
+    /// The configuration of this request (see `RequestCtx::config`).
+    pub config: &'a Config,
     pub caller: &'a Principal,
     pub method: &'a Method,
     pub body: &'a [u8],
@@ -137,7 +138,6 @@ impl AdminApi {
         db: Db,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
-        config: Arc<Config>,
         audit: AuditLog,
     ) -> AdminApi {
         let mut router = matchit::Router::new();
@@ -192,7 +192,6 @@ impl AdminApi {
             db,
             auth,
             metrics,
-            config,
             audit,
             router,
         }
@@ -334,7 +333,9 @@ impl AdminApi {
             },
         )?;
         let request_id = ctx.request_id.as_str().to_owned();
+        let config = ctx.config.clone();
         let call = Call {
+            config: &config,
             caller: &caller,
             method: &method,
             body: &body,

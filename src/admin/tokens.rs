@@ -4,6 +4,7 @@
 use super::envelope::{AdminError, Reply};
 use super::{AdminApi, Call, POWER_USER};
 use crate::auth::{token, CredentialKind, SecurityLevel};
+use crate::config::Config;
 use crate::store::{now_ms, NewToken, Token, TokenScope, User};
 use serde_json::{json, Value};
 use std::time::{Duration, UNIX_EPOCH};
@@ -40,8 +41,8 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str
         .transpose()
 }
 
-fn is_token_administrator(api: &AdminApi, call: &Call<'_>) -> bool {
-    api.config.tokens.administrator.as_deref() == Some(call.caller.user_name.as_str())
+fn is_token_administrator(call: &Call<'_>) -> bool {
+    call.config.tokens.administrator.as_deref() == Some(call.caller.user_name.as_str())
 }
 
 /// `X-User-Token-Expires-Meta`: POSIX seconds, `+N` days, `YYYY`, `YYYY-MM-DD` or RFC 3339
@@ -124,7 +125,7 @@ fn listing(token: &Token) -> Value {
 async fn owner(api: &AdminApi, call: &Call<'_>, named: Option<&str>) -> Result<User, AdminError> {
     match named.filter(|n| *n != call.caller.user_name) {
         Some(name) => {
-            if !is_token_administrator(api, call) {
+            if !is_token_administrator(call) {
                 return Err(AdminError::Forbidden(
                     "only the token administrator may act for another user".into(),
                 ));
@@ -173,7 +174,7 @@ async fn mint_token(
     // a password must not grow them without bound (`limits.tokens_per_user`). Counted in the
     // same store call as the insert; concurrent mints may pass the count together, so the cap
     // can be exceeded by at most the number of mints racing for the last slot.
-    let cap = u64::from(api.config.limits.tokens_per_user);
+    let cap = u64::from(call.config.limits.tokens_per_user);
     let owner_id = owner.id;
     let audit = call.audit(201, &owner.name, &new_token.name);
     let stored = api
@@ -197,11 +198,11 @@ async fn mint_token(
 /// The minting headers every mint reads: the expiry (validated against `tokens.ttl` and
 /// `tokens.max_ttl`, and never past `cap_ms`) and `X-Custom-Meta-Source`.
 fn expiry_and_source(
-    api: &AdminApi,
+    config: &Config,
     req: &TokenRequest<'_>,
     cap_ms: Option<i64>,
 ) -> Result<(i64, Option<String>), AdminError> {
-    let tokens = &api.config.tokens;
+    let tokens = &config.tokens;
     let requested = header(req.headers, EXPIRES_HEADER)?;
     let mut expires = parse_expiry(requested, now_ms(), tokens.ttl, tokens.max_ttl)?;
     if let Some(cap) = cap_ms {
@@ -221,7 +222,7 @@ fn expiry_and_source(
     let source = header(req.headers, SOURCE_HEADER)?.map(str::to_owned);
     // Why: stored and listed back on every GET; bounded like any stored input
     // (`limits.token_metadata_bytes`).
-    let limit = api.config.limits.token_metadata_bytes;
+    let limit = config.limits.token_metadata_bytes;
     if source.as_ref().is_some_and(|s| s.len() > limit) {
         return Err(AdminError::BadRequest(format!(
             "{SOURCE_HEADER} exceeds {limit} bytes (limits.token_metadata_bytes)"
@@ -255,7 +256,8 @@ pub async fn mint(
 ) -> Result<Reply, AdminError> {
     let owner = owner(api, call, header(req.headers, OWNER_HEADER)?).await?;
     let asking = asking_token(api, call).await?;
-    let (expires, source) = expiry_and_source(api, req, asking.as_ref().map(|t| t.expires_at_ms))?;
+    let (expires, source) =
+        expiry_and_source(call.config, req, asking.as_ref().map(|t| t.expires_at_ms))?;
     // Why: a token carries the level of the login that minted it — never more, so a DEFAULT
     // token cannot mint an ADMINISTRATIVE one (a token-authenticated call's level *is* the
     // asking token's level; `X-Totp-Code` is only read with a password) — and never more
@@ -280,7 +282,7 @@ pub async fn mint(
     if set_cookie {
         // Over TLS the browser must never send the cookie in clear; `tokens.secure_cookie`
         // is for a TLS proxy in front of keyward.
-        let secure = if call.tls || api.config.tokens.secure_cookie {
+        let secure = if call.tls || call.config.tokens.secure_cookie {
             "; Secure"
         } else {
             ""
@@ -375,7 +377,7 @@ pub async fn delete(
     req: &TokenRequest<'_>,
     name_or_token: &str,
 ) -> Result<Reply, AdminError> {
-    let admin = is_token_administrator(api, call);
+    let admin = is_token_administrator(call);
     let caller_id = call.caller.user_id;
     let found = find_token(api, name_or_token).await?;
     // Someone else's token is "not found" unless the caller is the token administrator.
@@ -396,8 +398,8 @@ pub async fn delete(
 
 /// Tenant tokens are managed by a POWER-USER or the token administrator (with a password:
 /// `guard::admit`).
-fn authorize_tenant(api: &AdminApi, call: &Call<'_>) -> Result<(), AdminError> {
-    if !call.caller.has_function(POWER_USER) && !is_token_administrator(api, call) {
+fn authorize_tenant(call: &Call<'_>) -> Result<(), AdminError> {
+    if !call.caller.has_function(POWER_USER) && !is_token_administrator(call) {
         return Err(AdminError::Forbidden(format!(
             "tenant tokens need {POWER_USER} or the token administrator"
         )));
@@ -420,7 +422,7 @@ pub async fn tenant_list(
     call: &Call<'_>,
     tenant: &str,
 ) -> Result<Reply, AdminError> {
-    authorize_tenant(api, call)?;
+    authorize_tenant(call)?;
     valid_tenant(tenant)?;
     let scope = TokenScope::Tenant(tenant.to_owned());
     let now = now_ms();
@@ -451,10 +453,10 @@ pub async fn tenant_mint(
     req: &TokenRequest<'_>,
     tenant: &str,
 ) -> Result<Reply, AdminError> {
-    authorize_tenant(api, call)?;
+    authorize_tenant(call)?;
     valid_tenant(tenant)?;
     let owner = api.resolve_caller(call.caller).await?;
-    let (expires, source) = expiry_and_source(api, req, None)?;
+    let (expires, source) = expiry_and_source(call.config, req, None)?;
     // Stored as EXTERNAL: what the token authenticates as (src/auth/token.rs `cached`).
     let minting = Minting {
         level: SecurityLevel::External,
@@ -486,7 +488,7 @@ pub async fn tenant_delete(
     tenant: &str,
     name_or_token: &str,
 ) -> Result<Reply, AdminError> {
-    authorize_tenant(api, call)?;
+    authorize_tenant(call)?;
     valid_tenant(tenant)?;
     let found = find_token(api, name_or_token).await?;
     let token = found

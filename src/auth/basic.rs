@@ -92,7 +92,7 @@ impl BasicAuthenticator {
         db: Db,
         hasher: PasswordHasher,
         metrics: Arc<Metrics>,
-        ttl: Duration,
+        ttl: crate::cache::LiveDuration,
         capacity: u64,
         throttle: ThrottleSettings,
     ) -> BasicAuthenticator {
@@ -106,7 +106,7 @@ impl BasicAuthenticator {
             misses,
             cache: moka::future::Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .expire_after(ttl.expiry())
                 .support_invalidation_closures()
                 .build(),
             cache_key: KeyHasher::new(cache_key),

@@ -422,9 +422,9 @@ impl SignatureAuthenticator {
                 CACHE_NAME,
                 NEGATIVE_CACHE_NAME,
                 &CacheSettings {
-                    ttl: settings.key_cache_ttl,
+                    ttl: crate::cache::LiveDuration::new(settings.key_cache_ttl),
                     capacity: settings.key_cache_capacity,
-                    negative_ttl: settings.negative_ttl,
+                    negative_ttl: crate::cache::LiveDuration::new(settings.negative_ttl),
                     negative_capacity: settings.key_cache_capacity,
                 },
             ),

@@ -61,6 +61,8 @@ fn join_issues(issues: &[ConfigIssue]) -> String {
 pub struct Config {
     pub listen_proxy: String,
     pub listen_ops: String,
+    /// `listen.admin`: the admin API's own listener; `None`: it is served on the proxy's.
+    pub listen_admin: Option<String>,
     /// `listen.tls`: the proxy listener speaks TLS (HTTP/1.1 and HTTP/2 by ALPN).
     pub listen_tls: Option<TlsFiles>,
     pub upstream: Upstream,
@@ -83,7 +85,7 @@ pub struct Config {
     pub replay: Option<FleetSettings>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureSettings {
     pub max_age: Duration,
     pub max_future: Duration,
@@ -102,7 +104,7 @@ pub struct ApiKeySettings {
     pub last_used_flush: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// `host:port` strings; resolved when the proxy starts.
     pub addresses: Vec<String>,
@@ -158,11 +160,13 @@ pub struct Limits {
     pub tokens_per_user: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
     pub threads: usize,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    /// Where `serve` writes its pid, for `keyward reload`.
+    pub pid_file: PathBuf,
 }
 
 impl Config {
@@ -244,7 +248,12 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
 
-    for (key, value) in [("listen.proxy", &listen.proxy), ("listen.ops", &listen.ops)] {
+    let admin_address = listen.admin.clone().unwrap_or_default();
+    let mut listeners = vec![("listen.proxy", &listen.proxy), ("listen.ops", &listen.ops)];
+    if listen.admin.is_some() {
+        listeners.push(("listen.admin", &admin_address));
+    }
+    for (key, value) in listeners {
         if value.parse::<std::net::SocketAddr>().is_err() {
             problem(
                 key.into(),
@@ -442,6 +451,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     Config {
         listen_proxy: listen.proxy,
         listen_ops: listen.ops,
+        listen_admin: listen.admin,
         listen_tls,
         upstream: Upstream {
             addresses,
@@ -499,6 +509,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             threads: server.threads,
             grace_period: server.grace_period.0,
             shutdown_timeout: server.shutdown_timeout.0,
+            pid_file: server.pid_file,
         },
     }
 }

@@ -131,6 +131,9 @@ impl Default for ApiKeysFile {
 pub struct ListenFile {
     pub proxy: String,
     pub ops: String,
+    /// When set, the admin API is answered only on this address.
+    #[serde(default)]
+    pub admin: Option<String>,
     /// TLS (and HTTP/2 by ALPN) on the proxy listener.
     #[serde(default)]
     pub tls: Option<ListenTlsFile>,
@@ -389,6 +392,9 @@ pub struct ServerFile {
     /// After the grace period, how long the runtimes get to stop.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: Seconds,
+    /// Where `serve` writes its process id; `keyward reload` signals the process named there.
+    #[serde(default = "defaults::pid_file")]
+    pub pid_file: std::path::PathBuf,
 }
 
 impl Default for ServerFile {
@@ -397,6 +403,7 @@ impl Default for ServerFile {
             threads: defaults::threads(),
             grace_period: defaults::grace_period(),
             shutdown_timeout: defaults::shutdown_timeout(),
+            pid_file: defaults::pid_file(),
         }
     }
 }
@@ -485,6 +492,9 @@ mod defaults {
     }
     pub fn threads() -> usize {
         2
+    }
+    pub fn pid_file() -> std::path::PathBuf {
+        "keyward.pid".into()
     }
     pub fn grace_period() -> Seconds {
         Seconds(Duration::from_secs(5))

@@ -3,6 +3,7 @@
 
 use super::target::RequestTarget;
 use crate::auth::Principal;
+use crate::config::Config;
 use crate::metrics::Outcome;
 use rand::Rng;
 use std::net::IpAddr;
@@ -31,6 +32,9 @@ impl RequestId {
 }
 
 pub struct RequestCtx {
+    /// The configuration this request is decided by, taken once when it arrives: a reload
+    /// applies to the requests that arrive after it, never halfway through one.
+    pub config: Arc<Config>,
     pub request_id: RequestId,
     pub started: Instant,
     pub client_ip: Option<IpAddr>,
@@ -52,8 +56,9 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new() -> RequestCtx {
+    pub fn new(config: Arc<Config>) -> RequestCtx {
         RequestCtx {
+            config,
             request_id: RequestId::random(),
             started: Instant::now(),
             client_ip: None,
@@ -66,12 +71,6 @@ impl RequestCtx {
             reason: None,
             clear_token_cookie: false,
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        RequestCtx::new()
     }
 }
 

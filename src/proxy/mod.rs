@@ -16,6 +16,7 @@ use crate::auth::{
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Route};
+use crate::reload::LiveConfig;
 use async_trait::async_trait;
 use ctx::RequestCtx;
 use forward::Forwarding;
@@ -29,11 +30,31 @@ use std::sync::Arc;
 use target::RequestTarget;
 
 pub struct KeywardProxy {
-    config: Arc<Config>,
+    config: Arc<LiveConfig>,
+    listener: Listener,
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
     admin: Arc<AdminApi>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+/// Which listener a proxy instance serves: what it answers itself and what it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The proxy listener: forwards to the upstream; answers the admin API too unless
+    /// `listen.admin` gives it a listener of its own.
+    Proxy { serves_admin: bool },
+    /// `listen.admin`: the admin API only; everything else is 404 and nothing is forwarded.
+    Admin,
+}
+
+impl Listener {
+    fn serves_admin(self) -> bool {
+        matches!(
+            self,
+            Listener::Admin | Listener::Proxy { serves_admin: true }
+        )
+    }
 }
 
 /// Where an admitted request goes.
@@ -44,7 +65,8 @@ enum Admission {
 
 impl KeywardProxy {
     pub fn new(
-        config: Arc<Config>,
+        config: Arc<LiveConfig>,
+        listener: Listener,
         metrics: Arc<Metrics>,
         auth: Arc<Authenticator>,
         admin: Arc<AdminApi>,
@@ -52,6 +74,7 @@ impl KeywardProxy {
     ) -> KeywardProxy {
         KeywardProxy {
             config,
+            listener,
             metrics,
             auth,
             admin,
@@ -69,7 +92,7 @@ impl KeywardProxy {
         ctx.tls = is_tls(session);
         let target = inspect(
             session.req_header(),
-            self.config.limits.max_request_header_bytes,
+            ctx.config.limits.max_request_header_bytes,
         )?;
         self.client_address(session, ctx)?;
         if let Some(authority) = target.authority() {
@@ -86,14 +109,23 @@ impl KeywardProxy {
         // differs from it, and writes it as `Host` for the HTTP/1.1 upstream.
         let path = target.path();
         if admin::is_reserved(path) {
+            if !self.listener.serves_admin() {
+                // `listen.admin` is set: the admin API is not on this listener at all.
+                return Err(Refusal::NotFound);
+            }
             ctx.target = Some(target);
             return Ok(Admission::Admin);
         }
-        let route = self.route(&session.req_header().method, &target)?;
+        if self.listener == Listener::Admin {
+            return Err(Refusal::NotFound);
+        }
+        let config = ctx.config.clone();
+        let route = route(&config, &session.req_header().method, &target)?;
         let authenticated = self.authenticate(session, ctx).await?;
         ctx.principal = authenticated.principal;
         ctx.clear_token_cookie = authenticated.clear_token_cookie;
         self.decide(
+            &config,
             route,
             ctx.principal.as_deref(),
             session.req_header(),
@@ -112,7 +144,7 @@ impl KeywardProxy {
         else {
             return Err(Refusal::BadRequest("no_client_address"));
         };
-        let config = &self.config;
+        let config = &ctx.config;
         let address = client_ip::resolve(
             peer,
             &session.req_header().headers,
@@ -123,17 +155,6 @@ impl KeywardProxy {
         ctx.x_forwarded_for = Some(Forwarding::chain_value(&address.chain));
         ctx.client_ip = Some(address.client);
         Ok(())
-    }
-
-    /// The first route for the normalized path; `OPTIONS *` is about the whole server, so the
-    /// route of `/` decides it.
-    fn route(&self, method: &http::Method, target: &RequestTarget) -> Result<&Route, Refusal> {
-        let path = if target.is_asterisk() {
-            "/"
-        } else {
-            target.path()
-        };
-        policy::route_for(&self.config.routes, method, path).ok_or(Refusal::Forbidden("no_route"))
     }
 
     /// Checks the request's credential. A signed body is checked against Content-Digest before
@@ -180,6 +201,7 @@ impl KeywardProxy {
     /// may not override at all.
     fn decide(
         &self,
+        config: &Config,
         route: &Route,
         principal: Option<&Principal>,
         request: &RequestHeader,
@@ -194,9 +216,8 @@ impl KeywardProxy {
             if principal.is_some_and(|p| p.read_only) {
                 return Err(Refusal::Forbidden("read_only"));
             }
-            let same_route = self
-                .route(method, target)
-                .is_ok_and(|other| std::ptr::eq(other, route));
+            let same_route =
+                self::route(config, method, target).is_ok_and(|other| std::ptr::eq(other, route));
             if !same_route {
                 return Err(Refusal::Forbidden("method_override_not_allowed"));
             }
@@ -228,6 +249,21 @@ fn inspect(request: &RequestHeader, header_limit: usize) -> Result<RequestTarget
         return Err(Refusal::BadRequest("invalid_method"));
     }
     Ok(RequestTarget::parse(&request.method, request.raw_path())?)
+}
+
+/// The first route for the normalized path; `OPTIONS *` is about the whole server, so the
+/// route of `/` decides it.
+fn route<'c>(
+    config: &'c Config,
+    method: &http::Method,
+    target: &RequestTarget,
+) -> Result<&'c Route, Refusal> {
+    let path = if target.is_asterisk() {
+        "/"
+    } else {
+        target.path()
+    };
+    policy::route_for(&config.routes, method, path).ok_or(Refusal::Forbidden("no_route"))
 }
 
 /// Request line plus header fields, as the client sent them, within the configured limit
@@ -309,7 +345,7 @@ impl ProxyHttp for KeywardProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.config.current())
     }
 
     async fn request_filter(
@@ -338,13 +374,13 @@ impl ProxyHttp for KeywardProxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         let backend = self
             .upstreams
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
-        let upstream = &self.config.upstream;
+        let upstream = &ctx.config.upstream;
         let mut peer = HttpPeer::new(backend.addr, upstream.tls, upstream.sni.clone());
         peer.options.connection_timeout = Some(upstream.connect_timeout);
         peer.options.read_timeout = Some(upstream.read_timeout);
@@ -381,7 +417,7 @@ impl ProxyHttp for KeywardProxy {
             upstream,
             identity,
             forwarding,
-            self.config.forward_credentials,
+            ctx.config.forward_credentials,
         )?;
         Ok(())
     }

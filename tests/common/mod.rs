@@ -61,6 +61,8 @@ pub struct Setup {
     pub store_url: Option<String>,
     /// `cache.invalidation_poll`.
     pub invalidation_poll: String,
+    /// Give the admin API a listener of its own (`listen.admin`).
+    pub admin_listener: bool,
     /// `listen.tls`: (certificate file, key file); the proxy URL is then `https://`.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -83,6 +85,7 @@ impl Default for Setup {
             dir: None,
             store_url: None,
             invalidation_poll: "100ms".into(),
+            admin_listener: false,
             tls: None,
         }
     }
@@ -92,6 +95,8 @@ pub struct Keyward {
     pub child: Child,
     pub proxy: SocketAddr,
     pub ops: SocketAddr,
+    /// `listen.admin`, when the setup asked for it.
+    pub admin: Option<SocketAddr>,
     pub upstream: Option<Upstream>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -124,6 +129,10 @@ impl Keyward {
         };
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: Option<SocketAddr> = setup
+            .admin_listener
+            .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let admin_line = admin.map_or(String::new(), |a| format!("\n  admin: {a}"));
         let tls_line = match &setup.tls {
             Some((cert, key)) => format!(
                 "  tls: {{ cert: {}, key: {} }}",
@@ -136,7 +145,7 @@ impl Keyward {
             r#"
 listen:
   proxy: {proxy}
-  ops: {ops}
+  ops: {ops}{admin_line}
 {tls_line}
 upstream:
   {upstream_line}
@@ -155,6 +164,7 @@ server:
   threads: 2
   grace_period: 2s
   shutdown_timeout: 1s
+  pid_file: {pid_file}
 cache:
   invalidation_poll: {poll}
 routes:{routes}
@@ -165,6 +175,7 @@ routes:{routes}
                 dir.path().join(&setup.store_file).display()
             )),
             poll = setup.invalidation_poll,
+            pid_file = dir.path().join("keyward.pid").display(),
             routes = setup.routes,
             extra = setup.extra,
         );
@@ -175,6 +186,7 @@ routes:{routes}
             child,
             proxy,
             ops,
+            admin,
             upstream,
             dir,
             config_path,
