@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const ROUTES: &str = r#"
   - path: /public
     public: true
+  - path: /slow
+    public: true
   - path: /reports
     require: { functions_any: [CASE-SECMON-RO] }
   - path: /
@@ -662,9 +664,12 @@ fn handshakes_count_against_the_limits() {
     assert_eq!(metric(&kw, HANDSHAKE_FAILURES), failures + 3);
 }
 
-#[test]
-fn an_h2_connection_must_send_its_preface_in_time() {
-    let (kw, pki) = start_tls("limits: { header_read_timeout: 1s }");
+/// A raw TLS connection to keyward offering `alpn`, handshake done.
+fn raw_tls(
+    kw: &Keyward,
+    pki: &TestPki,
+    alpn: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let ca = rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.unwrap()).unwrap();
@@ -674,18 +679,43 @@ fn an_h2_connection_must_send_its_preface_in_time() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let tcp = TcpStream::connect(kw.proxy).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(connection, tcp);
-    // Finish the handshake (a zero-length write drives it), then say nothing.
-    tls.flush().unwrap();
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock).unwrap();
     }
-    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(tls.conn.alpn_protocol(), Some(alpn));
+    tls
+}
+
+#[test]
+fn a_client_gone_mid_request_is_not_logged_as_an_error() {
+    let (kw, pki) = start_tls("");
+    let mut tls = raw_tls(&kw, &pki, b"http/1.1");
+    tls.write_all(b"GET /slow/400 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Gone without close_notify, while the upstream is still answering.
+    drop(tls);
+    std::thread::sleep(Duration::from_millis(800));
+    let stderr = kw.stderr();
+    assert!(
+        stderr.contains("path=/slow/400"),
+        "the access log has it: {stderr}"
+    );
+    assert!(!stderr.contains("Fail to proxy"), "{stderr}");
+}
+
+#[test]
+fn an_h2_connection_must_send_its_preface_in_time() {
+    let (kw, pki) = start_tls("limits: { header_read_timeout: 1s }");
+    // The handshake is done; then the client says nothing.
+    let mut tls = raw_tls(&kw, &pki, b"h2");
     let opened = Instant::now();
     // keyward's SETTINGS frame may come first; then the connection closes.
     let mut received = Vec::new();

@@ -564,6 +564,17 @@ impl ProxyHttp for KeywardProxy {
         );
     }
 
+    /// A client that goes away mid-request is not keyward's error, and must not be able to
+    /// write an error line per connection: over TLS every close without `close_notify` (load
+    /// tools, closed browser tabs) fails the read. The access log still records the request.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            )
+    }
+
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let request = session.req_header();
         format!(
