@@ -21,9 +21,12 @@ use crate::proxy::{KeywardProxy, Listener};
 use crate::ratelimit::RateLimiter;
 use crate::reload::{HangupReloader, LiveConfig, PidFile};
 use crate::store::{Db, StoreError, StoreHealth};
+use crate::tls::TlsCertificates;
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
+use pingora::apps::HttpServerOptions;
 use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
+use pingora::listeners::tls::Acceptor;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -174,26 +177,60 @@ pub fn serve(
             limiter.clone(),
         )
     };
-    // Connection limits wrap pingora's HTTP proxy app (see `connection`), on each listener.
-    let service = |name: &str, proxy: KeywardProxy| {
-        Service::new(
-            name.to_owned(),
-            ConnectionLimits::new(
-                pingora::proxy::http_proxy(&server.configuration, proxy),
-                config.limits.max_connections,
-                config.limits.header_read_timeout,
-                &metrics,
-            ),
-        )
+    // `listen.tls`: the certificates live in `tls_certificates` for the process's life;
+    // `TlsCertificates::reload` swaps them for new handshakes (on every configuration reload).
+    let tls_certificates = match &config.listen_tls {
+        Some(files) => Some(Arc::new(TlsCertificates::load(files)?)),
+        None => None,
+    };
+    if let Some(certificates) = &tls_certificates {
+        let certificates = certificates.clone();
+        live.on_reload(Box::new(move |next: &Config| match &next.listen_tls {
+            Some(files) => certificates.reload(files).map_err(|e| e.to_string()),
+            // Turning TLS off needs a restart (the listener is built at start).
+            None => Ok(()),
+        }));
+    }
+    // Connection limits (and the TLS handshake) wrap pingora's HTTP proxy app (see
+    // `connection`), on each listener.
+    let service = |name: &str, proxy: KeywardProxy, tls: bool| -> anyhow::Result<_> {
+        let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
+        let mut http_options = HttpServerOptions::default();
+        // An HTTP/2 connection with no request in progress is closed after the keep-alive
+        // time of HTTP/1.1 (pingora's default keeps it forever, holding a connection permit).
+        http_options.h2_idle_timeout = Some(crate::connection::KEEPALIVE);
+        http.server_options = Some(http_options);
+        let mut limits = ConnectionLimits::new(
+            http,
+            config.limits.max_connections,
+            config.limits.header_read_timeout,
+            &metrics,
+        );
+        if let Some(certificates) = tls_certificates.as_ref().filter(|_| tls) {
+            let server_config = certificates
+                .server_config()
+                .context("listen.tls: cannot build the TLS server configuration")?;
+            limits = limits.with_tls(Acceptor::from_server_config(server_config));
+        }
+        Ok(Service::new(name.to_owned(), limits))
     };
     let serves_admin = config.listen_admin.is_none();
-    let mut proxy_service = service("keyward proxy", proxy_for(Listener::Proxy { serves_admin }));
+    let mut proxy_service = service(
+        "keyward proxy",
+        proxy_for(Listener::Proxy { serves_admin }),
+        true,
+    )?;
+    // Plain TCP even with TLS: `ConnectionLimits` makes the handshake.
     proxy_service.add_tcp(&config.listen_proxy);
-    let admin_service = config.listen_admin.as_ref().map(|address| {
-        let mut admin_service = service("keyward admin", proxy_for(Listener::Admin));
-        admin_service.add_tcp(address);
-        admin_service
-    });
+    // The admin listener is plaintext: it belongs on a private address (see README).
+    let admin_service = match config.listen_admin.as_ref() {
+        Some(address) => {
+            let mut admin_service = service("keyward admin", proxy_for(Listener::Admin), false)?;
+            admin_service.add_tcp(address);
+            Some(admin_service)
+        }
+        None => None,
+    };
 
     let mut ops = Service::new(
         "keyward ops".to_owned(),
@@ -231,6 +268,7 @@ pub fn serve(
     tracing::info!(
         proxy = %config.listen_proxy,
         admin = config.listen_admin.as_deref().unwrap_or("(on the proxy listener)"),
+        tls = tls_certificates.is_some(),
         ops = %config.listen_ops,
         upstreams = ?config.upstream.addresses,
         "keyward starting"

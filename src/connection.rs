@@ -7,12 +7,20 @@
 //! each connection's whole life (refusing connections over the cap at once), and drives the
 //! connection's keep-alive loop itself so that it can re-arm a [`HeaderDeadline`] for every
 //! request: an IO adapter that fails reads once a request header has taken too long.
+//!
+//! With `listen.tls` the listener accepts plain TCP and [`ConnectionLimits`] runs the TLS
+//! handshake itself, after taking the connection's permit and within the header deadline:
+//! pingora's own TLS listener would handshake before any limit applies and give a silent
+//! client 60 s. An HTTP/2 connection (ALPN `h2`) must send its connection preface within the
+//! deadline too; after that pingora's HTTP/2 idle timeout closes a connection that has no
+//! request in progress (see `app`).
 
 use crate::metrics::{ConnectionMetrics, Metrics};
 use crate::proxy::ctx::RequestId;
 use crate::proxy::respond::Refusal;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
@@ -33,8 +41,12 @@ use tokio::time::{Instant, Sleep};
 
 /// pingora's keep-alive timeout between requests on a connection (what its own HTTP app sets).
 const KEEPALIVE_SECONDS: u64 = 60;
+/// The same, for the HTTP/2 idle timeout.
+pub const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 /// How long writing the 503 to a refused connection may take before it is just closed.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
+const H2_PREFACE_LEN: usize = 24;
 
 /// A `ServerApp` around an HTTP app (pingora's `HttpProxy`) that enforces the connection limits.
 pub struct ConnectionLimits<A> {
@@ -42,6 +54,8 @@ pub struct ConnectionLimits<A> {
     permits: Arc<Semaphore>,
     header_timeout: Duration,
     metrics: ConnectionMetrics,
+    /// `listen.tls`: the handshake each connection makes before HTTP.
+    tls: Option<Acceptor>,
 }
 
 impl<A> ConnectionLimits<A> {
@@ -56,6 +70,35 @@ impl<A> ConnectionLimits<A> {
             permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             header_timeout,
             metrics: metrics.connections().clone(),
+            tls: None,
+        }
+    }
+
+    /// Every connection makes a TLS handshake with `acceptor` first (see the module docs).
+    pub fn with_tls(mut self, acceptor: Acceptor) -> ConnectionLimits<A> {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// The TLS handshake of a new connection, within the header deadline; `None` when it
+    /// failed or took too long (counted, logged at debug: scanners and old clients fail it
+    /// all day long).
+    async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
+        // pingora's TLS stream wraps a concrete IO type; a pass-through adapter makes the
+        // accepted `Stream` one.
+        let transport = HeaderDeadline::passthrough(stream, self.metrics.header_timeouts.clone());
+        match tokio::time::timeout(self.header_timeout, acceptor.tls_handshake(transport)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                self.metrics.tls_handshake_failures.inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.tls_handshake_failures.inc();
+                tracing::debug!("TLS handshake not done within limits.header_read_timeout");
+                None
+            }
         }
     }
 }
@@ -134,6 +177,12 @@ where
     ) -> Option<Stream> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.metrics.refused.inc();
+            if self.tls.is_some() {
+                // A TLS client is still waiting for a ServerHello: an HTTP answer would be
+                // noise to it, and a handshake is the work being refused.
+                Shutdown::shutdown(&mut *stream).await;
+                return None;
+            }
             let refusal = Refusal::Unavailable("too_many_connections")
                 .raw_http1(RequestId::random().as_str());
             let write = async {
@@ -149,8 +198,22 @@ where
             _permit: permit,
             gauge: self.metrics.open.clone(),
         };
+        let stream = match &self.tls {
+            Some(acceptor) => match self.handshake(acceptor, stream).await {
+                Some(tls) => tls,
+                None => return None,
+            },
+            None => stream,
+        };
         if self.is_http1(&stream) {
             self.serve_http1(stream, shutdown).await;
+        } else if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            let stream: Stream = Box::new(HeaderDeadline::h2_preface(
+                stream,
+                self.header_timeout,
+                self.metrics.header_timeouts.clone(),
+            ));
+            ServerApp::process_new(&self.inner, stream, shutdown).await;
         } else {
             // pingora's own loop; the connection cap still holds for its whole life.
             ServerApp::process_new(&self.inner, stream, shutdown).await;
@@ -175,6 +238,8 @@ enum Phase {
         /// A byte other than CR or LF was read (empty lines before a request are ignored).
         started: bool,
     },
+    /// An HTTP/2 connection: `remaining` bytes of its preface must arrive by `deadline`.
+    Preface { deadline: Instant, remaining: usize },
     /// The header is complete: reads pass straight through until re-armed.
     Body,
     /// The deadline passed: every further read fails.
@@ -204,6 +269,33 @@ impl HeaderDeadline {
                 deadline: Some(Instant::now() + timeout),
                 newlines: 0,
                 started: false,
+            },
+            sleep: None,
+            timeouts,
+        }
+    }
+
+    /// Not armed: every read passes straight through (the transport under TLS, where the
+    /// deadline applies to the decrypted stream above it).
+    pub fn passthrough(inner: Stream, timeouts: prometheus::IntCounter) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout: Duration::ZERO,
+            phase: Phase::Body,
+            sleep: None,
+            timeouts,
+        }
+    }
+
+    /// Armed for an HTTP/2 connection: its 24-byte preface must be in within `timeout` of now;
+    /// then reads pass straight through (HTTP/2 frames its own headers).
+    pub fn h2_preface(inner: Stream, timeout: Duration, timeouts: prometheus::IntCounter) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout,
+            phase: Phase::Preface {
+                deadline: Instant::now() + timeout,
+                remaining: H2_PREFACE_LEN,
             },
             sleep: None,
             timeouts,
@@ -246,6 +338,45 @@ impl HeaderDeadline {
     }
 }
 
+impl HeaderDeadline {
+    fn poll_read_preface(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        deadline: Instant,
+        remaining: usize,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                if read > 0 && Instant::now() >= deadline {
+                    return self.expire(cx, false);
+                }
+                self.phase = match remaining.saturating_sub(read) {
+                    0 => {
+                        self.sleep = None;
+                        Phase::Body
+                    }
+                    remaining => Phase::Preface {
+                        deadline,
+                        remaining,
+                    },
+                };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(sleep.as_mut().poll(cx));
+                self.expire(cx, false)
+            }
+        }
+    }
+}
+
 /// Scans newly read bytes for the end of a request header; returns whether it was found.
 fn header_ends(bytes: &[u8], newlines: &mut u8, started: &mut bool) -> bool {
     for &byte in bytes {
@@ -273,6 +404,13 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Phase::Preface {
+            deadline,
+            remaining,
+        } = this.phase
+        {
+            return this.poll_read_preface(cx, buf, deadline, remaining);
+        }
         let Phase::Header {
             deadline,
             mut newlines,
@@ -532,6 +670,52 @@ mod tests {
         let kind = read_some(&mut stream).await.unwrap_err().kind();
         assert_eq!(kind, io::ErrorKind::TimedOut);
         assert_eq!(counter.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_h2_preface_must_arrive_in_time_then_reads_pass_through() {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let mut stream = HeaderDeadline::h2_preface(Box::new(ours), TIMEOUT, counter.clone());
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), H2_PREFACE_LEN);
+        // The preface is in: frames may take their time.
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"frame").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"frame");
+        assert_eq!(counter.get(), 0);
+
+        // Part of a preface, then silence: the read fails at the deadline, nothing is written.
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let mut stream = HeaderDeadline::h2_preface(Box::new(ours), TIMEOUT, counter.clone());
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap().len(), 16);
+        let started = Instant::now();
+        let kind = read_some(&mut stream).await.unwrap_err().kind();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < TIMEOUT * 2);
+        assert_eq!(counter.get(), 1);
+        drop(stream);
+        let mut rest = Vec::new();
+        use tokio::io::AsyncReadExt;
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no HTTP/1 answer on an h2 connection");
+    }
+
+    #[tokio::test]
+    async fn a_passthrough_stream_never_expires() {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let mut stream = HeaderDeadline::passthrough(Box::new(ours), counter.clone());
+        client.write_all(b"\x16\x03\x01").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"\x16\x03\x01");
+        tokio::time::sleep(TIMEOUT * 2).await;
+        client.write_all(b"rest").await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), b"rest");
+        assert_eq!(counter.get(), 0);
     }
 
     #[test]

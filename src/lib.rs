@@ -22,4 +22,5 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod store;
+pub mod tls;
 pub mod users;

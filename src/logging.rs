@@ -26,9 +26,18 @@ pub fn is_keyward(target: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }
 
-/// Whether an event passes the third-party cap (see the module docs).
+/// Whether an event passes the third-party cap (see the module docs). rustls warns once per
+/// connection about what a client sent (an IP address as SNI, as some load tools and
+/// libraries send it): a client must not be able to write a log line per connection, so rustls
+/// is kept to errors (failed handshakes are counted in a metric instead).
 pub fn third_party_allows(target: &str, level: &Level, third_party: bool) -> bool {
-    third_party || is_keyward(target) || *level <= Level::INFO
+    if third_party || is_keyward(target) {
+        return true;
+    }
+    match target.starts_with("rustls") {
+        true => *level <= Level::ERROR,
+        false => *level <= Level::INFO,
+    }
 }
 
 /// The filter part of the subscriber (the level filter and the third-party cap), replaced
@@ -114,5 +123,11 @@ mod tests {
         assert!(third_party_allows("sqlx::query", &Level::WARN, false));
         assert!(third_party_allows("keyward::auth", &Level::TRACE, false));
         assert!(third_party_allows("hyper::proto", &Level::TRACE, true));
+        assert!(!third_party_allows(
+            "rustls::msgs::handshake",
+            &Level::WARN,
+            false
+        ));
+        assert!(third_party_allows("rustls::conn", &Level::ERROR, false));
     }
 }

@@ -90,6 +90,9 @@ pub struct ConnectionMetrics {
     /// `keyward_header_timeouts_total`: connections closed because a request header did not
     /// arrive within `header_read_timeout`.
     pub header_timeouts: IntCounter,
+    /// `keyward_tls_handshake_failures_total`: TLS handshakes on the proxy listener that
+    /// failed or did not finish within `header_read_timeout`.
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl ConnectionMetrics {
@@ -110,10 +113,17 @@ impl ConnectionMetrics {
              header_read_timeout.",
         )
         .expect("valid metric");
+        let tls_handshake_failures = IntCounter::new(
+            "keyward_tls_handshake_failures_total",
+            "TLS handshakes on the proxy listener that failed or did not finish within \
+             header_read_timeout.",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refused.clone()),
             Box::new(header_timeouts.clone()),
+            Box::new(tls_handshake_failures.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -121,6 +131,7 @@ impl ConnectionMetrics {
             open,
             refused,
             header_timeouts,
+            tls_handshake_failures,
         }
     }
 }

@@ -30,14 +30,26 @@ fn check_config(yaml: &str) -> std::process::Output {
 #[test]
 fn check_config_accepts_a_valid_file_and_the_shipped_examples() {
     assert!(check_config(VALID).status.success());
+    // edge.yaml names its certificate files under /etc/keyward: they are made here.
+    let certs = tempfile::tempdir().unwrap();
+    let files = common::tls::TestPki::new().server(certs.path(), "tls", 1);
     for example in ["keyward.yaml", "sidecar.yaml", "edge.yaml"] {
         let path = format!("{}/config/{example}", env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(BIN)
-            .args(["check-config", "--config", &path])
-            .output()
-            .unwrap();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/etc/keyward/tls.crt", &files.cert.display().to_string())
+            .replace("/etc/keyward/tls.key", &files.key.display().to_string());
+        let out = check_config(&text);
         assert!(out.status.success(), "{example}: {out:?}");
     }
+    let edge = std::fs::read_to_string(format!("{}/config/edge.yaml", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let out = check_config(&edge);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("listen.tls.cert"),
+        "edge.yaml without its certificate files: {stderr}"
+    );
 }
 
 /// The keyward.yaml of every ConfigMap in `deploy/` is a valid configuration, with the

@@ -17,9 +17,14 @@ pub enum Surface {
     TenantTokens,
 }
 
-/// keyward serves the admin API over plain HTTP for now; with TLS on the listener this becomes
-/// the listener's scheme.
-const OWN_SCHEME: &str = "http";
+/// keyward's own scheme: what the request came over.
+fn own_scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
 
 /// Reads (the methods a read-only credential may use) change nothing; everything else writes.
 fn is_write(method: &Method) -> bool {
@@ -32,6 +37,8 @@ pub struct Incoming<'a> {
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+    /// The request came over TLS: keyward's own origin is `https://…`.
+    pub tls: bool,
 }
 
 /// Admits (or refuses with 403) an authenticated call to `surface`.
@@ -152,13 +159,13 @@ impl Origin {
     }
 
     /// The origin the request was sent to: the `Host` header (or an absolute-form target's
-    /// authority) on keyward's scheme.
+    /// authority) on the scheme the request came over.
     fn own(request: &Incoming<'_>) -> Option<Origin> {
         let host = match request.headers.get(http::header::HOST) {
             Some(value) => value.to_str().ok()?,
             None => request.uri.authority()?.as_str(),
         };
-        Origin::of_url(&format!("{OWN_SCHEME}://{host}"))
+        Origin::of_url(&format!("{}://{host}", own_scheme(request.tls)))
     }
 }
 
@@ -194,6 +201,7 @@ mod tests {
             uri,
             headers,
             body,
+            tls: false,
         }
     }
 
@@ -245,6 +253,32 @@ mod tests {
             !check(&[("origin", "http://keyward.example:8080")]),
             "no Host"
         );
+    }
+
+    #[test]
+    fn over_tls_the_own_origin_is_https() {
+        let uri: Uri = "/.TOKEN/".parse().unwrap();
+        let post = Method::POST;
+        let check = |pairs: &[(&'static str, &str)]| {
+            let h = headers(pairs);
+            let incoming = Incoming {
+                tls: true,
+                ..request(&post, &uri, &h, b"")
+            };
+            same_origin(&incoming).is_ok()
+        };
+        let host = ("host", "keyward.example");
+        assert!(check(&[host, ("origin", "https://keyward.example")]));
+        assert!(check(&[host, ("origin", "https://keyward.example:443")]));
+        assert!(!check(&[host, ("origin", "http://keyward.example")]));
+        assert!(check(&[
+            ("host", "keyward.example:8443"),
+            ("referer", "https://keyward.example:8443/ui")
+        ]));
+        assert!(!check(&[
+            ("host", "keyward.example:8443"),
+            ("origin", "http://keyward.example:8443")
+        ]));
     }
 
     #[test]

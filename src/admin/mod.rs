@@ -108,6 +108,8 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     pub source_ip: Option<IpAddr>,
     pub operation: &'static str,
+    /// The request came over TLS (the token cookie is then `Secure`).
+    pub tls: bool,
     /// Set once a store write was handed this call's audit record (see [`Call::audit`]).
     pub audit_handed_over: &'a AtomicBool,
 }
@@ -343,6 +345,7 @@ impl AdminApi {
                 uri: &session.req_header().uri,
                 headers: &session.req_header().headers,
                 body: &body,
+                tls: ctx.tls,
             },
         )?;
         let request_id = ctx.request_id.as_str().to_owned();
@@ -355,6 +358,7 @@ impl AdminApi {
             request_id: &request_id,
             source_ip: ctx.client_ip,
             operation: target.operation,
+            tls: ctx.tls,
             audit_handed_over,
         };
         if endpoint.is_token_api() {
@@ -468,7 +472,7 @@ impl AdminApi {
         let view = RequestView {
             header: session.req_header(),
             body: Some(body),
-            tls: false,
+            tls: ctx.tls,
         };
         match self.auth.authenticate_request(&view, client_ip).await {
             Ok(Authenticated {

@@ -280,7 +280,9 @@ pub async fn mint(
     let set_cookie = query_param(req.query, "setcookie") != Some("false");
     let mut headers = Vec::new();
     if set_cookie {
-        let secure = if call.config.tokens.secure_cookie {
+        // Over TLS the browser must never send the cookie in clear; `tokens.secure_cookie`
+        // is for a TLS proxy in front of keyward.
+        let secure = if call.tls || call.config.tokens.secure_cookie {
             "; Secure"
         } else {
             ""

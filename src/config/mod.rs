@@ -10,6 +10,7 @@ use crate::fleet::{FleetSettings, OnRedisError};
 use crate::policy::{Requirement, Route};
 use crate::ratelimit::{Limit, RateLimitSettings};
 pub use crate::store::{PoolSettings, StoreUrl};
+pub use crate::tls::TlsFiles;
 use ipnet::IpNet;
 pub use schema::TrustedProxiesHeader;
 use schema::{FileConfig, LogFormat};
@@ -63,6 +64,8 @@ pub struct Config {
     pub listen_ops: String,
     /// `listen.admin`: the admin API's own listener; `None`: it is served on the proxy's.
     pub listen_admin: Option<String>,
+    /// `listen.tls`: the proxy listener speaks TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Option<TlsFiles>,
     pub upstream: Upstream,
     pub store: StoreUrl,
     pub store_pool: PoolSettings,
@@ -262,6 +265,19 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         }
     }
 
+    // The files are read here so that `check-config` finds a missing, unreadable or
+    // mismatched certificate or key, not only the first start.
+    let listen_tls = listen.tls.map(|tls| {
+        let files = TlsFiles {
+            cert: tls.cert,
+            key: tls.key,
+        };
+        if let Err(e) = crate::tls::TlsCertificates::load(&files) {
+            problem(e.key().into(), e.message().into());
+        }
+        files
+    });
+
     let addresses = match (upstream.address, upstream.addresses) {
         (Some(one), None) => vec![one],
         (None, Some(many)) if !many.is_empty() => many,
@@ -440,6 +456,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         listen_proxy: listen.proxy,
         listen_ops: listen.ops,
         listen_admin: listen.admin,
+        listen_tls,
         upstream: Upstream {
             addresses,
             tls: upstream.tls,
@@ -796,6 +813,36 @@ routes:
             Err(ConfigError::Invalid(issues)) => issues,
             other => panic!("expected invalid config, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn listen_tls_files_are_checked_at_load() {
+        let with_tls = |tls: &str| {
+            MINIMAL.replace(
+                "ops: 127.0.0.1:9090 }",
+                &format!("ops: 127.0.0.1:9090, tls: {tls} }}"),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let missing = with_tls(&format!(
+            "{{ cert: {}/none.crt, key: {}/none.key }}",
+            dir.path().display(),
+            dir.path().display()
+        ));
+        let found = issues(&missing);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "listen.tls.cert");
+        assert!(found[0].message.contains("cannot read"), "{found:?}");
+        assert_eq!(
+            issues(&with_tls("{ cert: a.crt }"))[0].key,
+            "listen.tls",
+            "key is required"
+        );
+        assert_eq!(
+            issues(&with_tls("{ cert: a, key: b, colour: c }"))[0].key,
+            "listen.tls.colour"
+        );
+        assert!(Config::from_yaml(MINIMAL).unwrap().listen_tls.is_none());
     }
 
     #[test]

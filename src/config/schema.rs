@@ -168,6 +168,19 @@ pub struct ListenFile {
     /// When set, the admin API is answered only on this address.
     #[serde(default)]
     pub admin: Option<String>,
+    /// TLS (and HTTP/2 by ALPN) on the proxy listener.
+    #[serde(default)]
+    pub tls: Option<ListenTlsFile>,
+}
+
+/// `listen.tls`: PEM files, read at start and on reload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTlsFile {
+    /// The certificate chain: the server certificate first, then intermediates.
+    pub cert: std::path::PathBuf,
+    /// The private key of the server certificate.
+    pub key: std::path::PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub x_forwarded_for: Option<http::HeaderValue>,
     /// The TCP peer is one of `trusted_proxies`.
     pub peer_trusted: bool,
+    /// The request came over TLS (from the session, see `Transport::of`).
+    pub tls: bool,
     pub principal: Option<Arc<Principal>>,
     /// Set when keyward answered the request itself (a refusal, or an admin answer).
     pub outcome: Option<Outcome>,
@@ -63,6 +65,7 @@ impl RequestCtx {
             target: None,
             x_forwarded_for: None,
             peer_trusted: false,
+            tls: false,
             principal: None,
             outcome: None,
             reason: None,

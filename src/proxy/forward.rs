@@ -55,6 +55,9 @@ pub struct Forwarding<'a> {
     pub x_forwarded_for: HeaderValue,
     /// The peer is a trusted proxy: its `X-Forwarded-Proto` / `X-Forwarded-Host` are kept.
     pub peer_trusted: bool,
+    /// The client reached keyward over TLS: `X-Forwarded-Proto: https` unless a trusted peer
+    /// said otherwise.
+    pub tls: bool,
 }
 
 impl Forwarding<'_> {
@@ -174,7 +177,8 @@ pub fn upstream_request(
     }
     headers.append(X_FORWARDED_FOR, forwarding.x_forwarded_for);
     if !proto_kept {
-        headers.append(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if forwarding.tls { "https" } else { "http" };
+        headers.append(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let (false, Some(host)) = (host_kept, host) {
         headers.append(X_FORWARDED_HOST, host);
@@ -232,6 +236,7 @@ mod tests {
             authority: None,
             x_forwarded_for: HeaderValue::from_static("192.0.2.1"),
             peer_trusted: false,
+            tls: false,
         }
     }
 

@@ -95,6 +95,7 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
+        ctx.tls = is_tls(session);
         let target = inspect(
             session.req_header(),
             ctx.config.limits.max_request_header_bytes,
@@ -109,6 +110,10 @@ impl KeywardProxy {
                 .map_err(|_| Refusal::BadRequest("invalid_request_target"))?;
         }
         self.address_limit(ctx)?;
+        // HTTP/2 names the host in `:authority`, which pingora keeps as the URI's authority,
+        // often without a `Host` header: token domains, `@authority` and the admin origin
+        // check read the URI's authority when `Host` is absent, pingora refuses a `Host` that
+        // differs from it, and writes it as `Host` for the HTTP/1.1 upstream.
         let path = target.path();
         if admin::is_reserved(path) {
             if !self.listener.serves_admin() {
@@ -218,7 +223,7 @@ impl KeywardProxy {
             let view = signature::RequestView {
                 header: session.req_header(),
                 body: Some(&body),
-                tls: false,
+                tls: ctx.tls,
             };
             self.auth
                 .authenticate_found(Credential::Signature, &view, client_ip)
@@ -227,7 +232,7 @@ impl KeywardProxy {
             let view = signature::RequestView {
                 header: request,
                 body: None,
-                tls: false,
+                tls: ctx.tls,
             };
             self.auth
                 .authenticate_found(credential, &view, client_ip)
@@ -268,6 +273,11 @@ impl KeywardProxy {
         }
         Ok(())
     }
+}
+
+/// Whether the request came over TLS: the connection's TLS digest, whatever the protocol.
+pub fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// The first step, on the request as pingora parsed it: its size, its method, then its
@@ -447,6 +457,7 @@ impl ProxyHttp for KeywardProxy {
                 .clone()
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "no client address"))?,
             peer_trusted: ctx.peer_trusted,
+            tls: ctx.tls,
         };
         *upstream = forward::upstream_request(
             upstream,

@@ -36,6 +36,7 @@ fn forwarded(raw: &[u8]) -> Result<RequestHeader, Refusal> {
         authority: target.authority(),
         x_forwarded_for: HeaderValue::from_static("192.0.2.1"),
         peer_trusted: false,
+        tls: false,
     };
     let identity = Identity {
         headers: &[],
@@ -194,4 +195,68 @@ fn tokens_in_token_api_paths_never_reach_the_log() {
         );
     }
     assert_eq!(super::loggable_path("/api/x"), "/api/x");
+}
+
+/// The request header of an HTTP/2 request as the h2 crate hands it to pingora: the URI built
+/// from `:scheme`, `:authority` and `:path`, no `Host` header.
+fn h2_request(method: &str, authority: &str, path: &str) -> RequestHeader {
+    let request = http::Request::builder()
+        .method(method)
+        .version(http::Version::HTTP_2)
+        .uri(format!("https://{authority}{path}"))
+        .body(())
+        .unwrap();
+    RequestHeader::from(request.into_parts().0)
+}
+
+#[test]
+fn h2_targets_are_their_path_normalized_as_over_http1() {
+    for (path, want) in [
+        ("/%61pi//admin?x=/../", "/api/admin?x=/../"),
+        ("/x/%2E%2e/api/./admin", "/api/admin"),
+        ("/plain?q", "/plain?q"),
+    ] {
+        let request = h2_request("GET", "App.example:8443", path);
+        let target = inspect(&request, LIMIT).unwrap();
+        assert_eq!(target.as_str(), want, "{path}");
+        // The authority is `:authority`'s, not an absolute-form target's to rewrite.
+        assert_eq!(target.authority(), None);
+        let forwarding = Forwarding {
+            target: target.rewritten().then_some(target.as_str()),
+            authority: None,
+            x_forwarded_for: HeaderValue::from_static("192.0.2.1"),
+            peer_trusted: false,
+            tls: true,
+        };
+        let identity = Identity {
+            headers: &[],
+            request_id: "0123456789ABCDEF",
+        };
+        let mut client = request.clone();
+        // pingora's copy for an HTTP/1.1 upstream gets `Host` from `:authority` before
+        // the filter builds the forwarded request from it.
+        client.insert_header("host", "App.example:8443").unwrap();
+        let upstream = forward::upstream_request(&client, identity, forwarding, false).unwrap();
+        // Origin-form towards the upstream, whatever the URI holds.
+        assert_eq!(upstream.raw_path(), want.as_bytes(), "{path}");
+        assert_eq!(upstream.headers["host"], "App.example:8443");
+        assert_eq!(upstream.headers["x-forwarded-host"], "App.example:8443");
+        assert_eq!(upstream.headers["x-forwarded-proto"], "https");
+    }
+    for (path, reason) in [
+        ("/a%2fb", "encoded_separator"),
+        ("/a%00", "control_character"),
+        ("/a;b", "path_parameter"),
+    ] {
+        let request = h2_request("GET", "a", path);
+        assert_eq!(inspect(&request, LIMIT), Err(Refusal::BadRequest(reason)));
+    }
+    // CONNECT carries only `:authority`: no origin-form path, refused.
+    let mut connect = h2_request("GET", "a:443", "/");
+    connect.set_method(http::Method::CONNECT);
+    connect.set_uri(http::Uri::from_static("a:443"));
+    assert_eq!(
+        inspect(&connect, LIMIT),
+        Err(Refusal::BadRequest("invalid_request_target"))
+    );
 }

@@ -5,6 +5,7 @@
 
 pub mod echo;
 pub mod tcp_cut;
+pub mod tls;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -62,6 +63,8 @@ pub struct Setup {
     pub invalidation_poll: String,
     /// Give the admin API a listener of its own (`listen.admin`).
     pub admin_listener: bool,
+    /// `listen.tls`: (certificate file, key file); the proxy URL is then `https://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Setup {
@@ -83,6 +86,7 @@ impl Default for Setup {
             store_url: None,
             invalidation_poll: "100ms".into(),
             admin_listener: false,
+            tls: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Keyward {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     env: Vec<(String, String)>,
+    /// The proxy listener speaks TLS.
+    pub tls: bool,
 }
 
 impl Keyward {
@@ -127,11 +133,20 @@ impl Keyward {
             .admin_listener
             .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let admin_line = admin.map_or(String::new(), |a| format!("\n  admin: {a}"));
+        let tls_line = match &setup.tls {
+            Some((cert, key)) => format!(
+                "  tls: {{ cert: {}, key: {} }}",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"
 listen:
   proxy: {proxy}
   ops: {ops}{admin_line}
+{tls_line}
 upstream:
   {upstream_line}
   connect_timeout: 2s
@@ -176,6 +191,7 @@ routes:{routes}
             dir,
             config_path,
             env: setup.env,
+            tls: setup.tls.is_some(),
         };
         keyward.wait_ready();
         keyward
@@ -203,7 +219,12 @@ routes:{routes}
                 panic!("keyward exited early ({status}):\n{}", self.stderr());
             }
             if let Ok(resp) = client.get(self.ops_url("/readyz")).send() {
-                if resp.status() == 200 && client.get(self.url("/public")).send().is_ok() {
+                // The plain client cannot speak TLS: a TCP connection shows the listener.
+                let proxy_up = match self.tls {
+                    true => std::net::TcpStream::connect(self.proxy).is_ok(),
+                    false => client.get(self.url("/public")).send().is_ok(),
+                };
+                if resp.status() == 200 && proxy_up {
                     return;
                 }
             }
@@ -215,7 +236,8 @@ routes:{routes}
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.proxy, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.proxy, path)
     }
 
     pub fn ops_url(&self, path: &str) -> String {
