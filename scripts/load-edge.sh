@@ -76,6 +76,9 @@ error_log $work/nginx.err warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  # nginx closes a connection after 1000 requests by default; h2load does not reconnect, so
+  # without this its figure is a cap (connections x 1000 / duration), not a throughput.
+  keepalive_requests 10000000;
   client_body_temp_path $work/ngx-body;
   proxy_temp_path $work/ngx-proxy;
   upstream app { server $up; keepalive 64; }
