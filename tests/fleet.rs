@@ -282,16 +282,15 @@ fn a_replica_cut_off_from_the_store_degrades_and_recovers() {
     );
 }
 
-/// The revoke→refused latency between two replicas (docs/performance.md). Run with
-/// `cargo test --release --test fleet revocation_latency -- --ignored --nocapture`
-/// (`KEYWARD_REVOCATIONS`, default 200).
+/// The revoke→refused latency between two replicas, bounded by 1 s at p99. CI runs 20
+/// revocations; the figures in docs/performance.md come from
+/// `KEYWARD_REVOCATIONS=200 cargo test --test fleet revocation_latency -- --nocapture`.
 #[test]
-#[ignore]
 fn revocation_latency() {
     let n: usize = std::env::var("KEYWARD_REVOCATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(20);
     let db = database();
     let a = replica(db.url());
     let b = replica(db.url());
