@@ -17,7 +17,8 @@ use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
-use crate::proxy::{KeywardProxy, Listener};
+use crate::proxy::upload::UploadSpool;
+use crate::proxy::{KeywardProxy, Listener, ProxyParts};
 use crate::ratelimit::RateLimiter;
 use crate::reload::{HangupReloader, LiveConfig, PidFile};
 use crate::store::{Db, StoreError, StoreHealth};
@@ -166,16 +167,17 @@ pub fn serve(
         Arc::new(balancer)
     };
 
+    let uploads = Arc::new(UploadSpool::new(&config.signed_bodies));
     let proxy_for = |listener: Listener| {
-        KeywardProxy::new(
-            live.clone(),
-            listener,
-            metrics.clone(),
-            auth.clone(),
-            admin.clone(),
-            upstreams.clone(),
-            limiter.clone(),
-        )
+        let parts = ProxyParts {
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            admin: admin.clone(),
+            upstreams: upstreams.clone(),
+            limiter: limiter.clone(),
+            uploads: uploads.clone(),
+        };
+        KeywardProxy::new(live.clone(), listener, parts)
     };
     // `listen.tls`: the certificates live in `tls_certificates` for the process's life;
     // `TlsCertificates::reload` swaps them for new handshakes (on every configuration reload).

@@ -156,6 +156,8 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
         changed.push("signatures");
     }
     next.signatures = running.signatures.clone();
+    keep!(signed_bodies.in_flight => "signatures.bodies_in_flight");
+    keep!(signed_bodies.spool_dir => "signatures.spool_dir");
     keep!(limits.max_connections => "limits.max_connections");
     keep!(limits.header_read_timeout => "limits.header_read_timeout");
     keep!(limits.password_hash_threads => "limits.password_hash_threads");

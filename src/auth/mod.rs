@@ -360,6 +360,18 @@ fn single<'a>(
     Ok(first.map(|v| v.as_bytes()))
 }
 
+/// A signature whose headers verified, waiting for its body.
+pub struct PendingSignature {
+    verified: signature::VerifiedSignature,
+    spent: std::time::Duration,
+}
+
+impl PendingSignature {
+    pub fn expected_body(&self) -> Option<&signature::ExpectedDigest> {
+        self.verified.expected_body()
+    }
+}
+
 /// Every authenticator, behind the one question the proxy and the admin API ask.
 pub struct Authenticator {
     pub basic: Arc<basic::BasicAuthenticator>,
@@ -487,9 +499,60 @@ impl Authenticator {
             Credential::Signature => self.signatures.authenticate(request, client_ip).await,
             Credential::None => return Ok(None),
         };
+        self.report(kind, started.elapsed(), result.as_ref().err());
+        // The metrics keep the real cause; a password login's answer does not (SPEC §6).
+        let result = match kind {
+            CredentialKind::Basic => result.map_err(AuthError::password_answer),
+            _ => result,
+        };
+        result.map(Some)
+    }
+
+    /// The first half of a signed request with a body: everything but the body (see
+    /// `SignatureAuthenticator::verify`), so the body is read only behind a good signature.
+    pub async fn verify_signature(
+        &self,
+        request: &signature::RequestView<'_>,
+        framed_body: bool,
+        client_ip: IpAddr,
+    ) -> Result<PendingSignature, AuthError> {
+        let started = Instant::now();
+        let result = self
+            .signatures
+            .verify(request, framed_body, client_ip)
+            .await;
+        let spent = started.elapsed();
+        match result {
+            Ok(verified) => Ok(PendingSignature { verified, spent }),
+            Err(e) => {
+                self.report(CredentialKind::Signature, spent, Some(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// The second half: the body's hashes, then the replay claim. The reported duration
+    /// is the two halves' work, not the time the client took to send the body.
+    pub async fn accept_signature(
+        &self,
+        pending: PendingSignature,
+        body: Option<signature::BodyHasher>,
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let started = Instant::now();
+        let result = self
+            .signatures
+            .accept(pending.verified, body, client_ip)
+            .await;
+        let spent = pending.spent + started.elapsed();
+        self.report(CredentialKind::Signature, spent, result.as_ref().err());
+        result
+    }
+
+    fn report(&self, kind: CredentialKind, spent: std::time::Duration, error: Option<&AuthError>) {
         self.metrics
-            .auth_duration(kind.label(), started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
+            .auth_duration(kind.label(), spent.as_secs_f64());
+        if let Some(e) = error {
             self.metrics.auth_failure(kind.label(), e.reason());
             tracing::debug!(
                 method = kind.label(),
@@ -497,12 +560,6 @@ impl Authenticator {
                 "credential refused"
             );
         }
-        // The metrics keep the real cause; a password login's answer does not (SPEC §6).
-        let result = match kind {
-            CredentialKind::Basic => result.map_err(AuthError::password_answer),
-            _ => result,
-        };
-        result.map(Some)
     }
 
     /// Drops everything cached about a user, for every credential kind.

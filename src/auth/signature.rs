@@ -73,6 +73,21 @@ pub struct SignedRequest {
     pub signature: [u8; 64],
 }
 
+/// A signed request whose headers verified (see `SignatureAuthenticator::verify`).
+pub struct VerifiedSignature {
+    key: Arc<CachedSigKey>,
+    fingerprint: [u8; 32],
+    offset_secs: i64,
+    /// `Some` for a request with a body: what the body must hash to.
+    body: Option<ExpectedDigest>,
+}
+
+impl VerifiedSignature {
+    pub fn expected_body(&self) -> Option<&ExpectedDigest> {
+        self.body.as_ref()
+    }
+}
+
 /// The parts of a request a signature can cover.
 pub struct RequestView<'a> {
     pub header: &'a RequestHeader,
@@ -246,35 +261,104 @@ pub fn signature_base(
     Ok(base)
 }
 
-/// Checks the body against `Content-Digest` (RFC 9530): every sha-256 / sha-512 member
-/// present must match, and at least one must be present.
-pub fn check_content_digest(header: &RequestHeader, body: &[u8]) -> Result<(), SignatureError> {
-    let digest: Dictionary = Parser::new(single_header(header, "content-digest")?)
-        .parse()
-        .map_err(|_| SignatureError::Malformed)?;
-    let mut checked = 0;
-    for (algorithm, entry) in &digest {
-        let ListEntry::Item(Item {
-            bare_item: BareItem::ByteSequence(expected),
-            ..
-        }) = entry
-        else {
-            return Err(SignatureError::Malformed);
+/// What `Content-Digest` (RFC 9530) says the body hashes to: every sha-256 / sha-512 member
+/// present must match, and at least one must be present. Parsed before the body is read, so
+/// the body can be hashed as it streams in (and spooled) instead of held whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedDigest {
+    sha256: Option<Vec<u8>>,
+    sha512: Option<Vec<u8>>,
+}
+
+impl ExpectedDigest {
+    pub fn from_header(header: &RequestHeader) -> Result<ExpectedDigest, SignatureError> {
+        let digest: Dictionary = Parser::new(single_header(header, "content-digest")?)
+            .parse()
+            .map_err(|_| SignatureError::Malformed)?;
+        let mut expected = ExpectedDigest {
+            sha256: None,
+            sha512: None,
         };
-        let actual = match algorithm.as_str() {
-            "sha-256" => Sha256::digest(body).to_vec(),
-            "sha-512" => Sha512::digest(body).to_vec(),
-            _ => continue,
-        };
-        if &actual != expected {
-            return Err(SignatureError::DigestMismatch);
+        for (algorithm, entry) in &digest {
+            let ListEntry::Item(Item {
+                bare_item: BareItem::ByteSequence(value),
+                ..
+            }) = entry
+            else {
+                return Err(SignatureError::Malformed);
+            };
+            match algorithm.as_str() {
+                "sha-256" => expected.sha256 = Some(value.clone()),
+                "sha-512" => expected.sha512 = Some(value.clone()),
+                _ => {}
+            }
         }
-        checked += 1;
+        if expected.sha256.is_none() && expected.sha512.is_none() {
+            return Err(SignatureError::Malformed);
+        }
+        Ok(expected)
     }
-    if checked == 0 {
-        return Err(SignatureError::Malformed);
+
+    /// A hasher computing exactly the algorithms this digest names.
+    pub fn hasher(&self) -> BodyHasher {
+        BodyHasher {
+            sha256: self.sha256.as_ref().map(|_| Sha256::new()),
+            sha512: self.sha512.as_ref().map(|_| Sha512::new()),
+            len: 0,
+        }
     }
-    Ok(())
+
+    /// Whether the hashed body is the one `Content-Digest` names.
+    pub fn check(&self, body: BodyHasher) -> Result<(), SignatureError> {
+        let matches = |expected: &Option<Vec<u8>>, actual: Option<Vec<u8>>| match (expected, actual)
+        {
+            (Some(expected), Some(actual)) => *expected == actual,
+            _ => true,
+        };
+        let sha256 = body.sha256.map(|h| h.finalize().to_vec());
+        let sha512 = body.sha512.map(|h| h.finalize().to_vec());
+        match matches(&self.sha256, sha256) && matches(&self.sha512, sha512) {
+            true => Ok(()),
+            false => Err(SignatureError::DigestMismatch),
+        }
+    }
+}
+
+/// The running hashes of a request body, fed chunk by chunk.
+#[derive(Clone)]
+pub struct BodyHasher {
+    sha256: Option<Sha256>,
+    sha512: Option<Sha512>,
+    len: u64,
+}
+
+impl BodyHasher {
+    pub fn update(&mut self, chunk: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(chunk);
+        }
+        if let Some(h) = &mut self.sha512 {
+            h.update(chunk);
+        }
+        self.len += chunk.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Checks a whole body against `Content-Digest`.
+pub fn check_content_digest(header: &RequestHeader, body: &[u8]) -> Result<(), SignatureError> {
+    let expected = ExpectedDigest::from_header(header)?;
+    let mut hasher = expected.hasher();
+    hasher.update(body);
+    expected.check(hasher)
 }
 
 /// Whether a request carries a body (and so must cover `content-digest`).
@@ -460,18 +544,39 @@ impl SignatureAuthenticator {
         self
     }
 
+    /// Checks a signed request whose body, if any, is in `view.body`.
     pub async fn authenticate(
         &self,
         view: &RequestView<'_>,
         client_ip: IpAddr,
     ) -> Result<Arc<Principal>, AuthError> {
+        let framed = view.body.is_some_and(|b| !b.is_empty());
+        let verified = self.verify(view, framed, client_ip).await?;
+        let body = verified.expected_body().map(|expected| {
+            let mut hasher = expected.hasher();
+            hasher.update(view.body.unwrap_or_default());
+            hasher
+        });
+        self.accept(verified, body, client_ip).await
+    }
+
+    /// Every check that needs no body: the signature over the covered components, its
+    /// window, the key, its state and sources. A request with a body must cover
+    /// `content-digest`; what the body must hash to comes back in the result, so the body is
+    /// read only for a request whose signature is already known to be good. `framed_body`:
+    /// the connection carries a body whatever the headers say (HTTP/2 DATA frames).
+    pub async fn verify(
+        &self,
+        view: &RequestView<'_>,
+        framed_body: bool,
+        client_ip: IpAddr,
+    ) -> Result<VerifiedSignature, AuthError> {
         let signed = parse_headers(view.header)?;
         let covered = |name: &str| signed.components.iter().any(|c| c == name);
         if !REQUIRED_COMPONENTS.iter().all(|c| covered(c)) {
             return Err(SignatureError::MissingComponent.into());
         }
-        let body = view.body.unwrap_or_default();
-        let with_body = has_body(view.header) || !body.is_empty();
+        let with_body = has_body(view.header) || framed_body;
         if with_body && !covered("content-digest") {
             return Err(SignatureError::MissingComponent.into());
         }
@@ -507,12 +612,39 @@ impl SignatureAuthenticator {
         if !super::client_ip::source_allowed(&key.valid_sources, client_ip) {
             return Err(AuthError::SourceNotAllowed);
         }
-        if with_body {
-            check_content_digest(view.header, body)?;
+        let body = match with_body {
+            true => Some(ExpectedDigest::from_header(view.header)?),
+            false => None,
+        };
+        Ok(VerifiedSignature {
+            key,
+            fingerprint: Sha256::digest(signed.signature).into(),
+            offset_secs: now_secs - signed.created,
+            body,
+        })
+    }
+
+    /// Finishes a verified signature: the body's hashes against `Content-Digest` (`None`
+    /// hashes as the empty body), the clock-skew session, and the replay claim, last, so
+    /// only a request that passed everything spends its signature.
+    pub async fn accept(
+        &self,
+        verified: VerifiedSignature,
+        body: Option<BodyHasher>,
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let VerifiedSignature {
+            key,
+            fingerprint,
+            offset_secs: offset,
+            body: expected,
+        } = verified;
+        if let Some(expected) = expected {
+            let hashed = body.unwrap_or_else(|| expected.hasher());
+            expected.check(hashed)?;
         }
 
         // Clock skew: the offset this request implies against the one its key's session pinned.
-        let offset = now_secs - signed.created;
         let session_key = (key.user_id, key.key_id);
         if let Some(session) = self.sessions.get(&session_key) {
             let tolerance = self.settings.skew_tolerance.as_secs() as i64;
@@ -522,7 +654,6 @@ impl SignatureAuthenticator {
         }
         // Replay: the first to insert this signature wins, atomically. The local window comes
         // first, so a replay on this replica costs no Redis round trip.
-        let fingerprint: [u8; 32] = Sha256::digest(signed.signature).into();
         if !self.replay.entry(fingerprint).or_insert(()).is_fresh() {
             return Err(SignatureError::Replay.into());
         }

@@ -19,6 +19,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Largest accepted `signatures.max_body` (1 GiB).
+pub const MAX_SIGNED_BODY: u64 = 1 << 30;
+
 /// The default configuration, compiled into the binary so `keyward serve` runs out of the box.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/keyward.yaml");
 
@@ -81,6 +84,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub api_keys: ApiKeySettings,
     pub signatures: SignatureSettings,
+    pub signed_bodies: SignedBodies,
     pub audit_path: Option<PathBuf>,
     /// `replay`: the replay window shared through Redis; `None`: each replica's own.
     pub replay: Option<FleetSettings>,
@@ -97,6 +101,17 @@ pub struct SignatureSettings {
     pub key_cache_ttl: Duration,
     pub key_cache_capacity: u64,
     pub negative_ttl: Duration,
+}
+
+/// Signed request bodies, read whole and checked before anything is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBodies {
+    pub max_body: u64,
+    pub in_memory: u64,
+    pub timeout: Duration,
+    /// Restart-only: the bound on all bodies held at once, and where spool files go.
+    pub in_flight: u64,
+    pub spool_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -445,6 +460,38 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             "must be at least 1048576 bytes".into(),
         );
     }
+    if signatures.max_body > MAX_SIGNED_BODY {
+        problem(
+            "signatures.max_body".into(),
+            format!("must be at most {MAX_SIGNED_BODY} bytes"),
+        );
+    }
+    if signatures.body_in_memory > signatures.max_body {
+        problem(
+            "signatures.body_in_memory".into(),
+            "must be at most signatures.max_body".into(),
+        );
+    }
+    if signatures.bodies_in_flight < signatures.max_body {
+        problem(
+            "signatures.bodies_in_flight".into(),
+            "must be at least signatures.max_body".into(),
+        );
+    }
+    if signatures.body_timeout.0.is_zero() {
+        problem(
+            "signatures.body_timeout".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if let Some(dir) = &signatures.spool_dir {
+        if !dir.is_dir() {
+            problem(
+                "signatures.spool_dir".into(),
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+    }
     if server.threads == 0 {
         problem("server.threads".into(), "must be at least 1".into());
     }
@@ -495,6 +542,16 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         audit_path: audit.path,
         replay,
         rate_limits,
+        signed_bodies: SignedBodies {
+            max_body: signatures.max_body,
+            in_memory: signatures.body_in_memory,
+            timeout: signatures.body_timeout.0,
+            in_flight: signatures.bodies_in_flight,
+            spool_dir: signatures
+                .spool_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+        },
         signatures: SignatureSettings {
             max_age: signatures.max_age.0,
             max_future: signatures.max_future.0,
@@ -843,6 +900,34 @@ routes:
             "listen.tls.colour"
         );
         assert!(Config::from_yaml(MINIMAL).unwrap().listen_tls.is_none());
+    }
+
+    #[test]
+    fn signed_body_limits_have_defaults_and_are_checked() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(config.signed_bodies.max_body, 8 * 1024 * 1024);
+        assert_eq!(config.signed_bodies.spool_dir, std::env::temp_dir());
+        let with = |signatures: &str| format!("{MINIMAL}signatures: {signatures}\n");
+        let keys = |signatures: &str| -> Vec<String> {
+            issues(&with(signatures))
+                .into_iter()
+                .map(|i| i.key)
+                .collect()
+        };
+        assert_eq!(keys("{ max_body: 2147483648 }")[0], "signatures.max_body");
+        assert_eq!(
+            keys("{ max_body: 1000, body_in_memory: 2000 }"),
+            ["signatures.body_in_memory"]
+        );
+        assert_eq!(
+            keys("{ bodies_in_flight: 1000 }"),
+            ["signatures.bodies_in_flight"]
+        );
+        assert_eq!(keys("{ body_timeout: 0s }"), ["signatures.body_timeout"]);
+        assert_eq!(
+            keys("{ spool_dir: /nonexistent/keyward-spool }"),
+            ["signatures.spool_dir"]
+        );
     }
 
     #[test]

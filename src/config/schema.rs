@@ -124,6 +124,21 @@ pub struct SignaturesFile {
     /// Memory bound of the replay window, in bytes.
     #[serde(default = "defaults::replay_memory")]
     pub replay_memory: u64,
+    /// Largest signed request body, in bytes; larger ones get 413.
+    #[serde(default = "defaults::max_body")]
+    pub max_body: u64,
+    /// Bytes of one signed body kept in memory; the rest spills to a temporary file.
+    #[serde(default = "defaults::body_in_memory")]
+    pub body_in_memory: u64,
+    /// All signed bodies held at once, in bytes (memory and spool files together).
+    #[serde(default = "defaults::bodies_in_flight")]
+    pub bodies_in_flight: u64,
+    /// Directory of spool files; absent: the system's temporary directory.
+    #[serde(default)]
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Time for a whole signed body to arrive.
+    #[serde(default = "defaults::body_timeout")]
+    pub body_timeout: Seconds,
 }
 
 impl Default for SignaturesFile {
@@ -133,6 +148,11 @@ impl Default for SignaturesFile {
             max_future: defaults::max_future(),
             skew_tolerance: defaults::skew_tolerance(),
             session_ttl: defaults::session_ttl(),
+            max_body: defaults::max_body(),
+            body_in_memory: defaults::body_in_memory(),
+            bodies_in_flight: defaults::bodies_in_flight(),
+            spool_dir: None,
+            body_timeout: defaults::body_timeout(),
             replay_memory: defaults::replay_memory(),
         }
     }
@@ -527,6 +547,18 @@ mod defaults {
     }
     pub fn replay_memory() -> u64 {
         256 * 1024 * 1024
+    }
+    pub fn max_body() -> u64 {
+        8 * 1024 * 1024
+    }
+    pub fn body_in_memory() -> u64 {
+        1024 * 1024
+    }
+    pub fn bodies_in_flight() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub fn body_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
     }
     pub fn threads() -> usize {
         2

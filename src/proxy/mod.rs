@@ -8,6 +8,7 @@ pub mod respond;
 pub mod target;
 #[cfg(test)]
 mod tests;
+pub mod upload;
 
 use crate::admin::{self, AdminApi};
 use crate::auth::{
@@ -30,6 +31,7 @@ use respond::{Refusal, REQUEST_ID_HEADER};
 use std::sync::Arc;
 use std::time::Instant;
 use target::RequestTarget;
+use upload::UploadSpool;
 
 pub struct KeywardProxy {
     config: Arc<LiveConfig>,
@@ -40,6 +42,18 @@ pub struct KeywardProxy {
     upstreams: Arc<LoadBalancer<RoundRobin>>,
     /// Rate-limit counters: outside the config, so that a reload changes quotas, not counts.
     limiter: Arc<RateLimiter>,
+    /// Signed bodies being checked, and the bound on them (shared by the listeners).
+    uploads: Arc<UploadSpool>,
+}
+
+/// What the proxies of every listener share.
+pub struct ProxyParts {
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+    pub admin: Arc<AdminApi>,
+    pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    pub limiter: Arc<RateLimiter>,
+    pub uploads: Arc<UploadSpool>,
 }
 
 /// Which listener a proxy instance serves: what it answers itself and what it forwards.
@@ -68,15 +82,15 @@ enum Admission {
 }
 
 impl KeywardProxy {
-    pub fn new(
-        config: Arc<LiveConfig>,
-        listener: Listener,
-        metrics: Arc<Metrics>,
-        auth: Arc<Authenticator>,
-        admin: Arc<AdminApi>,
-        upstreams: Arc<LoadBalancer<RoundRobin>>,
-        limiter: Arc<RateLimiter>,
-    ) -> KeywardProxy {
+    pub fn new(config: Arc<LiveConfig>, listener: Listener, parts: ProxyParts) -> KeywardProxy {
+        let ProxyParts {
+            metrics,
+            auth,
+            admin,
+            upstreams,
+            limiter,
+            uploads,
+        } = parts;
         KeywardProxy {
             config,
             listener,
@@ -85,6 +99,7 @@ impl KeywardProxy {
             admin,
             upstreams,
             limiter,
+            uploads,
         }
     }
 
@@ -204,10 +219,11 @@ impl KeywardProxy {
         Refusal::RateLimited(limited)
     }
 
-    /// Checks the request's credential. A signed body is checked against Content-Digest before
-    /// anything is forwarded, so it is read here, within pingora's retry buffer, which replays
-    /// it to the upstream. Whether there is a body is pingora's framing decision (any
-    /// `Content-Length` form, any `Transfer-Encoding`), the one the upstream will see.
+    /// Checks the request's credential. A signed request with a body is checked in two steps
+    /// around its body: the signature first, so only a good signature gets its body read;
+    /// then the whole body against `Content-Digest`, before anything is forwarded (see
+    /// `upload`). Whether there is a body is pingora's framing decision (any `Content-Length`
+    /// form, any `Transfer-Encoding`, HTTP/2 DATA frames), the one the upstream will see.
     async fn authenticate(
         &self,
         session: &mut Session,
@@ -219,27 +235,33 @@ impl KeywardProxy {
             .ok_or(Refusal::BadRequest("no_client_address"))?;
         let request = session.req_header();
         let credential = self.auth.find_credential(&request.headers)?;
-        let authenticated = if credential == Credential::Signature && has_body {
-            let body = read_signed_body(session).await?;
-            let view = signature::RequestView {
-                header: session.req_header(),
-                body: Some(&body),
-                tls: ctx.tls,
-            };
-            self.auth
-                .authenticate_found(Credential::Signature, &view, client_ip)
-                .await?
-        } else {
-            let view = signature::RequestView {
-                header: request,
-                body: None,
-                tls: ctx.tls,
-            };
-            self.auth
-                .authenticate_found(credential, &view, client_ip)
-                .await?
+        let view = signature::RequestView {
+            header: request,
+            body: None,
+            tls: ctx.tls,
         };
-        Ok(authenticated)
+        if credential != Credential::Signature || !has_body {
+            return Ok(self
+                .auth
+                .authenticate_found(credential, &view, client_ip)
+                .await?);
+        }
+        let pending = self.auth.verify_signature(&view, true, client_ip).await?;
+        let expected = pending
+            .expected_body()
+            .cloned()
+            .ok_or(Refusal::BadRequest("unframed_body"))?;
+        let body =
+            upload::read(session, &expected, &ctx.config.signed_bodies, &self.uploads).await?;
+        let principal = self
+            .auth
+            .accept_signature(pending, Some(body.hasher.clone()), client_ip)
+            .await?;
+        body.install(session).await?;
+        Ok(Authenticated {
+            principal: Some(principal),
+            clear_token_cookie: false,
+        })
     }
 
     /// The route's decision for the request's method and for every method it asks the
@@ -365,26 +387,6 @@ fn holds_token(segment: &str) -> bool {
         }
     }
     false
-}
-
-/// The body of a signed request, at most pingora's retry-buffer size (64 KiB): larger signed
-/// bodies are refused, since they could not be replayed to the upstream after the check.
-async fn read_signed_body(session: &mut Session) -> Result<Vec<u8>, Refusal> {
-    const LIMIT: usize = 64 * 1024;
-    session.as_downstream_mut().enable_retry_buffering();
-    let mut body = Vec::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > LIMIT {
-                    return Err(Refusal::PayloadTooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(_) => return Err(Refusal::BadRequest("unreadable_body")),
-        }
-    }
 }
 
 #[async_trait]

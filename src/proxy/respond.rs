@@ -25,6 +25,8 @@ pub enum Refusal {
     NotFound,
     /// 408: the request header did not arrive within `limits.header_read_timeout`.
     RequestTimeout,
+    /// 408: a signed body did not arrive within `signatures.body_timeout`.
+    BodyTimeout,
     /// 413: a signed body too large to check before forwarding.
     PayloadTooLarge,
     /// 431: the request line and headers exceed `limits.max_request_header_bytes`.
@@ -55,7 +57,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
-            Refusal::RequestTimeout => 408,
+            Refusal::RequestTimeout | Refusal::BodyTimeout => 408,
             Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
                 429
             }
@@ -79,6 +81,7 @@ impl Refusal {
             Refusal::NotFound => "not_found",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::RequestTimeout => "header_timeout",
+            Refusal::BodyTimeout => "signed_body_timeout",
             Refusal::PayloadTooLarge => "signed_body_too_large",
             Refusal::HeaderTooLarge => "request_header_too_large",
             Refusal::GatewayTimeout => "upstream_timeout",
@@ -91,7 +94,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
-            Refusal::RequestTimeout => "request_timeout",
+            Refusal::RequestTimeout | Refusal::BodyTimeout => "request_timeout",
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
             Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
@@ -112,6 +115,7 @@ impl Refusal {
             | Refusal::Forbidden(_)
             | Refusal::NotFound
             | Refusal::RequestTimeout
+            | Refusal::BodyTimeout
             | Refusal::PayloadTooLarge
             | Refusal::HeaderTooLarge
             | Refusal::RateLimited(_) => Outcome::Denied,

@@ -1,5 +1,5 @@
 //! A real HTTP upstream for tests, the load script and `make run`: answers every request with
-//! a JSON echo of what it received (method, path, query, headers, body length).
+//! a JSON echo of what it received (method, path, query, headers, body length and SHA-256).
 //!
 //! `/slow/<ms>` waits that many milliseconds before answering (for drain and timeout tests).
 //! A path ending in `/fixed` gets a fixed small body instead of the echo, so load tests compare
@@ -48,16 +48,24 @@ async fn answer(
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    let body_len = match req.into_body().collect().await {
-        Ok(body) => body.to_bytes().len(),
-        Err(_) => 0,
+    let body = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body_sha256: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     };
     let echo = serde_json::json!({
         "method": method,
         "path": path,
         "query": query,
         "headers": headers,
-        "body_len": body_len,
+        "body_len": body.len(),
+        "body_sha256": body_sha256,
     });
     let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
     response
