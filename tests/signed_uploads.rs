@@ -323,3 +323,35 @@ fn a_spooled_upload_closes_its_http1_connection_after_answering() {
         Some(b"close".as_slice())
     );
 }
+
+#[test]
+fn a_client_expecting_100_continue_gets_it_from_keyward() {
+    let up = start();
+    let body = body_of(2 * MIB);
+    let head = up
+        .raw_head("/app/upload", &body, false)
+        .replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+    let mut stream = TcpStream::connect(up.kw.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = vec![0; 256];
+    let n = stream.read(&mut interim).unwrap();
+    let interim = String::from_utf8_lossy(&interim[..n]).into_owned();
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    assert_eq!(
+        up.forwarded(),
+        0,
+        "nothing forwarded before the body is checked"
+    );
+    stream.write_all(&body).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let (head, echo) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echo: Value = serde_json::from_str(echo).unwrap();
+    assert_eq!(echo["body_sha256"], sha256_hex(&body));
+    assert!(echo["headers"].get("expect").is_none(), "{echo}");
+}

@@ -113,6 +113,14 @@ fn declared_length(header: &RequestHeader) -> Option<u64> {
     }
 }
 
+fn expects_continue(header: &RequestHeader) -> bool {
+    header
+        .headers
+        .get_all(http::header::EXPECT)
+        .iter()
+        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Reads the whole request body, hashing it as `expected` names, within the limits.
 pub async fn read(
     session: &mut Session,
@@ -128,6 +136,18 @@ pub async fn read(
     let mut reserved_bytes = declared.unwrap_or(0);
     spool.reserve(&mut reserved, reserved_bytes)?;
 
+    // A client waiting for `100 Continue` gets it from keyward, which is the one reading the
+    // body; the upstream then gets the body with its head and no `Expect` to answer.
+    if expects_continue(session.req_header()) {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|_| Refusal::BadRequest("unreadable_body"))?;
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
+    }
     // A body that fits pingora's retry buffer is replayed by pingora itself.
     session.as_downstream_mut().enable_retry_buffering();
     let deadline = Instant::now() + limits.timeout;
