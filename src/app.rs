@@ -236,7 +236,7 @@ pub fn serve(
 
     let mut ops = Service::new(
         "keyward ops".to_owned(),
-        OpsApp::new(db.clone(), metrics.clone(), auth.clone()),
+        OpsApp::new(db.clone(), metrics.clone(), auth.clone(), upstreams.clone()),
     );
     ops.add_tcp(&config.listen_ops);
 

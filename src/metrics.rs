@@ -2,8 +2,8 @@
 
 use crate::ratelimit::LimitKind;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `keyward_requests_total{outcome}`.
@@ -35,6 +35,85 @@ const OUTCOMES: [Outcome; 4] = [
     Outcome::Unauthenticated,
     Outcome::Error,
 ];
+
+/// `keyward_request_duration_seconds{route_kind}`: what answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A `public: true` route, forwarded without a credential check.
+    Public,
+    /// A route with a requirement.
+    Protected,
+    /// The admin API, answered by keyward.
+    Admin,
+    /// Refused before a route was chosen (malformed, limits, no route).
+    Unrouted,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Public => "public",
+            RouteKind::Protected => "protected",
+            RouteKind::Admin => "admin",
+            RouteKind::Unrouted => "none",
+        }
+    }
+}
+
+const ROUTE_KINDS: [RouteKind; 4] = [
+    RouteKind::Public,
+    RouteKind::Protected,
+    RouteKind::Admin,
+    RouteKind::Unrouted,
+];
+
+/// `keyward_upstream_errors_total{reason}`: why a request could not be proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    ConnectRefused,
+    Timeout,
+    Reset,
+    NoHealthyUpstream,
+    Tls,
+    Other,
+}
+
+impl UpstreamError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectRefused => "connect_refused",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Reset => "reset",
+            UpstreamError::NoHealthyUpstream => "no_healthy_upstream",
+            UpstreamError::Tls => "tls",
+            UpstreamError::Other => "other",
+        }
+    }
+}
+
+const UPSTREAM_ERRORS: [UpstreamError; 6] = [
+    UpstreamError::ConnectRefused,
+    UpstreamError::Timeout,
+    UpstreamError::Reset,
+    UpstreamError::NoHealthyUpstream,
+    UpstreamError::Tls,
+    UpstreamError::Other,
+];
+
+/// Seconds, from a cached hit (tens of µs) to a slow upstream.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// One request in flight: `keyward_requests_in_flight` counts it until this is dropped (with
+/// the request's context, however the request ended).
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// `keyward_upstream_responses_total{status_class}`, in `upstream_response`'s order.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -78,6 +157,11 @@ pub struct Metrics {
     redis_errors: IntCounter,
     replay_local_fallbacks: IntCounterVec,
     rate_limited: IntCounterVec,
+    request_duration_by_kind: Vec<Histogram>,
+    upstream_duration: Histogram,
+    in_flight: IntGauge,
+    upstream_errors_by_reason: Vec<IntCounter>,
+    upstream_healthy: IntGaugeVec,
 }
 
 /// The proxy listener's connection limits (`crate::connection`).
@@ -144,6 +228,13 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     vec
 }
 
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let counter = IntCounter::new(name, help).expect("valid metric");
     registry
@@ -203,12 +294,94 @@ impl Metrics {
         registry
             .register(Box::new(changes_behind.clone()))
             .expect("metric registered once");
+        let request_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "keyward_request_duration_seconds",
+                    "Time from a request's arrival to its end (the response sent), by the kind \
+                     of route that answered it: public, protected, admin, none (refused before \
+                     a route was chosen).",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["route_kind"],
+            )
+            .expect("valid metric"),
+        );
+        let upstream_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "keyward_upstream_duration_seconds",
+                    "Time from choosing the upstream to receiving its response header \
+                     (connect, sending the request, the upstream's own work).",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+        );
+        let upstream_errors = counter_vec(
+            &registry,
+            "keyward_upstream_errors_total",
+            "Requests that could not be proxied, by reason: connect_refused, timeout, reset, \
+             no_healthy_upstream, tls, other.",
+            &["reason"],
+        );
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "keyward_build_info",
+                    "Always 1; the running keyward's version as a label.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric registered once");
         let mut metrics = Metrics {
+            request_duration_by_kind: ROUTE_KINDS
+                .iter()
+                .map(|kind| request_duration.with_label_values(&[kind.as_str()]))
+                .collect(),
+            upstream_duration,
+            in_flight: register(
+                &registry,
+                IntGauge::new(
+                    "keyward_requests_in_flight",
+                    "Requests on the proxy and admin listeners being handled now.",
+                )
+                .expect("valid metric"),
+            ),
+            upstream_errors_by_reason: UPSTREAM_ERRORS
+                .iter()
+                .map(|reason| upstream_errors.with_label_values(&[reason.as_str()]))
+                .collect(),
+            upstream_healthy: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "keyward_upstream_healthy",
+                        "1 when the upstream address passes its health check (or health \
+                         checks are off), else 0; one series per configured address.",
+                    ),
+                    &["address"],
+                )
+                .expect("valid metric"),
+            ),
             config_reloads: counter_vec(
                 &registry,
                 "keyward_config_reloads_total",
-                "Configuration reloads (SIGHUP, keyward reload) by result: ok, invalid.",
-                &["result"],
+                "Configuration reloads (SIGHUP, keyward reload) by outcome: ok, invalid.",
+                &["outcome"],
             ),
             store_up,
             change_feed_listening: changes_behind,
@@ -304,8 +477,8 @@ impl Metrics {
     /// Creates the series every deployment has, at zero, so dashboards and alerts see the
     /// families from the first scrape instead of after the first event.
     fn touch_known_series(&self) {
-        for result in ["ok", "invalid"] {
-            self.config_reloads.with_label_values(&[result]);
+        for outcome in ["ok", "invalid"] {
+            self.config_reloads.with_label_values(&[outcome]);
         }
         for method in METHOD_LABELS {
             for outcome in OUTCOMES {
@@ -426,8 +599,40 @@ impl Metrics {
     }
 
     /// A configuration reload: `ok` or `invalid`.
-    pub fn config_reload(&self, result: &str) {
-        self.config_reloads.with_label_values(&[result]).inc();
+    pub fn config_reload(&self, outcome: &str) {
+        self.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// A request arrived; it is in flight until the returned guard is dropped.
+    pub fn request_started(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// A request ended after `seconds`, answered by a route of `kind`.
+    pub fn request_duration(&self, kind: RouteKind, seconds: f64) {
+        let i = ROUTE_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        self.request_duration_by_kind[i].observe(seconds);
+    }
+
+    /// The upstream's response header arrived `seconds` after the upstream was chosen.
+    pub fn upstream_duration(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    pub fn upstream_error(&self, reason: UpstreamError) {
+        let i = UPSTREAM_ERRORS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.upstream_errors_by_reason[i].inc();
+    }
+
+    /// `keyward_upstream_healthy{address}` for one configured upstream address.
+    pub fn set_upstream_healthy(&self, address: &str, healthy: bool) {
+        self.upstream_healthy
+            .with_label_values(&[address])
+            .set(i64::from(healthy));
     }
 
     /// `keyward_change_feed_listening`.

@@ -9,6 +9,7 @@ use crate::store::Db;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,31 @@ pub struct OpsApp {
     db: Db,
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
 }
 
 impl OpsApp {
-    pub fn new(db: Db, metrics: Arc<Metrics>, auth: Arc<Authenticator>) -> OpsApp {
-        OpsApp { db, metrics, auth }
+    pub fn new(
+        db: Db,
+        metrics: Arc<Metrics>,
+        auth: Arc<Authenticator>,
+        upstreams: Arc<LoadBalancer<RoundRobin>>,
+    ) -> OpsApp {
+        OpsApp {
+            db,
+            metrics,
+            auth,
+            upstreams,
+        }
+    }
+
+    /// `keyward_upstream_healthy`, as the health checks see the configured addresses now.
+    fn report_upstream_health(&self) {
+        let backends = self.upstreams.backends();
+        for backend in backends.get_backend().iter() {
+            self.metrics
+                .set_upstream_healthy(&backend.addr.to_string(), backends.ready(backend));
+        }
     }
 
     async fn store_ready(&self) -> bool {
@@ -67,6 +88,7 @@ impl ServeHttp for OpsApp {
             }
             "/metrics" => {
                 self.auth.report_cache_entries().await;
+                self.report_upstream_health();
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

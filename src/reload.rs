@@ -4,7 +4,7 @@
 //! it arrives (`RequestCtx::config`) and is decided by it to the end, so a reload applies to
 //! the requests that arrive after it and in-flight requests finish on the configuration they
 //! started with. A file that does not validate changes nothing: every problem is logged and
-//! counted (`keyward_config_reloads_total{result="invalid"}`), and the old configuration keeps
+//! counted (`keyward_config_reloads_total{outcome="invalid"}`), and the old configuration keeps
 //! serving.
 //!
 //! What a reload changes: everything read per request — routes, trusted proxies and their

@@ -150,7 +150,7 @@ fn sighup_reloads_routes_under_load() {
     assert!(served.load(Ordering::Relaxed) > 10);
     assert!(kw
         .metrics()
-        .contains("keyward_config_reloads_total{result=\"ok\"} 1"));
+        .contains("keyward_config_reloads_total{outcome=\"ok\"} 1"));
     assert!(kw.stderr().contains("configuration reloaded"));
 }
 
@@ -168,9 +168,9 @@ fn an_invalid_reload_keeps_the_running_configuration() {
         text.replacen("public: true", "public: true\n    colour: red", 1)
     });
     kw.signal(Signal::SIGHUP);
-    assert!(until(Duration::from_secs(5), || kw
-        .metrics()
-        .contains("keyward_config_reloads_total{result=\"invalid\"} 1")));
+    assert!(until(Duration::from_secs(5), || kw.metrics().contains(
+        "keyward_config_reloads_total{outcome=\"invalid\"} 1"
+    )));
     let log = kw.stderr();
     assert!(log.contains("routes[0].colour"), "{log}");
     assert!(log.contains("still running on the previous one"), "{log}");

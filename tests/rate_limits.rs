@@ -388,7 +388,7 @@ fn a_reload_changes_the_quota_and_keeps_the_counts() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !kw
         .metrics()
-        .contains("keyward_config_reloads_total{result=\"ok\"} 1")
+        .contains("keyward_config_reloads_total{outcome=\"ok\"} 1")
     {
         assert!(std::time::Instant::now() < deadline, "{}", kw.stderr());
         std::thread::sleep(Duration::from_millis(50));

@@ -826,19 +826,19 @@ fn sighup_swaps_the_certificate() {
         after.ends_with("10F7"),
         "the new certificate (4343 = 0x10F7): {after}"
     );
-    assert!(metric(&kw, "keyward_config_reloads_total{result=\"ok\"}") >= 1);
+    assert!(metric(&kw, "keyward_config_reloads_total{outcome=\"ok\"}") >= 1);
 
     // A broken key file: the reload is refused and the running certificate stays.
     std::fs::write(kw.dir.path().join("tls.key"), "not a key").unwrap();
     kw.signal(nix::sys::signal::Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&kw, "keyward_config_reloads_total{result=\"invalid\"}") == 0
+    while metric(&kw, "keyward_config_reloads_total{outcome=\"invalid\"}") == 0
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        metric(&kw, "keyward_config_reloads_total{result=\"invalid\"}"),
+        metric(&kw, "keyward_config_reloads_total{outcome=\"invalid\"}"),
         1
     );
     assert_eq!(served_serial(&kw), after);

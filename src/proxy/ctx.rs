@@ -4,7 +4,7 @@
 use super::target::RequestTarget;
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::metrics::Outcome;
+use crate::metrics::{InFlight, Outcome, RouteKind};
 use rand::Rng;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,10 +53,19 @@ pub struct RequestCtx {
     pub reason: Option<&'static str>,
     /// The `token` cookie was refused: every answer clears it.
     pub clear_token_cookie: bool,
+    /// What answered: the route's kind, or the admin API.
+    pub route_kind: RouteKind,
+    /// When the upstream was chosen, and which address: for the upstream latency and the log.
+    pub upstream_started: Option<Instant>,
+    pub upstream_address: Option<std::net::SocketAddr>,
+    /// Upstream latency up to its response header, once it arrived.
+    pub upstream_seconds: Option<f64>,
+    /// Counts the request in `keyward_requests_in_flight` while the context lives.
+    _in_flight: InFlight,
 }
 
 impl RequestCtx {
-    pub fn new(config: Arc<Config>) -> RequestCtx {
+    pub fn new(config: Arc<Config>, in_flight: InFlight) -> RequestCtx {
         RequestCtx {
             config,
             request_id: RequestId::random(),
@@ -70,6 +79,11 @@ impl RequestCtx {
             outcome: None,
             reason: None,
             clear_token_cookie: false,
+            route_kind: RouteKind::Unrouted,
+            upstream_started: None,
+            upstream_address: None,
+            upstream_seconds: None,
+            _in_flight: in_flight,
         }
     }
 }

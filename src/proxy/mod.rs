@@ -15,7 +15,7 @@ use crate::auth::{
     client_ip, signature, token, Authenticated, Authenticator, Credential, Principal,
 };
 use crate::config::Config;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, RouteKind, UpstreamError};
 use crate::policy::{self, Route};
 use crate::ratelimit::{AuthOutcome, Limited, RateLimiter};
 use crate::reload::LiveConfig;
@@ -137,6 +137,7 @@ impl KeywardProxy {
                 return Err(Refusal::NotFound);
             }
             ctx.target = Some(target);
+            ctx.route_kind = RouteKind::Admin;
             return Ok(Admission::Admin);
         }
         if self.listener == Listener::Admin {
@@ -144,6 +145,10 @@ impl KeywardProxy {
         }
         let config = ctx.config.clone();
         let route = route(&config, &session.req_header().method, &target)?;
+        ctx.route_kind = match route.public {
+            true => RouteKind::Public,
+            false => RouteKind::Protected,
+        };
         let authenticated = match self.authenticate(session, ctx).await {
             Ok(authenticated) => authenticated,
             Err(refusal @ Refusal::Unauthenticated(_)) => {
@@ -352,6 +357,39 @@ fn check_header_size(request: &RequestHeader, limit: usize) -> Result<(), Refusa
     }
 }
 
+fn header_str<'r>(request: &'r RequestHeader, name: &http::header::HeaderName) -> Option<&'r str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The host the client asked for: `Host`, or HTTP/2's `:authority`.
+fn request_host(request: &RequestHeader) -> Option<&str> {
+    header_str(request, &http::header::HOST).or_else(|| request.uri.authority().map(|a| a.as_str()))
+}
+
+/// Why a request could not be proxied, for an error on the upstream side.
+fn upstream_error(e: &Error) -> Option<UpstreamError> {
+    if e.etype() == &ErrorType::ConnectNoRoute {
+        return Some(UpstreamError::NoHealthyUpstream);
+    }
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ErrorType::ConnectRefused => UpstreamError::ConnectRefused,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            UpstreamError::Timeout
+        }
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            UpstreamError::Reset
+        }
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => UpstreamError::Tls,
+        _ => UpstreamError::Other,
+    })
+}
+
 /// The normalized path once it is known, else the path as the client sent it.
 fn logged_path<'a>(request: &'a RequestHeader, ctx: &'a RequestCtx) -> &'a str {
     ctx.target
@@ -394,7 +432,7 @@ impl ProxyHttp for KeywardProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.config.current())
+        RequestCtx::new(self.config.current(), self.metrics.request_started())
     }
 
     async fn request_filter(
@@ -429,6 +467,8 @@ impl ProxyHttp for KeywardProxy {
             .upstreams
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
+        ctx.upstream_started = Some(Instant::now());
+        ctx.upstream_address = backend.addr.as_inet().copied();
         let upstream = &ctx.config.upstream;
         let mut peer = HttpPeer::new(backend.addr, upstream.tls, upstream.sni.clone());
         peer.options.connection_timeout = Some(upstream.connect_timeout);
@@ -475,9 +515,17 @@ impl ProxyHttp for KeywardProxy {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         self.metrics.upstream_response(response.status.as_u16());
+        // Informational responses (100 Continue) come before the real one: time that.
+        if !response.status.is_informational() {
+            if let Some(started) = ctx.upstream_started {
+                let seconds = started.elapsed().as_secs_f64();
+                ctx.upstream_seconds = Some(seconds);
+                self.metrics.upstream_duration(seconds);
+            }
+        }
         Ok(())
     }
 
@@ -516,6 +564,14 @@ impl ProxyHttp for KeywardProxy {
             (ErrorSource::Downstream, _) => Some(Refusal::BadRequest("malformed_request")),
             _ => Some(Refusal::Unavailable("internal_error")),
         };
+        if let Some(reason) = upstream_error(e) {
+            self.metrics.upstream_error(reason);
+            // keyward's own 502/504 stands for the upstream's answer: an upstream that is
+            // down entirely must show in the 5xx rate, not vanish from it.
+            if let Some(refusal) = refusal {
+                self.metrics.upstream_response(refusal.status());
+            }
+        }
         let Some(refusal) = refusal else {
             ctx.outcome = Some(Outcome::Error);
             return FailToProxy {
@@ -549,6 +605,8 @@ impl ProxyHttp for KeywardProxy {
             Outcome::Allowed
         });
         self.metrics.request(&request.method, outcome);
+        self.metrics
+            .request_duration(ctx.route_kind, ctx.started.elapsed().as_secs_f64());
         let principal = ctx.principal.as_deref();
         tracing::info!(
             target: "keyward::access",
@@ -561,7 +619,13 @@ impl ProxyHttp for KeywardProxy {
             reason = ctx.reason.unwrap_or(""),
             user = principal.map(|p| p.user_name.as_str()).unwrap_or("-"),
             auth_method = principal.map(|p| p.method.as_str()).unwrap_or("-"),
-            client_ip = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            client_ip = ctx.client_ip.map(tracing::field::display),
+            host = request_host(request),
+            user_agent = header_str(request, &http::header::USER_AGENT),
+            bytes_received = session.body_bytes_read(),
+            bytes_sent = session.body_bytes_sent(),
+            upstream = ctx.upstream_address.map(tracing::field::display),
+            upstream_ms = ctx.upstream_seconds.map(|s| s * 1000.0),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }
