@@ -16,7 +16,7 @@ use crate::fleet::FleetClaims;
 use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
-use crate::ops::OpsApp;
+use crate::ops::{bind_listener, OpsApp, OpsListener, Readiness};
 use crate::proxy::upload::UploadSpool;
 use crate::proxy::{KeywardProxy, Listener, ProxyParts};
 use crate::ratelimit::RateLimiter;
@@ -44,6 +44,18 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let live = Arc::new(LiveConfig::new(config, path));
     let config = live.current();
+    // Ports first: a port in use stops keyward here, with the listener named, instead of
+    // pingora retrying the bind for half a minute while the process looks alive.
+    let ops_listener = bind_listener("listen.ops", &config.listen_ops)?;
+    let mut proxy_listeners = Vec::new();
+    for (key, address) in [
+        ("listen.proxy", Some(&config.listen_proxy)),
+        ("listen.admin", config.listen_admin.as_ref()),
+    ] {
+        let Some(address) = address else { continue };
+        let probe = bind_listener(key, address)?;
+        proxy_listeners.push(probe.local_addr()?);
+    }
     let metrics = Arc::new(Metrics::new());
     let (store_errors, store_up) = metrics.store_series();
     let db = Db::start(
@@ -51,7 +63,7 @@ pub fn serve(
         config.store_pool,
         StoreHealth::new(store_errors, store_up),
     )
-    .context("cannot open the store")?;
+    .with_context(|| format!("cannot open the store {}", config.store))?;
     if let Some(admin) = &config.bootstrap_admin {
         bootstrap_admin(&db, admin)?;
     }
@@ -234,11 +246,14 @@ pub fn serve(
         None => None,
     };
 
-    let mut ops = Service::new(
-        "keyward ops".to_owned(),
-        OpsApp::new(db.clone(), metrics.clone(), auth.clone(), upstreams.clone()),
+    let ops_app = OpsApp::new(
+        db.clone(),
+        metrics.clone(),
+        auth.clone(),
+        upstreams.clone(),
+        Arc::new(Readiness::default()),
     );
-    ops.add_tcp(&config.listen_ops);
+    let ops = OpsListener::new(ops_listener, ops_app, proxy_listeners);
 
     let flusher = UsageFlusher::new(auth.clone(), config.api_keys.last_used_flush);
     let follower = ChangeFollower::new(
@@ -253,7 +268,7 @@ pub fn serve(
     if let Some(admin_service) = admin_service {
         server.add_service(admin_service);
     }
-    server.add_service(ops);
+    server.add_service(background_service("keyward ops", ops));
     server.add_service(background_service(
         "config reload",
         HangupReloader::new(live.clone(), metrics.clone()),

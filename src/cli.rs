@@ -261,21 +261,54 @@ pub fn reload(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the configured store for a one-off command.
-fn open_store(config: &Config) -> anyhow::Result<Db> {
+/// An error and its causes on one line, each cause once: sqlx and thiserror wrappers repeat
+/// their source's message in their own, which `{:#}` would print again.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Opens the configured store for a one-off command, and says which one: a command run
+/// with another configuration than the server's must not write to a store nobody reads.
+fn open_store(config: &Config, source: Option<&Path>) -> anyhow::Result<Db> {
+    let source = match source {
+        Some(path) => path.display().to_string(),
+        None => "the embedded default configuration".to_owned(),
+    };
+    match &config.store {
+        crate::store::StoreUrl::Sqlite(path) if !path.exists() => eprintln!(
+            "keyward: creating a new store {} (from {})",
+            config.store, source
+        ),
+        _ => eprintln!("keyward: using store {} (from {})", config.store, source),
+    }
     let (errors, up) = crate::metrics::Metrics::new().store_series();
     Db::start(
         &config.store,
         config.store_pool,
         StoreHealth::new(errors, up),
     )
-    .context("cannot open the store")
+    .with_context(|| format!("cannot open the store {}", config.store))
 }
 
 /// `keyward audit tail [-n N] [--follow]`.
-pub fn run_audit_command(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
+pub fn run_audit_command(
+    config: &Config,
+    source: Option<&Path>,
+    command: AuditCommand,
+) -> anyhow::Result<()> {
     let AuditCommand::Tail { lines, follow } = command;
-    let db = open_store(config)?;
+    let db = open_store(config, source)?;
     let limit = i64::from(lines);
     let mut last = 0;
     for record in db.block_on(|store| async move { store.audit_tail(limit).await })? {
@@ -295,8 +328,12 @@ pub fn run_audit_command(config: &Config, command: AuditCommand) -> anyhow::Resu
     }
 }
 
-pub fn run_user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
-    let db = open_store(config)?;
+pub fn run_user_command(
+    config: &Config,
+    source: Option<&Path>,
+    command: UserCommand,
+) -> anyhow::Result<()> {
+    let db = open_store(config, source)?;
     match command {
         UserCommand::Add(add) => {
             let AddUser {

@@ -11,7 +11,12 @@ use crate::config::Logging;
 use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
@@ -95,7 +100,7 @@ pub fn init(logging: &Logging) -> Option<LogFilterHandle> {
         .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let installed = match logging.format {
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+        LogFormat::Json => registry.with(fmt.event_format(JsonLine)).try_init(),
         LogFormat::Text => registry.with(fmt).try_init(),
     };
     installed.ok().map(|()| LogFilterHandle {
@@ -103,6 +108,111 @@ pub fn init(logging: &Logging) -> Option<LogFilterHandle> {
         third_party,
         from_env: from_env_ok,
     })
+}
+
+/// One JSON object per event: `timestamp`, `level`, `message`, the event's fields, `target`.
+/// Events bridged from the `log` crate (pingora's) carry their metadata as `log.file`,
+/// `log.line`, … fields, which would put the build machine's paths into every line: those are
+/// dropped, and `target` is the record's own. Each line is built in a reused per-thread
+/// buffer, with values escaped as they are written: no allocation per field.
+struct JsonLine;
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            let mut timestamp = String::with_capacity(32);
+            SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+            line.extend_from_slice(b"{\"timestamp\":");
+            json_str(&mut line, &timestamp);
+            line.extend_from_slice(b",\"level\":\"");
+            line.extend_from_slice(meta.level().as_str().as_bytes());
+            line.push(b'"');
+            event.record(&mut JsonFields { line: &mut line });
+            line.extend_from_slice(b",\"target\":");
+            json_str(&mut line, meta.target());
+            line.extend_from_slice(b"}\n");
+            writer.write_str(std::str::from_utf8(&line).map_err(|_| std::fmt::Error)?)
+        })
+    }
+}
+
+fn json_str(line: &mut Vec<u8>, value: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *line, value);
+}
+
+struct JsonFields<'l> {
+    line: &'l mut Vec<u8>,
+}
+
+impl JsonFields<'_> {
+    /// Writes `,"name":` unless the field is `log` metadata; `false` to skip the value.
+    fn key(&mut self, field: &tracing::field::Field) -> bool {
+        if field.name().starts_with("log.") {
+            return false;
+        }
+        self.line.push(b',');
+        json_str(self.line, field.name());
+        self.line.push(b':');
+        true
+    }
+}
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.key(field) {
+            // `collect_str`: escaped as it is formatted, no intermediate String.
+            let _ = serde_json::to_writer(&mut *self.line, &format_args!("{value:?}"));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if self.key(field) {
+            json_str(self.line, value);
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if self.key(field) {
+            let _ = serde_json::to_writer(&mut *self.line, &value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if self.key(field) {
+            let _ = serde_json::to_writer(&mut *self.line, &value);
+        }
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if self.key(field) {
+            // JSON has no NaN or infinity: those are written as null.
+            let _ = serde_json::to_writer(&mut *self.line, &value);
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if self.key(field) {
+            let _ = serde_json::to_writer(&mut *self.line, &value);
+        }
+    }
 }
 
 #[cfg(test)]

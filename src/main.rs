@@ -33,8 +33,8 @@ fn main() -> ExitCode {
             let log_filter = keyward::logging::init(&config.logging);
             keyward::app::serve(config, path, log_filter)
         }
-        Command::User(user) => cli::run_user_command(&config, user),
-        Command::Audit(audit) => cli::run_audit_command(&config, audit),
+        Command::User(user) => cli::run_user_command(&config, path.as_deref(), user),
+        Command::Audit(audit) => cli::run_audit_command(&config, path.as_deref(), audit),
         Command::Keygen { .. } | Command::Sign(_) => Ok(()),
     };
     exit(result)
@@ -44,7 +44,7 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keyward: {e:#}");
+            eprintln!("keyward: {}", keyward::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }

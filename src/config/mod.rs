@@ -242,6 +242,11 @@ fn issue_from_serde(e: &serde_path_to_error::Error<serde_yaml::Error>) -> Config
     ConfigIssue { key, message }
 }
 
+/// Whether two listen addresses would take the same port.
+fn listeners_collide(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     let FileConfig {
         listen,
@@ -271,13 +276,24 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     if listen.admin.is_some() {
         listeners.push(("listen.admin", &admin_address));
     }
+    let mut bound: Vec<(&str, std::net::SocketAddr)> = Vec::new();
     for (key, value) in listeners {
-        if value.parse::<std::net::SocketAddr>().is_err() {
+        let Ok(address) = value.parse::<std::net::SocketAddr>() else {
             problem(
                 key.into(),
                 format!("expected an IP address and port, got {value:?}"),
             );
+            continue;
+        };
+        // Two listeners on one port would send one's requests to the other (the ops paths
+        // to the upstream, say); `0.0.0.0` and `[::]` take the port on every address.
+        if let Some((other, _)) = bound.iter().find(|(_, b)| listeners_collide(*b, address)) {
+            problem(
+                key.into(),
+                format!("{value} is the port of {other}: every listener needs its own"),
+            );
         }
+        bound.push((key, address));
     }
 
     // The files are read here so that `check-config` finds a missing, unreadable or
@@ -928,6 +944,24 @@ routes:
             keys("{ spool_dir: /nonexistent/keyward-spool }"),
             ["signatures.spool_dir"]
         );
+    }
+
+    #[test]
+    fn listeners_must_not_share_a_port() {
+        let with = |listen: &str| {
+            MINIMAL.replace("{ proxy: 127.0.0.1:8080, ops: 127.0.0.1:9090 }", listen)
+        };
+        let found = issues(&with("{ proxy: 127.0.0.1:8080, ops: 127.0.0.1:8080 }"));
+        assert_eq!(found[0].key, "listen.ops", "{found:?}");
+        assert!(found[0].message.contains("listen.proxy"), "{found:?}");
+        let found = issues(&with(
+            "{ proxy: 0.0.0.0:8080, ops: 127.0.0.1:9090, admin: 127.0.0.1:8080 }",
+        ));
+        assert_eq!(found[0].key, "listen.admin", "{found:?}");
+        assert!(Config::from_yaml(&with(
+            "{ proxy: 0.0.0.0:8080, ops: 127.0.0.1:9090, admin: 127.0.0.1:8081 }"
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -34,16 +34,24 @@ impl std::fmt::Debug for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
-            StoreUrl::Postgres(url) => {
-                let shown = match url.split_once("://") {
-                    Some((scheme, rest)) => match rest.split_once('@') {
-                        Some((_, host)) => format!("{scheme}://***@{host}"),
-                        None => url.clone(),
-                    },
-                    None => "postgres://...".into(),
-                };
-                f.debug_tuple("Postgres").field(&shown).finish()
-            }
+            StoreUrl::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
+}
+
+/// The store as messages name it: the SQLite path, or the PostgreSQL URL without its password.
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreUrl::Postgres(url) => match url.split_once("://") {
+                // The last `@` ends the user information, whatever the password holds.
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => write!(f, "{scheme}://***@{host}"),
+                    None => f.write_str(url),
+                },
+                None => f.write_str("postgres://..."),
+            },
         }
     }
 }
@@ -54,7 +62,31 @@ impl StoreUrl {
             if path.is_empty() {
                 return Err("sqlite:// needs a file path, e.g. sqlite://data/keyward.db".into());
             }
-            Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+            // What `serve` would refuse (or silently misread) is refused here, so that
+            // `check-config` finds it.
+            if path == ":memory:" || path.starts_with("file::memory:") {
+                return Err(
+                    "an in-memory database would lose every key at restart: give a file path"
+                        .into(),
+                );
+            }
+            if path.contains('?') {
+                return Err("sqlite:// takes a file path only, without ?options".into());
+            }
+            let path = PathBuf::from(path);
+            if path.as_os_str().to_string_lossy().ends_with('/') || path.is_dir() {
+                return Err(format!(
+                    "{} is a directory: name the database file in it, e.g. {}",
+                    path.display(),
+                    path.join("keyward.db").display()
+                ));
+            }
+            if let Some(existing) = path.ancestors().skip(1).find(|a| a.exists()) {
+                if !existing.as_os_str().is_empty() && !existing.is_dir() {
+                    return Err(format!("{} is not a directory", existing.display()));
+                }
+            }
+            Ok(StoreUrl::Sqlite(path))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // sqlx's message may quote the URL, password included: not repeated here.
             url.parse::<sqlx::postgres::PgConnectOptions>()

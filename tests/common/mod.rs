@@ -218,13 +218,18 @@ routes:{routes}
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("keyward exited early ({status}):\n{}", self.stderr());
             }
-            if let Ok(resp) = client.get(self.ops_url("/readyz")).send() {
+            let ready = client
+                .get(self.ops_url("/readyz"))
+                .send()
+                .is_ok_and(|resp| resp.status() == 200);
+            if ready {
+                // `/readyz` waits for the listeners; the harness checks the proxy answers too.
                 // The plain client cannot speak TLS: a TCP connection shows the listener.
                 let proxy_up = match self.tls {
                     true => std::net::TcpStream::connect(self.proxy).is_ok(),
                     false => client.get(self.url("/public")).send().is_ok(),
                 };
-                if resp.status() == 200 && proxy_up {
+                if proxy_up {
                     return;
                 }
             }
