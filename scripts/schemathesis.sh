@@ -98,10 +98,6 @@ EOF
 
 "$bin/examples/echo_upstream" "$upstream" >"$work/upstream.log" 2>&1 &
 pids+=($!)
-# john: the user the document's examples name, so the examples phase reaches real handlers
-# without locking the administrator it authenticates as.
-printf '%s\n' "john-password-1" |
-  "$bin/keyward" user add john --function CASE-SECMON-RO --config "$work/keyward.yaml" --password-stdin >/dev/null
 KEYWARD_ADMIN_PASSWORD="$password" "$bin/keyward" serve --config "$work/keyward.yaml" >"$work/keyward.log" 2>&1 &
 pids+=($!)
 
@@ -120,6 +116,23 @@ if [ -z "$ready" ]; then
   exit 1
 fi
 
+# What the document's examples name, so the examples phase reaches real handlers: john (user 2,
+# whom locking does not lock the administrator out), his API key 2/1 and signature key 1, and
+# the administrator's own key 1/1.
+printf '%s\n' "john-password-1" |
+  "$bin/keyward" user add john --function CASE-SECMON-RO --config "$work/keyward.yaml" --password-stdin >/dev/null
+admin_call() {
+  curl -sf -o /dev/null -u "admin:$password" -H 'content-type: application/json' -X POST \
+    "http://$proxy$1" -d "$2" || {
+    echo "schemathesis.sh: setting up POST $1 failed" >&2
+    exit 1
+  }
+}
+admin_call /authentication/v1/user/john/apikey '{"description": "schemathesis"}'
+admin_call /authentication/v1/apikey '{"description": "schemathesis"}'
+admin_call /authentication/v1/user/john/signature \
+  '{"publicKey": "/ryNMsLv7VXGowMAipCTLXyNfSnGfCbSjiYqiyq69Zk=", "description": "schemathesis"}'
+
 # What the ops listener serves is the file in the repository.
 "$venv/bin/python" -c 'import sys, urllib.request
 served = urllib.request.urlopen(sys.argv[1], timeout=5).read()
@@ -133,7 +146,7 @@ status=0
   --url "http://$proxy" \
   --auth "admin:$password" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance \
-  --phases examples,coverage,fuzzing \
+  --phases examples,coverage,fuzzing,stateful \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-25}" \
   --seed "${SCHEMATHESIS_SEED:-20260401}" \
   --workers 2 \
