@@ -1,4 +1,4 @@
-//! The ops listener: `/healthz`, `/readyz`, `/metrics`. Separate from the proxy listener so it
+//! The ops listener: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. Separate from the proxy listener so it
 //! can be bound to a private interface.
 //!
 //! It is bound before anything else starts (a port in use stops keyward at once, with the
@@ -132,6 +132,12 @@ impl ServeHttp for OpsApp {
                     self.metrics.render(),
                 )
             }
+            // The admin API's contract, next to the other things an operator reads from here.
+            "/openapi.json" => reply(
+                200,
+                "application/json",
+                crate::admin::openapi::DOCUMENT.as_bytes().to_vec(),
+            ),
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }

@@ -83,8 +83,12 @@ pub enum AdminError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// 405; the value is the `Allow` header: the methods the path has.
+    #[error("method not allowed (allowed: {0})")]
+    MethodNotAllowed(String),
+    /// 413: the body exceeds the admin API's limit (bytes).
+    #[error("the body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
     /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
     /// TOTP codes for this user.
     #[error("too many failed logins; try again in {0} s")]
@@ -139,7 +143,8 @@ impl AdminError {
             AdminError::Unauthenticated(_) => 401,
             AdminError::Forbidden(_) => 403,
             AdminError::NotFound(_) => 404,
-            AdminError::MethodNotAllowed => 405,
+            AdminError::MethodNotAllowed(_) => 405,
+            AdminError::PayloadTooLarge(_) => 413,
             AdminError::RetryLater(_) | AdminError::RateLimited(_) => 429,
             AdminError::Field { .. } => 412,
             AdminError::Unavailable => 503,
@@ -149,7 +154,9 @@ impl AdminError {
     /// The `outcome` label of `keyward_admin_operations_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            AdminError::BadRequest(_) | AdminError::MethodNotAllowed => "bad_request",
+            AdminError::BadRequest(_)
+            | AdminError::MethodNotAllowed(_)
+            | AdminError::PayloadTooLarge(_) => "bad_request",
             AdminError::Unauthenticated(_) | AdminError::RetryLater(_) => "unauthenticated",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
@@ -165,7 +172,8 @@ impl AdminError {
             AdminError::Unauthenticated(_) => "access.unauthenticated",
             AdminError::Forbidden(_) => "access.denied",
             AdminError::NotFound(_) => "object.not.found",
-            AdminError::MethodNotAllowed => "request.method.not.allowed",
+            AdminError::MethodNotAllowed(_) => "request.method.not.allowed",
+            AdminError::PayloadTooLarge(_) => "request.too.large",
             AdminError::RetryLater(_) | AdminError::RateLimited(_) => "access.rate.limited",
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",

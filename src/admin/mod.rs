@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod envelope;
 pub mod guard;
+pub mod openapi;
 pub mod signatures;
 pub mod tokens;
 pub mod users;
@@ -47,6 +48,72 @@ pub fn is_reserved(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix) || path == prefix.trim_end_matches('/'))
 }
 
+/// Every admin path, as the router matches it (`{name}` is one path segment). The OpenAPI
+/// document (docs/openapi.json) is tested against this table.
+const ROUTES: [(&str, Endpoint); 13] = [
+    (
+        "/authentication/v1/user/{user}/apikey",
+        Endpoint::UserApiKeys,
+    ),
+    (
+        "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}",
+        Endpoint::UserApiKey,
+    ),
+    ("/authentication/v1/apikey", Endpoint::OwnApiKeys),
+    (
+        "/authentication/v1/apikey/{user_hex}/{key_id}",
+        Endpoint::OwnApiKey,
+    ),
+    (
+        "/authentication/v1/user/{user}/signature",
+        Endpoint::UserSignatures,
+    ),
+    (
+        "/authentication/v1/user/{user}/signature/{key_id}",
+        Endpoint::UserSignature,
+    ),
+    (
+        "/authentication/v1/user/{user}/signature/session",
+        Endpoint::UserSignatureSession,
+    ),
+    (
+        "/authentication/v1/user/signature/session",
+        Endpoint::OwnSignatureSession,
+    ),
+    ("/authentication/v1/user/{user}/lock", Endpoint::UserLock),
+    ("/.TOKEN/", Endpoint::Tokens),
+    ("/.TOKEN/{name}", Endpoint::Token),
+    (
+        "/_admin/manage/tenants/{tenant}/tokens/",
+        Endpoint::TenantTokens,
+    ),
+    (
+        "/_admin/manage/tenants/{tenant}/tokens/{name}",
+        Endpoint::TenantToken,
+    ),
+];
+
+/// The methods an endpoint may answer; which ones each does is [`operation`]'s table.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// The admin API's paths and the methods each answers, from the router's own tables.
+pub fn routes() -> Vec<(&'static str, Vec<Method>)> {
+    ROUTES
+        .iter()
+        .map(|(path, endpoint)| (*path, endpoint.methods().collect()))
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Endpoint {
     UserApiKeys,
@@ -65,6 +132,18 @@ enum Endpoint {
 }
 
 impl Endpoint {
+    fn methods(self) -> impl Iterator<Item = Method> {
+        METHODS
+            .into_iter()
+            .filter(move |method| operation(self, method).is_some())
+    }
+
+    /// The 405 of another method, with the `Allow` header RFC 9110 §15.5.6 asks for.
+    fn method_not_allowed(self) -> AdminError {
+        let allow: Vec<String> = self.methods().map(|m| m.to_string()).collect();
+        AdminError::MethodNotAllowed(allow.join(", "))
+    }
+
     /// The token API answers in the Swarm gateway's shapes, not the Argus envelope.
     fn is_token_api(self) -> bool {
         self.surface() != guard::Surface::Argus
@@ -145,49 +224,7 @@ impl AdminApi {
         limiter: Arc<RateLimiter>,
     ) -> AdminApi {
         let mut router = matchit::Router::new();
-        let routes = [
-            (
-                "/authentication/v1/user/{user}/apikey",
-                Endpoint::UserApiKeys,
-            ),
-            (
-                "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}",
-                Endpoint::UserApiKey,
-            ),
-            ("/authentication/v1/apikey", Endpoint::OwnApiKeys),
-            (
-                "/authentication/v1/apikey/{user_hex}/{key_id}",
-                Endpoint::OwnApiKey,
-            ),
-            (
-                "/authentication/v1/user/{user}/signature",
-                Endpoint::UserSignatures,
-            ),
-            (
-                "/authentication/v1/user/{user}/signature/{key_id}",
-                Endpoint::UserSignature,
-            ),
-            (
-                "/authentication/v1/user/{user}/signature/session",
-                Endpoint::UserSignatureSession,
-            ),
-            (
-                "/authentication/v1/user/signature/session",
-                Endpoint::OwnSignatureSession,
-            ),
-            ("/authentication/v1/user/{user}/lock", Endpoint::UserLock),
-            ("/.TOKEN/", Endpoint::Tokens),
-            ("/.TOKEN/{name}", Endpoint::Token),
-            (
-                "/_admin/manage/tenants/{tenant}/tokens/",
-                Endpoint::TenantTokens,
-            ),
-            (
-                "/_admin/manage/tenants/{tenant}/tokens/{name}",
-                Endpoint::TenantToken,
-            ),
-        ];
-        for (path, endpoint) in routes {
+        for (path, endpoint) in ROUTES {
             router
                 .insert(path, endpoint)
                 .expect("admin routes do not conflict");
@@ -208,11 +245,9 @@ impl AdminApi {
             operation: "unknown",
             ..AuditTarget::default()
         };
-        let token_api = self
-            .router
-            .at(admin_path(ctx))
-            .map(|m| m.value.is_token_api())
-            .unwrap_or(false);
+        // By namespace, not by route: a path under `/.TOKEN/` or `/_admin/` that names no
+        // endpoint still answers in the token API's shape.
+        let token_api = is_token_path(admin_path(ctx));
         let audit_handed_over = AtomicBool::new(false);
         let result = self
             .dispatch(session, ctx, &mut target, &audit_handed_over)
@@ -278,6 +313,10 @@ impl AdminApi {
         self.audit.record(&record);
         let challenge = matches!(result, Err(AdminError::Unauthenticated(_)));
         let retry_after = result.as_ref().err().and_then(AdminError::retry_after_secs);
+        let allow = match &result {
+            Err(AdminError::MethodNotAllowed(allow)) => Some(allow.clone()),
+            _ => None,
+        };
         let (content_type, body, extra) = match result {
             Ok(Reply { raw: Some(raw), .. }) => (raw.content_type, raw.body, raw.headers),
             Ok(reply) => (
@@ -303,6 +342,9 @@ impl AdminApi {
         }
         if let Some(limited) = &rate_limited {
             respond::rate_limit_headers(&mut header, limited)?;
+        }
+        if let Some(allow) = allow {
+            header.insert_header("allow", allow)?;
         }
         let mut clears_cookie = false;
         for (name, value) in extra {
@@ -331,7 +373,8 @@ impl AdminApi {
         let param = |name: &str| found.params.get(name).unwrap_or_default().to_owned();
         let (user, user_hex, key_id) = (param("user"), param("user_hex"), param("key_id"));
         let (tenant, token_name) = (param("tenant"), param("name"));
-        target.operation = operation(endpoint, &method).ok_or(AdminError::MethodNotAllowed)?;
+        target.operation =
+            operation(endpoint, &method).ok_or_else(|| endpoint.method_not_allowed())?;
 
         let body = read_body(session).await?;
         let caller = self.authenticate(session, ctx, &body).await?;
@@ -400,7 +443,7 @@ impl AdminApi {
                 (Endpoint::TenantToken, &Method::DELETE) => {
                     tokens::tenant_delete(self, &call, &tenant, &token_name).await
                 }
-                _ => Err(AdminError::MethodNotAllowed),
+                _ => Err(endpoint.method_not_allowed()),
             };
         }
         let target_user = match endpoint {
@@ -454,7 +497,7 @@ impl AdminApi {
             (Endpoint::UserLock, &Method::DELETE) => {
                 users::set_locked(self, &call, &target_user, false).await
             }
-            _ => Err(AdminError::MethodNotAllowed),
+            _ => Err(endpoint.method_not_allowed()),
         }
     }
 
@@ -674,9 +717,7 @@ async fn read_body(session: &mut Session) -> Result<Vec<u8>, AdminError> {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY {
-                    return Err(AdminError::BadRequest(format!(
-                        "the body exceeds {MAX_BODY} bytes"
-                    )));
+                    return Err(AdminError::PayloadTooLarge(MAX_BODY));
                 }
                 body.extend_from_slice(&chunk);
             }
