@@ -575,7 +575,14 @@ fn malformed_keys_are_401_and_never_forwarded() {
         format!("2/1/{}", &secret[..20]),
         format!("{}/{}", prefix_of(&key), "é".repeat(22)),
         format!("{key}{}", "A".repeat(300)),
+        // A changed character breaks the checksum: malformed, not a wrong secret.
         format!("{}x", &key[..key.len() - 1]),
+        // A well-formed secret (its checksum holds) that is not the key's: the one bad_secret.
+        format!(
+            "{}/{}",
+            prefix_of(&key),
+            keyward::auth::api_key::generate_secret()
+        ),
     ];
     for shape in &shapes {
         let resp = client()

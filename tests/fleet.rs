@@ -151,6 +151,39 @@ fn keys_made_and_revoked_on_one_replica_reach_the_other() {
     });
 }
 
+/// A key rolled on A with a grace period: both keys work on both replicas during it, and at
+/// its end the old one stops on both (it is the key's `validUntil`, not a cache event).
+#[test]
+fn a_rolled_key_ends_on_every_replica_after_its_grace_period() {
+    let db = database();
+    let a = replica(db.url());
+    let b = replica(db.url());
+    a.add_user("john", "john-password", &[]);
+    let old = create_key(&a, "john");
+    // B has the old key cached before the roll.
+    assert_eq!(with_key(&b, &old).status(), 200);
+    let (status, body) = admin(
+        &a,
+        "POST",
+        &format!("/authentication/v1/user/john/apikey/{}/roll", prefix(&old)),
+        Some(json!({ "gracePeriodSeconds": 2 })),
+    );
+    assert_eq!(status, 201, "{body}");
+    let rolled_at = Instant::now();
+    let new = body["data"]["apiKeyString"].as_str().unwrap().to_owned();
+    within_a_second("the new key on the other replica", || {
+        with_key(&b, &new).status() == 200
+    });
+    for kw in [&a, &b] {
+        assert_eq!(with_key(kw, &old).status(), 200, "old key within its grace");
+    }
+    std::thread::sleep(Duration::from_millis(2100).saturating_sub(rolled_at.elapsed()));
+    for kw in [&a, &b] {
+        assert_eq!(with_key(kw, &old).status(), 401, "old key after its grace");
+        assert_eq!(with_key(kw, &new).status(), 200);
+    }
+}
+
 /// Locking through A cuts john's API key, gateway token and Basic login on B and C.
 #[test]
 fn a_lock_on_one_replica_cuts_every_credential_on_the_others() {

@@ -1,10 +1,10 @@
-//! `/authentication/v1/.../apikey`: list, create, renew and revoke API keys (SPEC §2).
+//! `/authentication/v1/.../apikey`: list, create, renew, roll and revoke API keys (SPEC §2).
 
 use super::envelope::{AdminError, Reply};
 use super::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
 use crate::auth::api_key::{generate_secret, Prefix};
 use crate::ratelimit::{Limit, LimitError};
-use crate::store::{now_ms, ApiKey, NewApiKey, User};
+use crate::store::{now_ms, ApiKey, ApiKeyRoll, NewApiKey, User};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
@@ -304,6 +304,68 @@ pub async fn renew(
         .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
     api.auth.api_keys.invalidate_user(target.id);
     Ok(Reply::ok(json!({ "renewedKey": descriptor(&renewed) })))
+}
+
+/// Longest grace period of a roll: one day.
+const MAX_GRACE_SECONDS: i64 = 86_400;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RollBody {
+    grace_period_seconds: Option<i64>,
+}
+
+/// `…/roll`: a new key with the old key's settings, shown once; the old key keeps working for
+/// `gracePeriodSeconds` (0 by default) and then expires. Its end is a `validUntil`, so every
+/// replica ends it at the same instant whatever its caches hold.
+pub async fn roll(
+    api: &AdminApi,
+    call: &Call<'_>,
+    target: &User,
+    user_hex: &str,
+    key_id: &str,
+) -> Result<Reply, AdminError> {
+    authorize_manage(call, target)?;
+    let prefix = target_prefix(target, user_hex, key_id)?;
+    let body: RollBody = if call.body.iter().all(u8::is_ascii_whitespace) {
+        RollBody {
+            grace_period_seconds: None,
+        }
+    } else {
+        parse_body(call.body)?
+    };
+    let grace = body.grace_period_seconds.unwrap_or(0);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(AdminError::field(
+            "gracePeriodSeconds",
+            format!("must be between 0 and {MAX_GRACE_SECONDS}"),
+            "validation.range",
+        ));
+    }
+    let secret = generate_secret();
+    let roll = ApiKeyRoll {
+        secret_hash: api.auth.api_keys.hasher().hash(&secret),
+        created_by_id: call.caller.user_id,
+        created_by_name: call.caller.user_name.clone(),
+        now_ms: now_ms(),
+        grace_ms: grace * 1000,
+    };
+    let audit = call.audit(201, &target.name, &prefix.to_string());
+    let (old, new) = api
+        .db
+        .call(move |store| async move {
+            store
+                .roll_api_key(prefix.user_id, prefix.key_id, roll, audit)
+                .await
+        })
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
+    api.auth.api_keys.invalidate_user(target.id);
+    Ok(Reply::created(json!({
+        "apiKeyString": format!("{}/{}", new.prefix(), secret),
+        "keyDescriptor": descriptor(&new),
+        "rolledKey": descriptor(&old),
+    })))
 }
 
 pub async fn revoke(

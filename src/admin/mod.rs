@@ -50,7 +50,7 @@ pub fn is_reserved(path: &str) -> bool {
 
 /// Every admin path, as the router matches it (`{name}` is one path segment). The OpenAPI
 /// document (docs/openapi.json) is tested against this table.
-const ROUTES: [(&str, Endpoint); 13] = [
+const ROUTES: [(&str, Endpoint); 15] = [
     (
         "/authentication/v1/user/{user}/apikey",
         Endpoint::UserApiKeys,
@@ -59,7 +59,15 @@ const ROUTES: [(&str, Endpoint); 13] = [
         "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}",
         Endpoint::UserApiKey,
     ),
+    (
+        "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}/roll",
+        Endpoint::UserApiKeyRoll,
+    ),
     ("/authentication/v1/apikey", Endpoint::OwnApiKeys),
+    (
+        "/authentication/v1/apikey/{user_hex}/{key_id}/roll",
+        Endpoint::OwnApiKeyRoll,
+    ),
     (
         "/authentication/v1/apikey/{user_hex}/{key_id}",
         Endpoint::OwnApiKey,
@@ -118,8 +126,10 @@ pub fn routes() -> Vec<(&'static str, Vec<Method>)> {
 enum Endpoint {
     UserApiKeys,
     UserApiKey,
+    UserApiKeyRoll,
     OwnApiKeys,
     OwnApiKey,
+    OwnApiKeyRoll,
     UserSignatures,
     UserSignature,
     UserSignatureSession,
@@ -447,9 +457,10 @@ impl AdminApi {
             };
         }
         let target_user = match endpoint {
-            Endpoint::OwnApiKeys | Endpoint::OwnApiKey | Endpoint::OwnSignatureSession => {
-                self.resolve_caller(&caller).await?
-            }
+            Endpoint::OwnApiKeys
+            | Endpoint::OwnApiKey
+            | Endpoint::OwnApiKeyRoll
+            | Endpoint::OwnSignatureSession => self.resolve_caller(&caller).await?,
             _ => self.resolve_user(&user).await?,
         };
         target.user = target_user.name.clone();
@@ -476,6 +487,9 @@ impl AdminApi {
             }
             (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => {
                 api_keys::revoke(self, &call, &target_user, &user_hex, &key_id).await
+            }
+            (Endpoint::UserApiKeyRoll | Endpoint::OwnApiKeyRoll, &Method::POST) => {
+                api_keys::roll(self, &call, &target_user, &user_hex, &key_id).await
             }
             (Endpoint::UserSignatures, &Method::GET) => {
                 signatures::list(self, &call, &target_user).await
@@ -605,6 +619,7 @@ fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
         (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::POST) => Some("apikey.create"),
         (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::PUT) => Some("apikey.renew"),
         (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => Some("apikey.revoke"),
+        (Endpoint::UserApiKeyRoll | Endpoint::OwnApiKeyRoll, &Method::POST) => Some("apikey.roll"),
         (Endpoint::UserSignatures, &Method::GET) => Some("signature.list"),
         (Endpoint::UserSignatures, &Method::POST) => Some("signature.enroll"),
         (Endpoint::UserSignature, &Method::DELETE) => Some("signature.delete"),

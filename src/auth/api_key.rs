@@ -24,11 +24,34 @@ pub const HEADER: &str = "argus-api-key";
 pub const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 pub const CACHE_NAME: &str = "apikey";
 pub const NEGATIVE_CACHE_NAME: &str = "apikey_negative";
-/// A well-formed key is at most 16 + 1 + 10 + 1 + 43 bytes; anything longer is refused unread.
+/// A well-formed key is at most 16 + 1 + 10 + 1 + 52 bytes; anything longer is refused unread.
 const MAX_KEY_LEN: usize = 128;
 const SECRET_BYTES: usize = 32;
-/// URL-safe base64 of 32 bytes, unpadded.
+/// URL-safe base64 of 32 bytes, unpadded: the random part of a secret (and the whole of a
+/// secret issued before checksummed secrets).
 const SECRET_LEN: usize = 43;
+/// Secrets start with this, so that secret scanners can recognise keyward keys.
+pub const SECRET_PREFIX: &str = "kw_";
+/// The base62 CRC32 that ends a secret.
+const CHECKSUM_LEN: usize = 6;
+const CHECKED_SECRET_LEN: usize = SECRET_PREFIX.len() + SECRET_LEN + CHECKSUM_LEN;
+/// What a keyward API key looks like, for secret scanners (published in the README).
+pub const KEY_PATTERN: &str =
+    r"\b[0-9a-f]{1,15}/[1-9][0-9]{0,9}/kw_[A-Za-z0-9_-]{43}[0-9A-Za-z]{6}\b";
+
+/// The checksum of a secret's first 46 characters (`kw_` and the random part): CRC32
+/// (IEEE), in base62 (`0-9A-Za-z`), left-padded with `0` to six characters.
+pub fn checksum(checked: &str) -> String {
+    format!(
+        "{:0>6}",
+        base62::encode(crc32fast::hash(checked.as_bytes()))
+    )
+}
+
+fn is_base64url(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// `<userIdHex>/<keyId>`: identifies a key without its secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,21 +103,36 @@ pub fn parse(value: &[u8]) -> Result<(Prefix, &str), AuthError> {
         return Err(AuthError::Malformed);
     };
     let prefix = Prefix::parse(user_hex, key_id).ok_or(AuthError::Malformed)?;
-    let secret_ok = secret.len() == SECRET_LEN
-        && secret
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let secret_ok = match secret.strip_prefix(SECRET_PREFIX) {
+        // A checksummed secret whose checksum fails is a typo or a forgery: refused here,
+        // before any cache or store is asked.
+        Some(rest) => {
+            secret.len() == CHECKED_SECRET_LEN
+                && is_base64url(rest)
+                && rest.is_char_boundary(SECRET_LEN)
+                && checksum(&secret[..SECRET_PREFIX.len() + SECRET_LEN]).as_bytes()
+                    == &rest.as_bytes()[SECRET_LEN..]
+        }
+        // Issued before checksummed secrets: still accepted.
+        None => secret.len() == SECRET_LEN && is_base64url(secret),
+    };
     if !secret_ok {
         return Err(AuthError::Malformed);
     }
     Ok((prefix, secret))
 }
 
-/// A fresh secret: 32 bytes from the OS CSPRNG, URL-safe base64 without padding.
+/// A fresh secret: `kw_`, 32 bytes from the OS CSPRNG as URL-safe base64 without padding,
+/// and the checksum of both (see [`checksum`]).
 pub fn generate_secret() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut secret = String::with_capacity(CHECKED_SECRET_LEN);
+    secret.push_str(SECRET_PREFIX);
+    secret.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let sum = checksum(&secret);
+    secret.push_str(&sum);
+    secret
 }
 
 /// HMAC-SHA-256 of secrets under the store's pepper. Secrets are 256 random bits, so a fast
@@ -341,8 +379,37 @@ mod tests {
     }
 
     #[test]
+    fn new_secrets_carry_the_prefix_and_a_checksum_and_match_the_published_pattern() {
+        let pattern = regex::Regex::new(KEY_PATTERN).unwrap();
+        for _ in 0..200 {
+            let secret = generate_secret();
+            assert_eq!(secret.len(), CHECKED_SECRET_LEN);
+            assert!(secret.starts_with("kw_"));
+            assert_eq!(checksum(&secret[..46]), secret[46..]);
+            let key = format!("15a6/12/{secret}");
+            assert!(pattern.is_match(&key), "{key}");
+            assert!(parse(key.as_bytes()).is_ok());
+            // Any one character changed: the checksum no longer matches.
+            for i in [3, 20, 45, 46, 51] {
+                let mut bytes = key.clone().into_bytes();
+                let at = "15a6/12/".len() + i;
+                bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+                assert_eq!(parse(&bytes), Err(AuthError::Malformed), "{i}");
+            }
+        }
+        // The rule, as published: CRC32 (IEEE) of the first 46 characters, base62, 6 wide.
+        assert_eq!(
+            checksum("kw_"),
+            format!("{:0>6}", base62::encode(0x2069_5e87u32))
+        );
+    }
+
+    #[test]
     fn parses_issued_keys_only() {
-        let secret = generate_secret();
+        let mut bytes = [0u8; SECRET_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        // A secret issued before checksums (and the random part of one since).
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         assert_eq!(secret.len(), SECRET_LEN);
         let good = format!("15a6/1/{secret}");
         let (prefix, parsed_secret) = parse(good.as_bytes()).unwrap();

@@ -284,6 +284,50 @@ pub struct NewApiKey {
     pub rate_limit: Option<Limit>,
 }
 
+/// A key rolled over (`…/roll`): the replacement gets a new secret and the old key's
+/// description, sources, constraints, rate limit and lifetime (a key that never expires gets
+/// a key that never expires); the old key ends after the grace period, or at its own expiry
+/// if that comes first.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRoll {
+    pub secret_hash: Vec<u8>,
+    pub created_by_id: i64,
+    pub created_by_name: String,
+    pub now_ms: i64,
+    pub grace_ms: i64,
+}
+
+impl ApiKeyRoll {
+    pub fn replacement(&self, old: &ApiKey) -> NewApiKey {
+        let valid_until_ms = match old.valid_until_ms {
+            0 => 0,
+            until => self.now_ms + (until - old.created_at_ms).max(0),
+        };
+        NewApiKey {
+            user_id: old.user_id,
+            secret_hash: self.secret_hash.clone(),
+            description: old.description.clone(),
+            created_by_id: self.created_by_id,
+            created_by_name: self.created_by_name.clone(),
+            valid_until_ms,
+            valid_sources: old.valid_sources.clone(),
+            functions: old.functions.clone(),
+            customers: old.customers.clone(),
+            read_only: old.read_only,
+            rate_limit: old.rate_limit,
+        }
+    }
+
+    /// When the old key stops working.
+    pub fn old_key_end(&self, old: &ApiKey) -> i64 {
+        let end = self.now_ms + self.grace_ms;
+        match old.valid_until_ms {
+            0 => end,
+            until => until.min(end),
+        }
+    }
+}
+
 /// An enrolled Ed25519 public key (SPEC §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureKey {
@@ -431,6 +475,16 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new key under the user's next key id.
     async fn create_api_key(&self, key: NewApiKey, audit: AuditEvent)
         -> Result<ApiKey, StoreError>;
+    /// Replaces an active key by a new one with its settings, and ends the old one after a
+    /// grace period, in one transaction (one change, one audit record naming both prefixes).
+    /// Returns (old key as it now is, new key); `None` when there is no such key.
+    async fn roll_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        roll: ApiKeyRoll,
+        audit: AuditEvent,
+    ) -> Result<Option<(ApiKey, ApiKey)>, StoreError>;
     /// An active (not revoked) key.
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError>;
     /// The user's active keys, oldest first.

@@ -14,7 +14,7 @@ use super::rows::{
     row_decoders, to_json, API_KEY_COLUMNS, SIGNATURE_KEY_COLUMNS, TOKEN_SELECT, USER_COLUMNS,
 };
 use super::{
-    now_ms, ApiKey, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
+    now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
     NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
     TokenScope, User,
 };
@@ -133,6 +133,38 @@ impl PostgresStore {
     }
 
     /// Runs `update` (an UPDATE of one active key) and returns the key as it is afterwards.
+    /// Inserts a key under the user's next key id, in the caller's transaction.
+    async fn insert_api_key(
+        tx: &mut Transaction<'_, Postgres>,
+        key: &NewApiKey,
+    ) -> Result<ApiKey, StoreError> {
+        let key_id = Self::next_key_id(tx, "next_api_key_id", key.user_id).await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
+             created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
+             read_only, rate_limit_per_ks, rate_limit_burst) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             RETURNING {API_KEY_COLUMNS}"
+        ))
+        .bind(key.user_id)
+        .bind(key_id)
+        .bind(&key.secret_hash)
+        .bind(&key.description)
+        .bind(now_ms())
+        .bind(key.created_by_id)
+        .bind(&key.created_by_name)
+        .bind(key.valid_until_ms)
+        .bind(to_json(&key.valid_sources))
+        .bind(key.functions.as_deref().map(to_json))
+        .bind(to_json(&key.customers))
+        .bind(key.read_only)
+        .bind(key.rate_limit.map(|l| l.per_kilosecond()))
+        .bind(key.rate_limit.map(|l| i64::from(l.burst())))
+        .fetch_one(&mut **tx)
+        .await?;
+        api_key_from_row(&row)
+    }
+
     async fn change_api_key(
         &self,
         user_id: i64,
@@ -391,35 +423,50 @@ impl Store for PostgresStore {
         mut audit: AuditEvent,
     ) -> Result<ApiKey, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let key_id = Self::next_key_id(&mut tx, "next_api_key_id", key.user_id).await?;
-        let row = sqlx::query(&format!(
-            "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
-             created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only, rate_limit_per_ks, rate_limit_burst) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             RETURNING {API_KEY_COLUMNS}"
-        ))
-        .bind(key.user_id)
-        .bind(key_id)
-        .bind(&key.secret_hash)
-        .bind(&key.description)
-        .bind(now_ms())
-        .bind(key.created_by_id)
-        .bind(&key.created_by_name)
-        .bind(key.valid_until_ms)
-        .bind(to_json(&key.valid_sources))
-        .bind(key.functions.as_deref().map(to_json))
-        .bind(to_json(&key.customers))
-        .bind(key.read_only)
-        .bind(key.rate_limit.map(|l| l.per_kilosecond()))
-        .bind(key.rate_limit.map(|l| i64::from(l.burst())))
-        .fetch_one(&mut *tx)
-        .await?;
-        let created = api_key_from_row(&row)?;
+        let created = Self::insert_api_key(&mut tx, &key).await?;
         audit.target_credential = created.prefix();
         Self::record_change(&mut tx, ChangeKind::ApiKey, key.user_id, &audit).await?;
         tx.commit().await?;
         Ok(created)
+    }
+
+    async fn roll_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        roll: ApiKeyRoll,
+        mut audit: AuditEvent,
+    ) -> Result<Option<(ApiKey, ApiKey)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE: two rolls of one key at once make one replacement, not two.
+        let Some(old) = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys \
+             WHERE user_id = $1 AND key_id = $2 AND NOT revoked FOR UPDATE"
+        ))
+        .bind(user_id)
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| api_key_from_row(&row))
+        .transpose()?
+        else {
+            return Ok(None);
+        };
+        let created = Self::insert_api_key(&mut tx, &roll.replacement(&old)).await?;
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys SET valid_until_ms = $3 WHERE user_id = $1 AND key_id = $2 \
+             RETURNING {API_KEY_COLUMNS}"
+        ))
+        .bind(user_id)
+        .bind(key_id)
+        .bind(roll.old_key_end(&old))
+        .fetch_one(&mut *tx)
+        .await?;
+        let old = api_key_from_row(&row)?;
+        audit.target_credential = format!("{} {}", old.prefix(), created.prefix());
+        Self::record_change(&mut tx, ChangeKind::ApiKey, user_id, &audit).await?;
+        tx.commit().await?;
+        Ok(Some((old, created)))
     }
 
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError> {

@@ -5,7 +5,7 @@ use super::rows::{
     row_decoders, to_json, API_KEY_COLUMNS, SIGNATURE_KEY_COLUMNS, TOKEN_SELECT, USER_COLUMNS,
 };
 use super::{
-    now_ms, ApiKey, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
+    now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
     NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
     TokenScope, User,
 };
@@ -182,6 +182,56 @@ impl SqliteStore {
 
     /// Runs `update` (an UPDATE of one active key), records the change and returns the key as
     /// it is after the update (`revoked`: as it was just before being revoked).
+    /// Inserts a key under the user's next key id, in the caller's transaction.
+    async fn insert_api_key(
+        tx: &mut Transaction<'_, Sqlite>,
+        key: &NewApiKey,
+    ) -> Result<ApiKey, StoreError> {
+        let key_id = Self::next_key_id(tx, "next_api_key_id", key.user_id).await?;
+        sqlx::query(
+            "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
+             created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
+             read_only, rate_limit_per_ks, rate_limit_burst) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key.user_id)
+        .bind(key_id)
+        .bind(&key.secret_hash)
+        .bind(&key.description)
+        .bind(now_ms())
+        .bind(key.created_by_id)
+        .bind(&key.created_by_name)
+        .bind(key.valid_until_ms)
+        .bind(to_json(&key.valid_sources))
+        .bind(key.functions.as_deref().map(to_json))
+        .bind(to_json(&key.customers))
+        .bind(key.read_only)
+        .bind(key.rate_limit.map(|l| l.per_kilosecond()))
+        .bind(key.rate_limit.map(|l| i64::from(l.burst())))
+        .execute(&mut **tx)
+        .await?;
+        Self::active_api_key(tx, key.user_id, key_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an inserted key vanished".into()))
+    }
+
+    async fn active_api_key(
+        tx: &mut Transaction<'_, Sqlite>,
+        user_id: i64,
+        key_id: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys \
+             WHERE user_id = ? AND key_id = ? AND revoked = 0"
+        ))
+        .bind(user_id)
+        .bind(key_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| api_key_from_row(&row))
+        .transpose()
+    }
+
     async fn change_api_key<'q>(
         &self,
         user_id: i64,
@@ -358,41 +408,38 @@ impl Store for SqliteStore {
         mut audit: AuditEvent,
     ) -> Result<ApiKey, StoreError> {
         let mut tx = self.write_transaction().await?;
-        let key_id = Self::next_key_id(&mut tx, "next_api_key_id", key.user_id).await?;
-        sqlx::query(
-            "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
-             created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only, rate_limit_per_ks, rate_limit_burst) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(key.user_id)
-        .bind(key_id)
-        .bind(&key.secret_hash)
-        .bind(&key.description)
-        .bind(now_ms())
-        .bind(key.created_by_id)
-        .bind(&key.created_by_name)
-        .bind(key.valid_until_ms)
-        .bind(to_json(&key.valid_sources))
-        .bind(key.functions.as_deref().map(to_json))
-        .bind(to_json(&key.customers))
-        .bind(key.read_only)
-        .bind(key.rate_limit.map(|l| l.per_kilosecond()))
-        .bind(key.rate_limit.map(|l| i64::from(l.burst())))
-        .execute(&mut *tx)
-        .await?;
-        audit.target_credential = format!("{:x}/{key_id}", key.user_id);
+        let created = Self::insert_api_key(&mut tx, &key).await?;
+        audit.target_credential = created.prefix();
         Self::record_change(&mut tx, ChangeKind::ApiKey, key.user_id, &audit).await?;
-        let row = sqlx::query(&format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND key_id = ?"
-        ))
-        .bind(key.user_id)
-        .bind(key_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let created = api_key_from_row(&row)?;
         tx.commit().await?;
         Ok(created)
+    }
+
+    async fn roll_api_key(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        roll: ApiKeyRoll,
+        mut audit: AuditEvent,
+    ) -> Result<Option<(ApiKey, ApiKey)>, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let Some(old) = Self::active_api_key(&mut tx, user_id, key_id).await? else {
+            return Ok(None);
+        };
+        let created = Self::insert_api_key(&mut tx, &roll.replacement(&old)).await?;
+        sqlx::query("UPDATE api_keys SET valid_until_ms = ? WHERE user_id = ? AND key_id = ?")
+            .bind(roll.old_key_end(&old))
+            .bind(user_id)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        audit.target_credential = format!("{} {}", old.prefix(), created.prefix());
+        Self::record_change(&mut tx, ChangeKind::ApiKey, user_id, &audit).await?;
+        let old = Self::active_api_key(&mut tx, user_id, key_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a rolled key vanished".into()))?;
+        tx.commit().await?;
+        Ok(Some((old, created)))
     }
 
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError> {
