@@ -254,6 +254,8 @@ impl CachedKey {
 pub struct ApiKeyAuthenticator {
     db: Db,
     hasher: KeyHasher,
+    /// What an unknown prefix's secret is compared with.
+    dummy_hash: Vec<u8>,
     keys: CredentialCache<Prefix, CachedKey>,
     usage: UsageRecorder,
 }
@@ -267,6 +269,7 @@ impl ApiKeyAuthenticator {
     ) -> ApiKeyAuthenticator {
         ApiKeyAuthenticator {
             db,
+            dummy_hash: hasher.hash("keyward: no key has this prefix"),
             hasher,
             keys: CredentialCache::new(metrics, CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
             usage: UsageRecorder::default(),
@@ -283,7 +286,17 @@ impl ApiKeyAuthenticator {
         client_ip: IpAddr,
     ) -> Result<Arc<Principal>, AuthError> {
         let (prefix, secret) = parse(value)?;
-        let key = self.lookup(prefix).await?;
+        let key = match self.lookup(prefix).await {
+            Ok(key) => key,
+            Err(AuthError::UnknownKey) => {
+                // The work a known key costs (the keyed hash and a constant-time compare), so
+                // that an unknown prefix is refused in the time a wrong secret is, and timing
+                // does not tell which prefixes exist (benches/refusals.rs checks it).
+                std::hint::black_box(self.hasher.matches(secret, &self.dummy_hash));
+                return Err(AuthError::UnknownKey);
+            }
+            Err(e) => return Err(e),
+        };
         let principal = key.check(&self.hasher, secret, client_ip, now_ms())?;
         self.usage.record(prefix.user_id, prefix.key_id, client_ip);
         Ok(principal)
