@@ -55,6 +55,16 @@ def seconds(text):
     return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+def quantity(text):
+    """A Kubernetes quantity in bytes ("64Mi", "1Gi", "512M", "1000")."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(text))
+    if not m:
+        raise ValueError(f"not a quantity: {text!r}")
+    factor = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+              "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[m.group(2)]
+    return int(m.group(1)) * factor
+
+
 def prestop_seconds(container):
     command = (((container.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command")
     if command and command[0] == "sleep":
@@ -192,6 +202,20 @@ def check_manifests(path, overlay):
                     (config.get("replay") or {}).get("redis_url_env")]:
             if not var or "secretKeyRef" not in ((env.get(var) or {}).get("valueFrom") or {}):
                 problem(f"{var!r} does not come from a Secret")
+
+    # Signed bodies spool to signatures.spool_dir (default /tmp): it must be writable and
+    # hold signatures.bodies_in_flight, which must also fit in the memory limit.
+    signatures = config.get("signatures") or {}
+    in_flight = int(signatures.get("bodies_in_flight", 256 * 1024 * 1024))
+    spool = str(signatures.get("spool_dir", "/tmp"))
+    spool_volume = writable_volume(spool.rstrip("/") + "/spool-file")
+    size_limit = quantity(((spool_volume or {}).get("emptyDir") or {}).get("sizeLimit", "0"))
+    if spool_volume is None or ("emptyDir" in spool_volume and size_limit < in_flight):
+        problem(f"signatures.spool_dir {spool!r} is not a writable volume holding "
+                f"signatures.bodies_in_flight ({in_flight} bytes)")
+    memory_limit = quantity(((keyward.get("resources") or {}).get("limits") or {}).get("memory", "0"))
+    if in_flight >= memory_limit / 2:
+        problem(f"signatures.bodies_in_flight ({in_flight} bytes) is not well within keyward's memory limit")
 
     # SIGTERM: every preStop sleep runs before keyward's grace period and shutdown timeout.
     grace = seconds(server.get("grace_period", "5s")) + seconds(server.get("shutdown_timeout", "5s"))
