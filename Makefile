@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge
+.PHONY: run test prereqs load load-postgres load-edge check-deploy
 
 prereqs:
 	@scripts/prereqs.sh
@@ -12,6 +12,11 @@ run: prereqs
 
 test: prereqs
 	cargo test --all-targets
+
+# deploy/ as an operator uses it: Prometheus rules and config, the manifests, the dashboard,
+# the Dockerfile, and a live keyward's /metrics (scripts/check-deploy.sh).
+check-deploy: prereqs
+	scripts/check-deploy.sh
 
 load: prereqs
 	scripts/load.sh 4 32 7

@@ -52,38 +52,43 @@ fn check_config_accepts_a_valid_file_and_the_shipped_examples() {
     );
 }
 
-/// The keyward.yaml of every ConfigMap in `deploy/` is a valid configuration, with the
-/// environment variables its Deployment sets from Secrets.
+/// The keyward.yaml of every Kubernetes overlay (its ConfigMap) is a valid configuration, with
+/// the environment variables its Deployment sets from Secrets and its TLS files in place.
+/// scripts/check-deploy.sh checks the same files as `kubectl kustomize` renders them.
 #[test]
-fn check_config_accepts_the_configs_in_the_kubernetes_manifests() {
-    use serde::Deserialize;
-    for manifest in ["kubernetes-sidecar.yaml", "kubernetes-fleet.yaml"] {
-        let path = format!("{}/deploy/{manifest}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut configs = 0;
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(document).unwrap();
-            let Some(config) = value["data"]["keyward.yaml"].as_str() else {
-                continue;
-            };
-            configs += 1;
-            let dir = tempfile::tempdir().unwrap();
-            let file = dir.path().join("k.yaml");
-            std::fs::write(&file, config).unwrap();
-            let out = Command::new(BIN)
-                .args(["check-config", "--config"])
-                .arg(&file)
-                .env(
-                    "KEYWARD_STORE_URL",
-                    "postgres://keyward:pw@postgres:5432/keyward",
-                )
-                .env("KEYWARD_REDIS_URL", "redis://:pw@redis:6379/0")
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{manifest}: {out:?}");
-        }
-        assert_eq!(configs, 1, "{manifest} holds one keyward.yaml");
+fn check_config_accepts_the_configs_of_the_kubernetes_overlays() {
+    let certs = tempfile::tempdir().unwrap();
+    let files = common::tls::TestPki::new().server(certs.path(), "tls", 1);
+    let overlays = format!("{}/deploy/kubernetes/overlays", env!("CARGO_MANIFEST_DIR"));
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&overlays).unwrap() {
+        let overlay = entry.unwrap().path();
+        let name = overlay.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(overlay.join("keyward.yaml"))
+            .unwrap()
+            .replace(
+                "/etc/keyward/tls/tls.crt",
+                &files.cert.display().to_string(),
+            )
+            .replace("/etc/keyward/tls/tls.key", &files.key.display().to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.yaml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .env(
+                "KEYWARD_STORE_URL",
+                "postgres://keyward:pw@postgres:5432/keyward",
+            )
+            .env("KEYWARD_REDIS_URL", "redis://:pw@redis:6379/0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        checked.push(name);
     }
+    checked.sort();
+    assert_eq!(checked, ["edge", "fleet", "sidecar-sqlite"]);
 }
 
 #[test]
