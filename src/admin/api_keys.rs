@@ -60,7 +60,7 @@ struct SessionConstraints {
     read_only: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RenewBody {
     expiration_days: Option<i64>,
@@ -250,6 +250,16 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
     })))
 }
 
+/// A body that may be left out (empty or blank): every field at its default then.
+fn parse_optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, AdminError> {
+    match body.iter().all(u8::is_ascii_whitespace) {
+        true => Ok(T::default()),
+        false => parse_body(body),
+    }
+}
+
 fn target_prefix(target: &User, user_hex: &str, key_id: &str) -> Result<Prefix, AdminError> {
     Prefix::parse(user_hex, key_id)
         .filter(|p| p.user_id == target.id)
@@ -267,15 +277,7 @@ pub async fn renew(
 ) -> Result<Reply, AdminError> {
     authorize_manage(call, target)?;
     let prefix = target_prefix(target, user_hex, key_id)?;
-    let body: RenewBody = if call.body.iter().all(u8::is_ascii_whitespace) {
-        RenewBody {
-            expiration_days: None,
-            disable_expiration: None,
-            rate_limit: None,
-        }
-    } else {
-        parse_body(call.body)?
-    };
+    let body: RenewBody = parse_optional_body(call.body)?;
     let valid_until_ms = valid_until(
         call,
         body.expiration_days,
@@ -309,7 +311,7 @@ pub async fn renew(
 /// Longest grace period of a roll: one day.
 const MAX_GRACE_SECONDS: i64 = 86_400;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RollBody {
     grace_period_seconds: Option<i64>,
@@ -327,13 +329,7 @@ pub async fn roll(
 ) -> Result<Reply, AdminError> {
     authorize_manage(call, target)?;
     let prefix = target_prefix(target, user_hex, key_id)?;
-    let body: RollBody = if call.body.iter().all(u8::is_ascii_whitespace) {
-        RollBody {
-            grace_period_seconds: None,
-        }
-    } else {
-        parse_body(call.body)?
-    };
+    let body: RollBody = parse_optional_body(call.body)?;
     let grace = body.grace_period_seconds.unwrap_or(0);
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         return Err(AdminError::field(
