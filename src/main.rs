@@ -4,6 +4,12 @@ use clap::Parser;
 use keyward::cli::{self, Cli, Command};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: about 15 % fewer instructions per proxied request
+/// (the request path makes some 80 small allocations), measured under callgrind in
+/// docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let Cli { config, command } = Cli::parse();
     // Client tooling needs no configuration.
