@@ -6,31 +6,21 @@
 //!
 //! `cargo bench --bench hot_path`
 
+mod common;
+
+use common::{bench_db, cache_settings};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::signature::{self, RequestView, SignatureAuthenticator};
-use keyward::cache::{CacheSettings, LiveDuration};
 use keyward::config::Config;
-use keyward::config::StoreUrl;
 use keyward::metrics::Metrics;
 use keyward::store::NewSignatureKey;
-use keyward::store::{Db, NewApiKey, NewUser, PoolSettings, StoreHealth};
+use keyward::store::{NewApiKey, NewUser};
 use keyward::users::local_audit;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn bench_db(dir: &tempfile::TempDir) -> Db {
-    let url = StoreUrl::Sqlite(dir.path().join("bench.db"));
-    let (errors, up) = Metrics::new().store_series();
-    Db::start(
-        &url,
-        PoolSettings::default_for(&url),
-        StoreHealth::new(errors, up),
-    )
-    .unwrap()
-}
 
 fn hot_path(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -87,12 +77,7 @@ fn hot_path(c: &mut Criterion) {
         db,
         Arc::new(Metrics::new()),
         hasher,
-        &CacheSettings {
-            ttl: LiveDuration::new(Duration::from_secs(3600)),
-            capacity: 100_000,
-            negative_ttl: LiveDuration::new(Duration::from_secs(30)),
-            negative_capacity: 100_000,
-        },
+        &cache_settings(Duration::from_secs(30)),
     ));
     // Warm the cache.
     runtime

@@ -8,13 +8,14 @@
 //! more than 50 µs. Under `cargo test` (criterion's test mode) each case runs once and the
 //! timing check is skipped: timing belongs to benchmarks, not to tests.
 
+mod common;
+
+use common::{bench_db, cache_settings};
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::AuthError;
-use keyward::cache::{CacheSettings, LiveDuration};
-use keyward::config::StoreUrl;
 use keyward::metrics::Metrics;
-use keyward::store::{now_ms, Db, NewApiKey, NewUser, PoolSettings, StoreHealth};
+use keyward::store::{now_ms, Db, NewApiKey, NewUser};
 use keyward::users::local_audit;
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -74,14 +75,7 @@ fn key_for(db: &Db, hasher: &KeyHasher, user: &str, valid_until_ms: i64) -> (Str
 
 fn refusals(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let url = StoreUrl::Sqlite(dir.path().join("bench.db"));
-    let (errors, up) = Metrics::new().store_series();
-    let db = Db::start(
-        &url,
-        PoolSettings::default_for(&url),
-        StoreHealth::new(errors, up),
-    )
-    .unwrap();
+    let db = bench_db(&dir);
     let pepper = db
         .block_on(|store| async move { store.api_key_pepper().await })
         .unwrap();
@@ -127,12 +121,7 @@ fn refusals(c: &mut Criterion) {
         db,
         Arc::new(Metrics::new()),
         hasher,
-        &CacheSettings {
-            ttl: LiveDuration::new(Duration::from_secs(3600)),
-            capacity: 100_000,
-            negative_ttl: LiveDuration::new(Duration::from_secs(3600)),
-            negative_capacity: 100_000,
-        },
+        &cache_settings(Duration::from_secs(3600)),
     ));
     let ip: IpAddr = "10.1.2.3".parse().unwrap();
     let refuse =

@@ -12,18 +12,19 @@
 //!
 //! `cargo bench --bench schemes`
 
+mod common;
+
+use common::{bench_db, cache_settings};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::basic::{BasicAuthenticator, ThrottleSettings};
 use keyward::auth::password::PasswordHasher;
 use keyward::auth::signature::{self, RequestView, SignatureAuthenticator};
 use keyward::auth::token::{self, TokenAuthenticator};
-use keyward::cache::{CacheSettings, LiveDuration};
-use keyward::config::{Config, StoreUrl};
+use keyward::cache::LiveDuration;
+use keyward::config::Config;
 use keyward::metrics::Metrics;
-use keyward::store::{
-    now_ms, Db, NewApiKey, NewSignatureKey, NewToken, PoolSettings, StoreHealth, User,
-};
+use keyward::store::{now_ms, Db, NewApiKey, NewSignatureKey, NewToken, User};
 use keyward::users::{self, local_audit, UserSpec};
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -31,15 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const PASSWORD: &str = "bench-password-1";
-
-fn cache_settings() -> CacheSettings {
-    CacheSettings {
-        ttl: LiveDuration::new(Duration::from_secs(3600)),
-        capacity: 100_000,
-        negative_ttl: LiveDuration::new(Duration::from_secs(30)),
-        negative_capacity: 100_000,
-    }
-}
 
 struct Bench {
     _dir: tempfile::TempDir,
@@ -51,14 +43,7 @@ struct Bench {
 
 fn setup() -> Bench {
     let dir = tempfile::tempdir().unwrap();
-    let url = StoreUrl::Sqlite(dir.path().join("bench.db"));
-    let (errors, up) = Metrics::new().store_series();
-    let db = Db::start(
-        &url,
-        PoolSettings::default_for(&url),
-        StoreHealth::new(errors, up),
-    )
-    .unwrap();
+    let db = bench_db(&dir);
     let user = db
         .block_on(|store| async move {
             Ok(users::add_user(
@@ -129,7 +114,7 @@ fn schemes(c: &mut Criterion) {
         bench.db.clone(),
         Arc::new(Metrics::new()),
         bench.hasher.clone(),
-        &cache_settings(),
+        &cache_settings(Duration::from_secs(30)),
     );
     let rt = &bench.runtime;
     rt.block_on(api_keys.authenticate(header.as_bytes(), ip))
@@ -178,7 +163,7 @@ fn schemes(c: &mut Criterion) {
         bench.db.clone(),
         Arc::new(Metrics::new()),
         bench.hasher.clone(),
-        &cache_settings(),
+        &cache_settings(Duration::from_secs(30)),
     );
     rt.block_on(tokens.authenticate(&minted)).unwrap();
     group.bench_function("token/warm", |b| {

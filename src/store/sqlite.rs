@@ -210,13 +210,14 @@ impl SqliteStore {
         .bind(key.rate_limit.map(|l| i64::from(l.burst())))
         .execute(&mut **tx)
         .await?;
-        Self::active_api_key(tx, key.user_id, key_id)
+        Self::active_api_key(&mut **tx, key.user_id, key_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("an inserted key vanished".into()))
     }
 
-    async fn active_api_key(
-        tx: &mut Transaction<'_, Sqlite>,
+    /// An active (not revoked) key, read through the pool or a transaction.
+    async fn active_api_key<'e>(
+        executor: impl sqlx::Executor<'e, Database = Sqlite>,
         user_id: i64,
         key_id: i64,
     ) -> Result<Option<ApiKey>, StoreError> {
@@ -226,7 +227,7 @@ impl SqliteStore {
         ))
         .bind(user_id)
         .bind(key_id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(executor)
         .await?
         .map(|row| api_key_from_row(&row))
         .transpose()
@@ -423,7 +424,7 @@ impl Store for SqliteStore {
         mut audit: AuditEvent,
     ) -> Result<Option<(ApiKey, ApiKey)>, StoreError> {
         let mut tx = self.write_transaction().await?;
-        let Some(old) = Self::active_api_key(&mut tx, user_id, key_id).await? else {
+        let Some(old) = Self::active_api_key(&mut *tx, user_id, key_id).await? else {
             return Ok(None);
         };
         let created = Self::insert_api_key(&mut tx, &roll.replacement(&old)).await?;
@@ -435,7 +436,7 @@ impl Store for SqliteStore {
             .await?;
         audit.target_credential = format!("{} {}", old.prefix(), created.prefix());
         Self::record_change(&mut tx, ChangeKind::ApiKey, user_id, &audit).await?;
-        let old = Self::active_api_key(&mut tx, user_id, key_id)
+        let old = Self::active_api_key(&mut *tx, user_id, key_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("a rolled key vanished".into()))?;
         tx.commit().await?;
@@ -443,16 +444,7 @@ impl Store for SqliteStore {
     }
 
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys \
-             WHERE user_id = ? AND key_id = ? AND revoked = 0"
-        ))
-        .bind(user_id)
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| api_key_from_row(&row))
-        .transpose()
+        Self::active_api_key(&self.pool, user_id, key_id).await
     }
 
     async fn list_api_keys(&self, user_id: i64) -> Result<Vec<ApiKey>, StoreError> {
