@@ -417,6 +417,18 @@ fn signed_requests_verify(edge: &Edge, client: &Client, protocol: Protocol) {
     assert_eq!(echo["body_len"], body.len());
     assert_eq!(echo["body_sha256"], sha256_hex(&body));
 
+    // A body of unknown length (chunked over HTTP/1.1, bare DATA frames over h2, no
+    // Content-Length either way) under a signature that covers no content-digest: refused,
+    // nothing forwarded.
+    let before = edge.upstream_requests();
+    let unsized_body = reqwest::blocking::Body::new(std::io::Cursor::new(b"smuggled".to_vec()));
+    let mut request = client.put(&url).body(unsized_body);
+    for (name, value) in signed(edge, "PUT", &url, None) {
+        request = request.header(name, value);
+    }
+    assert_eq!(send(request, protocol).status(), 401);
+    assert_eq!(edge.upstream_requests(), before);
+
     // Signed for another path, sent to this one: refused.
     let other = edge.kw.url("/app/other");
     let mut request = client.get(edge.kw.url("/app/signed"));
