@@ -22,7 +22,7 @@ use crate::proxy::{KeywardProxy, Listener, ProxyParts};
 use crate::ratelimit::RateLimiter;
 use crate::reload::{HangupReloader, LiveConfig, PidFile};
 use crate::store::{Db, StoreError, StoreHealth};
-use crate::tls::TlsCertificates;
+use crate::tls::{CertificateExpiry, TlsCertificates};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
 use pingora::apps::HttpServerOptions;
@@ -198,9 +198,15 @@ pub fn serve(
         None => None,
     };
     if let Some(certificates) = &tls_certificates {
+        certificate_loaded(certificates, &metrics);
         let certificates = certificates.clone();
+        let metrics = metrics.clone();
         live.on_reload(Box::new(move |next: &Config| match &next.listen_tls {
-            Some(files) => certificates.reload(files).map_err(|e| e.to_string()),
+            Some(files) => {
+                certificates.reload(files).map_err(|e| e.to_string())?;
+                certificate_loaded(&certificates, &metrics);
+                Ok(())
+            }
             // Turning TLS off needs a restart (the listener is built at start).
             None => Ok(()),
         }));
@@ -291,6 +297,27 @@ pub fn serve(
         "keyward starting"
     );
     server.run_forever()
+}
+
+/// The certificate just loaded: its expiry goes to the metrics, and the log warns when it is
+/// near or past, so an operator sees it before clients refuse handshakes.
+fn certificate_loaded(certificates: &TlsCertificates, metrics: &Metrics) {
+    let not_after = certificates.not_after();
+    metrics.set_tls_certificate_expiry(not_after);
+    match CertificateExpiry::of(not_after, std::time::SystemTime::now()) {
+        CertificateExpiry::Distant => {}
+        CertificateExpiry::Soon { days_left } => tracing::warn!(
+            key = crate::tls::CERT_KEY,
+            not_after,
+            days_left,
+            "the TLS certificate expires in less than 14 days"
+        ),
+        CertificateExpiry::Past => tracing::error!(
+            key = crate::tls::CERT_KEY,
+            not_after,
+            "the TLS certificate has expired: clients will refuse the handshake"
+        ),
+    }
 }
 
 /// Creates the configured administrator if it does not exist. An existing user is left as it

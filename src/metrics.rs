@@ -162,6 +162,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     upstream_errors_by_reason: Vec<IntCounter>,
     upstream_healthy: IntGaugeVec,
+    tls_certificate_expiry: IntGauge,
 }
 
 /// The proxy listener's connection limits (`crate::connection`).
@@ -374,6 +375,15 @@ impl Metrics {
                          checks are off), else 0; one series per configured address.",
                     ),
                     &["address"],
+                )
+                .expect("valid metric"),
+            ),
+            tls_certificate_expiry: register(
+                &registry,
+                IntGauge::new(
+                    "keyward_tls_certificate_expiry_timestamp_seconds",
+                    "When the proxy listener's certificate (listen.tls.cert, the first of the \
+                     chain) stops being valid, as a Unix time; 0 without listen.tls.",
                 )
                 .expect("valid metric"),
             ),
@@ -633,6 +643,11 @@ impl Metrics {
         self.upstream_healthy
             .with_label_values(&[address])
             .set(i64::from(healthy));
+    }
+
+    /// `keyward_tls_certificate_expiry_timestamp_seconds`: the served certificate's notAfter.
+    pub fn set_tls_certificate_expiry(&self, not_after: i64) {
+        self.tls_certificate_expiry.set(not_after);
     }
 
     /// `keyward_change_feed_listening`.

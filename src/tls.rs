@@ -16,6 +16,7 @@ use rustls::{InconsistentKeys, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// The config key of the certificate chain file.
@@ -65,6 +66,8 @@ impl TlsError {
 #[derive(Debug)]
 pub struct TlsCertificates {
     current: ArcSwap<CertifiedKey>,
+    /// The current end-entity certificate's notAfter, in seconds since the Unix epoch.
+    not_after: AtomicI64,
     provider: Arc<CryptoProvider>,
 }
 
@@ -72,9 +75,10 @@ impl TlsCertificates {
     /// Reads and checks both files. Blocking file I/O: call it off the async runtime.
     pub fn load(files: &TlsFiles) -> Result<TlsCertificates, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = certified_key(files, &provider)?;
+        let (key, not_after) = certified_key(files, &provider)?;
         Ok(TlsCertificates {
             current: ArcSwap::from_pointee(key),
+            not_after: AtomicI64::new(not_after),
             provider,
         })
     }
@@ -83,9 +87,16 @@ impl TlsCertificates {
     /// serves them to every handshake from now on; otherwise keeps the current pair and says
     /// which file is at fault. Blocking file I/O: call it off the async runtime.
     pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
-        let key = certified_key(files, &self.provider)?;
+        let (key, not_after) = certified_key(files, &self.provider)?;
         self.current.store(Arc::new(key));
+        self.not_after.store(not_after, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// When the end-entity certificate handshakes get now stops being valid (its notAfter),
+    /// in seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
     }
 
     /// The end-entity certificate handshakes get now (DER).
@@ -112,15 +123,54 @@ impl ResolvesServerCert for TlsCertificates {
     }
 }
 
-/// Reads the chain and the key and checks that the key is the first certificate's.
-fn certified_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+/// How far a certificate's notAfter is, for the log line of a load or reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateExpiry {
+    /// 14 days or more away.
+    Distant,
+    /// Within 14 days; whole days left, rounded down.
+    Soon { days_left: i64 },
+    /// Already past: clients refuse the handshake.
+    Past,
+}
+
+impl CertificateExpiry {
+    const WARNING: i64 = 14 * 86_400;
+
+    pub fn of(not_after: i64, now: std::time::SystemTime) -> CertificateExpiry {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        match not_after.saturating_sub(now) {
+            left if left <= 0 => CertificateExpiry::Past,
+            left if left < Self::WARNING => CertificateExpiry::Soon {
+                days_left: left / 86_400,
+            },
+            _ => CertificateExpiry::Distant,
+        }
+    }
+}
+
+/// Reads the chain and the key and checks that the key is the first certificate's; returns
+/// them with the first certificate's notAfter (seconds since the Unix epoch).
+fn certified_key(
+    files: &TlsFiles,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, i64), TlsError> {
     let chain = read_chain(&files.cert)?;
-    ParsedCertificate::try_from(&chain[0]).map_err(|e| {
+    let not_valid = |e: &dyn std::fmt::Display| {
         TlsError::Certificate(format!(
             "{}: the first certificate is not a valid X.509 certificate: {e}",
             files.cert.display()
         ))
-    })?;
+    };
+    ParsedCertificate::try_from(&chain[0]).map_err(|e| not_valid(&e))?;
+    let not_after = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| not_valid(&e))?
+        .1
+        .validity()
+        .not_after
+        .timestamp();
     let key = read_key(&files.key)?;
     let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
         TlsError::Key(format!(
@@ -130,10 +180,12 @@ fn certified_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<Certifie
     })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
-        Ok(()) => Ok(certified),
+        Ok(()) => Ok((certified, not_after)),
         // Every key type the ring provider loads can say its public key; this is kept for
         // safety only: the certificate was parsed, a mismatch would fail every handshake.
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {
+            Ok((certified, not_after))
+        }
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
             Err(TlsError::Key(format!(
                 "the key in {} does not match the certificate in {}",
@@ -141,10 +193,7 @@ fn certified_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<Certifie
                 files.cert.display()
             )))
         }
-        Err(e) => Err(TlsError::Certificate(format!(
-            "{}: the first certificate is not a valid X.509 certificate: {e}",
-            files.cert.display()
-        ))),
+        Err(e) => Err(not_valid(&e)),
     }
 }
 
@@ -198,11 +247,13 @@ mod tests {
             }
         }
 
-        /// (certificate PEM, key PEM) for `localhost`, with `serial`.
+        /// (certificate PEM, key PEM) for `localhost`, with `serial`, valid until the first
+        /// of January of the year 2100 + `serial` % 100.
         fn server(&self, serial: u64) -> (String, String) {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
             params.serial_number = Some(rcgen::SerialNumber::from(serial));
+            params.not_after = rcgen::date_time_ymd(2100 + (serial % 100) as i32, 1, 1);
             let cert = params.signed_by(&key, &self.ca).unwrap();
             (cert.pem(), key.serialize_pem())
         }
@@ -280,6 +331,24 @@ mod tests {
         buf.to_vec()
     }
 
+    #[test]
+    fn expiry_is_distant_soon_or_past() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let at = |secs: i64| CertificateExpiry::of(1_000_000_000 + secs, now);
+        assert_eq!(at(14 * 86_400), CertificateExpiry::Distant);
+        assert_eq!(
+            at(14 * 86_400 - 1),
+            CertificateExpiry::Soon { days_left: 13 }
+        );
+        assert_eq!(at(1), CertificateExpiry::Soon { days_left: 0 });
+        assert_eq!(at(0), CertificateExpiry::Past);
+        assert_eq!(at(-86_400), CertificateExpiry::Past);
+        assert_eq!(
+            CertificateExpiry::of(i64::MIN, now),
+            CertificateExpiry::Past
+        );
+    }
+
     #[tokio::test]
     async fn reload_serves_the_new_certificate_and_keeps_open_connections() {
         let dir = tempfile::tempdir().unwrap();
@@ -287,6 +356,7 @@ mod tests {
         let (cert, key) = pki.server(1001);
         let files = write_files(dir.path(), &cert, &key);
         let certificates = Arc::new(TlsCertificates::load(&files).unwrap());
+        assert_eq!(certificates.not_after(), 4_133_980_800); // 2101-01-01
         let config = certificates.server_config().unwrap();
 
         let mut before = connect(&pki, &config, &[b"http/1.1"]).await;
@@ -298,6 +368,7 @@ mod tests {
         let files = write_files(dir.path(), &cert, &key);
         certificates.reload(&files).unwrap();
         assert_eq!(serial_of(&certificates.current_certificate()), 2002);
+        assert_eq!(certificates.not_after(), 4_165_516_800); // 2102-01-01
         let mut after = connect(&pki, &config, &[b"h2", b"http/1.1"]).await;
         assert_eq!(peer_serial(&after), 2002);
         assert_eq!(after.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));

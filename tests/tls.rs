@@ -119,6 +119,7 @@ fn metric(kw: &Keyward, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in\n{page}"))
 }
 
+const EXPIRY: &str = "keyward_tls_certificate_expiry_timestamp_seconds";
 const HANDSHAKE_FAILURES: &str = "keyward_tls_handshake_failures_total";
 
 fn echo_of(resp: Response) -> Value {
@@ -822,6 +823,8 @@ fn sighup_swaps_the_certificate() {
     let (kw, pki) = start_tls("");
     let before = served_serial(&kw);
     assert!(before.ends_with("1092"), "serial 4242 = 0x1092: {before}");
+    // Serial 4242 expires on 2142-01-01.
+    assert_eq!(metric(&kw, EXPIRY), 5_427_820_800);
     // The new certificate replaces the files keyward was started with.
     let fresh = tempfile::tempdir().unwrap();
     let next = pki.server(fresh.path(), "tls", 4343);
@@ -839,6 +842,7 @@ fn sighup_swaps_the_certificate() {
         "the new certificate (4343 = 0x10F7): {after}"
     );
     assert!(metric(&kw, "keyward_config_reloads_total{outcome=\"ok\"}") >= 1);
+    assert_eq!(metric(&kw, EXPIRY) as i64, next.not_after);
 
     // A broken key file: the reload is refused and the running certificate stays.
     std::fs::write(kw.dir.path().join("tls.key"), "not a key").unwrap();
@@ -854,4 +858,5 @@ fn sighup_swaps_the_certificate() {
         1
     );
     assert_eq!(served_serial(&kw), after);
+    assert_eq!(metric(&kw, EXPIRY) as i64, next.not_after);
 }

@@ -15,6 +15,8 @@ pub struct ServerFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub serial: u64,
+    /// The certificate's notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 impl ServerFiles {
@@ -44,18 +46,21 @@ impl TestPki {
     }
 
     /// A certificate for `127.0.0.1` and `localhost` with `serial`, signed by the CA, written
-    /// as `<name>.crt` (the certificate, then the CA: a chain) and `<name>.key` in `dir`.
+    /// as `<name>.crt` (the certificate, then the CA: a chain) and `<name>.key` in `dir`; valid
+    /// until the first of January of the year 2100 + `serial` % 100.
     pub fn server(&self, dir: &Path, name: &str, serial: u64) -> ServerFiles {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .unwrap();
         params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.not_after = rcgen::date_time_ymd(2100 + (serial % 100) as i32, 1, 1);
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let files = ServerFiles {
             cert: dir.join(format!("{name}.crt")),
             key: dir.join(format!("{name}.key")),
             serial,
+            not_after: params.not_after.unix_timestamp(),
         };
         std::fs::write(&files.cert, format!("{}{}", cert.pem(), self.ca_pem)).unwrap();
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
