@@ -155,6 +155,7 @@ pub fn serve(
 
     let server_conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
         ..ServerConf::default()
@@ -296,7 +297,10 @@ pub fn serve(
         upstreams = ?config.upstream.addresses,
         "keyward starting"
     );
-    server.run_forever()
+    // `run` returns once the shutdown is complete (`run_forever` would exit the process
+    // there, before the log writer has written out its queue).
+    server.run(pingora::server::RunArgs::default());
+    Ok(())
 }
 
 /// The certificate just loaded: its expiry goes to the metrics, and the log warns when it is

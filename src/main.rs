@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
         Command::Reload => cli::reload(&config),
         Command::Serve => {
-            let log_filter = keyward::logging::init(&config.logging);
+            let (log_filter, _log_flush) = keyward::logging::init(&config.logging);
             keyward::app::serve(config, path, log_filter)
         }
         Command::User(user) => cli::run_user_command(&config, path.as_deref(), user),

@@ -180,6 +180,7 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
     pub threads: usize,
+    pub work_stealing: bool,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     /// Where `serve` writes its pid, for `keyward reload`.
@@ -585,6 +586,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         },
         server: ServerSettings {
             threads: server.threads,
+            work_stealing: server.work_stealing,
             grace_period: server.grace_period.0,
             shutdown_timeout: server.shutdown_timeout.0,
             pid_file: server.pid_file,
@@ -916,6 +918,21 @@ routes:
             "listen.tls.colour"
         );
         assert!(Config::from_yaml(MINIMAL).unwrap().listen_tls.is_none());
+    }
+
+    #[test]
+    fn runtime_settings_have_defaults_and_are_read() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(config.server.threads, 2);
+        assert!(config.server.work_stealing);
+        let config = Config::from_yaml(&format!(
+            "{MINIMAL}server: {{ threads: 1, work_stealing: false }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.server.threads, 1);
+        assert!(!config.server.work_stealing);
+        let found = issues(&format!("{MINIMAL}server: {{ work_stealing: sometimes }}\n"));
+        assert_eq!(found[0].key, "server.work_stealing", "{found:?}");
     }
 
     #[test]

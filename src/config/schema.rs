@@ -440,6 +440,10 @@ impl Default for CacheFile {
 pub struct ServerFile {
     #[serde(default = "defaults::threads")]
     pub threads: usize,
+    /// Whether a runtime thread may take connections queued on another (tokio's work-stealing
+    /// scheduler); off, each thread runs its own connections only (pingora's per-thread runtimes).
+    #[serde(default = "defaults::work_stealing")]
+    pub work_stealing: bool,
     /// How long SIGTERM waits for in-flight requests after the listeners close.
     #[serde(default = "defaults::grace_period")]
     pub grace_period: Seconds,
@@ -455,6 +459,7 @@ impl Default for ServerFile {
     fn default() -> Self {
         ServerFile {
             threads: defaults::threads(),
+            work_stealing: defaults::work_stealing(),
             grace_period: defaults::grace_period(),
             shutdown_timeout: defaults::shutdown_timeout(),
             pid_file: defaults::pid_file(),
@@ -562,6 +567,9 @@ mod defaults {
     }
     pub fn threads() -> usize {
         2
+    }
+    pub fn work_stealing() -> bool {
+        true
     }
     pub fn pid_file() -> std::path::PathBuf {
         "keyward.pid".into()

@@ -63,18 +63,44 @@ pub struct Forwarding<'a> {
 impl Forwarding<'_> {
     /// `X-Forwarded-For` for a chain of addresses, nearest last.
     pub fn chain_value(chain: &[std::net::IpAddr]) -> HeaderValue {
-        use std::fmt::Write as _;
-        // One allocation: this runs on every request.
-        let mut text = String::with_capacity(chain.len() * 17);
+        // One allocation: this runs on every request. IPv4 addresses (nearly all of them) are
+        // written digit by digit: through `fmt` they cost about 1 000 instructions each
+        // (measured under callgrind), a third of authenticating an API key.
+        let mut text = Vec::with_capacity(chain.len() * 17);
         for (i, ip) in chain.iter().enumerate() {
             if i > 0 {
-                text.push_str(", ");
+                text.extend_from_slice(b", ");
             }
-            let _ = write!(text, "{ip}");
+            match ip {
+                std::net::IpAddr::V4(v4) => {
+                    for (j, octet) in v4.octets().into_iter().enumerate() {
+                        if j > 0 {
+                            text.push(b'.');
+                        }
+                        push_decimal(&mut text, octet);
+                    }
+                }
+                std::net::IpAddr::V6(v6) => {
+                    use std::io::Write as _;
+                    let _ = write!(text, "{v6}");
+                }
+            }
         }
         // IP addresses are ASCII.
-        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
+}
+
+/// `octet` in decimal, without leading zeros.
+fn push_decimal(text: &mut Vec<u8>, octet: u8) {
+    if octet >= 100 {
+        text.push(b'0' + octet / 100);
+    }
+    if octet >= 10 {
+        text.push(b'0' + octet / 10 % 10);
+    }
+    text.push(b'0' + octet % 10);
 }
 
 /// Builds the upstream request from `client`, pingora's (already hop-by-hop-sanitised) copy of
@@ -353,6 +379,29 @@ mod tests {
         assert_eq!(forwarded.headers["x-forwarded-for"], "192.0.2.1");
         assert_eq!(forwarded.headers["x-forwarded-proto"], "http");
         assert_eq!(forwarded.headers["content-length"], "12");
+    }
+
+    #[test]
+    fn forwarded_for_chains_are_written_as_std_formats_them() {
+        let chains: [&[&str]; 4] = [
+            &["0.0.0.0"],
+            &["255.255.255.255", "10.0.0.1", "192.168.100.9"],
+            &["1.20.199.250", "2001:db8::1"],
+            &["::ffff:192.0.2.1", "100.64.7.99"],
+        ];
+        for chain in chains {
+            let ips: Vec<std::net::IpAddr> = chain.iter().map(|ip| ip.parse().unwrap()).collect();
+            let expected = ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            assert_eq!(Forwarding::chain_value(&ips), expected.as_str());
+        }
+        for octet in 0..=255u8 {
+            let ip = std::net::IpAddr::from([octet, 0, 10, octet]);
+            assert_eq!(Forwarding::chain_value(&[ip]), ip.to_string().as_str());
+        }
     }
 
     #[test]
