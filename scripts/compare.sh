@@ -222,8 +222,8 @@ signed_cpu=$(sed -n 's/.*| signed [0-9.]* req\/s (\([0-9.]*\) µs CPU\/req).*/\1
 # $work/latency-NAME, printed at the end.
 lat_targets=(direct nginx bare public apikey)
 latency() { # NAME RATE DESCRIPTION
-  local name=$1 rate=$2 round t out rest a50 a99 nginx_added
-  local -A p50 p99 bad lag
+  local name=$1 rate=$2 round t out rest a50 a90 a99
+  local -A p50 p90 p99 bad lag
   local -a hdr
   for round in $(seq "$rounds"); do
     line="latency round $round at $rate req/s:"
@@ -233,32 +233,36 @@ latency() { # NAME RATE DESCRIPTION
       rest=${url[$t]#http://}
       out=$("$bin"/examples/open_loop "${rest%%/*}" "/${rest#*/}" "$rate" "$duration" "$connections" "${hdr[@]}")
       field() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
-      p50[$t,$round]=$(field p50_us); p99[$t,$round]=$(field p99_us)
+      p50[$t,$round]=$(field p50_us); p90[$t,$round]=$(field p90_us); p99[$t,$round]=$(field p99_us)
       # shellcheck disable=SC2034 # read through `med` (a nameref)
       lag[$t,$round]=$(field tick_lag_p99_us)
       bad[$t,$round]=$(($(field errors) + $(field late)))
-      line+=" $t p50 ${p50[$t,$round]} p99 ${p99[$t,$round]} µs"
+      line+=" $t p50 ${p50[$t,$round]} p90 ${p90[$t,$round]} p99 ${p99[$t,$round]} µs"
       [ "${bad[$t,$round]}" = 0 ] || line+=" (${bad[$t,$round]} errors/late)"
     done
     echo "$line" >&2
   done
-  # The added latency of target T over the direct path, per round (KIND p50 or p99).
+  # The added latency of target T over the direct path, per round (KIND p50, p90 or p99).
   added() { local -n v=$2; local round; for round in $(seq "$rounds"); do echo $((${v[$1,$round]} - ${v[direct,$round]})); done; }
+  # Target T's added latency ÷ nginx's (medians), or - when nginx adds nothing measurable.
+  of_nginx() { local n; n=$(added nginx "$2" | median); if [ "$n" -gt 0 ]; then printf '%.2f' "$(echo "$(added "$1" "$2" | median) / $n" | bc -l)"; else echo -; fi; }
   {
     echo "latency: open loop at $rate req/s ($3), $connections connections, ${duration}s + 1 s warm-up, median of $rounds rounds (µs)"
-    printf '%-28s %6s %8s %8s %10s %10s %13s %10s\n' target load p50 p99 'added p50' 'added p99' 'errors+late' 'client lag'
+    printf '%-26s %5s %8s %8s %8s %8s %8s %8s %7s %6s\n' target load p50 p90 p99 '+p50' '+p90' '+p99' 'failed' 'lag'
     for t in "${lat_targets[@]}"; do
-      if [ "$t" = direct ]; then a50=- a99=-; else a50=$(added "$t" p50 | median); a99=$(added "$t" p99 | median); fi
-      printf '%-28s %6.2f %8s %8s %10s %10s %13s %10s\n' "${label[$t]/ (echo CPU)/}" \
-        "$(echo "$rate / $(med "$t" rps)" | bc -l)" "$(med "$t" p50)" "$(med "$t" p99)" "$a50" "$a99" \
-        "$(med "$t" bad)" "$(med "$t" lag)"
-    done
-    echo "(load: this rate ÷ the target's wrk req/s above; client lag: p99 of how late open_loop's scheduler released requests)"
-    nginx_added=$(added nginx p99 | median)
-    for t in bare public apikey; do
-      if [ "$nginx_added" -gt 0 ]; then
-        printf "%s added p99 ÷ nginx added p99: %.2f\n" "${label[$t]}" "$(echo "$(added "$t" p99 | median) / $nginx_added" | bc -l)"
+      if [ "$t" = direct ]; then a50=- a90=- a99=-; else
+        a50=$(added "$t" p50 | median); a90=$(added "$t" p90 | median); a99=$(added "$t" p99 | median)
       fi
+      printf '%-26s %5.2f %8s %8s %8s %8s %8s %8s %7s %6s\n' "${label[$t]/ (echo CPU)/}" \
+        "$(echo "$rate / $(med "$t" rps)" | bc -l)" "$(med "$t" p50)" "$(med "$t" p90)" "$(med "$t" p99)" \
+        "$a50" "$a90" "$a99" "$(med "$t" bad)" "$(med "$t" lag)"
+    done
+    echo "(+pN: added by the hop, the target's pN minus the direct pN of the same round; load: this rate ÷"
+    echo " the target's wrk req/s above; failed: errors + unanswered; lag: p99 of how late open_loop's own"
+    echo " scheduler released requests, included in every figure)"
+    for t in bare public apikey; do
+      printf '%s added latency ÷ nginx added latency: p50 %s, p90 %s, p99 %s\n' "${label[$t]}" \
+        "$(of_nginx "$t" p50)" "$(of_nginx "$t" p90)" "$(of_nginx "$t" p99)"
     done
   } >"$work/latency-$name"
 }
