@@ -11,9 +11,12 @@
 //! not counted; then SECONDS are measured. Answers are awaited up to 2 s after the last
 //! scheduled request; requests still unanswered then count as `late`. Prints one line:
 //!
-//! `sent=N ok=N errors=N late=N p50_us=.. p90_us=.. p99_us=.. p999_us=.. max_us=.. mean_us=.. tick_lag_p99_us=..`
+//! `sent=N ok=N errors=N late=N non_2xx=N p50_us=.. p90_us=.. p99_us=.. p999_us=.. max_us=.. mean_us=.. tick_lag_p99_us=..`
 //!
-//! where `tick_lag_p99_us` is how late the scheduler itself released requests (the client's
+//! where `errors` counts failed exchanges (`non_2xx` of them answered with another status, the
+//! rest failed on the connection; the first such status or error is printed on stderr), the
+//! percentiles are those of the 2xx answers and of the `late` requests (with the time they
+//! waited until the deadline, a lower bound), and `tick_lag_p99_us` is how late the scheduler itself released requests (the client's
 //! own timing error, included in every latency). Used by `scripts/compare.sh`.
 
 use http_body_util::{BodyExt, Empty};
@@ -21,6 +24,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -28,6 +32,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 const WARM_UP: Duration = Duration::from_secs(1);
 /// How long answers are awaited after the last scheduled send.
 const DRAIN: Duration = Duration::from_secs(2);
+/// The first counted failure is shown, once per run.
+static FAILURE_SHOWN: AtomicBool = AtomicBool::new(false);
 
 struct Target {
     addr: String,
@@ -40,6 +46,7 @@ struct Target {
 struct Tally {
     ok: u64,
     errors: u64,
+    non_2xx: u64,
     late: u64,
     latencies_us: Vec<u64>,
 }
@@ -59,24 +66,31 @@ async fn connect(addr: &str) -> Option<SendRequest<Empty<Bytes>>> {
     Some(sender)
 }
 
-/// One request and its whole answer; `true` for a 2xx.
-async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> bool {
+/// Why an exchange failed.
+enum Failure {
+    /// The whole answer came, with this status.
+    Status(u16),
+    /// The connection failed.
+    Transport(String),
+}
+
+/// One request and its whole answer, a 2xx.
+async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> Result<(), Failure> {
     let mut request = Request::get(&target.path).header("host", &target.addr);
     for (name, value) in &target.headers {
         request = request.header(name, value);
     }
-    let Ok(request) = request.body(Empty::new()) else {
-        return false;
-    };
-    if sender.ready().await.is_err() {
-        return false;
-    }
-    match sender.send_request(request).await {
-        Ok(response) => {
-            let success = response.status().is_success();
-            response.into_body().collect().await.is_ok() && success
-        }
-        Err(_) => false,
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    let transport = |e: hyper::Error| Failure::Transport(e.to_string());
+    sender.ready().await.map_err(transport)?;
+    let response = sender.send_request(request).await.map_err(transport)?;
+    let status = response.status();
+    response.into_body().collect().await.map_err(transport)?;
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(Failure::Status(status.as_u16())),
     }
 }
 
@@ -97,25 +111,45 @@ async fn connection(
         }
         let answered = match sender.as_mut() {
             Some(s) => tokio::time::timeout_at(give_up.into(), exchange(s, &target)).await,
-            None => Ok(false),
+            None => Ok(Err(Failure::Transport("cannot connect".into()))),
         };
         let done = Instant::now();
         match answered {
-            Ok(true) if counted => {
+            Ok(Ok(())) if counted => {
                 tally.ok += 1;
                 tally
                     .latencies_us
                     .push(done.duration_since(intended).as_micros() as u64);
             }
-            Ok(true) => {}
-            Ok(false) => {
-                sender = None;
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => {
+                let first = counted && !FAILURE_SHOWN.swap(true, Ordering::Relaxed);
                 tally.errors += u64::from(counted);
+                match failure {
+                    Failure::Status(status) => {
+                        tally.non_2xx += u64::from(counted);
+                        if first {
+                            eprintln!("open_loop: answered {status}");
+                        }
+                    }
+                    Failure::Transport(error) => {
+                        sender = None;
+                        if first {
+                            eprintln!("open_loop: {error}");
+                        }
+                    }
+                }
             }
-            Err(_) => {
+            // Unanswered at the deadline: counted in the percentiles too, with the time waited
+            // so far (a lower bound), so that a stall cannot hide by never answering.
+            Err(_) if counted => {
                 sender = None;
-                tally.late += u64::from(counted);
+                tally.late += 1;
+                tally
+                    .latencies_us
+                    .push(done.duration_since(intended).as_micros() as u64);
             }
+            Err(_) => sender = None,
         }
     }
     tally
@@ -223,6 +257,7 @@ async fn main() {
         let tally = task.await.expect("connection task");
         total.ok += tally.ok;
         total.errors += tally.errors;
+        total.non_2xx += tally.non_2xx;
         total.late += tally.late;
         total.latencies_us.extend(tally.latencies_us);
     }
@@ -236,11 +271,12 @@ async fn main() {
         latencies.iter().sum::<u64>() / latencies.len() as u64
     };
     println!(
-        "sent={} ok={} errors={} late={} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} mean_us={} tick_lag_p99_us={}",
+        "sent={} ok={} errors={} late={} non_2xx={} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} mean_us={} tick_lag_p99_us={}",
         total.ok + total.errors + total.late,
         total.ok,
         total.errors,
         total.late,
+        total.non_2xx,
         quantile(latencies, 0.50),
         quantile(latencies, 0.90),
         quantile(latencies, 0.99),

@@ -266,8 +266,9 @@ latency() { # NAME RATE DESCRIPTION
         "$a50" "$a90" "$a99" "$(med "$t" bad)" "$(med "$t" lag)"
     done
     echo "(+pN: added by the hop, the target's pN minus the direct pN of the same round; load: this rate ÷"
-    echo " the target's wrk req/s above; failed: errors + unanswered; lag: p99 of how late open_loop's own"
-    echo " scheduler released requests, included in every figure)"
+    echo " the target's wrk req/s above; failed: errors + unanswered 2 s after the last send (those count in"
+    echo " the percentiles with the time they waited); lag: p99 of how late open_loop's own scheduler"
+    echo " released requests, included in every figure)"
     for t in bare public apikey; do
       printf '%s added latency ÷ nginx added latency: p50 %s, p90 %s, p99 %s\n' "${label[$t]}" \
         "$(of_nginx "$t" p50)" "$(of_nginx "$t" p90)" "$(of_nginx "$t" p99)"
