@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge check-deploy
+.PHONY: run test prereqs load load-postgres load-edge compare check-deploy
 
 prereqs:
 	@scripts/prereqs.sh
@@ -28,3 +28,8 @@ load-postgres: prereqs
 # keyward against nginx with the same certificate: HTTP/1.1, TLS, HTTP/2 (scripts/load-edge.sh).
 load-edge: prereqs
 	scripts/load-edge.sh 4 32 5
+
+# nginx, a bare pingora passthrough and keyward, one thread each, in front of the same upstream:
+# throughput, CPU per request and open-loop latency added per hop (scripts/compare.sh).
+compare: prereqs
+	scripts/compare.sh 4 32 3

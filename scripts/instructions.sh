@@ -2,15 +2,17 @@
 # CPU cost per request, counted in instructions (valgrind callgrind): repeatable on a noisy
 # machine where throughput is not. keyward runs under callgrind in front of the echo upstream;
 # for each route the counters are zeroed, wrk sends requests for 5 s, and the instructions
-# keyward executed are divided by the requests served. Needs valgrind, wrk and bc.
+# keyward executed are divided by the requests served. Then the same for the floor and the
+# anchor of scripts/compare.sh: a bare pingora passthrough (examples/bare_pingora.rs) and nginx
+# as one process, in front of the same upstream. Needs valgrind, wrk, bc and nginx.
 # Usage: scripts/instructions.sh
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
-for tool in valgrind callgrind_annotate wrk bc; do
-  command -v "$tool" >/dev/null || { echo "instructions.sh needs $tool (apt-get install valgrind wrk bc)" >&2; exit 1; }
+for tool in valgrind callgrind_annotate wrk bc nginx; do
+  command -v "$tool" >/dev/null || { echo "instructions.sh needs $tool (apt-get install valgrind wrk bc nginx-light)" >&2; exit 1; }
 done
-cargo build --release --bin keyward --example echo_upstream >&2
+cargo build --release --bin keyward --example echo_upstream --example bare_pingora >&2
 work="$(mktemp -d)"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
@@ -45,13 +47,15 @@ token=$(curl -fs -u admin:load-password -XPOST "http://$proxy/.TOKEN/?setcookie=
   | awk -F': ' 'tolower($1) == "gateway-token" {print $2}' | tr -d '\r')
 basic="Authorization: Basic $(printf 'admin:load-password' | base64)"
 
+# measure NAME PID CALLGRIND_OUT_FILE WRK_ARGS...
 measure() {
-  local name=$1 n ir dump; shift
+  local name=$1 pid=$2 out=$3 n ir dump; shift 3
   wrk -t1 -c4 -d2s "$@" >/dev/null   # warm caches and connections
-  callgrind_control -z "$keyward_pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
   n=$(wrk -t1 -c4 -d5s "$@" | awk '/requests in/ {print $1}')
-  callgrind_control -d "$keyward_pid" >/dev/null
-  dump=$(ls -t "$work"/cg.out* | head -1)
+  callgrind_control -d "$pid" >/dev/null
+  [ "${n:-0}" -gt 0 ] || { echo "$name: no request served" >&2; exit 1; }
+  dump=$(ls -t "$out"* | head -1)
   ir=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
   # SHA-256 block compression, inclusive: valgrind runs it in software, where the CPU itself
   # would use its SHA extensions (SHA-NI), so this share is far larger here than on hardware.
@@ -59,7 +63,7 @@ measure() {
     | awk '/sha2::sha256::compress256 \[/ {gsub(",", "", $1); print $1; exit}')
   echo "$((ir / n)) $((${sha:-0} / n))"
 }
-read -r public public_sha <<<"$(measure public "http://$proxy/public/fixed")"
+read -r public public_sha <<<"$(measure public "$keyward_pid" "$work/cg.out" "http://$proxy/public/fixed")"
 printf '%-22s %8d instructions/request   (SHA-256 %d)\n' "public route" "$public" "$public_sha"
 for target in basic apikey token; do
   case $target in
@@ -67,8 +71,52 @@ for target in basic apikey token; do
     apikey) args=(-H "Argus-API-Key: $key") ;;
     token) args=(-H "Cookie: token=$token") ;;
   esac
-  read -r per sha <<<"$(measure "$target" "${args[@]}" "http://$proxy/x/fixed")"
+  read -r per sha <<<"$(measure "$target" "$keyward_pid" "$work/cg.out" "${args[@]}" "http://$proxy/x/fixed")"
   printf '%-22s %8d instructions/request   (SHA-256 %d)   public/this = %.2f, without SHA-256 %.2f\n' \
     "$target" "$per" "$sha" "$(echo "$public / $per" | bc -l)" \
     "$(echo "($public - $public_sha) / ($per - $sha)" | bc -l)"
 done
+
+# The floor and the anchor, counted the same way in front of the same upstream: the bare
+# pingora passthrough (1 thread), and nginx as a single process (master_process off, so the
+# process callgrind follows is the one serving) with scripts/compare.sh's proxy configuration.
+bare="127.0.0.1:$(port)"; ng="127.0.0.1:$(port)"
+valgrind --tool=callgrind --callgrind-out-file="$work/bare.out" \
+  "$bin"/examples/bare_pingora "$bare" "$up" 1 2>"$work/bare.err" &
+bare_pid=$!; pids+=("$bare_pid")
+cat >"$work/nginx.conf" <<NGINX
+master_process off;
+daemon off;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $work/ngx-body;
+  proxy_temp_path $work/ngx-proxy;
+  upstream app { server $up; keepalive 32; keepalive_requests 10000000; }
+  server {
+    listen $ng;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }
+}
+NGINX
+valgrind --tool=callgrind --callgrind-out-file="$work/nginx.out" nginx -c "$work/nginx.conf" 2>"$work/nginx.vg" &
+nginx_pid=$!; pids+=("$nginx_pid")
+for address in "$bare" "$ng"; do
+  for _ in $(seq 300); do curl -fs "http://$address/public/fixed" >/dev/null 2>&1 && break; sleep 0.2; done
+done
+read -r floor _ <<<"$(measure bare "$bare_pid" "$work/bare.out" "http://$bare/public/fixed")"
+printf '%-22s %8d instructions/request   keyward public/this = %.2f\n' \
+  "bare pingora" "$floor" "$(echo "$public / $floor" | bc -l)"
+read -r anchor _ <<<"$(measure nginx "$nginx_pid" "$work/nginx.out" "http://$ng/public/fixed")"
+printf '%-22s %8d instructions/request   keyward public/this = %.2f\n' \
+  "nginx" "$anchor" "$(echo "$public / $anchor" | bc -l)"
