@@ -224,3 +224,42 @@ fn parallel_guesses_cannot_outrun_the_throttle() {
     assert_eq!(throttled, 21, "{statuses:?}");
     assert_eq!(kw.upstream().requests(), before);
 }
+
+/// Parallel logins with the same header (a client's connections, all missing the cache at
+/// once when its entry expires) are checked once and share the answer: the right password is
+/// never throttled by its own requests, and an identical guess counts as one guess.
+#[test]
+fn parallel_logins_with_one_header_are_checked_once() {
+    let kw = Keyward::start_with(Setup {
+        extra: "limits:\n  password_failures: 5\n  password_failure_window: 60s\n".into(),
+        ..Setup::default()
+    });
+    kw.add_user("john", "john-password", &[]);
+    let parallel = |password: &str| -> Vec<u16> {
+        let barrier = std::sync::Barrier::new(24);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..24)
+                .map(|_| {
+                    let (kw, barrier) = (&kw, &barrier);
+                    scope.spawn(move || {
+                        let client = client();
+                        barrier.wait();
+                        login(&client, kw, "/x", "john", password).0
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    // Nothing cached yet: 24 misses at once, far more than the 5 attempts the pair has.
+    let before = kw.upstream().requests();
+    assert_eq!(parallel("john-password"), vec![200; 24]);
+    assert_eq!(kw.upstream().requests(), before + 24);
+    let metrics = kw.metrics();
+    assert_eq!(failures(&metrics, "too_many_failures"), 0, "{metrics}");
+
+    // 24 copies of one wrong password: refused alike, and counted once per check rather
+    // than once per request (counted each, 19 of them would be 429).
+    let statuses = parallel("one-guess");
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+}

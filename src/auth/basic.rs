@@ -19,7 +19,7 @@ use crate::store::{Db, User};
 use base64::Engine as _;
 use rand::RngCore;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +68,19 @@ pub fn principal_for(user: &User) -> Principal {
             own: None,
         },
         identity: Default::default(),
+    }
+}
+
+/// A password check that is not cached: refused, or verified but raced by an invalidation.
+#[derive(Debug)]
+enum Unverified {
+    Refused(AuthError),
+    Raced(Arc<Principal>),
+}
+
+impl From<AuthError> for Unverified {
+    fn from(e: AuthError) -> Self {
+        Unverified::Refused(e)
     }
 }
 
@@ -177,14 +190,52 @@ impl BasicAuthenticator {
         let key = self.cache_key_for(header);
         if let Some(principal) = self.cache.get(&key).await {
             self.hits.inc();
-            // A throttled pair is refused even with the right password.
-            self.throttle
-                .check(&principal.user_name, client_ip)
-                .await
-                .map_err(|t| AuthError::PasswordThrottled(t.retry_after_secs))?;
-            return Ok(principal);
+            return self.cached(principal, client_ip).await;
         }
         self.misses.inc();
+        // One verification per header at a time: requests that carry the same header while it
+        // is being checked (a client's parallel requests when its cache entry expires) wait
+        // for that one and share its answer. Each would otherwise count an attempt before
+        // argon2 answers, and a burst of right passwords would use up the pair's attempts and
+        // be throttled; identical guesses are one guess, so sharing gives a guesser nothing.
+        let verifier = AtomicBool::new(false);
+        let verified = self
+            .cache
+            .try_get_with(key, async {
+                verifier.store(true, Ordering::Relaxed);
+                self.verify(header, client_ip).await
+            })
+            .await;
+        match verified {
+            // Verified by another request's check, or found cached meanwhile: a throttled
+            // pair is refused even with the right password.
+            Ok(principal) if !verifier.load(Ordering::Relaxed) => {
+                self.cached(principal, client_ip).await
+            }
+            Ok(principal) => Ok(principal),
+            Err(unverified) => match &*unverified {
+                Unverified::Raced(principal) => Ok(principal.clone()),
+                Unverified::Refused(e) => Err(e.clone()),
+            },
+        }
+    }
+
+    /// A login answered from the success cache guesses nothing, but a throttled pair is
+    /// refused even with the right password.
+    async fn cached(
+        &self,
+        principal: Arc<Principal>,
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.throttle
+            .check(&principal.user_name, client_ip)
+            .await
+            .map_err(|t| AuthError::PasswordThrottled(t.retry_after_secs))?;
+        Ok(principal)
+    }
+
+    /// Checks the password against the store: `Ok` is cached by the caller, `Err` is not.
+    async fn verify(&self, header: &[u8], client_ip: IpAddr) -> Result<Arc<Principal>, Unverified> {
         let (name, password) = parse(header)?;
         // Counted before the store or argon2 is asked, unknown names alike (the throttle must
         // not tell them apart either); a success takes the attempt back.
@@ -206,27 +257,29 @@ impl BasicAuthenticator {
                 // Counted, and logged once per outage, by the store's health tracker.
                 tracing::debug!(error = %e, "store lookup failed during Basic authentication");
                 self.throttle.undecided(attempt).await;
-                return Err(AuthError::StoreUnavailable);
+                return Err(AuthError::StoreUnavailable.into());
             }
         };
         let Some(user) = user else {
             self.hasher.verify(password, None).await;
-            return Err(AuthError::UnknownKey);
+            return Err(AuthError::UnknownKey.into());
         };
         if !self
             .hasher
             .verify(password, Some(user.password_hash.clone()))
             .await
         {
-            return Err(AuthError::BadSecret);
+            return Err(AuthError::BadSecret.into());
         }
         if user.locked {
-            return Err(AuthError::Locked);
+            return Err(AuthError::Locked.into());
         }
         self.throttle.succeeded(attempt).await;
         let principal = Arc::new(principal_for(&user));
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.cache.insert(key, principal.clone()).await;
+        if self.generation.load(Ordering::Acquire) != generation {
+            // Invalidated while it was being checked (a lock, a password change): the
+            // request is answered as it was decided, and nothing is cached.
+            return Err(Unverified::Raced(principal));
         }
         Ok(principal)
     }

@@ -931,7 +931,9 @@ routes:
         .unwrap();
         assert_eq!(config.server.threads, 1);
         assert!(!config.server.work_stealing);
-        let found = issues(&format!("{MINIMAL}server: {{ work_stealing: sometimes }}\n"));
+        let found = issues(&format!(
+            "{MINIMAL}server: {{ work_stealing: sometimes }}\n"
+        ));
         assert_eq!(found[0].key, "server.work_stealing", "{found:?}");
     }
 
