@@ -2,7 +2,8 @@
 # The floor and the anchor side by side, one run, one machine, one echo upstream: nginx as a
 # reverse proxy (1 worker), a bare pingora passthrough (examples/bare_pingora.rs, 1 thread) and
 # keyward (server.threads 1) on its public route and with each credential, plus keyward and
-# nginx each writing an access log to a file.
+# nginx each writing an access log to a file, and keyward with 2 threads, with and without
+# tokio's work stealing (server.work_stealing).
 # Usage: scripts/compare.sh [SECONDS_PER_MEASUREMENT] [CONNECTIONS] [ROUNDS]
 #
 # 1. Throughput: wrk -t1 -cCONNECTIONS for SECONDS against each target, in interleaved rounds;
@@ -57,6 +58,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; ng="127.0.0.1:$(port)"; ng_log="127.0.0.1:$(port)"; bare="127.0.0.1:$(port)"
 kw="127.0.0.1:$(port)"; kw_ops="127.0.0.1:$(port)"; kw_log="127.0.0.1:$(port)"; kw_log_ops="127.0.0.1:$(port)"
+kw_ws="127.0.0.1:$(port)"; kw_ws_ops="127.0.0.1:$(port)"; kw_ps="127.0.0.1:$(port)"; kw_ps_ops="127.0.0.1:$(port)"
 ready() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 
 "$bin"/examples/echo_upstream "$up" 2>/dev/null & up_pid=$!; pids+=("$up_pid")
@@ -106,20 +108,17 @@ ng_pid=$(ps -o pid= --ppid "$(cat "$work/nginx.pid")" | head -1 | tr -d ' ')   #
 "$bin"/examples/bare_pingora "$bare" "$up" 1 2>"$work/bare.err" & bare_pid=$!; pids+=("$bare_pid")
 ready "http://$bare/public/fixed"
 
-# Two keywards on one store: logging at warn (no access log), and the access log as JSON lines
-# on stderr, to a file.
-keyward_config() { # $1 proxy address, $2 ops address, $3 logging
+# Keywards on one store: logging at warn (no access log); the access log as JSON lines on
+# stderr, to a file; and, for the runtime settings, two threads with and without tokio's work
+# stealing.
+keyward_config() { # $1 proxy address, $2 ops address, $3 logging, $4 threads, $5 work stealing
   cat <<YAML
 listen: { proxy: $1, ops: $2 }
 upstream: { address: $up }
 store: { url: sqlite://$work/keyward.db }
 bootstrap:
   admin: { name: admin, password_env: LOAD_ADMIN_PASSWORD, functions: [POWER-USER] }
-server: { threads: 1, pid_file: $work/keyward-$(echo "$1" | tr -c '0-9' _).pid }
-# The Basic login stays cached for the whole run: when it expires under 32 concurrent
-# connections, every connection misses at once and counts a password attempt, and past
-# limits.password_failures the pair is refused (429) until the first check succeeds.
-cache: { basic_ttl: 3600 }
+server: { threads: ${4:-1}, work_stealing: ${5:-true}, pid_file: $work/keyward-$(echo "$1" | tr -c '0-9' _).pid }
 logging: $3
 routes:
   - path: /public
@@ -136,6 +135,14 @@ ready "http://$kw_ops/readyz"
 LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-log.yaml" 2>"$work/keyward-log.err" &
 kw_log_pid=$!; pids+=("$kw_log_pid")
 ready "http://$kw_log_ops/readyz"
+keyward_config "$kw_ws" "$kw_ws_ops" "{ level: warn }" 2 true >"$work/keyward-ws.yaml"
+keyward_config "$kw_ps" "$kw_ps_ops" "{ level: warn }" 2 false >"$work/keyward-ps.yaml"
+LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-ws.yaml" 2>"$work/keyward-ws.err" &
+kw_ws_pid=$!; pids+=("$kw_ws_pid")
+ready "http://$kw_ws_ops/readyz"
+LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-ps.yaml" 2>"$work/keyward-ps.err" &
+kw_ps_pid=$!; pids+=("$kw_ps_pid")
+ready "http://$kw_ps_ops/readyz"
 
 key=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
   -d '{"description":"compare"}' "http://$kw/authentication/v1/user/admin/apikey" \
@@ -147,7 +154,7 @@ cookie="Cookie: token=$token"
 basic="Authorization: Basic $(printf 'admin:load-password' | base64)"
 
 # The targets: label, process whose CPU is counted, URL, header (or empty).
-targets=(direct nginx bare public apikey token basic nginx_log public_log apikey_log)
+targets=(direct nginx bare public apikey token basic nginx_log public_log apikey_log public_ws public_ps)
 declare -A label pid url header
 add() { label[$1]=$2; pid[$1]=$3; url[$1]=$4; header[$1]=${5:-}; }
 add direct "upstream direct (echo CPU)" "$up_pid" "http://$up/public/fixed"
@@ -160,6 +167,8 @@ add basic "keyward Basic (cached)" "$kw_pid" "http://$kw/x/fixed" "$basic"
 add nginx_log "nginx + access log" "$ng_pid" "http://$ng_log/public/fixed"
 add public_log "keyward public + JSON log" "$kw_log_pid" "http://$kw_log/public/fixed"
 add apikey_log "keyward API key + JSON log" "$kw_log_pid" "http://$kw_log/x/fixed" "$apikey"
+add public_ws "keyward public, 2 threads" "$kw_ws_pid" "http://$kw_ws/public/fixed"
+add public_ps "keyward public, 2, no stealing" "$kw_ps_pid" "http://$kw_ps/public/fixed"
 args() { if [ -n "${header[$1]}" ]; then echo "-H"; echo "${header[$1]}"; fi; echo "${url[$1]}"; }
 
 for t in "${targets[@]}"; do

@@ -16,12 +16,12 @@
 
 use crate::config::schema::LogFormat;
 use crate::config::Logging;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -160,9 +160,15 @@ where
         LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();
-            // RFC 3339 needs no JSON escaping: written straight into the line.
+            // RFC 3339 in UTC with microseconds, as the text format writes it; it needs no JSON
+            // escaping, so it is written straight into the line (humantime's formatter: a
+            // third of the cost of tracing-subscriber's, measured under callgrind).
             line.extend_from_slice(b"{\"timestamp\":\"");
-            SystemTime.format_time(&mut Writer::new(&mut LineWriter(&mut line)))?;
+            write!(
+                LineWriter(&mut line),
+                "{}",
+                humantime::format_rfc3339_micros(std::time::SystemTime::now())
+            )?;
             line.push(b'"');
             line.extend_from_slice(b",\"level\":\"");
             line.extend_from_slice(meta.level().as_str().as_bytes());

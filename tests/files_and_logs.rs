@@ -231,3 +231,74 @@ fn the_third_party_switch_lets_pingora_debug_through() {
     );
     assert!(!leaked(&stderr, &secrets).is_empty(), "{stderr}");
 }
+
+/// The JSON access log line of a proxied request, with every field an operator reads, read
+/// back from stderr (written by the log thread, so it may arrive a moment after the answer).
+#[test]
+fn a_json_access_line_carries_every_field() {
+    let kw = start(
+        "keyward.db",
+        &[],
+        "logging:\n  level: info\n  format: json\n",
+        |_| {},
+    );
+    let key = create_key(&kw, "admin");
+    let resp = client()
+        .post(kw.url("/app/upload?secret=query-not-logged"))
+        .header("Argus-API-Key", &key)
+        .header("User-Agent", "access-log-test/1.0")
+        .body("twelve bytes")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["gateway-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let stderr = kw.stderr();
+        if let Some(line) = stderr.lines().find(|l| l.contains(&request_id)) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(entry["target"], "keyward::access");
+    assert_eq!(entry["level"], "INFO");
+    let timestamp = entry["timestamp"].as_str().unwrap();
+    // RFC 3339, UTC, microseconds: 2026-12-01T15:44:01.123456Z
+    assert_eq!(timestamp.len(), 27, "{timestamp}");
+    assert!(
+        timestamp.ends_with('Z') && &timestamp[10..11] == "T",
+        "{timestamp}"
+    );
+    assert!(
+        humantime::parse_rfc3339(timestamp).is_ok(),
+        "{timestamp} parses as RFC 3339"
+    );
+    assert_eq!(entry["method"], "POST");
+    assert_eq!(entry["path"], "/app/upload");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["outcome"], "allowed");
+    assert_eq!(entry["user"], "admin");
+    assert_eq!(entry["auth_method"], "APIKEY");
+    assert_eq!(entry["client_ip"], "127.0.0.1");
+    assert_eq!(entry["host"], kw.url("").trim_start_matches("http://"));
+    assert_eq!(entry["user_agent"], "access-log-test/1.0");
+    assert_eq!(entry["bytes_received"], 12);
+    assert!(entry["bytes_sent"].as_u64().unwrap() > 0, "{line}");
+    assert_eq!(
+        entry["upstream"],
+        kw.upstream().addr.to_string(),
+        "the upstream address, as ip:port"
+    );
+    assert!(entry["upstream_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    assert!(!line.contains("query-not-logged"), "{line}");
+    assert!(!line.contains(&key), "{line}");
+}
