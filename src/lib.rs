@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod fleet;
 pub mod invalidation;
+pub mod log_output;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

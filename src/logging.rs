@@ -6,12 +6,8 @@
 //! variable [`THIRD_PARTY_ENV`] is `1`: secrets never reach a log at a level keyward enables
 //! on its own. keyward's own events (targets `keyward::…`) follow the filter as given.
 //!
-//! Lines are handed to a writer thread of their own ([`tracing_appender::non_blocking`]),
-//! which writes what has queued up through one buffer and flushes it when the queue is empty:
-//! a request never waits on a `write(2)` to stderr, and a burst of access log lines costs a few
-//! system calls, not one each. The queue holds up to 128 000 lines; when it is full, the
-//! request threads wait for room rather than drop lines (a log that loses lines under load is
-//! worth less than one that slows down). [`LogFlush`] writes out what is queued when the
+//! Lines go to stderr in batches, written by a thread of their own (`crate::log_output`):
+//! a request never waits on a `write(2)`. [`LogFlush`] writes out what is pending when the
 //! process ends.
 
 use crate::config::schema::LogFormat;
@@ -91,10 +87,10 @@ impl LogFilterHandle {
     }
 }
 
-/// The writer thread's handle: dropping it writes out the queued lines and waits for them.
+/// The writer thread's handle: dropping it writes out the pending lines and waits for them.
 /// Keep it until the process has stopped logging.
 #[must_use = "dropping it ends the log output"]
-pub struct LogFlush(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+pub struct LogFlush(#[allow(dead_code)] Option<crate::log_output::LogWriterThread>);
 
 /// Installs the subscriber; returns the handle a reload changes the filter with (`None` when
 /// a subscriber was already installed) and the writer thread's [`LogFlush`].
@@ -107,10 +103,7 @@ pub fn init(logging: &Logging) -> (Option<LogFilterHandle>, LogFlush) {
     let third_party = std::env::var(THIRD_PARTY_ENV).is_ok_and(|v| v == "1");
     let (filters, handle) = reload::Layer::new(filter_layers(filter, third_party));
     let registry = tracing_subscriber::registry().with(filters);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("keyward-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = crate::log_output::LogOutput::start();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         // Colour only on a terminal: log files and collectors get plain text.
