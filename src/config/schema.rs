@@ -440,8 +440,9 @@ impl Default for CacheFile {
 pub struct ServerFile {
     #[serde(default = "defaults::threads")]
     pub threads: usize,
-    /// Whether a runtime thread may take connections queued on another (tokio's work-stealing
-    /// scheduler); off, each thread runs its own connections only (pingora's per-thread runtimes).
+    /// Whether a runtime thread may take work queued on another (tokio's work-stealing
+    /// scheduler); off (the default: less CPU per request, measured by `make compare`), each
+    /// thread runs its own connections only (pingora's per-thread runtimes).
     #[serde(default = "defaults::work_stealing")]
     pub work_stealing: bool,
     /// How long SIGTERM waits for in-flight requests after the listeners close.
@@ -569,7 +570,7 @@ mod defaults {
         2
     }
     pub fn work_stealing() -> bool {
-        true
+        false
     }
     pub fn pid_file() -> std::path::PathBuf {
         "keyward.pid".into()
