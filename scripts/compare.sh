@@ -19,6 +19,8 @@
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/nginx-proxy.sh
+. scripts/nginx-proxy.sh
 duration="${1:-4}"
 connections="${2:-32}"
 rounds="${3:-3}"
@@ -73,32 +75,7 @@ pid $work/nginx.pid;
 error_log $work/nginx.err warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $work/ngx-body;
-  proxy_temp_path $work/ngx-proxy;
-  upstream app { server $up; keepalive 32; keepalive_requests 10000000; }
-  server {
-    listen $ng;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-    }
-  }
-  server {
-    listen $ng_log;
-    access_log $work/nginx-access.log;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-    }
-  }
+$(nginx_proxy_http "$work" "$up" "$ng" "$ng_log=$work/nginx-access.log")
 }
 NGINX
 nginx -c "$work/nginx.conf" & pids+=($!)

@@ -9,6 +9,8 @@
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/nginx-proxy.sh
+. scripts/nginx-proxy.sh
 for tool in valgrind callgrind_annotate wrk bc nginx; do
   command -v "$tool" >/dev/null || { echo "instructions.sh needs $tool (apt-get install valgrind wrk bc nginx-light)" >&2; exit 1; }
 done
@@ -92,21 +94,7 @@ pid $work/nginx.pid;
 error_log $work/nginx.err warn;
 events { worker_connections 1024; }
 http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $work/ngx-body;
-  proxy_temp_path $work/ngx-proxy;
-  upstream app { server $up; keepalive 32; keepalive_requests 10000000; }
-  server {
-    listen $ng;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-    }
-  }
+$(nginx_proxy_http "$work" "$up" "$ng")
 }
 NGINX
 valgrind --tool=callgrind --callgrind-out-file="$work/nginx.out" nginx -c "$work/nginx.conf" 2>"$work/nginx.vg" &

@@ -5,9 +5,12 @@
 //! about 10 µs of CPU per request at 30 000 requests/s (a futex wake, a `write(2)` and a
 //! park per line, `scripts/compare.sh`).
 //!
-//! Nothing is dropped: a buffer that reaches [`HIGH_WATER`] is written out by the request that
-//! filled it (the log slows requests rather than lose lines). Lines reach stderr at most
-//! `FLUSH_EVERY` late; [`LogOutput::finish`] (on shutdown) writes out the rest.
+//! Only access log lines (target [`ACCESS_TARGET`]) wait for the batch: any other event (a
+//! warning, an error, a store going down) is written out at once, together with the batch
+//! pending before it, so lines keep their order. Nothing is dropped: a buffer that reaches
+//! [`HIGH_WATER`] is written out by the request that filled it (the log slows requests rather
+//! than lose lines). Access lines reach stderr at most `FLUSH_EVERY` late;
+//! [`LogWriterThread::finish`] (on shutdown) writes out the rest.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +22,8 @@ use std::time::Duration;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// A buffer this large is written out at once by the request that filled it.
 pub const HIGH_WATER: usize = 256 * 1024;
+/// The events that are batched: one per request.
+pub const ACCESS_TARGET: &str = "keyward::access";
 
 struct Shared {
     pending: Mutex<Vec<u8>>,
@@ -40,10 +45,12 @@ impl Shared {
     }
 }
 
-/// The `MakeWriter` of the log subscriber.
+/// The `MakeWriter` of the log subscriber, and the writer of one event.
 #[derive(Clone)]
 pub struct LogOutput {
     shared: Arc<Shared>,
+    /// Write the line (and what is pending before it) out now, not with the next batch.
+    immediate: bool,
 }
 
 /// The writer thread: [`LogOutput::finish`] it when the process stops logging.
@@ -80,6 +87,7 @@ impl LogOutput {
             .ok();
         let output = LogOutput {
             shared: shared.clone(),
+            immediate: true,
         };
         (output, LogWriterThread { shared, thread })
     }
@@ -122,8 +130,8 @@ impl Write for LogOutput {
             pending.extend_from_slice(line);
             pending.len() >= HIGH_WATER
         };
-        // No thread (it could not be started): every line goes out at once.
-        if full || self.shared.stop.load(Ordering::Acquire) {
+        // Once the thread has stopped (or could not start), every line goes out at once.
+        if full || self.immediate || self.shared.stop.load(Ordering::Acquire) {
             self.shared.flush();
         }
         Ok(line.len())
@@ -139,5 +147,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogOutput {
 
     fn make_writer(&'a self) -> LogOutput {
         self.clone()
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LogOutput {
+        LogOutput {
+            shared: self.shared.clone(),
+            immediate: meta.target() != ACCESS_TARGET,
+        }
     }
 }

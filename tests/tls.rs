@@ -736,7 +736,7 @@ fn a_client_gone_mid_request_is_not_logged_as_an_error() {
     std::thread::sleep(Duration::from_millis(800));
     let stderr = kw.stderr();
     assert!(
-        stderr.contains("path=/slow/400"),
+        stderr.contains(r#"path="/slow/400""#),
         "the access log has it: {stderr}"
     );
     assert!(!stderr.contains("Fail to proxy"), "{stderr}");

@@ -656,7 +656,7 @@ impl ProxyHttp for KeywardProxy {
         let client_ip = ctx.client_ip.map(IpText::ip);
         let upstream = ctx.upstream_address.map(IpText::socket);
         tracing::info!(
-            target: "keyward::access",
+            target: crate::log_output::ACCESS_TARGET,
             request_id = ctx.request_id.as_str(),
             method = request.method.as_str(),
             // The path only (query strings can carry secrets), tokens in it redacted.
