@@ -478,6 +478,8 @@ fn sigterm_drains_in_flight_requests() {
             .map(|r| r.status().as_u16())
     });
     std::thread::sleep(Duration::from_millis(400));
+    let pid_file = kw.dir.path().join("keyward.pid");
+    assert!(pid_file.exists(), "serve writes server.pid_file");
     kw.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(in_flight.join().unwrap().unwrap(), 200);
     // New connections are no longer accepted once draining starts.
@@ -493,6 +495,10 @@ fn sigterm_drains_in_flight_requests() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
+    // A clean exit removes the pid file and writes out the log lines still pending (the
+    // drained request's access line among them).
+    assert!(!pid_file.exists(), "the pid file is removed on exit");
+    assert!(kw.stderr().contains("/slow/1200"), "{}", kw.stderr());
 }
 
 #[test]
