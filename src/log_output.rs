@@ -1,9 +1,9 @@
 //! Where log lines go: stderr, in batches. A request appends its line to a shared buffer
-//! (one short lock, no system call, no wake-up of another thread); a writer thread writes the
-//! buffer out every [`FLUSH_EVERY`], as nginx's `access_log … buffer= flush=` does. A
-//! non-blocking writer that wakes its thread for every line (tracing-appender's) cost keyward
-//! about 10 µs of CPU per request at 30 000 requests/s (a futex wake, a `write(2)` and a
-//! park per line, `scripts/compare.sh`).
+//! (one short lock, no system call); a writer thread, woken by the first line of a batch, writes
+//! the buffer out [`FLUSH_EVERY`] later, as nginx's `access_log … buffer= flush=` does, and
+//! sleeps while there is nothing to write. A non-blocking writer that wakes its thread for
+//! every line (tracing-appender's) cost keyward about 10 µs of CPU per request at 30 000
+//! requests/s (a futex wake, a `write(2)` and a park per line, `scripts/compare.sh`).
 //!
 //! Only access log lines (target [`ACCESS_TARGET`]) wait for the batch: any other event (a
 //! warning, an error, a store going down) is written out at once, together with the batch
@@ -71,16 +71,22 @@ impl LogOutput {
         let thread = std::thread::Builder::new()
             .name("keyward-log".into())
             .spawn(move || loop {
+                // Asleep while there is nothing to write (no wake-ups on an idle sidecar);
+                // woken by the first line of a batch, then the batch gathers for FLUSH_EVERY.
                 let stop = {
-                    let pending = worker.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    let (_pending, _) = worker
-                        .wake
-                        .wait_timeout(pending, FLUSH_EVERY)
-                        .unwrap_or_else(|p| p.into_inner());
+                    let mut pending = worker.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    while pending.is_empty() && !worker.stop.load(Ordering::Acquire) {
+                        pending = worker.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+                    }
                     worker.stop.load(Ordering::Acquire)
                 };
+                if !stop {
+                    std::thread::sleep(FLUSH_EVERY);
+                }
                 worker.flush();
-                if stop {
+                if stop || worker.stop.load(Ordering::Acquire) {
+                    // Lines written after the last flush go out at once (see `write`).
+                    worker.flush();
                     return;
                 }
             })
@@ -121,15 +127,20 @@ impl Drop for LogWriterThread {
 
 impl Write for LogOutput {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let full = {
+        let (full, first) = {
             let mut pending = self
                 .shared
                 .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            let first = pending.is_empty();
             pending.extend_from_slice(line);
-            pending.len() >= HIGH_WATER
+            (pending.len() >= HIGH_WATER, first)
         };
+        if first && !self.immediate {
+            // The first line of a batch wakes the writer thread: once per batch, not per line.
+            self.shared.wake.notify_one();
+        }
         // Once the thread has stopped (or could not start), every line goes out at once.
         if full || self.immediate || self.shared.stop.load(Ordering::Acquire) {
             self.shared.flush();
