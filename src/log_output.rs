@@ -10,7 +10,7 @@
 //! pending before it, so lines keep their order. Nothing is dropped: a buffer that reaches
 //! [`HIGH_WATER`] is written out by the request that filled it (the log slows requests rather
 //! than lose lines). Access lines reach stderr at most `FLUSH_EVERY` late;
-//! [`LogWriterThread::finish`] (on shutdown) writes out the rest.
+//! dropping the [`LogWriterThread`] (on shutdown) writes out the rest.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +53,8 @@ pub struct LogOutput {
     immediate: bool,
 }
 
-/// The writer thread: [`LogOutput::finish`] it when the process stops logging.
+/// The writer thread: dropping it writes out every pending line and stops the thread; keep it
+/// until the process stops logging.
 pub struct LogWriterThread {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -99,13 +100,8 @@ impl LogOutput {
     }
 }
 
-impl LogWriterThread {
-    /// Writes out every pending line and stops the thread.
-    pub fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+impl Drop for LogWriterThread {
+    fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.notify_all();
         match self.thread.take() {
@@ -113,14 +109,6 @@ impl LogWriterThread {
                 let _ = thread.join();
             }
             None => self.shared.flush(),
-        }
-    }
-}
-
-impl Drop for LogWriterThread {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop();
         }
     }
 }
