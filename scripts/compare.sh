@@ -19,26 +19,13 @@
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/nginx-proxy.sh
-. scripts/nginx-proxy.sh
+# shellcheck source=scripts/measure.sh
+. scripts/measure.sh
 duration="${1:-4}"
 connections="${2:-32}"
 rounds="${3:-3}"
 
-# nginx and wrk from the distribution when missing (as root or with sudo), as prereqs.sh does.
-packages=()
-command -v nginx >/dev/null || packages+=(nginx-light)
-command -v wrk >/dev/null || packages+=(wrk)
-if [ "${#packages[@]}" -gt 0 ]; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
-  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
-    echo "installing ${packages[*]} with apt-get" >&2
-    $sudo apt-get install -y "${packages[@]}" >/dev/null 2>&1 || {
-      $sudo apt-get update >/dev/null && $sudo apt-get install -y "${packages[@]}" >/dev/null
-    }
-  fi
-fi
+install_missing nginx=nginx-light wrk=wrk bc=bc
 for tool in wrk nginx bc curl python3; do
   command -v "$tool" >/dev/null || {
     echo "compare.sh needs $tool (apt-get install wrk nginx-light bc curl python3)" >&2
@@ -57,7 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; ng="127.0.0.1:$(port)"; ng_log="127.0.0.1:$(port)"; bare="127.0.0.1:$(port)"
 kw="127.0.0.1:$(port)"; kw_ops="127.0.0.1:$(port)"; kw_log="127.0.0.1:$(port)"; kw_log_ops="127.0.0.1:$(port)"
 kw_ws="127.0.0.1:$(port)"; kw_ws_ops="127.0.0.1:$(port)"; kw_ps="127.0.0.1:$(port)"; kw_ps_ops="127.0.0.1:$(port)"
@@ -121,12 +107,9 @@ LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-p
 kw_ps_pid=$!; pids+=("$kw_ps_pid")
 ready "http://$kw_ps_ops/readyz"
 
-key=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
-  -d '{"description":"compare"}' "http://$kw/authentication/v1/user/admin/apikey" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["apiKeyString"])')
+key=$(new_api_key "$kw" compare)
 apikey="Argus-API-Key: $key"
-token=$(curl -fs -u admin:load-password -XPOST "http://$kw/.TOKEN/?setcookie=false" -o /dev/null -D - \
-  | awk -F': ' 'tolower($1) == "gateway-token" {print $2}' | tr -d '\r')
+token=$(new_token "$kw")
 cookie="Cookie: token=$token"
 basic="Authorization: Basic $(printf 'admin:load-password' | base64)"
 

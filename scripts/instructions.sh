@@ -9,8 +9,9 @@
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/nginx-proxy.sh
-. scripts/nginx-proxy.sh
+# shellcheck source=scripts/measure.sh
+. scripts/measure.sh
+install_missing valgrind=valgrind wrk=wrk bc=bc nginx=nginx-light
 for tool in valgrind callgrind_annotate wrk bc nginx; do
   command -v "$tool" >/dev/null || { echo "instructions.sh needs $tool (apt-get install valgrind wrk bc nginx-light)" >&2; exit 1; }
 done
@@ -19,7 +20,6 @@ work="$(mktemp -d)"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
 
 "$bin"/examples/echo_upstream "$up" 2>/dev/null & pids+=($!)
@@ -42,11 +42,8 @@ LOAD_ADMIN_PASSWORD=load-password valgrind --tool=callgrind --callgrind-out-file
 keyward_pid=$!; pids+=("$keyward_pid")
 for _ in $(seq 300); do curl -fs "http://$ops/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 
-key=$(curl -fs -u admin:load-password -d '{"description":"instructions"}' \
-  "http://$proxy/authentication/v1/user/admin/apikey" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["apiKeyString"])')
-token=$(curl -fs -u admin:load-password -XPOST "http://$proxy/.TOKEN/?setcookie=false" -o /dev/null -D - \
-  | awk -F': ' 'tolower($1) == "gateway-token" {print $2}' | tr -d '\r')
+key=$(new_api_key "$proxy" instructions)
+token=$(new_token "$proxy")
 basic="Authorization: Basic $(printf 'admin:load-password' | base64)"
 
 # measure NAME PID CALLGRIND_OUT_FILE WRK_ARGS...

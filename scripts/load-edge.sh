@@ -8,9 +8,12 @@
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/measure.sh
+. scripts/measure.sh
 duration="${1:-4}"
 connections="${2:-32}"
 rounds="${3:-5}"
+install_missing wrk=wrk h2load=nghttp2-client nginx=nginx-light openssl=openssl bc=bc
 for tool in wrk h2load nginx openssl curl bc python3; do
   command -v "$tool" >/dev/null || {
     echo "load-edge.sh needs $tool (apt-get install wrk nghttp2-client nginx-light openssl curl bc)" >&2
@@ -28,7 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"
 kw_http="127.0.0.1:$(port)"; kw_tls="127.0.0.1:$(port)"; kw_admin="127.0.0.1:$(port)"
 kw_ops="127.0.0.1:$(port)"; kw_tls_ops="127.0.0.1:$(port)"
@@ -88,22 +90,14 @@ http {
     ssl_certificate $work/tls.crt;
     ssl_certificate_key $work/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-    }
+$(nginx_proxy_location)
   }
 }
 NGINX
 nginx -c "$work/nginx.conf"
 for _ in $(seq 50); do curl -fs "http://$ng_http/public/fixed" >/dev/null 2>&1 && break; sleep 0.1; done
 
-key=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
-  -d '{"description":"load test"}' "http://$kw_admin/authentication/v1/user/admin/apikey" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["apiKeyString"])')
+key=$(new_api_key "$kw_admin" "load test")
 apikey="Argus-API-Key: $key"
 # The TLS keyward shares the store: the key is known there after its first miss.
 curl -fsk -H "$apikey" "https://$kw_tls/x/fixed" >/dev/null

@@ -11,9 +11,12 @@
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/measure.sh
+. scripts/measure.sh
 duration="${1:-10}"
 connections="${2:-32}"
 rounds="${3:-3}"
+install_missing wrk=wrk bc=bc
 for tool in wrk bc curl; do
   command -v "$tool" >/dev/null || { echo "load.sh needs $tool (apt-get install wrk bc curl)" >&2; exit 1; }
 done
@@ -43,7 +46,6 @@ if [ -n "${KEYWARD_LOAD_REDIS:-}" ]; then
   echo "replay window: redis" >&2
 fi
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
 
 "$bin"/examples/echo_upstream "$up" 2>/dev/null & pids+=($!)
@@ -82,12 +84,9 @@ measure() {
 }
 basic="Authorization: Basic $(printf 'admin:load-password' | base64)"
 
-key=$(curl -fs -u admin:load-password -H 'content-type: application/json' \
-  -d '{"description":"load test"}' "http://$proxy/authentication/v1/user/admin/apikey" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["apiKeyString"])')
+key=$(new_api_key "$proxy" "load test")
 apikey="Argus-API-Key: $key"
-token=$(curl -fs -u admin:load-password -XPOST "http://$proxy/.TOKEN/?setcookie=false" -o /dev/null -D - \
-  | awk -F': ' 'tolower($1) == "gateway-token" {print $2}' | tr -d '\r')
+token=$(new_token "$proxy")
 cookie="Cookie: token=$token"
 
 # Warm-up (connection pools, the caches).
