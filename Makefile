@@ -32,4 +32,4 @@ load-edge: prereqs
 # nginx, a bare pingora passthrough and keyward, one thread each, in front of the same upstream:
 # throughput, CPU per request and open-loop latency added per hop (scripts/compare.sh).
 compare: prereqs
-	scripts/compare.sh 4 32 3
+	scripts/compare.sh 4 32 3 5

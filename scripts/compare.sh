@@ -4,7 +4,7 @@
 # keyward (server.threads 1) on its public route and with each credential, plus keyward and
 # nginx each writing an access log to a file, and keyward with 2 threads, with and without
 # tokio's work stealing (server.work_stealing).
-# Usage: scripts/compare.sh [SECONDS_PER_MEASUREMENT] [CONNECTIONS] [ROUNDS]
+# Usage: scripts/compare.sh [SECONDS_PER_MEASUREMENT] [CONNECTIONS] [ROUNDS] [LATENCY_ROUNDS]
 #
 # 1. Throughput: wrk -t1 -cCONNECTIONS for SECONDS against each target, in interleaved rounds;
 #    requests/s and the CPU time the proxy process spent per request (utime + stime from
@@ -14,7 +14,12 @@
 # 2. Latency: at half of nginx's saturation rate (its median wrk req/s), examples/open_loop
 #    sends a constant rate (latency from each request's intended send time) to the upstream
 #    directly, nginx, bare pingora and keyward (public route, API key); the added latency of a
-#    hop is its percentile minus the direct one of the same round (median of the rounds).
+#    hop is its percentile minus the direct one of the same round (median of LATENCY_ROUNDS
+#    rounds: a p99 varies more from run to run than a throughput does).
+# While one target is measured, every other proxy process is paused (SIGSTOP), so that their
+# timers and background threads (keyward's change-feed poll and store thread) do not take
+# the cores from the one measured; they are resumed (SIGCONT) as soon as it is done
+# (KEYWARD_COMPARE_ALONE=0 keeps them all running, as the script did before).
 # Figures vary by machine; the ratios are the result.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -24,6 +29,7 @@ cd "$(dirname "$0")/.."
 duration="${1:-4}"
 connections="${2:-32}"
 rounds="${3:-3}"
+latency_rounds="${4:-$rounds}"
 
 install_missing nginx=nginx-light wrk=wrk bc=bc
 for tool in wrk nginx bc curl python3; do
@@ -38,6 +44,7 @@ cargo build --release --bin keyward --example echo_upstream --example bare_pingo
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+  kill -CONT "${pids[@]}" 2>/dev/null || true   # a paused process would not act on SIGTERM
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -66,7 +73,8 @@ $(nginx_proxy_http "$work" "$up" "$ng" "$ng_log=$work/nginx-access.log")
 NGINX
 nginx -c "$work/nginx.conf" & pids+=($!)
 ready "http://$ng/public/fixed"
-ng_pid=$(ps -o pid= --ppid "$(cat "$work/nginx.pid")" | head -1 | tr -d ' ')   # the worker
+ng_master=$(cat "$work/nginx.pid")
+ng_pid=$(ps -o pid= --ppid "$ng_master" | head -1 | tr -d ' ')   # the worker
 
 "$bin"/examples/bare_pingora "$bare" "$up" 1 2>"$work/bare.err" & bare_pid=$!; pids+=("$bare_pid")
 ready "http://$bare/public/fixed"
@@ -130,6 +138,16 @@ add apikey_log "keyward API key + JSON log" "$kw_log_pid" "http://$kw_log/x/fixe
 add public_ws "keyward public, 2 threads" "$kw_ws_pid" "http://$kw_ws/public/fixed"
 add public_ps "keyward public, 2, no stealing" "$kw_ps_pid" "http://$kw_ps/public/fixed"
 args() { if [ -n "${header[$1]}" ]; then echo "-H"; echo "${header[$1]}"; fi; echo "${url[$1]}"; }
+# alone T: every proxy but T's process is paused (the upstream always runs); alone - resumes all.
+proxies=("$ng_master" "$ng_pid" "$bare_pid" "$kw_pid" "$kw_log_pid" "$kw_ws_pid" "$kw_ps_pid")
+alone() {
+  [ "${KEYWARD_COMPARE_ALONE:-1}" = 1 ] || return 0   # 0: every target runs all the time
+  local p keep=" ${pid[$1]:-all} "
+  case $1 in nginx | nginx_log) keep+=" $ng_master " ;; -) keep=" ${proxies[*]} " ;; esac
+  for p in "${proxies[@]}"; do
+    case $keep in *" $p "*) kill -CONT "$p" ;; *) kill -STOP "$p" ;; esac
+  done
+}
 
 for t in "${targets[@]}"; do
   mapfile -t a < <(args "$t")
@@ -161,11 +179,13 @@ declare -A rps cpu
 for round in $(seq "$rounds"); do
   line="round $round:"
   for t in "${targets[@]}"; do
+    alone "$t"
     read -r "rps[$t,$round]" "cpu[$t,$round]" <<<"$(measure "$t")"
     line+=" $t ${rps[$t,$round]} (${cpu[$t,$round]} µs)"
   done
   echo "$line" >&2
 done
+alone -
 # column T KIND [DEN]: the values of target T over the rounds (KIND rps or cpu), or the
 # per-round ratios T / DEN.
 column() {
@@ -200,14 +220,19 @@ signed_cpu=$(sed -n 's/.*| signed [0-9.]* req\/s (\([0-9.]*\) µs CPU\/req).*/\1
 lat_targets=(direct nginx bare public apikey)
 latency() { # NAME RATE DESCRIPTION
   local name=$1 rate=$2 round t out rest a50 a90 a99
-  local -A p50 p90 p99 bad lag
+  local -A p50 p90 p99 bad lag load
   local -a hdr
+  # The load each target is under: this rate ÷ its throughput above (taken before `rounds`
+  # becomes the latency rounds, which the helpers below read).
+  for t in "${lat_targets[@]}"; do load[$t]=$(echo "$rate / $(med "$t" rps)" | bc -l); done
+  local rounds=$latency_rounds
   for round in $(seq "$rounds"); do
     line="latency round $round at $rate req/s:"
     for t in "${lat_targets[@]}"; do
       hdr=()
       if [ -n "${header[$t]}" ]; then hdr=(-H "${header[$t]}"); fi
       rest=${url[$t]#http://}
+      alone "$t"
       out=$("$bin"/examples/open_loop "${rest%%/*}" "/${rest#*/}" "$rate" "$duration" "$connections" "${hdr[@]}")
       field() { echo "$out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
       p50[$t,$round]=$(field p50_us); p90[$t,$round]=$(field p90_us); p99[$t,$round]=$(field p99_us)
@@ -219,6 +244,7 @@ latency() { # NAME RATE DESCRIPTION
     done
     echo "$line" >&2
   done
+  alone -
   # The added latency of target T over the direct path, per round (KIND p50, p90 or p99).
   added() { local -n v=$2; local round; for round in $(seq "$rounds"); do echo $((${v[$1,$round]} - ${v[direct,$round]})); done; }
   # Target T's added latency ÷ nginx's (medians), or - when nginx adds nothing measurable.
@@ -231,7 +257,7 @@ latency() { # NAME RATE DESCRIPTION
         a50=$(added "$t" p50 | median); a90=$(added "$t" p90 | median); a99=$(added "$t" p99 | median)
       fi
       printf '%-26s %5.2f %8s %8s %8s %8s %8s %8s %7s %6s\n' "${label[$t]/ (echo CPU)/}" \
-        "$(echo "$rate / $(med "$t" rps)" | bc -l)" "$(med "$t" p50)" "$(med "$t" p90)" "$(med "$t" p99)" \
+        "${load[$t]}" "$(med "$t" p50)" "$(med "$t" p90)" "$(med "$t" p99)" \
         "$a50" "$a90" "$a99" "$(med "$t" bad)" "$(med "$t" lag)"
     done
     echo "(+pN: added by the hop, the target's pN minus the direct pN of the same round; load: this rate ÷"

@@ -6,6 +6,8 @@
 # anchor of scripts/compare.sh: a bare pingora passthrough (examples/bare_pingora.rs) and nginx
 # as one process, in front of the same upstream. Needs valgrind, wrk, bc and nginx.
 # Usage: scripts/instructions.sh
+#   KEYWARD_CALLGRIND_DIR=DIR keeps each target's dump there (DIR/public.callgrind, …), for
+#   callgrind_annotate --inclusive=yes DIR/apikey.callgrind (divide by the requests printed).
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
 cd "$(dirname "$0")/.."
@@ -60,6 +62,11 @@ measure() {
   # would use its SHA extensions (SHA-NI), so this share is far larger here than on hardware.
   sha=$(callgrind_annotate --inclusive=yes "$dump" 2>/dev/null \
     | awk '/sha2::sha256::compress256 \[/ {gsub(",", "", $1); print $1; exit}')
+  if [ -n "${KEYWARD_CALLGRIND_DIR:-}" ]; then
+    mkdir -p "$KEYWARD_CALLGRIND_DIR"
+    cp "$dump" "$KEYWARD_CALLGRIND_DIR/$name.callgrind"
+    echo "$name: $n requests" >>"$KEYWARD_CALLGRIND_DIR/requests.txt"
+  fi
   echo "$((ir / n)) $((${sha:-0} / n))"
 }
 read -r public public_sha <<<"$(measure public "$keyward_pid" "$work/cg.out" "http://$proxy/public/fixed")"

@@ -42,10 +42,28 @@ pub const KEY_PATTERN: &str =
 /// The checksum of a secret's first 46 characters (`kw_` and the random part): CRC32
 /// (IEEE), in base62 (`0-9A-Za-z`), left-padded with `0` to six characters.
 pub fn checksum(checked: &str) -> String {
-    format!(
-        "{:0>6}",
-        base62::encode(crc32fast::hash(checked.as_bytes()))
-    )
+    checksum_digits(checked)
+        .iter()
+        .map(|&b| char::from(b))
+        .collect()
+}
+
+/// [`checksum`] without allocating: it runs on every request that presents a key.
+fn checksum_digits(checked: &str) -> [u8; CHECKSUM_LEN] {
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    // A u32 has at most six base62 digits (62^6 > 2^32), so the buffer always suffices.
+    let len = base62::encode_bytes(crc32fast::hash(checked.as_bytes()), &mut digits)
+        .unwrap_or(CHECKSUM_LEN);
+    digits.copy_within(..len, CHECKSUM_LEN - len);
+    digits[..CHECKSUM_LEN - len].fill(b'0');
+    digits
+}
+
+/// `text` up to its first `/`, and the rest after it.
+fn split_at_slash(text: &str) -> Option<(&str, &str)> {
+    // A byte scan: keys are short, and `str::split`'s searcher costs more than it saves here.
+    let at = text.bytes().position(|b| b == b'/')?;
+    Some((&text[..at], &text[at + 1..]))
 }
 
 fn is_base64url(text: &str) -> bool {
@@ -96,12 +114,9 @@ pub fn parse(value: &[u8]) -> Result<(Prefix, &str), AuthError> {
         return Err(AuthError::Malformed);
     }
     let text = std::str::from_utf8(value).map_err(|_| AuthError::Malformed)?;
-    let mut parts = text.split('/');
-    let (Some(user_hex), Some(key_id), Some(secret), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::Malformed);
-    };
+    // A third `/` is refused below: it is not a base64url character.
+    let (user_hex, rest) = split_at_slash(text).ok_or(AuthError::Malformed)?;
+    let (key_id, secret) = split_at_slash(rest).ok_or(AuthError::Malformed)?;
     let prefix = Prefix::parse(user_hex, key_id).ok_or(AuthError::Malformed)?;
     let secret_ok = match secret.strip_prefix(SECRET_PREFIX) {
         // A checksummed secret whose checksum fails is a typo or a forgery: refused here,
@@ -110,8 +125,8 @@ pub fn parse(value: &[u8]) -> Result<(Prefix, &str), AuthError> {
             secret.len() == CHECKED_SECRET_LEN
                 && is_base64url(rest)
                 && rest.is_char_boundary(SECRET_LEN)
-                && checksum(&secret[..SECRET_PREFIX.len() + SECRET_LEN]).as_bytes()
-                    == &rest.as_bytes()[SECRET_LEN..]
+                && checksum_digits(&secret[..SECRET_PREFIX.len() + SECRET_LEN])
+                    == rest.as_bytes()[SECRET_LEN..]
         }
         // Issued before checksummed secrets: still accepted.
         None => secret.len() == SECRET_LEN && is_base64url(secret),
@@ -415,6 +430,20 @@ mod tests {
             checksum("kw_"),
             format!("{:0>6}", base62::encode(0x2069_5e87u32))
         );
+        // Short base62 values are left-padded with `0`, the widest fill all six characters.
+        for text in (0..5000).map(|i| format!("kw_{i}")) {
+            let crc = crc32fast::hash(text.as_bytes());
+            assert_eq!(
+                checksum(&text),
+                format!("{:0>6}", base62::encode(crc)),
+                "{text}"
+            );
+        }
+        let mut digits = [0u8; CHECKSUM_LEN];
+        assert_eq!(
+            base62::encode_bytes(u32::MAX, &mut digits),
+            Ok(CHECKSUM_LEN)
+        );
     }
 
     #[test]
@@ -439,6 +468,10 @@ mod tests {
             String::new(),
             "15a6/1".into(),
             format!("15a6/1/{secret}/x"),
+            format!("15a6/1/{}/", &secret[1..]),
+            format!("15a6//1/{secret}"),
+            format!("/15a6/1/{secret}"),
+            format!("15a6/1{secret}"),
             format!("15A6/1/{secret}"),
             format!("015a6/1/{secret}"),
             format!("15a6/01/{secret}"),

@@ -924,13 +924,13 @@ routes:
     fn runtime_settings_have_defaults_and_are_read() {
         let config = Config::from_yaml(MINIMAL).unwrap();
         assert_eq!(config.server.threads, 2);
-        assert!(!config.server.work_stealing);
+        assert!(config.server.work_stealing);
         let config = Config::from_yaml(&format!(
-            "{MINIMAL}server: {{ threads: 1, work_stealing: true }}\n"
+            "{MINIMAL}server: {{ threads: 1, work_stealing: false }}\n"
         ))
         .unwrap();
         assert_eq!(config.server.threads, 1);
-        assert!(config.server.work_stealing);
+        assert!(!config.server.work_stealing);
         let found = issues(&format!(
             "{MINIMAL}server: {{ work_stealing: sometimes }}\n"
         ));
