@@ -18,8 +18,11 @@ test: prereqs
 check-deploy: prereqs
 	scripts/check-deploy.sh
 
+# The credential routes against keyward's public route, then keyward against nginx over
+# plaintext HTTP/1.1, TLS and HTTP/2 with the same certificate (load-edge).
 load: prereqs
 	scripts/load.sh 4 32 7
+	scripts/load-edge.sh 4 32 5
 
 # The same comparison with a PostgreSQL store (a fresh database on KEYWARD_TEST_POSTGRES).
 load-postgres: prereqs
