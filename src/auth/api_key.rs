@@ -118,18 +118,20 @@ pub fn parse(value: &[u8]) -> Result<(Prefix, &str), AuthError> {
     let (user_hex, rest) = split_at_slash(text).ok_or(AuthError::Malformed)?;
     let (key_id, secret) = split_at_slash(rest).ok_or(AuthError::Malformed)?;
     let prefix = Prefix::parse(user_hex, key_id).ok_or(AuthError::Malformed)?;
-    let secret_ok = match secret.strip_prefix(SECRET_PREFIX) {
+    // The two shapes differ in length, so an old secret that happens to begin with `kw_`
+    // (one in 64³) is still read as an old secret.
+    let secret_ok = match secret.len() {
         // A checksummed secret whose checksum fails is a typo or a forgery: refused here,
         // before any cache or store is asked.
-        Some(rest) => {
-            secret.len() == CHECKED_SECRET_LEN
-                && is_base64url(rest)
-                && rest.is_char_boundary(SECRET_LEN)
+        CHECKED_SECRET_LEN => {
+            secret.starts_with(SECRET_PREFIX)
+                && is_base64url(&secret[SECRET_PREFIX.len()..])
                 && checksum_digits(&secret[..SECRET_PREFIX.len() + SECRET_LEN])
-                    == rest.as_bytes()[SECRET_LEN..]
+                    == secret.as_bytes()[SECRET_PREFIX.len() + SECRET_LEN..]
         }
         // Issued before checksummed secrets: still accepted.
-        None => secret.len() == SECRET_LEN && is_base64url(secret),
+        SECRET_LEN => is_base64url(secret),
+        _ => false,
     };
     if !secret_ok {
         return Err(AuthError::Malformed);
@@ -484,6 +486,60 @@ mod tests {
             assert_eq!(parse(bad.as_bytes()), Err(AuthError::Malformed), "{bad:?}");
         }
         assert_eq!(parse(b"\xff\xfe/1/x"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn an_old_secret_that_begins_like_a_new_one_still_parses() {
+        let old = format!("kw_{}", "A".repeat(SECRET_LEN - SECRET_PREFIX.len()));
+        let key = format!("15a6/1/{old}");
+        assert_eq!(parse(key.as_bytes()).map(|(_, s)| s), Ok(old.as_str()));
+    }
+
+    /// Exactly the published shapes parse: valid keys with one byte replaced, inserted or
+    /// removed (from the characters keys are made of, and a few others) parse exactly when
+    /// they still match the issued shape, checksum included.
+    #[test]
+    fn mutated_keys_parse_exactly_when_they_keep_the_issued_shape() {
+        let shape = regex::Regex::new(concat!(
+            r"^(?:0|[1-9a-f][0-9a-f]{0,14})/[1-9][0-9]{0,9}/",
+            r"(?:kw_[A-Za-z0-9_-]{43}[0-9A-Za-z]{6}|[A-Za-z0-9_-]{43})$"
+        ))
+        .unwrap();
+        let issued = |text: &str| {
+            shape.is_match(text) && {
+                let secret = text.rsplit('/').next().unwrap_or_default();
+                secret.len() == SECRET_LEN || checksum(&secret[..46]) == secret[46..]
+            }
+        };
+        let alphabet = b"0123456789abcdefABCDEFxyzXYZ_-/kw.+= \x00\xff%";
+        let mut rng = rand::thread_rng();
+        use rand::Rng;
+        for round in 0..4000 {
+            let secret = if round % 2 == 0 {
+                generate_secret()
+            } else {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rng.gen::<[u8; 32]>())
+            };
+            let user: u32 = rng.gen_range(0..0x10_0000);
+            let mut key = format!("{user:x}/{}/{secret}", rng.gen_range(1..10_000u32)).into_bytes();
+            assert!(issued(std::str::from_utf8(&key).unwrap()));
+            let at = rng.gen_range(0..key.len());
+            let byte = alphabet[rng.gen_range(0..alphabet.len())];
+            match rng.gen_range(0..3) {
+                0 => key[at] = byte,
+                1 => key.insert(at, byte),
+                _ => {
+                    key.remove(at);
+                }
+            }
+            let expected = std::str::from_utf8(&key).is_ok_and(issued);
+            assert_eq!(
+                parse(&key).is_ok(),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(&key)
+            );
+        }
     }
 
     #[test]
