@@ -98,22 +98,21 @@ routes:
     require: { min_security_level: EXTERNAL }
 YAML
 }
+# start_keyward NAME OPS_ADDRESS: serves $work/NAME.yaml (stderr to $work/NAME.err) and waits
+# until it is ready; its pid is left in $started.
+start_keyward() {
+  LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/$1.yaml" 2>"$work/$1.err" &
+  started=$!; pids+=("$started")
+  ready "http://$2/readyz"
+}
 keyward_config "$kw" "$kw_ops" "{ level: warn }" >"$work/keyward.yaml"
 keyward_config "$kw_log" "$kw_log_ops" "{ level: info, format: json }" >"$work/keyward-log.yaml"
-LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward.yaml" 2>"$work/keyward.err" &
-kw_pid=$!; pids+=("$kw_pid")
-ready "http://$kw_ops/readyz"
-LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-log.yaml" 2>"$work/keyward-log.err" &
-kw_log_pid=$!; pids+=("$kw_log_pid")
-ready "http://$kw_log_ops/readyz"
 keyward_config "$kw_ws" "$kw_ws_ops" "{ level: warn }" 2 true >"$work/keyward-ws.yaml"
 keyward_config "$kw_ps" "$kw_ps_ops" "{ level: warn }" 2 false >"$work/keyward-ps.yaml"
-LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-ws.yaml" 2>"$work/keyward-ws.err" &
-kw_ws_pid=$!; pids+=("$kw_ws_pid")
-ready "http://$kw_ws_ops/readyz"
-LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward-ps.yaml" 2>"$work/keyward-ps.err" &
-kw_ps_pid=$!; pids+=("$kw_ps_pid")
-ready "http://$kw_ps_ops/readyz"
+start_keyward keyward "$kw_ops"; kw_pid=$started
+start_keyward keyward-log "$kw_log_ops"; kw_log_pid=$started
+start_keyward keyward-ws "$kw_ws_ops"; kw_ws_pid=$started
+start_keyward keyward-ps "$kw_ps_ops"; kw_ps_pid=$started
 
 key=$(new_api_key "$kw" compare)
 apikey="Argus-API-Key: $key"
