@@ -269,6 +269,7 @@ pub fn serve(
         metrics.clone(),
         config.cache.invalidation_poll,
         feed_start,
+        config.audit_retention,
     );
 
     server.add_service(proxy_service);

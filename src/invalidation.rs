@@ -11,7 +11,7 @@
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, ChangeKind, Db, FeedSignal};
+use crate::store::{housekeep, now_ms, ChangeKind, Db, FeedSignal, Pruned};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -34,6 +34,8 @@ pub struct ChangeFollower {
     /// When the feed was last read successfully.
     last_read: Mutex<Instant>,
     signal: Arc<FeedSignal>,
+    /// `audit.retention`: audit records older than this are deleted (kept forever when unset).
+    audit_retention: Option<Duration>,
 }
 
 impl ChangeFollower {
@@ -45,6 +47,7 @@ impl ChangeFollower {
         metrics: Arc<Metrics>,
         interval: Duration,
         start_seq: i64,
+        audit_retention: Option<Duration>,
     ) -> ChangeFollower {
         let signal = Arc::new(FeedSignal {
             wake: tokio::sync::Notify::new(),
@@ -57,6 +60,7 @@ impl ChangeFollower {
             last_seq: AtomicI64::new(start_seq),
             last_read: Mutex::new(Instant::now()),
             signal,
+            audit_retention,
         }
     }
 
@@ -112,14 +116,31 @@ impl ChangeFollower {
         }
     }
 
+    /// Old feed rows, long-expired tokens and audit records past `audit.retention`. Every
+    /// replica runs this; the deletes are idempotent.
     async fn prune(&self) {
-        let before = now_ms() - FEED_RETENTION.as_millis() as i64;
+        let now = now_ms();
+        let before = now - FEED_RETENTION.as_millis() as i64;
         if let Err(e) = self
             .db
             .call(move |store| async move { store.prune_changes(before).await })
             .await
         {
             tracing::debug!(error = %e, "cannot prune the change feed");
+        }
+        let retention = self.audit_retention;
+        match self
+            .db
+            .call(move |store| async move { housekeep(store.as_ref(), now, retention).await })
+            .await
+        {
+            Ok(pruned) if pruned != Pruned::default() => tracing::info!(
+                expired_tokens = pruned.tokens,
+                audit_records = pruned.audit,
+                "store housekeeping deleted expired tokens and audit records past their retention"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot run the store housekeeping"),
         }
     }
 }
@@ -162,7 +183,8 @@ impl BackgroundService for ChangeFollower {
         }
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_prune = tokio::time::Instant::now();
+        // The first tick prunes too: a replica started after a long stop catches up at once.
+        let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -171,9 +193,9 @@ impl BackgroundService for ChangeFollower {
                 }
                 _ = ticker.tick() => {
                     self.poll_once().await;
-                    if last_prune.elapsed() >= PRUNE_EVERY {
+                    if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                         self.prune().await;
-                        last_prune = tokio::time::Instant::now();
+                        last_prune = Some(tokio::time::Instant::now());
                     }
                 }
             }

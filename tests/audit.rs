@@ -102,3 +102,74 @@ fn postgres_audit_records_survive_a_crash() {
     let db = ScratchDatabase::create_blocking().expect("PostgreSQL for the audit test");
     records_survive_a_crash(Some(db.url().to_owned()));
 }
+
+/// The store's housekeeping (run when keyward starts, then every minute): tokens expired for
+/// more than a day and, with `audit.retention`, audit records older than it are deleted; the
+/// recently expired token and the newer records stay.
+#[test]
+fn housekeeping_deletes_long_expired_tokens_and_records_past_the_retention() {
+    let mut kw = Keyward::start_with(Setup {
+        extra: "audit: { retention: 30d }\n".into(),
+        ..Setup::default()
+    });
+    kw.add_user("john", "john-password", &[]);
+    let db = format!("sqlite://{}", kw.dir.path().join("keyward.db").display());
+    let day_ms: i64 = 86_400_000;
+    let now = keyward::store::now_ms();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let count = |sql: &'static str| {
+        runtime.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        })
+    };
+    // Two tokens as another replica (or time) would have left them, and the oldest audit
+    // record aged past the retention.
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        for (name, expires) in [
+            ("a".repeat(32), now - 2 * day_ms),
+            ("b".repeat(32), now - 60_000),
+        ] {
+            sqlx::query(
+                "INSERT INTO tokens (name, token_hash, owner_id, domain, level, created_at_ms, \
+                 expires_at_ms) SELECT ?, ?, id, 'example.com', 'DEFAULT', ?, ? FROM users \
+                 WHERE name = 'john'",
+            )
+            .bind(&name)
+            .bind(name.as_bytes())
+            .bind(expires - day_ms)
+            .bind(expires)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query("UPDATE audit SET at_ms = ? WHERE seq = (SELECT MIN(seq) FROM audit)")
+            .bind(now - 31 * day_ms)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    let records = count("SELECT COUNT(*) FROM audit");
+    assert!(records >= 2, "{records}");
+    kw.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count("SELECT COUNT(*) FROM tokens") != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tokens WHERE name LIKE 'b%'"),
+        1,
+        "the recently expired token stays"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM tokens"), 1, "{}", kw.stderr());
+    assert_eq!(count("SELECT COUNT(*) FROM audit"), records - 1);
+    assert!(
+        kw.stderr().contains("store housekeeping deleted"),
+        "{}",
+        kw.stderr()
+    );
+}

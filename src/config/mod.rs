@@ -19,6 +19,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Shortest accepted `audit.retention`: records are evidence, not a cache.
+const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(86_400);
 /// Largest accepted `signatures.max_body` (1 GiB).
 pub const MAX_SIGNED_BODY: u64 = 1 << 30;
 
@@ -86,6 +88,8 @@ pub struct Config {
     pub signatures: SignatureSettings,
     pub signed_bodies: SignedBodies,
     pub audit_path: Option<PathBuf>,
+    /// `audit.retention`: how long the store keeps audit records; `None`: forever.
+    pub audit_retention: Option<Duration>,
     /// `replay`: the replay window shared through Redis; `None`: each replica's own.
     pub replay: Option<FleetSettings>,
     pub rate_limits: RateLimitSettings,
@@ -439,6 +443,16 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         }
     }
 
+    if audit
+        .retention
+        .as_ref()
+        .is_some_and(|retention| retention.0 < MIN_AUDIT_RETENTION)
+    {
+        problem(
+            "audit.retention".into(),
+            "must be at least 1 day (leave it out to keep every record)".into(),
+        );
+    }
     if cache.invalidation_poll.0.is_zero() {
         problem(
             "cache.invalidation_poll".into(),
@@ -556,6 +570,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             negative_ttl: cache.negative_ttl.0,
             negative_capacity: cache.negative_capacity,
         },
+        audit_retention: audit.retention.map(|retention| retention.0),
         audit_path: audit.path,
         replay,
         rate_limits,
@@ -918,6 +933,20 @@ routes:
             "listen.tls.colour"
         );
         assert!(Config::from_yaml(MINIMAL).unwrap().listen_tls.is_none());
+    }
+
+    #[test]
+    fn audit_retention_is_unset_by_default_and_at_least_a_day() {
+        assert_eq!(Config::from_yaml(MINIMAL).unwrap().audit_retention, None);
+        let config = Config::from_yaml(&format!("{MINIMAL}audit: {{ retention: 90d }}\n")).unwrap();
+        assert_eq!(
+            config.audit_retention,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        for short in ["0", "1h", "23h 59m"] {
+            let found = issues(&format!("{MINIMAL}audit: {{ retention: {short} }}\n"));
+            assert_eq!(found[0].key, "audit.retention", "{short}: {found:?}");
+        }
     }
 
     #[test]

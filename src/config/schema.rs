@@ -108,6 +108,9 @@ pub struct AuditFile {
     /// Append audit records as JSON lines to this file (besides the `keyward::audit` log target).
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
+    /// Audit records older than this are deleted from the store; unset: kept forever.
+    #[serde(default)]
+    pub retention: Option<Seconds>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -395,6 +395,73 @@ async fn audit_records_travel_with_their_changes(store: Arc<dyn Store>) {
     assert_eq!(store.audit_tail(1).await.unwrap(), records[2..].to_vec());
 }
 
+/// Housekeeping deletes tokens expired for longer than a day (not the recently expired, not
+/// the live) and, only with a retention, the audit records older than it, oldest first.
+async fn housekeeping_deletes_long_expired_tokens_and_old_audit_records(store: Arc<dyn Store>) {
+    let fay = user(store.as_ref(), "fay").await;
+    let now = now_ms();
+    let day = EXPIRED_TOKEN_KEEP.as_millis() as i64;
+    let a = || audit("token.mint", "fay");
+    let token = |n, expires| store.create_token(new_token(n, fay.id, None, expires), a());
+    let live = token(1, now + 60_000).await.unwrap();
+    let recently_expired = token(2, now - 1).await.unwrap();
+    let long_expired = [
+        token(3, now - day - 1).await.unwrap(),
+        token(4, now - 3 * day).await.unwrap(),
+    ];
+    let records = store.audit_tail(100).await.unwrap();
+    assert_eq!(records.len(), 5, "user.create and four mints: {records:?}");
+
+    // One batch is at most `limit` rows.
+    assert_eq!(store.prune_expired_tokens(now - day, 1).await.unwrap(), 1);
+    assert_eq!(
+        housekeep(store.as_ref(), now, None).await.unwrap(),
+        Pruned {
+            tokens: 1,
+            audit: 0
+        }
+    );
+    for gone in &long_expired {
+        assert!(store.token_by_name(&gone.name).await.unwrap().is_none());
+    }
+    for kept in [&live, &recently_expired] {
+        assert!(store.token_by_name(&kept.name).await.unwrap().is_some());
+    }
+    assert_eq!(
+        store.audit_tail(100).await.unwrap(),
+        records,
+        "no retention: all kept"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cut = now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store
+        .append_audit(audit("apikey.list", "fay"))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_audit(cut, 1).await.unwrap(), 1);
+    assert_eq!(
+        store.audit_tail(100).await.unwrap()[0],
+        records[1],
+        "oldest first"
+    );
+    let later = now_ms();
+    let retention = std::time::Duration::from_millis((later - cut) as u64);
+    assert_eq!(
+        housekeep(store.as_ref(), later, Some(retention))
+            .await
+            .unwrap(),
+        Pruned {
+            tokens: 0,
+            audit: 4
+        }
+    );
+    let left = store.audit_tail(100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].operation, "apikey.list");
+}
+
 /// Concurrent creates for one user get distinct consecutive ids (no `MAX(key_id) + 1` race
 /// under READ COMMITTED), alongside last-use writes, with no write refused.
 async fn concurrent_creates_get_distinct_ids(store: Arc<dyn Store>) {
@@ -581,6 +648,7 @@ contract_tests!(sqlite:
     signature_keys_enroll_and_delete,
     tokens_are_found_listed_counted_and_deleted,
     audit_records_travel_with_their_changes,
+    housekeeping_deletes_long_expired_tokens_and_old_audit_records,
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,
@@ -592,6 +660,7 @@ contract_tests!(postgres:
     signature_keys_enroll_and_delete,
     tokens_are_found_listed_counted_and_deleted,
     audit_records_travel_with_their_changes,
+    housekeeping_deletes_long_expired_tokens_and_old_audit_records,
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,

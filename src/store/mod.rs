@@ -548,6 +548,11 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_change(&self) -> Result<i64, StoreError>;
     /// Drops change-feed rows older than `before_ms`; returns how many.
     async fn prune_changes(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Deletes at most `limit` tokens that expired before `before_ms`; returns how many.
+    async fn prune_expired_tokens(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError>;
+    /// Deletes at most `limit` audit records written before `before_ms`, oldest first;
+    /// returns how many.
+    async fn prune_audit(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// Appends the record of a call that changed nothing (a refusal, a list).
     async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError>;
@@ -645,6 +650,51 @@ impl Db {
     {
         self.runtime.block_on(f(self.store.clone()))
     }
+}
+
+/// How long an expired token stays in the store before housekeeping deletes it: a day, so
+/// that a `DELETE` of a token that has just expired still finds it.
+pub const EXPIRED_TOKEN_KEEP: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// Rows deleted per statement: a large backlog never holds the write lock for long.
+const PRUNE_BATCH: i64 = 1000;
+
+/// What one housekeeping pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub tokens: u64,
+    pub audit: u64,
+}
+
+/// Deletes the tokens that expired more than [`EXPIRED_TOKEN_KEEP`] before `now_ms` and, with
+/// an `audit_retention`, the audit records older than it; in batches of [`PRUNE_BATCH`], so
+/// other writers get the store between them.
+pub async fn housekeep(
+    store: &dyn Store,
+    now_ms: i64,
+    audit_retention: Option<std::time::Duration>,
+) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    let tokens_before = now_ms - EXPIRED_TOKEN_KEEP.as_millis() as i64;
+    loop {
+        let deleted = store
+            .prune_expired_tokens(tokens_before, PRUNE_BATCH)
+            .await?;
+        pruned.tokens += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    if let Some(retention) = audit_retention {
+        let audit_before = now_ms - retention.as_millis() as i64;
+        loop {
+            let deleted = store.prune_audit(audit_before, PRUNE_BATCH).await?;
+            pruned.audit += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+    }
+    Ok(pruned)
 }
 
 pub fn now_ms() -> i64 {

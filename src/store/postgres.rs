@@ -748,6 +748,30 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
+    async fn prune_expired_tokens(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE name IN \
+             (SELECT name FROM tokens WHERE expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_audit(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM audit WHERE seq IN \
+             (SELECT seq FROM audit WHERE at_ms < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO audit (at_ms, record) VALUES ($1, $2)")
             .bind(now_ms())

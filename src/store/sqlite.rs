@@ -746,6 +746,30 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn prune_expired_tokens(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE name IN \
+             (SELECT name FROM tokens WHERE expires_at_ms < ? ORDER BY expires_at_ms LIMIT ?)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_audit(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM audit WHERE seq IN \
+             (SELECT seq FROM audit WHERE at_ms < ? ORDER BY seq LIMIT ?)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write_transaction().await?;
         Self::insert_audit(&mut tx, &audit, now_ms()).await?;
