@@ -154,6 +154,7 @@ fn schemes(c: &mut Criterion) {
                         expires_at_ms: now_ms() + 3_600_000,
                         custom_source: None,
                     },
+                    None,
                     local_audit("token.mint", "bench"),
                 )
                 .await

@@ -172,19 +172,12 @@ async fn mint_token(
     };
     // Why: every token is a row in the store and an entry in the caches; a script looping on
     // a password must not grow them without bound (`limits.tokens_per_user`). Counted in the
-    // same store call as the insert; concurrent mints may pass the count together, so the cap
-    // can be exceeded by at most the number of mints racing for the last slot.
+    // insert's transaction, so concurrent mints cannot pass the cap together.
     let cap = u64::from(call.config.limits.tokens_per_user);
-    let owner_id = owner.id;
     let audit = call.audit(201, &owner.name, &new_token.name);
     let stored = api
         .db
-        .call(move |store| async move {
-            if store.count_tokens(owner_id, now_ms()).await? >= cap {
-                return Ok(None);
-            }
-            store.create_token(new_token, audit).await.map(Some)
-        })
+        .call(move |store| async move { store.create_token(new_token, Some(cap), audit).await })
         .await?
         .ok_or_else(|| {
             AdminError::BadRequest(format!(

@@ -306,24 +306,25 @@ async fn tokens_are_found_listed_counted_and_deleted(store: Arc<dyn Store>) {
     let a = || audit("token.mint", "carol");
     assert_eq!(store.count_tokens(carol.id, now).await.unwrap(), 0);
     let one = store
-        .create_token(new_token(1, carol.id, None, now + 60_000), a())
+        .create_token(new_token(1, carol.id, None, now + 60_000), None, a())
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(one.owner_name, "carol");
     store
-        .create_token(new_token(2, carol.id, Some("t1"), now + 60_000), a())
+        .create_token(new_token(2, carol.id, Some("t1"), now + 60_000), None, a())
         .await
         .unwrap();
     store
-        .create_token(new_token(3, carol.id, None, now - 1), a())
+        .create_token(new_token(3, carol.id, None, now - 1), None, a())
         .await
         .unwrap();
     store
-        .create_token(new_token(4, dave.id, None, now + 60_000), a())
+        .create_token(new_token(4, dave.id, None, now + 60_000), None, a())
         .await
         .unwrap();
     assert!(store
-        .create_token(new_token(1, dave.id, None, now + 60_000), a())
+        .create_token(new_token(1, dave.id, None, now + 60_000), None, a())
         .await
         .is_err());
     assert_eq!(
@@ -402,13 +403,16 @@ async fn housekeeping_deletes_long_expired_tokens_and_old_audit_records(store: A
     let now = now_ms();
     let day = EXPIRED_TOKEN_KEEP.as_millis() as i64;
     let a = || audit("token.mint", "fay");
-    let token = |n, expires| store.create_token(new_token(n, fay.id, None, expires), a());
-    let live = token(1, now + 60_000).await.unwrap();
-    let recently_expired = token(2, now - 1).await.unwrap();
-    let long_expired = [
-        token(3, now - day - 1).await.unwrap(),
-        token(4, now - 3 * day).await.unwrap(),
-    ];
+    let token = |n, expires| {
+        let store = store.clone();
+        async move {
+            let new = new_token(n, fay.id, None, expires);
+            store.create_token(new, None, a()).await.unwrap().unwrap()
+        }
+    };
+    let live = token(1, now + 60_000).await;
+    let recently_expired = token(2, now - 1).await;
+    let long_expired = [token(3, now - day - 1).await, token(4, now - 3 * day).await];
     let records = store.audit_tail(100).await.unwrap();
     assert_eq!(records.len(), 5, "user.create and four mints: {records:?}");
 
@@ -460,6 +464,31 @@ async fn housekeeping_deletes_long_expired_tokens_and_old_audit_records(store: A
     let left = store.audit_tail(100).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].operation, "apikey.list");
+}
+
+/// Mints racing for the last slots under `limits.tokens_per_user` never pass it: the count
+/// and the insert are one transaction (expired tokens do not count).
+async fn concurrent_mints_never_pass_the_cap(store: Arc<dyn Store>) {
+    let ivan = user(store.as_ref(), "ivan").await;
+    let now = now_ms();
+    let a = || audit("token.mint", "ivan");
+    for (n, expires) in [(100, now + 60_000), (101, now - 1)] {
+        let new = new_token(n, ivan.id, None, expires);
+        assert!(store.create_token(new, None, a()).await.unwrap().is_some());
+    }
+    let mints: Vec<_> = (0..16u16)
+        .map(|n| {
+            let store = store.clone();
+            let new = new_token(200 + n, ivan.id, None, now + 60_000);
+            tokio::spawn(async move { store.create_token(new, Some(4), a()).await })
+        })
+        .collect();
+    let mut made = 0;
+    for mint in mints {
+        made += usize::from(mint.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(made, 3, "one unexpired token held, cap 4");
+    assert_eq!(store.count_tokens(ivan.id, now_ms()).await.unwrap(), 4);
 }
 
 /// Concurrent creates for one user get distinct consecutive ids (no `MAX(key_id) + 1` race
@@ -580,9 +609,11 @@ async fn races_have_one_winner(store: Arc<dyn Store>) {
     let token = store
         .create_token(
             new_token(9, heidi.id, None, now_ms() + 60_000),
+            None,
             audit("t", "heidi"),
         )
         .await
+        .unwrap()
         .unwrap();
     let deletes: Vec<_> = (0..8)
         .map(|_| {
@@ -649,6 +680,7 @@ contract_tests!(sqlite:
     tokens_are_found_listed_counted_and_deleted,
     audit_records_travel_with_their_changes,
     housekeeping_deletes_long_expired_tokens_and_old_audit_records,
+    concurrent_mints_never_pass_the_cap,
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,
@@ -661,6 +693,7 @@ contract_tests!(postgres:
     tokens_are_found_listed_counted_and_deleted,
     audit_records_travel_with_their_changes,
     housekeeping_deletes_long_expired_tokens_and_old_audit_records,
+    concurrent_mints_never_pass_the_cap,
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,

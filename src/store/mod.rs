@@ -531,7 +531,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     async fn record_signature_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
 
-    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> Result<Token, StoreError>;
+    /// Inserts `token`; with a `cap`, only while its owner holds fewer unexpired tokens than
+    /// that, counted in the insert's transaction so that concurrent mints cannot pass it
+    /// together (`None`: the owner is at the cap, nothing written).
+    async fn create_token(
+        &self,
+        token: NewToken,
+        cap: Option<u64>,
+        audit: AuditEvent,
+    ) -> Result<Option<Token>, StoreError>;
     async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError>;
     async fn token_by_name(&self, name: &str) -> Result<Option<Token>, StoreError>;
     /// Unexpired tokens in `scope`, oldest first.

@@ -52,6 +52,23 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
+    /// Unexpired tokens `owner_id` holds (the `limits.tokens_per_user` count), on the pool or
+    /// inside a transaction.
+    async fn unexpired_tokens<'e>(
+        executor: impl sqlx::Executor<'e, Database = Postgres>,
+        owner_id: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tokens WHERE owner_id = $1 AND expires_at_ms > $2",
+        )
+        .bind(owner_id)
+        .bind(now_ms)
+        .fetch_one(executor)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
     /// Appends the change to the feed, publishes it, and writes its audit record, in the
     /// caller's transaction.
     async fn record_change(
@@ -612,8 +629,24 @@ impl Store for PostgresStore {
         self.record_usage("signature_keys", usage).await
     }
 
-    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> Result<Token, StoreError> {
+    async fn create_token(
+        &self,
+        token: NewToken,
+        cap: Option<u64>,
+        audit: AuditEvent,
+    ) -> Result<Option<Token>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(cap) = cap {
+            // The owner's row is locked until the commit: one user's mints take turns, and
+            // each counts what the previous ones committed.
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(token.owner_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if Self::unexpired_tokens(&mut *tx, token.owner_id, now_ms()).await? >= cap {
+                return Ok(None);
+            }
+        }
         sqlx::query(
             "INSERT INTO tokens (name, token_hash, owner_id, domain, tenant, level, \
              created_at_ms, expires_at_ms, custom_source) \
@@ -637,7 +670,7 @@ impl Store for PostgresStore {
             .await?;
         let created = token_from_row(&row)?;
         tx.commit().await?;
-        Ok(created)
+        Ok(Some(created))
     }
 
     async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError> {
@@ -702,14 +735,7 @@ impl Store for PostgresStore {
     }
 
     async fn count_tokens(&self, owner_id: i64, now_ms: i64) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tokens WHERE owner_id = $1 AND expires_at_ms > $2",
-        )
-        .bind(owner_id)
-        .bind(now_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(count.max(0) as u64)
+        Self::unexpired_tokens(&self.pool, owner_id, now_ms).await
     }
 
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {

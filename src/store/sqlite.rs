@@ -109,6 +109,23 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Unexpired tokens `owner_id` holds (the `limits.tokens_per_user` count), on the pool or
+    /// inside a transaction.
+    async fn unexpired_tokens<'e>(
+        executor: impl sqlx::Executor<'e, Database = Sqlite>,
+        owner_id: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tokens WHERE owner_id = ? AND expires_at_ms > ?",
+        )
+        .bind(owner_id)
+        .bind(now_ms)
+        .fetch_one(executor)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
     /// Appends the change to the feed and its audit record, in the caller's transaction.
     async fn record_change(
         tx: &mut Transaction<'_, Sqlite>,
@@ -608,8 +625,19 @@ impl Store for SqliteStore {
         self.update_user(id, update, audit).await
     }
 
-    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> Result<Token, StoreError> {
+    async fn create_token(
+        &self,
+        token: NewToken,
+        cap: Option<u64>,
+        audit: AuditEvent,
+    ) -> Result<Option<Token>, StoreError> {
+        // BEGIN IMMEDIATE: one writer at a time, so the count below holds until the commit.
         let mut tx = self.write_transaction().await?;
+        if let Some(cap) = cap {
+            if Self::unexpired_tokens(&mut *tx, token.owner_id, now_ms()).await? >= cap {
+                return Ok(None);
+            }
+        }
         sqlx::query(
             "INSERT INTO tokens (name, token_hash, owner_id, domain, tenant, level, \
              created_at_ms, expires_at_ms, custom_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -632,7 +660,7 @@ impl Store for SqliteStore {
             .await?;
         let created = token_from_row(&row)?;
         tx.commit().await?;
-        Ok(created)
+        Ok(Some(created))
     }
 
     async fn token_by_hash(&self, token_hash: &[u8]) -> Result<Option<Token>, StoreError> {
@@ -699,14 +727,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_tokens(&self, owner_id: i64, now_ms: i64) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tokens WHERE owner_id = ? AND expires_at_ms > ?",
-        )
-        .bind(owner_id)
-        .bind(now_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(count.max(0) as u64)
+        Self::unexpired_tokens(&self.pool, owner_id, now_ms).await
     }
 
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
