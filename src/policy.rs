@@ -7,6 +7,9 @@ use http::{HeaderMap, HeaderName, Method};
 pub struct Route {
     /// Matched on whole segments: `/api` matches `/api` and `/api/x`, not `/apiary`.
     pub path: String,
+    /// `routes_case_insensitive`: `/API/x` matches `/api` too, as it does in front of an
+    /// upstream that routes without regard to case (Express by default, ASP.NET, IIS).
+    pub case_insensitive: bool,
     pub methods: Option<Vec<Method>>,
     pub public: bool,
     pub require: Requirement,
@@ -42,7 +45,15 @@ pub enum Decision {
 
 impl Route {
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        let prefix_ok = match path.strip_prefix(self.path.as_str()) {
+        let rest = if self.case_insensitive {
+            // ASCII case only: a normalized path is visible ASCII (or it was refused).
+            path.get(..self.path.len())
+                .filter(|head| head.eq_ignore_ascii_case(&self.path))
+                .map(|_| &path[self.path.len()..])
+        } else {
+            path.strip_prefix(self.path.as_str())
+        };
+        let prefix_ok = match rest {
             Some(rest) => self.path.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
             None => false,
         };
@@ -145,6 +156,7 @@ mod tests {
     fn route(path: &str) -> Route {
         Route {
             path: path.into(),
+            case_insensitive: false,
             methods: None,
             public: false,
             require: Requirement::default(),
@@ -180,6 +192,26 @@ mod tests {
         assert!(api.matches(&Method::GET, "/api/x"));
         assert!(!api.matches(&Method::GET, "/apiary"));
         assert!(route("/").matches(&Method::GET, "/anything"));
+    }
+
+    #[test]
+    fn case_insensitive_prefixes_match_every_spelling_on_whole_segments() {
+        let exact = route("/api/Admin");
+        let folded = Route {
+            case_insensitive: true,
+            ..route("/api/Admin")
+        };
+        for path in ["/API/ADMIN", "/api/admin", "/Api/aDmIn/x", "/api/admin/"] {
+            assert!(folded.matches(&Method::GET, path), "{path}");
+            assert!(!exact.matches(&Method::GET, path), "{path}");
+        }
+        for path in ["/api/administrator", "/api", "/ap", "/"] {
+            assert!(!folded.matches(&Method::GET, path), "{path}");
+        }
+        assert!(exact.matches(&Method::GET, "/api/Admin/x"));
+        assert!(folded.matches(&Method::GET, "/api/Admin/x"));
+        // A path shorter than the prefix, or cut inside a multi-byte character, is no match.
+        assert!(!folded.matches(&Method::GET, "/api/Admi\u{e9}"));
     }
 
     #[test]

@@ -31,7 +31,10 @@ struct Rig {
 }
 
 fn start(extra: &str) -> Rig {
-    let app = FrameworkUpstream::start();
+    start_in_front_of(FrameworkUpstream::start(), extra)
+}
+
+fn start_in_front_of(app: FrameworkUpstream, extra: &str) -> Rig {
     let kw = Keyward::start_with(Setup {
         routes: ROUTES.into(),
         extra: extra.into(),
@@ -149,6 +152,41 @@ fn no_spelling_of_a_protected_path_reaches_it_with_less_rights() {
     // Normalized, not refused: the app routes exactly what the policy decided on.
     let merged = with_key(&rig, "//a//b/./%63", &[]);
     assert_eq!(merged.json()["path_info"], "/a/b/c");
+}
+
+/// In front of an upstream that routes without regard to case (Express by default), every
+/// case spelling of a protected path is held to that path's route with
+/// `routes_case_insensitive`; without it the case-sensitive match lets `/API/admin` through
+/// with a DEFAULT key, which is why the setting exists.
+#[test]
+fn case_spellings_of_a_protected_path_follow_its_route_when_the_upstream_folds_case() {
+    let spellings = [
+        "/API/admin",
+        "/api/ADMIN",
+        "/Api/Admin/x",
+        "/%41PI/admin",
+        "//aPi//aDmIn/",
+    ];
+    let exact = start_in_front_of(FrameworkUpstream::start_with(&["--case-insensitive"]), "");
+    let through = with_key(&exact, "/API/admin", &[]);
+    assert_eq!(through.status, 200, "the class this test is about");
+    assert_eq!(through.json()["routed"], "/api/admin");
+
+    let folded = start_in_front_of(
+        FrameworkUpstream::start_with(&["--case-insensitive"]),
+        "routes_case_insensitive: true\n",
+    );
+    for spelling in spellings {
+        let resp = with_key(&folded, spelling, &[]);
+        assert_eq!(resp.status, 403, "{spelling}");
+        assert_eq!(reason(&resp), "security_level_too_low", "{spelling}");
+    }
+    // Other paths still reach the app, and the public route is public in every spelling.
+    let ordinary = with_key(&folded, "/Elsewhere", &[]);
+    assert_eq!(ordinary.status, 200);
+    assert_eq!(ordinary.json()["routed"], "/elsewhere");
+    assert_eq!(send(&folded, "GET", "/PUBLIC/x", &[]).status, 200);
+    assert_eq!(send(&folded, "GET", "/Elsewhere", &[]).status, 401);
 }
 
 #[test]

@@ -264,6 +264,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         trusted_proxies_header,
         limits,
         forward_credentials,
+        routes_case_insensitive,
         logging,
         cache,
         server,
@@ -423,7 +424,9 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         );
     }
     for (i, route) in routes.into_iter().enumerate() {
-        parsed_routes.push(validate_route(i, route, &mut problem));
+        let mut route = validate_route(i, route, &mut problem);
+        route.case_insensitive = routes_case_insensitive;
+        parsed_routes.push(route);
     }
 
     let mut proxies = Vec::with_capacity(trusted_proxies.len());
@@ -813,6 +816,7 @@ fn validate_route(
     };
     Route {
         path,
+        case_insensitive: false,
         methods,
         public,
         require: requirement,

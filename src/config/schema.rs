@@ -28,6 +28,9 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub forward_credentials: bool,
+    /// Route prefixes match without regard to ASCII case (for upstreams that route so).
+    #[serde(default)]
+    pub routes_case_insensitive: bool,
     #[serde(default)]
     pub logging: LoggingFile,
     #[serde(default)]

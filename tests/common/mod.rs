@@ -493,12 +493,18 @@ pub struct FrameworkUpstream {
 
 impl FrameworkUpstream {
     pub fn start() -> FrameworkUpstream {
+        FrameworkUpstream::start_with(&[])
+    }
+
+    /// With `--case-insensitive`, it routes as Express, ASP.NET and IIS do.
+    pub fn start_with(args: &[&str]) -> FrameworkUpstream {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("port");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/wsgi_echo.py");
         let child = Command::new("python3")
             .arg(script)
             .arg(&port_file)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

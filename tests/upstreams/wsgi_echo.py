@@ -6,7 +6,9 @@ absolute-form target is reduced to its path, slashes are merged, dot segments re
 
 It answers every request with JSON: the method, the method a framework would serve
 (method-override headers, `_method`), the raw and the routed path, and the headers as the
-application sees them. Usage: python3 wsgi_echo.py PORT_FILE (writes the port it bound).
+application sees them. Usage: python3 wsgi_echo.py PORT_FILE [--case-insensitive] (writes
+the port it bound); with --case-insensitive it routes as Express (by default), ASP.NET and IIS
+do: the routed path is lower-cased.
 """
 
 import json
@@ -16,6 +18,9 @@ import sys
 import urllib.parse
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+
+CASE_INSENSITIVE = "--case-insensitive" in sys.argv[2:]
 
 
 def routed_path(path_info):
@@ -31,6 +36,8 @@ def routed_path(path_info):
         path = path[1:]
     if trailing and path != "/":
         path += "/"
+    if CASE_INSENSITIVE:
+        path = path.lower()
     return path
 
 
