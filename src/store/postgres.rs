@@ -52,6 +52,28 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
+    /// Deletes at most `limit` rows of `table` whose `time` is before `before_ms`, oldest
+    /// first (`key` names a row); the names are this file's constants, never input.
+    async fn delete_oldest(
+        &self,
+        table: &str,
+        key: &str,
+        time: &str,
+        before_ms: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN \
+             (SELECT {key} FROM {table} WHERE {time} < $1 ORDER BY {time}, {key} LIMIT $2)"
+        );
+        let done = sqlx::query(&sql)
+            .bind(before_ms)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Unexpired tokens `owner_id` holds (the `limits.tokens_per_user` count), on the pool or
     /// inside a transaction.
     async fn unexpired_tokens<'e>(
@@ -775,27 +797,13 @@ impl Store for PostgresStore {
     }
 
     async fn prune_expired_tokens(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM tokens WHERE name IN \
-             (SELECT name FROM tokens WHERE expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.delete_oldest("tokens", "name", "expires_at_ms", before_ms, limit)
+            .await
     }
 
     async fn prune_audit(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM audit WHERE seq IN \
-             (SELECT seq FROM audit WHERE at_ms < $1 ORDER BY seq LIMIT $2)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.delete_oldest("audit", "seq", "at_ms", before_ms, limit)
+            .await
     }
 
     async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError> {

@@ -109,6 +109,28 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Deletes at most `limit` rows of `table` whose `time` is before `before_ms`, oldest
+    /// first (`key` names a row); the names are this file's constants, never input.
+    async fn delete_oldest(
+        &self,
+        table: &str,
+        key: &str,
+        time: &str,
+        before_ms: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN \
+             (SELECT {key} FROM {table} WHERE {time} < ? ORDER BY {time}, {key} LIMIT ?)"
+        );
+        let done = sqlx::query(&sql)
+            .bind(before_ms)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Unexpired tokens `owner_id` holds (the `limits.tokens_per_user` count), on the pool or
     /// inside a transaction.
     async fn unexpired_tokens<'e>(
@@ -768,27 +790,13 @@ impl Store for SqliteStore {
     }
 
     async fn prune_expired_tokens(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM tokens WHERE name IN \
-             (SELECT name FROM tokens WHERE expires_at_ms < ? ORDER BY expires_at_ms LIMIT ?)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.delete_oldest("tokens", "name", "expires_at_ms", before_ms, limit)
+            .await
     }
 
     async fn prune_audit(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM audit WHERE seq IN \
-             (SELECT seq FROM audit WHERE at_ms < ? ORDER BY seq LIMIT ?)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.delete_oldest("audit", "seq", "at_ms", before_ms, limit)
+            .await
     }
 
     async fn append_audit(&self, audit: AuditEvent) -> Result<(), StoreError> {
