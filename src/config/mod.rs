@@ -424,9 +424,12 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         );
     }
     for (i, route) in routes.into_iter().enumerate() {
-        let mut route = validate_route(i, route, &mut problem);
-        route.case_insensitive = routes_case_insensitive;
-        parsed_routes.push(route);
+        parsed_routes.push(validate_route(
+            i,
+            route,
+            routes_case_insensitive,
+            &mut problem,
+        ));
     }
 
     let mut proxies = Vec::with_capacity(trusted_proxies.len());
@@ -765,6 +768,7 @@ fn validate_replay(
 fn validate_route(
     i: usize,
     route: schema::RouteFile,
+    case_insensitive: bool,
     problem: &mut impl FnMut(String, String),
 ) -> Route {
     let schema::RouteFile {
@@ -816,7 +820,7 @@ fn validate_route(
     };
     Route {
         path,
-        case_insensitive: false,
+        case_insensitive,
         methods,
         public,
         require: requirement,

@@ -681,28 +681,32 @@ pub async fn housekeep(
     now_ms: i64,
     audit_retention: Option<std::time::Duration>,
 ) -> Result<Pruned, StoreError> {
-    let mut pruned = Pruned::default();
     let tokens_before = now_ms - EXPIRED_TOKEN_KEEP.as_millis() as i64;
-    loop {
-        let deleted = store
-            .prune_expired_tokens(tokens_before, PRUNE_BATCH)
-            .await?;
-        pruned.tokens += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
+    let mut pruned = Pruned {
+        tokens: in_batches(|| store.prune_expired_tokens(tokens_before, PRUNE_BATCH)).await?,
+        audit: 0,
+    };
     if let Some(retention) = audit_retention {
         let audit_before = now_ms - retention.as_millis() as i64;
-        loop {
-            let deleted = store.prune_audit(audit_before, PRUNE_BATCH).await?;
-            pruned.audit += deleted;
-            if deleted < PRUNE_BATCH as u64 {
-                break;
-            }
-        }
+        pruned.audit = in_batches(|| store.prune_audit(audit_before, PRUNE_BATCH)).await?;
     }
     Ok(pruned)
+}
+
+/// Runs one batched delete until a batch comes back short; returns how many rows went.
+async fn in_batches<F, Fut>(mut delete_batch: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = delete_batch().await?;
+        total += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
