@@ -14,6 +14,7 @@ use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::signature::{self, RequestView, SignatureAuthenticator};
 use keyward::config::Config;
 use keyward::metrics::Metrics;
+use keyward::ratelimit::CheckBudget;
 use keyward::store::NewSignatureKey;
 use keyward::store::{NewApiKey, NewUser};
 use keyward::users::local_audit;
@@ -68,6 +69,8 @@ fn hot_path(c: &mut Criterion) {
         .unwrap();
     let header = format!("{}/{}", key.prefix(), secret);
     let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    // No budget in a benchmark of the check itself.
+    let budget: &'static CheckBudget<'static> = Box::leak(Box::new(CheckBudget::unlimited(ip)));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -81,7 +84,7 @@ fn hot_path(c: &mut Criterion) {
     ));
     // Warm the cache.
     runtime
-        .block_on(auth.authenticate(header.as_bytes(), ip))
+        .block_on(auth.authenticate(header.as_bytes(), ip, budget))
         .unwrap();
 
     c.bench_function("apikey/parse", |b| {
@@ -91,7 +94,11 @@ fn hot_path(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             let auth = auth.clone();
             let header = header.as_bytes();
-            async move { auth.authenticate(black_box(header), ip).await.unwrap() }
+            async move {
+                auth.authenticate(black_box(header), ip, budget)
+                    .await
+                    .unwrap()
+            }
         })
     });
 }
@@ -144,6 +151,8 @@ fn signature_path(c: &mut Criterion) {
         .build()
         .unwrap();
     let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    // No budget in a benchmark of the check itself.
+    let budget: &'static CheckBudget<'static> = Box::leak(Box::new(CheckBudget::unlimited(ip)));
     let url: http::Uri = "http://api.example.com/cases/42?expand=1".parse().unwrap();
     let counter = std::sync::atomic::AtomicU64::new(0);
     // Every request is signed anew (outside the measurement): a signature is accepted once.
@@ -178,6 +187,7 @@ fn signature_path(c: &mut Criterion) {
                 tls: false,
             },
             ip,
+            budget,
         ))
         .unwrap();
     c.bench_function("signature/verify_warm", |b| {
@@ -189,7 +199,9 @@ fn signature_path(c: &mut Criterion) {
                     body: None,
                     tls: false,
                 };
-                runtime.block_on(auth.authenticate(&view, ip)).unwrap()
+                runtime
+                    .block_on(auth.authenticate(&view, ip, budget))
+                    .unwrap()
             },
             BatchSize::SmallInput,
         )

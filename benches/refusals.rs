@@ -15,6 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use keyward::auth::api_key::{self, ApiKeyAuthenticator, KeyHasher};
 use keyward::auth::AuthError;
 use keyward::metrics::Metrics;
+use keyward::ratelimit::CheckBudget;
 use keyward::store::{now_ms, Db, NewApiKey, NewUser};
 use keyward::users::local_audit;
 use std::hint::black_box;
@@ -124,8 +125,11 @@ fn refusals(c: &mut Criterion) {
         &cache_settings(Duration::from_secs(3600)),
     ));
     let ip: IpAddr = "10.1.2.3".parse().unwrap();
-    let refuse =
-        |header: &str| runtime.block_on(auth.authenticate(black_box(header.as_bytes()), ip));
+    // No budget in a benchmark of the check itself.
+    let budget: &'static CheckBudget<'static> = Box::leak(Box::new(CheckBudget::unlimited(ip)));
+    let refuse = |header: &str| {
+        runtime.block_on(auth.authenticate(black_box(header.as_bytes()), ip, budget))
+    };
     // Warm every cache (the negative one for the unknown prefix), and check each case is the
     // refusal it claims to be.
     for case in &cases {

@@ -24,6 +24,7 @@ use keyward::auth::token::{self, TokenAuthenticator};
 use keyward::cache::LiveDuration;
 use keyward::config::Config;
 use keyward::metrics::Metrics;
+use keyward::ratelimit::CheckBudget;
 use keyward::store::{now_ms, Db, NewApiKey, NewSignatureKey, NewToken, User};
 use keyward::users::{self, local_audit, UserSpec};
 use std::hint::black_box;
@@ -80,6 +81,8 @@ fn setup() -> Bench {
 fn schemes(c: &mut Criterion) {
     let bench = setup();
     let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    // No budget in a benchmark of the check itself.
+    let budget: &'static CheckBudget<'static> = Box::leak(Box::new(CheckBudget::unlimited(ip)));
     let mut group = c.benchmark_group("scheme");
 
     // API key, warm and cold.
@@ -117,11 +120,11 @@ fn schemes(c: &mut Criterion) {
         &cache_settings(Duration::from_secs(30)),
     );
     let rt = &bench.runtime;
-    rt.block_on(api_keys.authenticate(header.as_bytes(), ip))
+    rt.block_on(api_keys.authenticate(header.as_bytes(), ip, budget))
         .unwrap();
     group.bench_function("apikey/warm", |b| {
         b.iter(|| {
-            rt.block_on(api_keys.authenticate(black_box(header.as_bytes()), ip))
+            rt.block_on(api_keys.authenticate(black_box(header.as_bytes()), ip, budget))
                 .unwrap()
         })
     });
@@ -129,7 +132,7 @@ fn schemes(c: &mut Criterion) {
         b.iter_batched(
             || api_keys.invalidate_all(),
             |()| {
-                rt.block_on(api_keys.authenticate(black_box(header.as_bytes()), ip))
+                rt.block_on(api_keys.authenticate(black_box(header.as_bytes()), ip, budget))
                     .unwrap()
             },
             BatchSize::PerIteration,
@@ -166,10 +169,10 @@ fn schemes(c: &mut Criterion) {
         bench.hasher.clone(),
         &cache_settings(Duration::from_secs(30)),
     );
-    rt.block_on(tokens.authenticate(&minted)).unwrap();
+    rt.block_on(tokens.authenticate(&minted, budget)).unwrap();
     group.bench_function("token/warm", |b| {
         b.iter(|| {
-            rt.block_on(tokens.authenticate(black_box(&minted)))
+            rt.block_on(tokens.authenticate(black_box(&minted), budget))
                 .unwrap()
         })
     });
@@ -191,11 +194,11 @@ fn schemes(c: &mut Criterion) {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("bench:{PASSWORD}"))
     );
-    rt.block_on(basic.authenticate(login.as_bytes(), None, ip))
+    rt.block_on(basic.authenticate(login.as_bytes(), None, ip, budget))
         .unwrap();
     group.bench_function("basic/cached", |b| {
         b.iter(|| {
-            rt.block_on(basic.authenticate(black_box(login.as_bytes()), None, ip))
+            rt.block_on(basic.authenticate(black_box(login.as_bytes()), None, ip, budget))
                 .unwrap()
         })
     });
@@ -204,7 +207,7 @@ fn schemes(c: &mut Criterion) {
         b.iter_batched(
             || basic.invalidate_all(),
             |()| {
-                rt.block_on(basic.authenticate(black_box(login.as_bytes()), None, ip))
+                rt.block_on(basic.authenticate(black_box(login.as_bytes()), None, ip, budget))
                     .unwrap()
             },
             BatchSize::PerIteration,
@@ -272,7 +275,8 @@ fn schemes(c: &mut Criterion) {
             body,
             tls: false,
         };
-        rt.block_on(signatures.authenticate(&view, ip)).unwrap()
+        rt.block_on(signatures.authenticate(&view, ip, budget))
+            .unwrap()
     };
     verify(&fresh(None), None);
     group.bench_function("signature/no_body", |b| {

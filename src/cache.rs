@@ -10,6 +10,7 @@
 
 use crate::auth::AuthError;
 use crate::metrics::Metrics;
+use crate::ratelimit::CheckBudget;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,8 +118,14 @@ where
     }
 
     /// The cached value for `key`, or what `load` finds in the store (`Ok(None)`: unknown,
-    /// remembered in the negative cache). A store failure is `StoreUnavailable` (503).
-    pub async fn get_or_load<F>(&self, key: K, load: F) -> Result<Arc<V>, AuthError>
+    /// remembered in the negative cache). A store failure is `StoreUnavailable` (503). A miss
+    /// is paid for from the client's `budget` before the store is asked (SPEC §15).
+    pub async fn get_or_load<F>(
+        &self,
+        key: K,
+        budget: &CheckBudget<'_>,
+        load: F,
+    ) -> Result<Arc<V>, AuthError>
     where
         F: Future<Output = Result<Option<V>, String>> + Send + 'static,
     {
@@ -133,6 +140,7 @@ where
             return Err(AuthError::UnknownKey);
         }
         self.misses.inc();
+        budget.charge().map_err(AuthError::ClientBudget)?;
         let loaded = self
             .known
             .try_get_with(key, async move {
@@ -201,12 +209,13 @@ mod tests {
             },
         );
         let load = |v: u64| async move { Ok::<_, String>(Some(v)) };
-        cache.get_or_load(1, load(1)).await.unwrap();
+        let budget = CheckBudget::unlimited(std::net::Ipv4Addr::LOCALHOST.into());
+        cache.get_or_load(1, &budget, load(1)).await.unwrap();
         ttl.set(Duration::from_millis(50));
-        cache.get_or_load(2, load(2)).await.unwrap();
+        cache.get_or_load(2, &budget, load(2)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
         // 1 is still cached (loaded again it would be 10); 2 expired and is loaded anew.
-        assert_eq!(*cache.get_or_load(1, load(10)).await.unwrap(), 1);
-        assert_eq!(*cache.get_or_load(2, load(20)).await.unwrap(), 20);
+        assert_eq!(*cache.get_or_load(1, &budget, load(10)).await.unwrap(), 1);
+        assert_eq!(*cache.get_or_load(2, &budget, load(20)).await.unwrap(), 20);
     }
 }

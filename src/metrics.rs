@@ -156,6 +156,7 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     redis_errors: IntCounter,
     replay_local_fallbacks: IntCounterVec,
+    replay_window_full: IntCounter,
     rate_limited: IntCounterVec,
     request_duration_by_kind: Vec<Histogram>,
     upstream_duration: Histogram,
@@ -446,6 +447,12 @@ impl Metrics {
                  (replay.on_redis_error: local; password throttles always), by claim.",
                 &["claim"],
             ),
+            replay_window_full: counter(
+                &registry,
+                "keyward_replay_window_full_total",
+                "Signed requests refused (503) because the replay window held as many live \
+                 signatures as signatures.replay_memory allows.",
+            ),
             rate_limited: counter_vec(
                 &registry,
                 "keyward_rate_limited_total",
@@ -665,6 +672,11 @@ impl Metrics {
         self.replay_local_fallbacks
             .with_label_values(&[claim])
             .inc();
+    }
+
+    /// A signature was refused because the replay window is full of live ones.
+    pub fn replay_window_full(&self) {
+        self.replay_window_full.inc();
     }
 
     /// A request was refused by a rate limit (on the refusal path only).

@@ -293,6 +293,20 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back one request counted against `key` (a charge whose check succeeded): its
+    /// TAT moves back by one interval, never before `now`.
+    pub fn refund(&self, key: LimitKey, limit: Limit, now: Instant) {
+        let Some(state) = self.states.get(&key) else {
+            return;
+        };
+        let now = Nanos::from(now.saturating_duration_since(self.epoch)) + Nanos::new(1);
+        let interval = Nanos::from(limit.quota().replenish_interval());
+        let _ = state.measure_and_replace(&NotKeyed::NonKey, |tat| match tat {
+            Some(tat) if tat > now => Ok(((), std::cmp::max(tat.saturating_sub(interval), now))),
+            _ => Err(()),
+        });
+    }
+
     /// Keys currently tracked (after moka's pending maintenance).
     pub fn tracked(&self) -> u64 {
         self.states.run_pending_tasks();
@@ -357,6 +371,105 @@ impl RateLimiter {
                 limit,
                 retry_after,
             })
+    }
+}
+
+/// One request's claim on its client network's budget for refused credentials
+/// (`per_client_unauthenticated`, SPEC §15). A credential check that costs a store read or
+/// argon2 charges it *before* the check, so that concurrent refused credentials cannot outrun
+/// the budget while they are being checked; a check that succeeds gives the charge back
+/// ([`CheckBudget::settle`]). A request charges at most once.
+pub struct CheckBudget<'a> {
+    limiter: Option<&'a RateLimiter>,
+    settings: RateLimitSettings,
+    client: IpAddr,
+    charged: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> CheckBudget<'a> {
+    pub fn new(limiter: &'a RateLimiter, settings: &RateLimitSettings, client: IpAddr) -> Self {
+        CheckBudget {
+            limiter: Some(limiter),
+            settings: *settings,
+            client,
+            charged: Default::default(),
+        }
+    }
+
+    /// A budget that never refuses (the CLI, and unit tests of the authenticators).
+    pub fn unlimited(client: IpAddr) -> CheckBudget<'static> {
+        CheckBudget {
+            limiter: None,
+            settings: RateLimitSettings::default(),
+            client,
+            charged: Default::default(),
+        }
+    }
+
+    fn failures(&self) -> Option<(&'a RateLimiter, Limit, LimitKey)> {
+        let limiter = self.limiter?;
+        let limit = self.settings.per_client_unauthenticated?;
+        Some((
+            limiter,
+            limit,
+            LimitKey::Failures(client_network(self.client)),
+        ))
+    }
+
+    /// Takes this request's slot before a costly check; `Err` when the budget is used up
+    /// (nothing is checked then).
+    pub fn charge(&self) -> Result<(), Limited> {
+        use std::sync::atomic::Ordering;
+        let Some((limiter, limit, key)) = self.failures() else {
+            return Ok(());
+        };
+        if self.charged.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        limiter
+            .check(key, limit, Instant::now())
+            .map_err(|retry_after| Limited {
+                kind: LimitKind::Client,
+                limit,
+                retry_after,
+            })?;
+        self.charged.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn charged(&self) -> bool {
+        self.charged.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Ends the request's authentication. `None`: undecided (the store or Redis could not
+    /// answer), so a charge is given back. Otherwise as [`RateLimiter::after_authentication`],
+    /// except that a refused credential that was charged is not counted twice and an
+    /// authenticated one gets its charge back first.
+    pub fn settle(&self, outcome: Option<AuthOutcome>) -> Result<(), Limited> {
+        let charged = self
+            .charged
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let refund = || {
+            if let (true, Some((limiter, limit, key))) = (charged, self.failures()) {
+                limiter.refund(key, limit, Instant::now());
+            }
+        };
+        let Some(limiter) = self.limiter else {
+            return Ok(());
+        };
+        match outcome {
+            None => {
+                refund();
+                Ok(())
+            }
+            Some(AuthOutcome::Refused) if charged => Ok(()),
+            Some(outcome) => {
+                if matches!(outcome, AuthOutcome::Authenticated(_)) {
+                    refund();
+                }
+                limiter.after_authentication(&self.settings, self.client, outcome, Instant::now())
+            }
+        }
     }
 }
 

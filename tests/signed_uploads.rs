@@ -25,15 +25,17 @@ struct Uploads {
     spool: tempfile::TempDir,
 }
 
-/// keyward with a 4 MiB body limit, 256 KiB of it in memory, 6 MiB in flight at once, a
-/// 3-second body deadline, and spool files in a directory the test watches.
+/// keyward with a 4 MiB body limit, 256 KiB of it in memory, 6 MiB in flight at once (all of
+/// it for one key: tests/budgets.rs checks the per-key share), a 3-second body deadline, and
+/// spool files in a directory the test watches.
 fn start() -> Uploads {
     let spool = tempfile::tempdir().unwrap();
     let kw = Keyward::start_with(Setup {
         extra: format!(
-            "signatures: {{ max_body: {}, body_in_memory: {}, bodies_in_flight: {}, body_timeout: 3s, spool_dir: {} }}",
+            "signatures: {{ max_body: {}, body_in_memory: {}, bodies_in_flight: {}, bodies_in_flight_per_key: {}, body_timeout: 3s, spool_dir: {} }}",
             4 * MIB,
             256 * 1024,
+            6 * MIB,
             6 * MIB,
             spool.path().display()
         ),

@@ -113,9 +113,11 @@ impl From<crate::auth::AuthError> for AdminError {
     fn from(e: crate::auth::AuthError) -> Self {
         use crate::auth::AuthError;
         match e {
-            AuthError::StoreUnavailable | AuthError::ReplayWindowUnavailable => {
-                AdminError::Unavailable
-            }
+            AuthError::StoreUnavailable
+            | AuthError::ReplayWindowUnavailable
+            | AuthError::ReplayWindowFull
+            | AuthError::PasswordChecksBusy => AdminError::Unavailable,
+            AuthError::ClientBudget(limited) => AdminError::RateLimited(limited),
             AuthError::TotpRateLimited(secs) | AuthError::PasswordThrottled(secs) => {
                 AdminError::RetryLater(secs)
             }

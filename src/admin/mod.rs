@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
-use crate::ratelimit::{AuthOutcome, RateLimitSettings, RateLimiter};
+use crate::ratelimit::{AuthOutcome, CheckBudget, RateLimiter};
 use crate::store::{AuditEvent, Db, User};
 use envelope::{AdminError, Reply};
 use http::Method;
@@ -531,16 +531,20 @@ impl AdminApi {
             body: Some(body),
             tls: ctx.tls,
         };
-        match self.auth.authenticate_request(&view, client_ip).await {
+        let budget = CheckBudget::new(&self.limiter, &limits, client_ip);
+        match self
+            .auth
+            .authenticate_request(&view, client_ip, &budget)
+            .await
+        {
             Ok(Authenticated {
                 principal: Some(principal),
                 ..
             }) => {
                 ctx.principal = Some(principal.clone());
-                self.count_limit(
-                    &limits,
-                    client_ip,
-                    AuthOutcome::Authenticated(principal.rate_limit),
+                self.settle(
+                    &budget,
+                    Some(AuthOutcome::Authenticated(principal.rate_limit)),
                 )?;
                 Ok(principal)
             }
@@ -548,39 +552,36 @@ impl AdminApi {
                 clear_token_cookie, ..
             }) => {
                 ctx.clear_token_cookie = clear_token_cookie;
-                self.count_limit(
-                    &limits,
-                    client_ip,
-                    match clear_token_cookie {
+                self.settle(
+                    &budget,
+                    Some(match clear_token_cookie {
                         true => AuthOutcome::Refused,
                         false => AuthOutcome::Anonymous,
-                    },
+                    }),
                 )?;
                 Err(AdminError::Unauthenticated("credentials_required"))
             }
             Err(e) => {
                 let e = AdminError::from(e);
-                if matches!(e, AdminError::Unauthenticated(_)) {
-                    self.count_limit(&limits, client_ip, AuthOutcome::Refused)?;
-                }
+                let outcome =
+                    matches!(e, AdminError::Unauthenticated(_)).then_some(AuthOutcome::Refused);
+                self.settle(&budget, outcome)?;
                 Err(e)
             }
         }
     }
 
-    /// Counts an admin call against the rate limits, as the proxy counts its requests.
-    fn count_limit(
+    /// Counts an admin call against the rate limits, as the proxy counts its requests,
+    /// minding what its credential check already charged (`None`: undecided, given back).
+    fn settle(
         &self,
-        limits: &RateLimitSettings,
-        client_ip: IpAddr,
-        outcome: AuthOutcome,
+        budget: &CheckBudget<'_>,
+        outcome: Option<AuthOutcome>,
     ) -> Result<(), AdminError> {
-        self.limiter
-            .after_authentication(limits, client_ip, outcome, std::time::Instant::now())
-            .map_err(|limited| {
-                self.metrics.rate_limited(limited.kind);
-                AdminError::RateLimited(limited)
-            })
+        budget.settle(outcome).map_err(|limited| {
+            self.metrics.rate_limited(limited.kind);
+            AdminError::RateLimited(limited)
+        })
     }
 
     /// `{user}`: a numeric id (all digits; names never are) or a user name.

@@ -9,7 +9,7 @@ use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::metrics::Metrics;
-use crate::ratelimit::{CredentialLimit, LimitKey};
+use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use crate::store::{now_ms, ApiKey, Db, StoreError, User};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -301,9 +301,10 @@ impl ApiKeyAuthenticator {
         &self,
         value: &[u8],
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Arc<Principal>, AuthError> {
         let (prefix, secret) = parse(value)?;
-        let key = match self.lookup(prefix).await {
+        let key = match self.lookup(prefix, budget).await {
             Ok(key) => key,
             Err(AuthError::UnknownKey) => {
                 // The work a known key costs (the keyed hash and a constant-time compare), so
@@ -319,10 +320,14 @@ impl ApiKeyAuthenticator {
         Ok(principal)
     }
 
-    async fn lookup(&self, prefix: Prefix) -> Result<Arc<CachedKey>, AuthError> {
+    async fn lookup(
+        &self,
+        prefix: Prefix,
+        budget: &CheckBudget<'_>,
+    ) -> Result<Arc<CachedKey>, AuthError> {
         let db = self.db.clone();
         self.keys
-            .get_or_load(prefix, async move {
+            .get_or_load(prefix, budget, async move {
                 db.call(move |store| async move {
                     let Some(key) = store.api_key(prefix.user_id, prefix.key_id).await? else {
                         return Ok(None);

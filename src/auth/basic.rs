@@ -14,7 +14,7 @@ use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::fleet::FleetClaims;
 use crate::metrics::Metrics;
-use crate::ratelimit::{CredentialLimit, LimitKey};
+use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use crate::store::{Db, User};
 use base64::Engine as _;
 use rand::RngCore;
@@ -147,14 +147,16 @@ impl BasicAuthenticator {
         header: &[u8],
         totp_code: Option<&[u8]>,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Arc<Principal>, AuthError> {
-        let principal = self.password(header, client_ip).await?;
+        let principal = self.password(header, client_ip, budget).await?;
         let Some(code) = totp_code else {
             return Ok(principal);
         };
         // The secret is read from the store: TOTP logins are for admin calls and token minting,
         // not the hot path, and the cache never holds second-factor material.
         let user_id = principal.user_id;
+        budget.charge().map_err(AuthError::ClientBudget)?;
         let user = self
             .db
             .call(move |store| async move { store.user_by_id(user_id).await })
@@ -184,6 +186,7 @@ impl BasicAuthenticator {
         &self,
         header: &[u8],
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Arc<Principal>, AuthError> {
         // Only headers that parsed and verified are cached, so a hit needs no parsing; the
         // name it carries is exactly the cached user's (names are matched byte for byte).
@@ -193,6 +196,9 @@ impl BasicAuthenticator {
             return self.cached(principal, client_ip).await;
         }
         self.misses.inc();
+        // Paid for before the store or argon2 is asked, so that a flood of concurrent guesses
+        // is refused at its budget, not after hashing every one of them (SPEC §15).
+        budget.charge().map_err(AuthError::ClientBudget)?;
         // One verification per header at a time: requests that carry the same header while it
         // is being checked (a client's parallel requests when its cache entry expires) wait
         // for that one and share its answer. Each would otherwise count an attempt before
@@ -261,15 +267,23 @@ impl BasicAuthenticator {
             }
         };
         let Some(user) = user else {
-            self.hasher.verify(password, None).await;
+            if let Err(busy) = self.hasher.verify(password, None, client_ip).await {
+                self.throttle.undecided(attempt).await;
+                return Err(busy.into());
+            }
             return Err(AuthError::UnknownKey.into());
         };
-        if !self
+        match self
             .hasher
-            .verify(password, Some(user.password_hash.clone()))
+            .verify(password, Some(user.password_hash.clone()), client_ip)
             .await
         {
-            return Err(AuthError::BadSecret.into());
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::BadSecret.into()),
+            Err(busy) => {
+                self.throttle.undecided(attempt).await;
+                return Err(busy.into());
+            }
         }
         if user.locked {
             return Err(AuthError::Locked.into());

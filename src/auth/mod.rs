@@ -8,6 +8,7 @@ pub mod api_key;
 pub mod basic;
 pub mod client_ip;
 pub mod password;
+pub mod replay;
 pub mod signature;
 pub mod throttle;
 pub mod token;
@@ -15,7 +16,7 @@ pub mod totp;
 pub mod usage;
 
 use crate::metrics::Metrics;
-use crate::ratelimit::CredentialLimit;
+use crate::ratelimit::{CheckBudget, CredentialLimit};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -246,6 +247,17 @@ pub enum AuthError {
     /// holds: a signature or TOTP code cannot be known unused (answered 503).
     #[error("the shared replay window is unavailable")]
     ReplayWindowUnavailable,
+    /// The replay window holds as many live signatures as `signatures.replay_memory` allows;
+    /// a new signature is refused rather than a live one forgotten (503, SPEC §15).
+    #[error("the replay window is full")]
+    ReplayWindowFull,
+    /// Every place in the queue of password checks is taken (503).
+    #[error("too many password checks are waiting")]
+    PasswordChecksBusy,
+    /// The client's budget for refused credentials is used up: the check that would cost a
+    /// store read or argon2 is not made (429, SPEC §15).
+    #[error("too many refused credentials from this address")]
+    ClientBudget(crate::ratelimit::Limited),
 }
 
 impl From<crate::fleet::FleetUnavailable> for AuthError {
@@ -272,6 +284,9 @@ impl AuthError {
             AuthError::PasswordThrottled(_) => "too_many_failures",
             AuthError::StoreUnavailable => "store_unavailable",
             AuthError::ReplayWindowUnavailable => "replay_window_unavailable",
+            AuthError::ReplayWindowFull => "replay_window_full",
+            AuthError::PasswordChecksBusy => "password_checks_busy",
+            AuthError::ClientBudget(_) => "rate_limited",
         }
     }
 
@@ -370,6 +385,11 @@ impl PendingSignature {
     pub fn expected_body(&self) -> Option<&signature::ExpectedDigest> {
         self.verified.expected_body()
     }
+
+    /// The signing key's principal: its rate limit is counted before the body is read.
+    pub fn principal(&self) -> &Principal {
+        self.verified.principal()
+    }
 }
 
 /// Every authenticator, behind the one question the proxy and the admin API ask.
@@ -387,6 +407,9 @@ pub struct Authenticated {
     pub principal: Option<Arc<Principal>>,
     /// The request's `token` cookie was refused: the answer clears it.
     pub clear_token_cookie: bool,
+    /// The credential's rate limit was already counted (a signed body's, before the body
+    /// was read), so the caller does not count it again.
+    pub limit_counted: bool,
 }
 
 impl Authenticator {
@@ -413,9 +436,10 @@ impl Authenticator {
         &self,
         request: &signature::RequestView<'_>,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Authenticated, AuthError> {
         let credential = self.find_credential(&request.header.headers)?;
-        self.authenticate_found(credential, request, client_ip)
+        self.authenticate_found(credential, request, client_ip, budget)
             .await
     }
 
@@ -436,12 +460,15 @@ impl Authenticator {
         credential: Credential<'_>,
         request: &signature::RequestView<'_>,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Authenticated, AuthError> {
         let headers = &request.header.headers;
         if credential != Credential::None {
             return Ok(Authenticated {
-                principal: self.authenticate(credential, request, client_ip).await?,
-                clear_token_cookie: false,
+                principal: self
+                    .authenticate(credential, request, client_ip, budget)
+                    .await?,
+                ..Default::default()
             });
         }
         let token = match token::find_cookie(headers) {
@@ -449,27 +476,31 @@ impl Authenticator {
             token::CookieToken::Malformed => {
                 self.metrics.auth_failure("token", "malformed");
                 return Ok(Authenticated {
-                    principal: None,
                     clear_token_cookie: true,
+                    ..Default::default()
                 });
             }
             token::CookieToken::Present(token) => token,
         };
         let started = Instant::now();
-        let result = self.tokens.authenticate(token).await;
+        let result = self.tokens.authenticate(token, budget).await;
+        if let Err(AuthError::ClientBudget(limited)) = &result {
+            self.metrics.rate_limited(limited.kind);
+            return Err(AuthError::ClientBudget(*limited));
+        }
         self.metrics
             .auth_duration("token", started.elapsed().as_secs_f64());
         match result {
             Ok(principal) => Ok(Authenticated {
                 principal: Some(principal),
-                clear_token_cookie: false,
+                ..Default::default()
             }),
             Err(AuthError::StoreUnavailable) => Err(AuthError::StoreUnavailable),
             Err(e) => {
                 self.metrics.auth_failure("token", e.reason());
                 Ok(Authenticated {
-                    principal: None,
                     clear_token_cookie: true,
+                    ..Default::default()
                 })
             }
         }
@@ -481,6 +512,7 @@ impl Authenticator {
         credential: Credential<'_>,
         request: &signature::RequestView<'_>,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Option<Arc<Principal>>, AuthError> {
         let Some(kind) = credential.kind() else {
             return Ok(None);
@@ -493,10 +525,16 @@ impl Authenticator {
                     .headers
                     .get(&totp::HEADER_NAME)
                     .map(|v| v.as_bytes());
-                self.basic.authenticate(value, code, client_ip).await
+                self.basic
+                    .authenticate(value, code, client_ip, budget)
+                    .await
             }
-            Credential::ApiKey(value) => self.api_keys.authenticate(value, client_ip).await,
-            Credential::Signature => self.signatures.authenticate(request, client_ip).await,
+            Credential::ApiKey(value) => self.api_keys.authenticate(value, client_ip, budget).await,
+            Credential::Signature => {
+                self.signatures
+                    .authenticate(request, client_ip, budget)
+                    .await
+            }
             Credential::None => return Ok(None),
         };
         self.report(kind, started.elapsed(), result.as_ref().err());
@@ -515,11 +553,12 @@ impl Authenticator {
         request: &signature::RequestView<'_>,
         framed_body: bool,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<PendingSignature, AuthError> {
         let started = Instant::now();
         let result = self
             .signatures
-            .verify(request, framed_body, client_ip)
+            .verify(request, framed_body, client_ip, budget)
             .await;
         let spent = started.elapsed();
         match result {
@@ -550,6 +589,20 @@ impl Authenticator {
     }
 
     fn report(&self, kind: CredentialKind, spent: std::time::Duration, error: Option<&AuthError>) {
+        match error {
+            Some(AuthError::ReplayWindowFull) => self.metrics.replay_window_full(),
+            // Refused by the client's budget before any check: a rate limit, not a check.
+            Some(AuthError::ClientBudget(limited)) => {
+                self.metrics.rate_limited(limited.kind);
+                return;
+            }
+            // No place to wait for argon2: nothing was checked, so no duration either.
+            Some(e @ AuthError::PasswordChecksBusy) => {
+                self.metrics.auth_failure(kind.label(), e.reason());
+                return;
+            }
+            _ => {}
+        }
         self.metrics
             .auth_duration(kind.label(), spent.as_secs_f64());
         if let Some(e) = error {

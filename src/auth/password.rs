@@ -5,12 +5,16 @@
 //! of dedicated threads: a flood of wrong passwords costs a bounded number of cores and a
 //! bounded amount of memory, never the proxy's workers.
 
+use super::AuthError;
+use crate::ratelimit::client_network;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex};
 use subtle::ConstantTimeEq;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Hashes a password into a PHC string (`$argon2id$v=19$...`).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -82,38 +86,129 @@ struct Job {
     answer: oneshot::Sender<bool>,
 }
 
+/// Waiting verifications, one queue per client network, served round-robin: a flood from
+/// one network (or a few) waits behind itself, and a login from anywhere else is served
+/// after at most one job of each other waiting network, however long the flood's queue.
+/// Which user names exist plays no part, so waiting reveals none (SPEC §15).
+struct Waiting {
+    by_client: HashMap<u128, VecDeque<Job>>,
+    /// Networks with waiting jobs, in the order they are served.
+    turns: VecDeque<u128>,
+    len: usize,
+    capacity: usize,
+    per_client: usize,
+    open: bool,
+}
+
+impl Waiting {
+    fn push(&mut self, client: u128, job: Job) -> Result<(), Job> {
+        let queue = self.by_client.entry(client).or_default();
+        if self.len >= self.capacity || queue.len() >= self.per_client {
+            if queue.is_empty() {
+                self.by_client.remove(&client);
+            }
+            return Err(job);
+        }
+        if queue.is_empty() {
+            self.turns.push_back(client);
+        }
+        queue.push_back(job);
+        self.len += 1;
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let client = self.turns.pop_front()?;
+        let queue = self.by_client.get_mut(&client)?;
+        let job = queue.pop_front()?;
+        self.len -= 1;
+        if queue.is_empty() {
+            self.by_client.remove(&client);
+        } else {
+            self.turns.push_back(client);
+        }
+        Some(job)
+    }
+}
+
+struct Pool {
+    waiting: Mutex<Waiting>,
+    ready: Condvar,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends the workers when the last hasher is dropped.
+struct Shutdown(Arc<Pool>);
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        self.0.lock().open = false;
+        self.0.ready.notify_all();
+    }
+}
+
 /// Verifications run on a fixed pool of dedicated threads (`limits.password_hash_threads`),
 /// never on the async runtime nor tokio's blocking pool: memory is bounded by the pool's size
 /// (one argon2 working set and one malloc arena per thread), however many wrong passwords
-/// arrive at once. Requests beyond the pool wait in a bounded queue.
+/// arrive at once. Waiting verifications are bounded too — [`QUEUE_PER_THREAD`] per thread in
+/// all, [`QUEUE_PER_CLIENT_PER_THREAD`] per thread for one client network — and a check that
+/// finds no place is refused at once (`PasswordChecksBusy`, 503 with `Retry-After`) instead
+/// of waiting behind a flood.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    jobs: mpsc::Sender<Job>,
+    pool: Arc<Pool>,
+    _shutdown: Arc<Shutdown>,
     /// Verified against when the user does not exist, so the answer takes as long as for a
     /// wrong password and does not reveal which user names exist.
     dummy_hash: Arc<str>,
 }
+
+/// Waiting verifications per hashing thread, all clients together.
+pub const QUEUE_PER_THREAD: usize = 64;
+/// Waiting verifications per hashing thread for one client network.
+pub const QUEUE_PER_CLIENT_PER_THREAD: usize = 8;
 
 impl PasswordHasher {
     /// Starts `threads` (at least 1) worker threads; they end when the last clone is dropped.
     pub fn new(threads: usize) -> PasswordHasher {
         let threads = threads.max(1);
         let dummy = hash_password("keyward-dummy-password").unwrap_or_default();
-        let (jobs, queue) = mpsc::channel::<Job>(threads * 16);
-        let queue = Arc::new(Mutex::new(queue));
+        let pool = Arc::new(Pool {
+            waiting: Mutex::new(Waiting {
+                by_client: HashMap::new(),
+                turns: VecDeque::new(),
+                len: 0,
+                capacity: threads * QUEUE_PER_THREAD,
+                per_client: threads * QUEUE_PER_CLIENT_PER_THREAD,
+                open: true,
+            }),
+            ready: Condvar::new(),
+        });
         for i in 0..threads {
-            let queue = queue.clone();
+            let pool = pool.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("keyward-argon2-{i}"))
                 .spawn(move || {
                     let mut memory = Vec::new();
                     loop {
-                        // One worker waits on the queue at a time; the others are hashing.
-                        let job = match queue.lock() {
-                            Ok(mut queue) => queue.blocking_recv(),
-                            Err(_) => None,
+                        let job = {
+                            let mut waiting = pool.lock();
+                            loop {
+                                if let Some(job) = waiting.pop() {
+                                    break job;
+                                }
+                                if !waiting.open {
+                                    return;
+                                }
+                                waiting =
+                                    pool.ready.wait(waiting).unwrap_or_else(|p| p.into_inner());
+                            }
                         };
-                        let Some(job) = job else { return };
                         let matched = verify_reusing(&mut memory, &job.password, &job.phc);
                         let _ = job.answer.send(matched);
                     }
@@ -123,14 +218,20 @@ impl PasswordHasher {
             }
         }
         PasswordHasher {
-            jobs,
+            _shutdown: Arc::new(Shutdown(pool.clone())),
+            pool,
             dummy_hash: dummy.into(),
         }
     }
 
     /// Verifies `password` against `phc`, or against the dummy hash when `phc` is `None`
-    /// (always false then).
-    pub async fn verify(&self, password: String, phc: Option<String>) -> bool {
+    /// (always false then), in `client`'s turn. `Err(PasswordChecksBusy)`: no place to wait.
+    pub async fn verify(
+        &self,
+        password: String,
+        phc: Option<String>,
+        client: IpAddr,
+    ) -> Result<bool, AuthError> {
         let known = phc.is_some();
         let phc = phc.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let (answer, answered) = oneshot::channel();
@@ -139,11 +240,13 @@ impl PasswordHasher {
             phc,
             answer,
         };
-        if self.jobs.send(job).await.is_err() {
-            return false;
-        }
+        self.pool
+            .lock()
+            .push(client_network(client), job)
+            .map_err(|_| AuthError::PasswordChecksBusy)?;
+        self.pool.ready.notify_one();
         let matched = answered.await.unwrap_or(false);
-        known && matched
+        Ok(known && matched)
     }
 }
 
@@ -184,8 +287,13 @@ mod tests {
             let phc = phc.clone();
             tokio::spawn(async move {
                 hasher
-                    .verify(if i % 2 == 0 { "pw" } else { "no" }.into(), Some(phc))
+                    .verify(
+                        if i % 2 == 0 { "pw" } else { "no" }.into(),
+                        Some(phc),
+                        LOCAL,
+                    )
                     .await
+                    .unwrap()
             })
         });
         let results: Vec<bool> = futures_join(checks).await;
@@ -205,6 +313,76 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_never_verifies() {
         let hasher = PasswordHasher::new(1);
-        assert!(!hasher.verify("keyward-dummy-password".into(), None).await);
+        assert!(!hasher
+            .verify("keyward-dummy-password".into(), None, LOCAL)
+            .await
+            .unwrap());
+    }
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn job() -> (Job, oneshot::Receiver<bool>) {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            password: String::new(),
+            phc: Arc::from(""),
+            answer,
+        };
+        (job, answered)
+    }
+
+    #[test]
+    fn waiting_checks_take_turns_by_client_and_are_bounded() {
+        let mut waiting = Waiting {
+            by_client: HashMap::new(),
+            turns: VecDeque::new(),
+            len: 0,
+            capacity: 6,
+            per_client: 4,
+            open: true,
+        };
+        let mut receivers = Vec::new();
+        // A flood from client 1 fills its share; client 2 still finds a place.
+        for _ in 0..4 {
+            let (job, rx) = job();
+            assert!(waiting.push(1, job).is_ok());
+            receivers.push(rx);
+        }
+        assert!(waiting.push(1, job().0).is_err(), "per-client bound");
+        let (job2, mut rx2) = job();
+        assert!(waiting.push(2, job2).is_ok());
+        // The flood's first job, then client 2's, though three more of the flood came first.
+        waiting.pop().unwrap().answer.send(true).unwrap();
+        waiting.pop().unwrap().answer.send(true).unwrap();
+        assert_eq!(rx2.try_recv(), Ok(true));
+        assert_eq!(waiting.len, 3);
+        for _ in 0..3 {
+            assert!(waiting.push(3, job().0).is_ok());
+        }
+        assert!(waiting.push(4, job().0).is_err(), "total bound");
+        while waiting.pop().is_some() {}
+        assert_eq!(waiting.len, 0);
+        assert!(waiting.by_client.is_empty() && waiting.turns.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_busy_at_once() {
+        let hasher = PasswordHasher::new(1);
+        let phc = hash_password("pw").unwrap();
+        let checks: Vec<_> = (0..200)
+            .map(|_| {
+                let hasher = hasher.clone();
+                let phc = phc.clone();
+                tokio::spawn(async move { hasher.verify("no".into(), Some(phc), LOCAL).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for check in checks {
+            if check.await.unwrap() == Err(AuthError::PasswordChecksBusy) {
+                busy += 1;
+            }
+        }
+        // One thread: at most 8 waiting for one client, plus those hashed meanwhile.
+        assert!(busy >= 150, "{busy}");
     }
 }

@@ -7,13 +7,14 @@
 //! remembered for its whole validity window, and a per-key "signature session" pins the
 //! client's clock offset so a client cannot step its clock back to sign outside the window.
 
+use super::replay::{ClaimRefused, ReplayWindow};
 use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::config::SignatureSettings;
 use crate::fleet::{Answer, ClaimKind, FleetClaims};
 use crate::metrics::Metrics;
-use crate::ratelimit::{CredentialLimit, LimitKey};
+use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use crate::store::{now_ms, Db, SignatureKey, StoreError, User};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -34,10 +35,6 @@ const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@quer
 const MAX_HEADER_LEN: usize = 4096;
 /// Longest accepted `keyid` (`<user name or id>/<keyID>`); longer ones are malformed.
 pub const MAX_KEYID_LEN: usize = 256;
-/// Memory of one replay-window entry: 32-byte key plus moka's per-entry bookkeeping
-/// (node, access-order deque and timer-wheel links, hash-table slot). Measured: see
-/// docs/performance.md.
-pub const REPLAY_ENTRY_BYTES: u32 = 360;
 
 /// Why a signed request was refused, beyond the reasons shared with other credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +75,8 @@ pub struct VerifiedSignature {
     key: Arc<CachedSigKey>,
     fingerprint: [u8; 32],
     offset_secs: i64,
+    /// When the replay window may forget this signature (seconds): past it, it is stale.
+    remember_until: i64,
     /// `Some` for a request with a body: what the body must hash to.
     body: Option<ExpectedDigest>,
 }
@@ -85,6 +84,10 @@ pub struct VerifiedSignature {
 impl VerifiedSignature {
     pub fn expected_body(&self) -> Option<&ExpectedDigest> {
         self.body.as_ref()
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.key.principal
     }
 }
 
@@ -476,7 +479,7 @@ pub struct SignatureAuthenticator {
     /// Keyed by [`key_ref_hash`] of what the client named, so an unknown keyid costs the
     /// negative cache 32 bytes however long it was.
     keys: CredentialCache<[u8; 32], CachedSigKey>,
-    replay: moka::sync::Cache<[u8; 32], ()>,
+    replay: ReplayWindow,
     sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
     usage: UsageRecorder,
     /// The replay window shared with the other replicas (`replay.redis_url`), behind the
@@ -507,7 +510,6 @@ impl From<SignatureError> for AuthError {
 
 impl SignatureAuthenticator {
     pub fn new(db: Db, metrics: Arc<Metrics>, settings: SignatureSettings) -> Self {
-        let window = settings.max_age + settings.max_future;
         SignatureAuthenticator {
             keys: CredentialCache::new(
                 metrics.clone(),
@@ -520,11 +522,7 @@ impl SignatureAuthenticator {
                     negative_capacity: settings.key_cache_capacity,
                 },
             ),
-            replay: moka::sync::Cache::builder()
-                .weigher(|_, _| REPLAY_ENTRY_BYTES)
-                .max_capacity(settings.replay_memory_bytes)
-                .time_to_live(window)
-                .build(),
+            replay: ReplayWindow::new(settings.replay_memory_bytes),
             sessions: moka::sync::Cache::builder()
                 .max_capacity(settings.key_cache_capacity)
                 .time_to_idle(settings.session_ttl)
@@ -549,9 +547,10 @@ impl SignatureAuthenticator {
         &self,
         view: &RequestView<'_>,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Arc<Principal>, AuthError> {
         let framed = view.body.is_some_and(|b| !b.is_empty());
-        let verified = self.verify(view, framed, client_ip).await?;
+        let verified = self.verify(view, framed, client_ip, budget).await?;
         let body = verified.expected_body().map(|expected| {
             let mut hasher = expected.hasher();
             hasher.update(view.body.unwrap_or_default());
@@ -570,6 +569,7 @@ impl SignatureAuthenticator {
         view: &RequestView<'_>,
         framed_body: bool,
         client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<VerifiedSignature, AuthError> {
         let signed = parse_headers(view.header)?;
         let covered = |name: &str| signed.components.iter().any(|c| c == name);
@@ -588,6 +588,12 @@ impl SignatureAuthenticator {
 
         let now = now_ms();
         let now_secs = now / 1000;
+        // A used signature is refused before anything else costs: no key look-up, no
+        // verification, and above all no body read for it (SPEC §15).
+        let fingerprint: [u8; 32] = Sha256::digest(signed.signature).into();
+        if self.replay.seen(&fingerprint, now_secs) {
+            return Err(SignatureError::Replay.into());
+        }
         let max_age = self.settings.max_age.as_secs() as i64;
         let max_future = self.settings.max_future.as_secs() as i64;
         if signed.created < now_secs - max_age || signed.created > now_secs + max_future {
@@ -597,7 +603,7 @@ impl SignatureAuthenticator {
             return Err(SignatureError::Expired.into());
         }
 
-        let key = self.lookup(user_ref, key_id).await?;
+        let key = self.lookup(user_ref, key_id, budget).await?;
         let base = signature_base(view, &signed.components, &signed.params)?;
         let signature = Signature::from_bytes(&signed.signature);
         key.verifying_key
@@ -618,8 +624,12 @@ impl SignatureAuthenticator {
         };
         Ok(VerifiedSignature {
             key,
-            fingerprint: Sha256::digest(signed.signature).into(),
+            fingerprint,
             offset_secs: now_secs - signed.created,
+            remember_until: signed
+                .created
+                .saturating_add(max_age)
+                .saturating_add(max_future),
             body,
         })
     }
@@ -637,6 +647,7 @@ impl SignatureAuthenticator {
             key,
             fingerprint,
             offset_secs: offset,
+            remember_until,
             body: expected,
         } = verified;
         if let Some(expected) = expected {
@@ -652,10 +663,16 @@ impl SignatureAuthenticator {
                 return Err(SignatureError::ClockSkew.into());
             }
         }
-        // Replay: the first to insert this signature wins, atomically. The local window comes
-        // first, so a replay on this replica costs no Redis round trip.
-        if !self.replay.entry(fingerprint).or_insert(()).is_fresh() {
-            return Err(SignatureError::Replay.into());
+        // Replay: the first to claim this signature wins, atomically. The local window comes
+        // first, so a replay on this replica costs no Redis round trip; a full window refuses
+        // the new signature and forgets no live one.
+        match self
+            .replay
+            .claim(fingerprint, remember_until, now_ms() / 1000)
+        {
+            Ok(()) => {}
+            Err(ClaimRefused::Replay) => return Err(SignatureError::Replay.into()),
+            Err(ClaimRefused::Full) => return Err(AuthError::ReplayWindowFull),
         }
         if let Some(fleet) = &self.fleet {
             let window = self.settings.max_age + self.settings.max_future;
@@ -668,7 +685,7 @@ impl SignatureAuthenticator {
                 Err(unavailable) => {
                     // Not accepted, so not used: the same signature may come again once
                     // Redis answers.
-                    self.replay.invalidate(&fingerprint);
+                    self.replay.release(&fingerprint);
                     return Err(unavailable.into());
                 }
             }
@@ -681,12 +698,17 @@ impl SignatureAuthenticator {
         Ok(key.principal.clone())
     }
 
-    async fn lookup(&self, user_ref: String, key_id: i64) -> Result<Arc<CachedSigKey>, AuthError> {
+    async fn lookup(
+        &self,
+        user_ref: String,
+        key_id: i64,
+        budget: &CheckBudget<'_>,
+    ) -> Result<Arc<CachedSigKey>, AuthError> {
         let db = self.db.clone();
         let cache_key = key_ref_hash(&user_ref, key_id);
         let lookup = user_ref;
         self.keys
-            .get_or_load(cache_key, async move {
+            .get_or_load(cache_key, budget, async move {
                 let found = db
                     .call(move |store| async move {
                         let user = match lookup.parse::<i64>() {
@@ -753,12 +775,12 @@ impl SignatureAuthenticator {
     /// (keys, unknown keys, replay window, sessions) entry counts.
     pub async fn entry_counts(&self) -> [(&'static str, u64); 4] {
         let [keys, unknown] = self.keys.entry_counts().await;
-        self.replay.run_pending_tasks();
+        self.replay.sweep(now_ms() / 1000);
         self.sessions.run_pending_tasks();
         [
             keys,
             unknown,
-            (REPLAY_CACHE_NAME, self.replay.entry_count()),
+            (REPLAY_CACHE_NAME, self.replay.len()),
             (SESSION_CACHE_NAME, self.sessions.entry_count()),
         ]
     }

@@ -6,7 +6,7 @@ use super::api_key::KeyHasher;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::metrics::Metrics;
-use crate::ratelimit::{CredentialLimit, LimitKey};
+use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use crate::store::{now_ms, Db, StoreError, Token};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -175,12 +175,16 @@ impl TokenAuthenticator {
         self.hasher.hash(token)
     }
 
-    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        budget: &CheckBudget<'_>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let hash = self.hasher.hash32(token);
         let db = self.db.clone();
         let cached = self
             .tokens
-            .get_or_load(hash, async move {
+            .get_or_load(hash, budget, async move {
                 db.call(move |store| async move {
                     let Some(token) = store.token_by_hash(&hash).await? else {
                         return Ok(None);

@@ -113,8 +113,10 @@ pub struct SignedBodies {
     pub max_body: u64,
     pub in_memory: u64,
     pub timeout: Duration,
-    /// Restart-only: the bound on all bodies held at once, and where spool files go.
+    /// Restart-only: the bound on all bodies held at once, on those of one signing key, and
+    /// where spool files go.
     pub in_flight: u64,
+    pub in_flight_per_key: u64,
     pub spool_dir: PathBuf,
 }
 
@@ -515,6 +517,15 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             "must be at least signatures.max_body".into(),
         );
     }
+    if let Some(per_key) = signatures.bodies_in_flight_per_key {
+        if per_key < signatures.max_body || per_key > signatures.bodies_in_flight {
+            problem(
+                "signatures.bodies_in_flight_per_key".into(),
+                "must be at least signatures.max_body and at most signatures.bodies_in_flight"
+                    .into(),
+            );
+        }
+    }
     if signatures.body_timeout.0.is_zero() {
         problem(
             "signatures.body_timeout".into(),
@@ -585,6 +596,9 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             in_memory: signatures.body_in_memory,
             timeout: signatures.body_timeout.0,
             in_flight: signatures.bodies_in_flight,
+            in_flight_per_key: signatures
+                .bodies_in_flight_per_key
+                .unwrap_or_else(|| (signatures.bodies_in_flight / 4).max(signatures.max_body)),
             spool_dir: signatures
                 .spool_dir
                 .clone()

@@ -18,7 +18,7 @@ use crate::auth::{
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome, RouteKind, UpstreamError};
 use crate::policy::{self, Route};
-use crate::ratelimit::{AuthOutcome, Limited, RateLimiter};
+use crate::ratelimit::{AuthOutcome, CheckBudget, Limited, RateLimiter};
 use crate::reload::LiveConfig;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -162,13 +162,21 @@ impl KeywardProxy {
             true => RouteKind::Public,
             false => RouteKind::Protected,
         };
-        let authenticated = match self.authenticate(session, ctx).await {
+        let client = ctx
+            .client_ip
+            .ok_or(Refusal::BadRequest("no_client_address"))?;
+        let budget = CheckBudget::new(&self.limiter, &ctx.config.rate_limits, client);
+        let authenticated = match self.authenticate(session, ctx, &budget).await {
             Ok(authenticated) => authenticated,
             Err(refusal @ Refusal::Unauthenticated(_)) => {
-                self.count_limit(ctx, AuthOutcome::Refused)?;
+                self.settle(&budget, Some(AuthOutcome::Refused))?;
                 return Err(refusal);
             }
-            Err(refusal) => return Err(refusal),
+            Err(refusal) => {
+                // Undecided (503) or refused by a limit: a charge, if any, goes back.
+                self.settle(&budget, None)?;
+                return Err(refusal);
+            }
         };
         let outcome = match (&authenticated.principal, authenticated.clear_token_cookie) {
             (Some(principal), _) => AuthOutcome::Authenticated(principal.rate_limit),
@@ -177,7 +185,9 @@ impl KeywardProxy {
         };
         ctx.principal = authenticated.principal;
         ctx.clear_token_cookie = authenticated.clear_token_cookie;
-        self.count_limit(ctx, outcome)?;
+        if !authenticated.limit_counted {
+            self.settle(&budget, Some(outcome))?;
+        }
         self.decide(
             &config,
             route,
@@ -222,13 +232,15 @@ impl KeywardProxy {
             .map_err(|limited| self.limited(limited))
     }
 
-    /// Counts the request against its credential's quota, or its client network's.
-    fn count_limit(&self, ctx: &RequestCtx, outcome: AuthOutcome) -> Result<(), Refusal> {
-        let client = ctx
-            .client_ip
-            .ok_or(Refusal::BadRequest("no_client_address"))?;
-        self.limiter
-            .after_authentication(&ctx.config.rate_limits, client, outcome, Instant::now())
+    /// Counts the request against its credential's quota, or its client network's, minding
+    /// what its credential check already charged (`None`: undecided, the charge goes back).
+    fn settle(
+        &self,
+        budget: &CheckBudget<'_>,
+        outcome: Option<AuthOutcome>,
+    ) -> Result<(), Refusal> {
+        budget
+            .settle(outcome)
             .map_err(|limited| self.limited(limited))
     }
 
@@ -246,6 +258,7 @@ impl KeywardProxy {
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
+        budget: &CheckBudget<'_>,
     ) -> Result<Authenticated, Refusal> {
         let has_body = !session.is_body_empty();
         let client_ip = ctx
@@ -261,31 +274,45 @@ impl KeywardProxy {
         if credential != Credential::Signature || !has_body {
             return Ok(self
                 .auth
-                .authenticate_found(credential, &view, client_ip)
+                .authenticate_found(credential, &view, client_ip, budget)
                 .await?);
         }
-        Box::pin(self.authenticate_signed_body(session, ctx, client_ip)).await
+        Box::pin(self.authenticate_signed_body(session, ctx, client_ip, budget)).await
     }
 
-    /// A signed request with a body: the signature first, then the body, read and hashed.
+    /// A signed request with a body: the signature first (a used one is refused there), then
+    /// the credential's rate limit, and only then the body, read and hashed, within the
+    /// credential's share of the in-flight bound.
     async fn authenticate_signed_body(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
         client_ip: std::net::IpAddr,
+        budget: &CheckBudget<'_>,
     ) -> Result<Authenticated, Refusal> {
         let view = signature::RequestView {
             header: session.req_header(),
             body: None,
             tls: ctx.tls,
         };
-        let pending = self.auth.verify_signature(&view, true, client_ip).await?;
+        let pending = self
+            .auth
+            .verify_signature(&view, true, client_ip, budget)
+            .await?;
         let expected = pending
             .expected_body()
             .cloned()
             .ok_or(Refusal::BadRequest("unframed_body"))?;
-        let body =
-            upload::read(session, &expected, &ctx.config.signed_bodies, &self.uploads).await?;
+        let credential = pending.principal().rate_limit;
+        self.settle(budget, Some(AuthOutcome::Authenticated(credential)))?;
+        let body = upload::read(
+            session,
+            &expected,
+            &ctx.config.signed_bodies,
+            &self.uploads,
+            credential.key,
+        )
+        .await?;
         let principal = self
             .auth
             .accept_signature(pending, Some(body.hasher.clone()), client_ip)
@@ -294,6 +321,7 @@ impl KeywardProxy {
         Ok(Authenticated {
             principal: Some(principal),
             clear_token_cookie: false,
+            limit_counted: true,
         })
     }
 

@@ -291,9 +291,11 @@ fn explain(reason: &str) -> Option<&'static str> {
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::StoreUnavailable | AuthError::ReplayWindowUnavailable => {
-                Refusal::Unavailable(e.reason())
-            }
+            AuthError::StoreUnavailable
+            | AuthError::ReplayWindowUnavailable
+            | AuthError::ReplayWindowFull
+            | AuthError::PasswordChecksBusy => Refusal::Unavailable(e.reason()),
+            AuthError::ClientBudget(limited) => Refusal::RateLimited(limited),
             AuthError::TotpRateLimited(retry_after_secs)
             | AuthError::PasswordThrottled(retry_after_secs) => Refusal::RetryLater {
                 reason: e.reason(),

@@ -17,6 +17,7 @@
 use super::respond::Refusal;
 use crate::auth::signature::{BodyHasher, ExpectedDigest};
 use crate::config::SignedBodies;
+use crate::ratelimit::LimitKey;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -27,6 +28,7 @@ use pingora::protocols::http::HttpTask;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::proxy::Session;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,10 +39,57 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
 /// Size of the chunks a spilled body is sent upstream in.
 const FILE_CHUNK_BYTES: usize = 64 * 1024;
-/// Where spilled bodies go, and the bound on all bodies held at once (restart-only).
+/// Where spilled bodies go, and the bounds on bodies held at once: all together, and per
+/// signing key (restart-only).
 pub struct UploadSpool {
     dir: PathBuf,
     in_flight: Arc<Semaphore>,
+    per_key: Arc<PerKey>,
+}
+
+/// Bytes held per signing key, so that one key (one client, or one leaked signature sent
+/// on many connections) cannot hold the whole in-flight bound.
+struct PerKey {
+    held: std::sync::Mutex<HashMap<LimitKey, u64>>,
+    limit: u64,
+}
+
+impl PerKey {
+    fn take(&self, key: LimitKey, bytes: u64) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = held.get(&key).copied().unwrap_or(0);
+        match now.checked_add(bytes).filter(|total| *total <= self.limit) {
+            Some(total) => {
+                held.insert(key, total);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn give_back(&self, key: LimitKey, bytes: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(now) = held.get_mut(&key) {
+            *now = now.saturating_sub(bytes);
+            if *now == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+}
+
+/// The bytes one body holds of both bounds; given back when the body is dropped.
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+    per_key: Arc<PerKey>,
+    key: LimitKey,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.per_key.give_back(self.key, self.bytes);
+    }
 }
 
 impl UploadSpool {
@@ -51,6 +100,19 @@ impl UploadSpool {
         UploadSpool {
             dir: settings.spool_dir.clone(),
             in_flight: Arc::new(Semaphore::new(permits)),
+            per_key: Arc::new(PerKey {
+                held: Default::default(),
+                limit: settings.in_flight_per_key,
+            }),
+        }
+    }
+
+    fn reservation(&self, key: LimitKey) -> Reservation {
+        Reservation {
+            permit: None,
+            per_key: self.per_key.clone(),
+            key,
+            bytes: 0,
         }
     }
 
@@ -59,20 +121,26 @@ impl UploadSpool {
         self.in_flight.available_permits()
     }
 
-    /// Reserves `bytes` more of the in-flight bound for one body.
-    fn reserve(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: u64) -> Result<(), Refusal> {
+    /// Reserves `bytes` more of both in-flight bounds for one body: its key's share first.
+    fn reserve(&self, held: &mut Reservation, bytes: u64) -> Result<(), Refusal> {
         if bytes == 0 {
             return Ok(());
         }
-        let bytes = u32::try_from(bytes).map_err(|_| Refusal::PayloadTooLarge)?;
-        let more = self
-            .in_flight
-            .clone()
-            .try_acquire_many_owned(bytes)
-            .map_err(|_| Refusal::Unavailable("signed_bodies_in_flight"))?;
-        match held {
+        let permits = u32::try_from(bytes).map_err(|_| Refusal::PayloadTooLarge)?;
+        if !self.per_key.take(held.key, bytes) {
+            return Err(Refusal::Unavailable("signed_bodies_in_flight_per_key"));
+        }
+        let more = match self.in_flight.clone().try_acquire_many_owned(permits) {
+            Ok(more) => more,
+            Err(_) => {
+                self.per_key.give_back(held.key, bytes);
+                return Err(Refusal::Unavailable("signed_bodies_in_flight"));
+            }
+        };
+        held.bytes += bytes;
+        match &mut held.permit {
             Some(permit) => permit.merge(more),
-            None => *held = Some(more),
+            None => held.permit = Some(more),
         }
         Ok(())
     }
@@ -95,7 +163,7 @@ pub struct SignedBody {
     pub hasher: BodyHasher,
     stored: Stored,
     len: u64,
-    _reserved: Option<OwnedSemaphorePermit>,
+    _reserved: Reservation,
 }
 
 enum Stored {
@@ -127,12 +195,13 @@ pub async fn read(
     expected: &ExpectedDigest,
     limits: &SignedBodies,
     spool: &UploadSpool,
+    key: LimitKey,
 ) -> Result<SignedBody, Refusal> {
     let declared = declared_length(session.req_header());
     if declared.is_some_and(|length| length > limits.max_body) {
         return Err(Refusal::PayloadTooLarge);
     }
-    let mut reserved = None;
+    let mut reserved = spool.reservation(key);
     let mut reserved_bytes = declared.unwrap_or(0);
     spool.reserve(&mut reserved, reserved_bytes)?;
 
@@ -249,7 +318,7 @@ struct VerifiedBodySession {
     source: Source,
     len: u64,
     handed_out: u64,
-    _reserved: Option<OwnedSemaphorePermit>,
+    _reserved: Reservation,
 }
 
 impl VerifiedBodySession {
