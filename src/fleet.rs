@@ -212,6 +212,7 @@ impl FleetClaims {
             .map_err(|e| format!("cannot start the Redis runtime: {e}"))?;
         let connection = connection_manager(&runtime.handle().clone(), &client)?;
         let handle = runtime.handle().clone();
+        handle.spawn(check_eviction_policy(client.clone()));
         // Never dropped, like the store's: dropping a runtime inside another one panics.
         std::mem::forget(runtime);
         Ok(FleetClaims {
@@ -428,6 +429,49 @@ impl FleetClaims {
             None => Err(FleetUnavailable),
         }
     }
+}
+
+/// Warns, once at start, when Redis may evict claims: every claim has a TTL, so under a
+/// `volatile-*` or `allkeys-*` policy a Redis at `maxmemory` forgets live signatures and they
+/// replay on another replica. With `noeviction` (or no `maxmemory`) a full Redis refuses the
+/// write instead, which `on_redis_error` then decides like an outage. A Redis that does not
+/// answer `CONFIG GET` (managed services often refuse it) is not warned about.
+async fn check_eviction_policy(client: redis::Client) {
+    let asked = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let policy: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut connection)
+            .await?;
+        let memory: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory")
+            .query_async(&mut connection)
+            .await?;
+        redis::RedisResult::Ok((policy.get(1).cloned(), memory.get(1).cloned()))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), asked).await {
+        Ok(Ok((Some(policy), Some(memory)))) => {
+            if evicts_claims(&policy, &memory) {
+                tracing::warn!(
+                    maxmemory_policy = %policy,
+                    maxmemory = %memory,
+                    "redis may evict live replay claims when full (maxmemory-policy {policy}): a \
+                     forgotten signature can replay on another replica; set maxmemory-policy \
+                     noeviction for the replay window's Redis"
+                );
+            }
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot read redis's maxmemory-policy"),
+        Err(_) => tracing::debug!("redis did not answer CONFIG GET maxmemory-policy in time"),
+    }
+}
+
+/// Whether a Redis with this `maxmemory-policy` and `maxmemory` may evict keys with a TTL.
+fn evicts_claims(policy: &str, maxmemory: &str) -> bool {
+    policy != "noeviction" && maxmemory.trim() != "0"
 }
 
 /// A connection manager on the Redis runtime that connects on first use and reconnects after

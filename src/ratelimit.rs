@@ -580,6 +580,69 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_gives_back_one_request_never_more() {
+        let limiter = RateLimiter::new(100);
+        let t0 = Instant::now();
+        let quota = limit(0.001, 3);
+        for _ in 0..3 {
+            assert!(limiter.check(KEY, quota, t0).is_ok());
+        }
+        assert!(limiter.check(KEY, quota, t0).is_err());
+        limiter.refund(KEY, quota, t0);
+        assert!(limiter.check(KEY, quota, t0).is_ok());
+        assert!(limiter.check(KEY, quota, t0).is_err());
+        // Refunds past a full burst leave a full burst, not more.
+        for _ in 0..10 {
+            limiter.refund(KEY, quota, t0);
+        }
+        for _ in 0..3 {
+            assert!(limiter.check(KEY, quota, t0).is_ok());
+        }
+        assert!(limiter.check(KEY, quota, t0).is_err());
+    }
+
+    #[test]
+    fn a_budget_charges_once_refunds_success_and_never_counts_a_failure_twice() {
+        let limiter = RateLimiter::new(100);
+        let settings = RateLimitSettings {
+            per_credential: None,
+            per_client_unauthenticated: Some(limit(0.001, 2)),
+            max_tracked: 100,
+        };
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        let failures = LimitKey::Failures(client_network(client));
+        // A charged success is refunded: the budget is whole again.
+        let budget = CheckBudget::new(&limiter, &settings, client);
+        budget.charge().unwrap();
+        budget.charge().unwrap();
+        assert!(budget.charged());
+        let credential = CredentialLimit {
+            key: KEY,
+            own: None,
+        };
+        budget
+            .settle(Some(AuthOutcome::Authenticated(credential)))
+            .unwrap();
+        assert!(limiter.check(failures, limit(0.001, 2), Instant::now()).is_ok());
+        assert!(limiter.check(failures, limit(0.001, 2), Instant::now()).is_ok());
+        assert!(limiter.check(failures, limit(0.001, 2), Instant::now()).is_err());
+
+        // A charged refusal is counted once: the second refused request still finds its slot.
+        let limiter = RateLimiter::new(100);
+        let first = CheckBudget::new(&limiter, &settings, client);
+        first.charge().unwrap();
+        first.settle(Some(AuthOutcome::Refused)).unwrap();
+        let second = CheckBudget::new(&limiter, &settings, client);
+        second.charge().unwrap();
+        // Undecided: given back.
+        second.settle(None).unwrap();
+        let third = CheckBudget::new(&limiter, &settings, client);
+        assert!(third.charge().is_ok());
+        let fourth = CheckBudget::new(&limiter, &settings, client);
+        assert_eq!(fourth.charge().unwrap_err().kind, LimitKind::Client);
+    }
+
+    #[test]
     fn keys_are_independent() {
         let limiter = RateLimiter::new(100);
         let now = Instant::now();

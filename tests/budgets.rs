@@ -385,3 +385,54 @@ fn a_login_waits_its_turn_by_client_network_not_behind_a_flood() {
     // to come back, at once.
     assert!(busy > 0, "none refused as busy");
 }
+
+/// A Redis of the test's own, with the given eviction settings; killed on drop.
+struct OwnRedis(std::process::Child, u16);
+
+impl OwnRedis {
+    fn start(policy: &str) -> OwnRedis {
+        let port = common::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--maxmemory", "10mb"])
+            .args(["--maxmemory-policy", policy])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the test needs redis-server");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnRedis(child, port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_redis_that_may_evict_live_claims_is_named_at_start() {
+    for (policy, warned) in [("volatile-lru", true), ("noeviction", false)] {
+        let redis = OwnRedis::start(policy);
+        let kw = Keyward::start_with(Setup {
+            extra: format!("replay: {{ redis_url: \"redis://127.0.0.1:{}\" }}", redis.1),
+            ..Setup::default()
+        });
+        // The check runs once, in the background, right after start.
+        let mut found = false;
+        for _ in 0..50 {
+            found = kw.stderr().contains("maxmemory-policy noeviction");
+            if found {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(found, warned, "{policy}: {}", kw.stderr());
+    }
+}

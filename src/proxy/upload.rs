@@ -121,22 +121,20 @@ impl UploadSpool {
         self.in_flight.available_permits()
     }
 
-    /// Reserves `bytes` more of both in-flight bounds for one body: its key's share first.
+    /// Reserves `bytes` more of both in-flight bounds for one body.
     fn reserve(&self, held: &mut Reservation, bytes: u64) -> Result<(), Refusal> {
         if bytes == 0 {
             return Ok(());
         }
         let permits = u32::try_from(bytes).map_err(|_| Refusal::PayloadTooLarge)?;
+        let more = self
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| Refusal::Unavailable("signed_bodies_in_flight"))?;
         if !self.per_key.take(held.key, bytes) {
             return Err(Refusal::Unavailable("signed_bodies_in_flight_per_key"));
         }
-        let more = match self.in_flight.clone().try_acquire_many_owned(permits) {
-            Ok(more) => more,
-            Err(_) => {
-                self.per_key.give_back(held.key, bytes);
-                return Err(Refusal::Unavailable("signed_bodies_in_flight"));
-            }
-        };
         held.bytes += bytes;
         match &mut held.permit {
             Some(permit) => permit.merge(more),
