@@ -623,9 +623,15 @@ mod tests {
         budget
             .settle(Some(AuthOutcome::Authenticated(credential)))
             .unwrap();
-        assert!(limiter.check(failures, limit(0.001, 2), Instant::now()).is_ok());
-        assert!(limiter.check(failures, limit(0.001, 2), Instant::now()).is_ok());
-        assert!(limiter.check(failures, limit(0.001, 2), Instant::now()).is_err());
+        assert!(limiter
+            .check(failures, limit(0.001, 2), Instant::now())
+            .is_ok());
+        assert!(limiter
+            .check(failures, limit(0.001, 2), Instant::now())
+            .is_ok());
+        assert!(limiter
+            .check(failures, limit(0.001, 2), Instant::now())
+            .is_err());
 
         // A charged refusal is counted once: the second refused request still finds its slot.
         let limiter = RateLimiter::new(100);

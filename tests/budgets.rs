@@ -393,7 +393,14 @@ impl OwnRedis {
     fn start(policy: &str) -> OwnRedis {
         let port = common::free_port();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no", "--maxmemory", "10mb"])
             .args(["--maxmemory-policy", policy])
             .stdout(std::process::Stdio::null())
