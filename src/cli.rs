@@ -245,10 +245,9 @@ pub fn reload(config: &Config) -> anyhow::Result<()> {
         .parse()
         .map_err(|_| anyhow!("{}: not a process id", pid_file.display()))?;
     // A stale file may name a process that is not keyward any more: never signal that one.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if !String::from_utf8_lossy(&cmdline).contains("keyward") {
+    if let Err(why) = is_keyward(pid) {
         return Err(anyhow!(
-            "{} names process {pid}, which is not a running keyward",
+            "{} names process {pid}, which is not a running keyward ({why}); not signalled",
             pid_file.display()
         ));
     }
@@ -259,6 +258,35 @@ pub fn reload(config: &Config) -> anyhow::Result<()> {
     .with_context(|| format!("cannot signal process {pid}"))?;
     println!("asked keyward (pid {pid}) to reload; its log says whether the reload succeeded");
     Ok(())
+}
+
+/// Whether process `pid` runs a keyward binary, judged by its executable (`/proc/PID/exe`),
+/// never by its command line (which any process can fill with "keyward": `tail -f
+/// keyward.log`). It is keyward when its executable is this very file (same device and
+/// inode as [`std::env::current_exe`]), or a file named `keyward` (another install, or this
+/// one replaced by an upgrade since it started). `Err` says what it is instead.
+pub fn is_keyward(pid: i32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = format!("/proc/{pid}/exe");
+    let target = std::fs::read_link(&exe).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such process".to_owned(),
+        _ => format!("its executable cannot be read: {e}"),
+    })?;
+    // `stat` through the link reaches the running file even when it was deleted or replaced.
+    if let (Ok(running), Ok(this)) = (
+        std::fs::metadata(&exe),
+        std::env::current_exe().and_then(std::fs::metadata),
+    ) {
+        if running.dev() == this.dev() && running.ino() == this.ino() {
+            return Ok(());
+        }
+    }
+    let shown = target.to_string_lossy();
+    let name = shown.trim_end_matches(" (deleted)");
+    match Path::new(name).file_name().and_then(|n| n.to_str()) {
+        Some("keyward") => Ok(()),
+        _ => Err(format!("its executable is {shown}")),
+    }
 }
 
 /// An error and its causes on one line, each cause once: sqlx and thiserror wrappers repeat
