@@ -416,12 +416,14 @@ pub fn run_user_command(
             let user = db.block_on(|store| async move {
                 Ok(users::set_locked(store.as_ref(), &name, true).await)
             })??;
+            wait_until_applied(config, &db);
             println!("locked {}", user.name);
         }
         UserCommand::Unlock { name } => {
             let user = db.block_on(|store| async move {
                 Ok(users::set_locked(store.as_ref(), &name, false).await)
             })??;
+            wait_until_applied(config, &db);
             println!("unlocked {}", user.name);
         }
         UserCommand::Totp { name } => {
@@ -429,6 +431,7 @@ pub fn run_user_command(
                 db.block_on(
                     |store| async move { Ok(users::new_totp(store.as_ref(), &name).await) },
                 )??;
+            wait_until_applied(config, &db);
             println!("TOTP: {uri}");
         }
         UserCommand::Passwd {
@@ -440,10 +443,69 @@ pub fn run_user_command(
             db.block_on(|store| async move {
                 Ok(users::set_password(store.as_ref(), &name, &password).await)
             })??;
+            wait_until_applied(config, &db);
             println!("password changed for {shown}");
         }
     }
     Ok(())
+}
+
+/// Waits until the keyward serving this configuration on this host (its `listen.ops`) has
+/// applied the store's change feed up to the change just written
+/// (`keyward_change_feed_applied_seq`), so that a lock, unlock or password change is in force
+/// there when the command returns: the next request is refused, not one
+/// `cache.invalidation_poll` later. No keyward answering there: nothing to wait for. One that
+/// has not applied it within two polls and a second is named on standard error (it applies it
+/// at its next read of the feed). Other replicas of a fleet apply it within their own
+/// notification or poll.
+fn wait_until_applied(config: &Config, db: &Db) {
+    use std::time::{Duration, Instant};
+    let Ok(written) = db.block_on(|store| async move { store.latest_change().await }) else {
+        return;
+    };
+    let Ok(ops) = config.listen_ops.parse::<std::net::SocketAddr>() else {
+        return;
+    };
+    let ops = crate::ops::local_address(ops);
+    let limit = config
+        .cache
+        .invalidation_poll
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(1))
+        .min(Duration::from_secs(30));
+    let deadline = Instant::now() + limit;
+    loop {
+        match applied_change(ops) {
+            // Nobody listens there: no running keyward to wait for.
+            Err(_) => return,
+            // A keyward without the gauge (an older one): it applies it within its poll.
+            Ok(None) => return,
+            Ok(Some(applied)) if applied >= written => return,
+            Ok(Some(_)) if Instant::now() >= deadline => {
+                eprintln!(
+                    "keyward: the keyward at {ops} has not applied this change yet; it will at its next read of the change feed"
+                );
+                return;
+            }
+            Ok(Some(_)) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// `keyward_change_feed_applied_seq` as the ops listener at `ops` reports it.
+fn applied_change(ops: std::net::SocketAddr) -> std::io::Result<Option<i64>> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut stream = std::net::TcpStream::connect_timeout(&ops, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")?;
+    let mut page = Vec::new();
+    stream.take(16 * 1024 * 1024).read_to_end(&mut page)?;
+    Ok(String::from_utf8_lossy(&page).lines().find_map(|line| {
+        let value = line.strip_prefix("keyward_change_feed_applied_seq ")?;
+        value.trim().parse::<f64>().ok().map(|v| v as i64)
+    }))
 }
 
 /// A password from stdin (`--password-stdin`) or typed twice at the terminal; never from the
