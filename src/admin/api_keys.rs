@@ -389,8 +389,10 @@ struct RollBody {
 
 /// `…/roll`: a new key with the old key's settings, shown once; the old key keeps working for
 /// `gracePeriodSeconds` (0 by default) and then expires. An expired key is 404; the new key's
-/// lifetime is capped as a create's is (see [`ApiKeyRoll`]). Its end is a `validUntil`, so every
-/// replica ends it at the same instant whatever its caches hold.
+/// lifetime is capped as a create's is (see [`ApiKeyRoll`]). The old key's end is a
+/// `validUntil`, so every replica the change has reached ends it at the same instant whatever
+/// its caches held; other replicas learn of it through the change feed (with grace 0 they may
+/// accept the old key for the feed's latency: README "Rotation", `tests/fleet.rs`).
 pub async fn roll(
     api: &AdminApi,
     call: &Call<'_>,
