@@ -245,10 +245,9 @@ pub fn reload(config: &Config) -> anyhow::Result<()> {
         .parse()
         .map_err(|_| anyhow!("{}: not a process id", pid_file.display()))?;
     // A stale file may name a process that is not keyward any more: never signal that one.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if !String::from_utf8_lossy(&cmdline).contains("keyward") {
+    if let Err(why) = is_keyward(pid) {
         return Err(anyhow!(
-            "{} names process {pid}, which is not a running keyward",
+            "{} names process {pid}, which is not a running keyward ({why}); not signalled",
             pid_file.display()
         ));
     }
@@ -259,6 +258,35 @@ pub fn reload(config: &Config) -> anyhow::Result<()> {
     .with_context(|| format!("cannot signal process {pid}"))?;
     println!("asked keyward (pid {pid}) to reload; its log says whether the reload succeeded");
     Ok(())
+}
+
+/// Whether process `pid` runs a keyward binary, judged by its executable (`/proc/PID/exe`),
+/// never by its command line (which any process can fill with "keyward": `tail -f
+/// keyward.log`). It is keyward when its executable is this very file (same device and
+/// inode as [`std::env::current_exe`]), or a file named `keyward` (another install, or this
+/// one replaced by an upgrade since it started). `Err` says what it is instead.
+pub fn is_keyward(pid: i32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = format!("/proc/{pid}/exe");
+    let target = std::fs::read_link(&exe).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such process".to_owned(),
+        _ => format!("its executable cannot be read: {e}"),
+    })?;
+    // `stat` through the link reaches the running file even when it was deleted or replaced.
+    if let (Ok(running), Ok(this)) = (
+        std::fs::metadata(&exe),
+        std::env::current_exe().and_then(std::fs::metadata),
+    ) {
+        if running.dev() == this.dev() && running.ino() == this.ino() {
+            return Ok(());
+        }
+    }
+    let shown = target.to_string_lossy();
+    let name = shown.trim_end_matches(" (deleted)");
+    match Path::new(name).file_name().and_then(|n| n.to_str()) {
+        Some("keyward") => Ok(()),
+        _ => Err(format!("its executable is {shown}")),
+    }
 }
 
 /// An error and its causes on one line, each cause once: sqlx and thiserror wrappers repeat
@@ -388,12 +416,14 @@ pub fn run_user_command(
             let user = db.block_on(|store| async move {
                 Ok(users::set_locked(store.as_ref(), &name, true).await)
             })??;
+            wait_until_applied(config, &db);
             println!("locked {}", user.name);
         }
         UserCommand::Unlock { name } => {
             let user = db.block_on(|store| async move {
                 Ok(users::set_locked(store.as_ref(), &name, false).await)
             })??;
+            wait_until_applied(config, &db);
             println!("unlocked {}", user.name);
         }
         UserCommand::Totp { name } => {
@@ -401,6 +431,7 @@ pub fn run_user_command(
                 db.block_on(
                     |store| async move { Ok(users::new_totp(store.as_ref(), &name).await) },
                 )??;
+            wait_until_applied(config, &db);
             println!("TOTP: {uri}");
         }
         UserCommand::Passwd {
@@ -412,10 +443,69 @@ pub fn run_user_command(
             db.block_on(|store| async move {
                 Ok(users::set_password(store.as_ref(), &name, &password).await)
             })??;
+            wait_until_applied(config, &db);
             println!("password changed for {shown}");
         }
     }
     Ok(())
+}
+
+/// Waits until the keyward serving this configuration on this host (its `listen.ops`) has
+/// applied the store's change feed up to the change just written
+/// (`keyward_change_feed_applied_seq`), so that a lock, unlock or password change is in force
+/// there when the command returns: the next request is refused, not one
+/// `cache.invalidation_poll` later. No keyward answering there: nothing to wait for. One that
+/// has not applied it within two polls and a second is named on standard error (it applies it
+/// at its next read of the feed). Other replicas of a fleet apply it within their own
+/// notification or poll.
+fn wait_until_applied(config: &Config, db: &Db) {
+    use std::time::{Duration, Instant};
+    let Ok(written) = db.block_on(|store| async move { store.latest_change().await }) else {
+        return;
+    };
+    let Ok(ops) = config.listen_ops.parse::<std::net::SocketAddr>() else {
+        return;
+    };
+    let ops = crate::ops::local_address(ops);
+    let limit = config
+        .cache
+        .invalidation_poll
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(1))
+        .min(Duration::from_secs(30));
+    let deadline = Instant::now() + limit;
+    loop {
+        match applied_change(ops) {
+            // Nobody listens there: no running keyward to wait for.
+            Err(_) => return,
+            // A keyward without the gauge (an older one): it applies it within its poll.
+            Ok(None) => return,
+            Ok(Some(applied)) if applied >= written => return,
+            Ok(Some(_)) if Instant::now() >= deadline => {
+                eprintln!(
+                    "keyward: the keyward at {ops} has not applied this change yet; it will at its next read of the change feed"
+                );
+                return;
+            }
+            Ok(Some(_)) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// `keyward_change_feed_applied_seq` as the ops listener at `ops` reports it.
+fn applied_change(ops: std::net::SocketAddr) -> std::io::Result<Option<i64>> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut stream = std::net::TcpStream::connect_timeout(&ops, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")?;
+    let mut page = Vec::new();
+    stream.take(16 * 1024 * 1024).read_to_end(&mut page)?;
+    Ok(String::from_utf8_lossy(&page).lines().find_map(|line| {
+        let value = line.strip_prefix("keyward_change_feed_applied_seq ")?;
+        value.trim().parse::<f64>().ok().map(|v| v as i64)
+    }))
 }
 
 /// A password from stdin (`--password-stdin`) or typed twice at the terminal; never from the

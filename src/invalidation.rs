@@ -34,6 +34,8 @@ pub struct ChangeFollower {
     /// When the feed was last read successfully.
     last_read: Mutex<Instant>,
     signal: Arc<FeedSignal>,
+    /// `keyward_change_feed_applied_seq`: `last_seq`, for the CLI to wait on.
+    applied: prometheus::IntGauge,
     /// `audit.retention`: audit records older than this are deleted (kept forever when unset).
     audit_retention: Option<Duration>,
 }
@@ -53,10 +55,13 @@ impl ChangeFollower {
             wake: tokio::sync::Notify::new(),
             listening: metrics.change_feed_listening().clone(),
         });
+        let applied = metrics.change_feed_applied().clone();
+        applied.set(start_seq);
         ChangeFollower {
             db,
             auth,
             interval,
+            applied,
             last_seq: AtomicI64::new(start_seq),
             last_read: Mutex::new(Instant::now()),
             signal,
@@ -95,6 +100,7 @@ impl ChangeFollower {
                 }
                 self.last_seq.store(change.seq, Ordering::Release);
             }
+            self.applied.set(self.last_seq.load(Ordering::Acquire));
             applied += count;
             if (count as i64) < BATCH {
                 return applied;

@@ -152,6 +152,7 @@ pub struct Metrics {
     store_errors: IntCounter,
     store_up: IntGauge,
     change_feed_listening: IntGauge,
+    change_feed_applied: IntGauge,
     config_reloads: IntCounterVec,
     connections: ConnectionMetrics,
     redis_errors: IntCounter,
@@ -296,6 +297,16 @@ impl Metrics {
         registry
             .register(Box::new(changes_behind.clone()))
             .expect("metric registered once");
+        // What `keyward user lock` (and the other CLI changes) waits for: the running keyward
+        // has applied the change feed up to the CLI's own change.
+        let change_feed_applied = IntGauge::new(
+            "keyward_change_feed_applied_seq",
+            "The last change-feed position this replica has applied to its caches.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(change_feed_applied.clone()))
+            .expect("metric registered once");
         let request_duration = register(
             &registry,
             HistogramVec::new(
@@ -396,6 +407,7 @@ impl Metrics {
             ),
             store_up,
             change_feed_listening: changes_behind,
+            change_feed_applied,
             requests_by_label: Vec::new(),
             auth_duration_by_method: Vec::new(),
             upstream_responses_by_class: Vec::new(),
@@ -660,6 +672,11 @@ impl Metrics {
     /// `keyward_change_feed_listening`.
     pub fn change_feed_listening(&self) -> &IntGauge {
         &self.change_feed_listening
+    }
+
+    /// `keyward_change_feed_applied_seq`.
+    pub fn change_feed_applied(&self) -> &IntGauge {
+        &self.change_feed_applied
     }
 
     /// A Redis call of the shared replay window failed or timed out.

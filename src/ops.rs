@@ -194,7 +194,7 @@ pub fn bind_listener(key: &str, address: &str) -> anyhow::Result<std::net::TcpLi
 }
 
 /// Where a listener on `address` can be reached from this host.
-fn local_address(address: SocketAddr) -> SocketAddr {
+pub fn local_address(address: SocketAddr) -> SocketAddr {
     match address.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => {
             SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, address.port()))

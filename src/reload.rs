@@ -7,6 +7,12 @@
 //! counted (`keyward_config_reloads_total{outcome="invalid"}`), and the old configuration keeps
 //! serving.
 //!
+//! The file is read whole, once, when it has settled (see [`crate::config::file`]); a route
+//! with neither `public: true` nor `require:` is invalid (SPEC §15), so a file caught cut
+//! short in a route refuses the reload instead of opening that route. Write the file to a new
+//! name and rename it over the old one (as Kubernetes does with ConfigMap volumes) for a
+//! reload that never sees it half-written.
+//!
 //! What a reload changes: everything read per request — routes, trusted proxies and their
 //! header, `limits` (except the connection limits), `rate_limits`, `tokens`, `api_keys` expiry
 //! rules, `forward_credentials` — plus the cache TTLs and the log filter, which the hooks
@@ -15,7 +21,7 @@
 //! capacities) keep their running values; a reload that changes them says which, in one log
 //! line, and they take effect at the next restart.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{file, Config, ConfigError};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -82,10 +88,18 @@ impl LiveConfig {
     }
 
     /// Re-reads the file and switches to it when it is valid.
+    ///
+    /// The file is read once into memory, when it has settled (not modified for a few hundred
+    /// milliseconds, and unchanged from the start of the read to its end; see
+    /// [`crate::config::file::read_stable`]), bounded in size and time, and only if it is a
+    /// regular file. That reading (and the certificate files the configuration names) happens
+    /// before the reload lock is taken, so a file that cannot be read never holds up the
+    /// reloads after it.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
-        let mut next = Config::from_file(path)?;
+        let bytes = file::read_stable(path, file::MAX_CONFIG_BYTES).map_err(ConfigError::from)?;
+        let mut next = Config::from_bytes(&bytes)?;
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let running = self.current();
         let needs_restart = keep_start_settings(&running, &mut next);
         for hook in self.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter() {

@@ -198,8 +198,9 @@ fn certified_key(
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| TlsError::Certificate(format!("cannot read {}: {e}", path.display())))?;
+    // A regular file, size- and time-bounded: a FIFO here must not wedge a reload.
+    let bytes = crate::config::file::read_bounded(path, crate::config::file::MAX_PEM_BYTES)
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Certificate(format!("{}: unreadable PEM: {e}", path.display())))?;
@@ -213,8 +214,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| TlsError::Key(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = crate::config::file::read_bounded(path, crate::config::file::MAX_PEM_BYTES)
+        .map_err(|e| TlsError::Key(e.to_string()))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::Key(format!(
             "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",

@@ -287,3 +287,58 @@ fn serve_refuses_to_start_without_the_bootstrap_password() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The README walk-through as a script: `keyward user lock john`, and the very next request
+/// with john's (cached) Basic login is refused. The CLI returns once the running keyward has
+/// applied the change feed up to the lock (`keyward_change_feed_applied_seq` on its ops
+/// listener); before, it was refused only within `cache.invalidation_poll` (a full second
+/// here, so the old behaviour would show every time). Unlock and password changes likewise.
+#[test]
+fn a_cli_change_is_in_force_on_the_running_keyward_when_the_command_returns() {
+    let kw = Keyward::start_with(common::Setup {
+        invalidation_poll: "1s".into(),
+        ..common::Setup::default()
+    });
+    kw.add_user("john", "john-password", &[]);
+    let get = |password: &str| {
+        client()
+            .get(kw.url("/anything"))
+            .basic_auth("john", Some(password))
+            .send()
+            .unwrap()
+            .status()
+    };
+    for _ in 0..2 {
+        assert_eq!(get("john-password"), 200);
+    }
+    for round in 0..3 {
+        let started = Instant::now();
+        let out = kw.cli(&["user", "lock", "john"], None);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(get("john-password"), 401, "round {round}: refused at once");
+        let out = kw.cli(&["user", "unlock", "john"], None);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(get("john-password"), 200, "round {round}: admitted at once");
+    }
+    let out = kw.cli(
+        &["user", "passwd", "john", "--password-stdin"],
+        Some("new-password-2\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        get("john-password"),
+        401,
+        "the old password, cached, is refused"
+    );
+    assert_eq!(get("new-password-2"), 200);
+    let metrics = kw.metrics();
+    assert!(
+        metrics.contains("keyward_change_feed_applied_seq "),
+        "{metrics}"
+    );
+}

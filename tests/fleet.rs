@@ -350,3 +350,54 @@ fn revocation_latency() {
     );
     assert!(at(0.99) <= Duration::from_secs(1));
 }
+
+/// A roll without grace on A, then the old key on B: how long B still accepts it (until the
+/// change notification reaches it; README "Rotation" quotes the figures). CI runs 10 rolls;
+/// `KEYWARD_ROLLS=200 cargo test --test fleet grace_zero_roll_latency -- --nocapture` for the
+/// figures. B has the old key cached; the measurement starts when A's answer arrives.
+#[test]
+fn grace_zero_roll_latency() {
+    let n: usize = std::env::var("KEYWARD_ROLLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let db = database();
+    let a = replica(db.url());
+    let b = replica(db.url());
+    a.add_user("john", "john-password", &[]);
+    let mut still_accepted = 0;
+    let mut latencies: Vec<Duration> = (0..n)
+        .map(|_| {
+            let old = create_key(&a, "john");
+            assert_eq!(with_key(&b, &old).status(), 200);
+            let (status, body) = admin(
+                &a,
+                "POST",
+                &format!("/authentication/v1/user/john/apikey/{}/roll", prefix(&old)),
+                Some(json!({ "gracePeriodSeconds": 0 })),
+            );
+            assert_eq!(status, 201, "{body}");
+            let mut first = true;
+            let took = time_until(Duration::from_secs(5), || {
+                let refused = with_key(&b, &old).status() == 401;
+                if first && !refused {
+                    still_accepted += 1;
+                }
+                first = false;
+                refused
+            })
+            .expect("refused within 5 s");
+            assert_eq!(with_key(&a, &old).status(), 401, "at once on A");
+            took
+        })
+        .collect();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    println!(
+        "grace-0 rolls={n} accepted-on-B-right-after={still_accepted} p50={:?} p99={:?} max={:?}",
+        at(0.50),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    assert!(at(0.99) <= Duration::from_secs(1));
+}

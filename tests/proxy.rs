@@ -336,6 +336,7 @@ fn route_requirements_give_403() {
   - path: /readonly
     require: { methods: [GET] }
   - path: /keys-only
+    require: { min_security_level: EXTERNAL }
     allow: [apikey]
 "#
         .into(),

@@ -30,6 +30,24 @@ fn admin(kw: &Keyward, method: reqwest::Method, path: &str, body: Option<Value>)
     (status, resp.json().unwrap())
 }
 
+/// [`admin`] as the administrator (POWER-USER).
+fn power_user(
+    kw: &Keyward,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client()
+        .request(method, kw.url(path))
+        .basic_auth("admin", Some(ADMIN_PASSWORD));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let resp = request.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap())
+}
+
 fn create_key(kw: &Keyward, body: Value) -> (String, Value) {
     let (status, resp) = admin(
         kw,
@@ -295,9 +313,17 @@ fn a_key_with_its_own_rate_limit_gets_its_own_quota() {
         assert_eq!(resp["messages"][0]["field"], field, "{resp}");
     }
 
-    // Renewing replaces the key's quota; the listing shows it.
+    // Renewing replaces the key's quota; the listing shows it. Raising a limit (and removing
+    // one) needs POWER-USER (SPEC §15): john may not, the administrator may.
     let prefix = own.rsplit_once('/').unwrap().0.to_owned();
     let (status, resp) = admin(
+        &kw,
+        reqwest::Method::PUT,
+        &format!("/authentication/v1/user/john/apikey/{prefix}"),
+        Some(json!({"rateLimit": {"requestsPerSecond": 100, "burst": 100}})),
+    );
+    assert_eq!(status, 403, "{resp}");
+    let (status, resp) = power_user(
         &kw,
         reqwest::Method::PUT,
         &format!("/authentication/v1/user/john/apikey/{prefix}"),
@@ -324,7 +350,7 @@ fn a_key_with_its_own_rate_limit_gets_its_own_quota() {
         .unwrap();
     assert_eq!(mine["rateLimit"]["burst"], 100);
     // `null` gives it back to per_credential.
-    let (status, resp) = admin(
+    let (status, resp) = power_user(
         &kw,
         reqwest::Method::PUT,
         &format!("/authentication/v1/user/john/apikey/{prefix}"),

@@ -4,11 +4,13 @@ use super::envelope::{AdminError, Reply};
 use super::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
 use crate::auth::api_key::{generate_secret, Prefix};
 use crate::ratelimit::{Limit, LimitError};
-use crate::store::{now_ms, ApiKey, ApiKeyRoll, NewApiKey, User};
+use crate::store::{
+    expiry_after_days, now_ms, ApiKey, ApiKeyRoll, NewApiKey, User, DAY_MS, MAX_LIFETIME_DAYS,
+    MAX_LIFETIME_MS,
+};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
-const DAY_MS: i64 = 24 * 3600 * 1000;
 const MAX_DESCRIPTION: usize = 1024;
 
 #[derive(Debug, Deserialize)]
@@ -120,7 +122,64 @@ fn valid_until(
             "validation.max",
         ));
     }
-    Ok(now_ms().saturating_add(days.saturating_mul(DAY_MS)))
+    // Whoever asks: beyond 100 years is a mistake, and keeps every later computation (a
+    // roll's `now + lifetime`) far from i64's end.
+    expiry_after_days(now_ms(), days).ok_or_else(|| {
+        AdminError::field(
+            "expirationDays",
+            format!("must not exceed {MAX_LIFETIME_DAYS} (100 years)"),
+            "validation.max",
+        )
+    })
+}
+
+/// The longest lifetime `call`'s caller may give a key: `api_keys.max_expiration_days`, or
+/// 100 years for a POWER-USER.
+fn max_lifetime_ms(call: &Call<'_>) -> i64 {
+    match call.caller.has_function(POWER_USER) {
+        true => MAX_LIFETIME_MS,
+        false => call
+            .config
+            .api_keys
+            .max_expiration_days
+            .clamp(0, MAX_LIFETIME_DAYS)
+            .saturating_mul(DAY_MS),
+    }
+}
+
+/// Limits are set from above (SPEC §15): a caller without POWER-USER may give a key a rate
+/// limit no looser than the one that holds it now (its own, else `rate_limits.per_credential`),
+/// and never remove the key's own limit. `change` is what the call asks: `None` nothing,
+/// `Some(None)` removal, `Some(Some(limit))` a new limit.
+fn check_rate_limit_change(
+    call: &Call<'_>,
+    current: Option<Limit>,
+    change: Option<Option<Limit>>,
+) -> Result<(), AdminError> {
+    if call.caller.has_function(POWER_USER) {
+        return Ok(());
+    }
+    let holding = current.or(call.config.rate_limits.per_credential);
+    match change {
+        None => Ok(()),
+        Some(None) if current.is_none() => Ok(()),
+        Some(None) => Err(AdminError::Forbidden(format!(
+            "only {POWER_USER} may remove a key's rate limit"
+        ))),
+        Some(Some(asked)) => match holding {
+            Some(holding)
+                if asked.per_kilosecond() > holding.per_kilosecond()
+                    || asked.burst() > holding.burst() =>
+            {
+                Err(AdminError::Forbidden(format!(
+                    "only {POWER_USER} may raise a key's rate limit (now {} requests/s, burst {})",
+                    holding.requests_per_second(),
+                    holding.burst()
+                )))
+            }
+            _ => Ok(()),
+        },
+    }
 }
 
 pub fn descriptor(key: &ApiKey) -> Value {
@@ -177,6 +236,9 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
     }
     let valid_sources = super::parse_valid_sources(body.valid_sources)?;
     let rate_limit = body.rate_limit.map(RateLimitBody::limit).transpose()?;
+    if rate_limit.is_some() {
+        check_rate_limit_change(call, None, Some(rate_limit))?;
+    }
     let valid_until_ms = valid_until(
         call,
         body.expiration_days,
@@ -288,6 +350,14 @@ pub async fn renew(
         Some(None) => Some(None),
         Some(Some(body)) => Some(Some(body.limit()?)),
     };
+    if rate_limit.is_some() && !call.caller.has_function(POWER_USER) {
+        let current = api
+            .db
+            .call(move |store| async move { store.api_key(prefix.user_id, prefix.key_id).await })
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
+        check_rate_limit_change(call, current.rate_limit, rate_limit)?;
+    }
     let audit = call.audit(200, &target.name, &prefix.to_string());
     let renewed = api
         .db
@@ -318,8 +388,11 @@ struct RollBody {
 }
 
 /// `…/roll`: a new key with the old key's settings, shown once; the old key keeps working for
-/// `gracePeriodSeconds` (0 by default) and then expires. Its end is a `validUntil`, so every
-/// replica ends it at the same instant whatever its caches hold.
+/// `gracePeriodSeconds` (0 by default) and then expires. An expired key is 404; the new key's
+/// lifetime is capped as a create's is (see [`ApiKeyRoll`]). The old key's end is a
+/// `validUntil`, so every replica the change has reached ends it at the same instant whatever
+/// its caches held; other replicas learn of it through the change feed (with grace 0 they may
+/// accept the old key for the feed's latency: README "Rotation", `tests/fleet.rs`).
 pub async fn roll(
     api: &AdminApi,
     call: &Call<'_>,
@@ -345,6 +418,8 @@ pub async fn roll(
         created_by_name: call.caller.user_name.clone(),
         now_ms: now_ms(),
         grace_ms: grace * 1000,
+        max_lifetime_ms: max_lifetime_ms(call),
+        keep_never_expires: call.caller.has_function(POWER_USER),
     };
     let audit = call.audit(201, &target.name, &prefix.to_string());
     let (old, new) = api

@@ -9,8 +9,6 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const DAY_MS: i64 = 24 * 3600 * 1000;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct EnrollBody {
@@ -96,7 +94,16 @@ pub async fn enroll(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
                 "validation.min",
             ))
         }
-        Some(days) => now_ms().saturating_add(days.saturating_mul(DAY_MS)),
+        Some(days) => crate::store::expiry_after_days(now_ms(), days).ok_or_else(|| {
+            AdminError::field(
+                "validDays",
+                format!(
+                    "must not exceed {} (100 years)",
+                    crate::store::MAX_LIFETIME_DAYS
+                ),
+                "validation.max",
+            )
+        })?,
     };
     let valid_sources = super::parse_valid_sources(body.valid_sources)?;
     let new_key = NewSignatureKey {

@@ -55,7 +55,7 @@ pub fn parse_expiry(
 ) -> Result<i64, AdminError> {
     let bad = |why: &str| AdminError::BadRequest(format!("{EXPIRES_HEADER}: {why}"));
     let at_ms = match value {
-        None => now_ms + ttl.as_millis() as i64,
+        None => now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
         Some(text) => {
             let rfc3339 = |t: &str| {
                 humantime::parse_rfc3339_weak(t)
@@ -82,7 +82,7 @@ pub fn parse_expiry(
     if at_ms <= now_ms {
         return Err(bad("the expiry is in the past"));
     }
-    if at_ms - now_ms > max_ttl.as_millis() as i64 {
+    if at_ms.saturating_sub(now_ms) > i64::try_from(max_ttl.as_millis()).unwrap_or(i64::MAX) {
         return Err(bad("beyond the maximum lifetime (tokens.max_ttl)"));
     }
     Ok(at_ms)

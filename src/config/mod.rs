@@ -3,6 +3,7 @@
 //! Loading collects every problem it can find and names each by its key path
 //! (`routes[2].require.min_security_level`), so one `check-config` run shows all of them.
 
+pub mod file;
 pub mod schema;
 
 use crate::auth::{CredentialKind, CredentialKinds, SecurityLevel};
@@ -46,11 +47,9 @@ impl fmt::Display for ConfigIssue {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The configuration file itself could not be read (see [`file::ReadError`]).
+    #[error("{0}")]
+    Read(#[from] file::ReadError),
     #[error("{}", join_issues(.0))]
     Invalid(Vec<ConfigIssue>),
 }
@@ -194,13 +193,22 @@ pub struct ServerSettings {
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads (a regular file, at most [`file::MAX_CONFIG_BYTES`], within
+    /// [`file::READ_TIMEOUT`]) and validates a file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_yaml(&text)
+        let bytes = file::read_bounded(path, file::MAX_CONFIG_BYTES)?;
+        Config::from_bytes(&bytes)
+    }
+
+    /// Validates the bytes of a configuration file, read once into memory.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::from_yaml(text),
+            Err(e) => Err(ConfigError::Invalid(vec![ConfigIssue {
+                key: String::new(),
+                message: format!("the file is not UTF-8 text: {e}"),
+            }])),
+        }
     }
 
     /// Parses and validates YAML text.
@@ -805,6 +813,17 @@ fn validate_route(
             "a public route cannot also require anything".into(),
         );
     }
+    // Route intent is explicit (SPEC §15): a route cut short (a file caught half-written)
+    // must never fall back to a default that opens it.
+    if !public && require.is_none() {
+        problem(
+            format!("routes[{i}]"),
+            format!(
+                "route {path:?} says neither `public: true` nor `require:` \
+                 (for any authenticated caller: `require: {{ min_security_level: EXTERNAL }}`)"
+            ),
+        );
+    }
     let requirement = require
         .map(|r| Requirement {
             functions_any: r.functions_any,
@@ -955,6 +974,50 @@ routes:
             "listen.tls.colour"
         );
         assert!(Config::from_yaml(MINIMAL).unwrap().listen_tls.is_none());
+    }
+
+    #[test]
+    fn every_route_says_public_or_require() {
+        let yaml = MINIMAL.replace(
+            "routes:\n",
+            "routes:\n  - path: /open\n    public: true\n  - path: /api/admin\n  - path: /x\n    methods: [GET]\n    allow: [apikey]\n",
+        );
+        let found = issues(&yaml);
+        let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["routes[1]", "routes[2]"], "{found:?}");
+        assert!(found[0].message.contains("/api/admin"), "{found:?}");
+        // What a file cut right after a route's path looks like.
+        let cut = format!("{}  - path: /api/admin\n", MINIMAL);
+        assert_eq!(issues(&cut)[0].key, "routes[1]");
+        let explicit_false = MINIMAL.replace(
+            "    require: { min_security_level: EXTERNAL }",
+            "    public: false",
+        );
+        assert_eq!(issues(&explicit_false)[0].key, "routes[0]");
+    }
+
+    #[test]
+    fn tls_files_that_are_not_regular_files_are_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cert.pem");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let yaml = MINIMAL.replace(
+            "ops: 127.0.0.1:9090 }",
+            &format!(
+                "ops: 127.0.0.1:9090, tls: {{ cert: {}, key: {} }} }}",
+                fifo.display(),
+                dir.path().display()
+            ),
+        );
+        let start = std::time::Instant::now();
+        let found = issues(&yaml);
+        assert!(start.elapsed() < Duration::from_secs(2), "never blocks");
+        assert_eq!(found[0].key, "listen.tls.cert", "{found:?}");
+        assert!(found[0].message.contains("not a regular file"), "{found:?}");
     }
 
     #[test]

@@ -284,10 +284,30 @@ pub struct NewApiKey {
     pub rate_limit: Option<Limit>,
 }
 
+/// One day, in milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
+/// The longest lifetime any credential may be given, in days (100 years): a request for more
+/// is refused (412), whoever asks, so that no time computation comes near `i64`'s end.
+pub const MAX_LIFETIME_DAYS: i64 = 36_500;
+/// [`MAX_LIFETIME_DAYS`] in milliseconds.
+pub const MAX_LIFETIME_MS: i64 = MAX_LIFETIME_DAYS * DAY_MS;
+
+/// `now_ms + days`, or `None` when `days` is below 1 or above [`MAX_LIFETIME_DAYS`] (or the sum
+/// would not fit: checked arithmetic, never a wrap or a debug-build panic).
+pub fn expiry_after_days(now_ms: i64, days: i64) -> Option<i64> {
+    if !(1..=MAX_LIFETIME_DAYS).contains(&days) {
+        return None;
+    }
+    days.checked_mul(DAY_MS)
+        .and_then(|ms| now_ms.checked_add(ms))
+}
+
 /// A key rolled over (`…/roll`): the replacement gets a new secret and the old key's
-/// description, sources, constraints, rate limit and lifetime (a key that never expires gets
-/// a key that never expires); the old key ends after the grace period, or at its own expiry
-/// if that comes first.
+/// description, sources, constraints and rate limit; its lifetime is the old key's
+/// (`validUntil − created`) counted from now, capped at `max_lifetime_ms` as a create's is (a
+/// key that never expires gives one that never expires only when `keep_never_expires`, i.e. for
+/// a POWER-USER). The old key ends after the grace period, or at its own expiry if that comes
+/// first. An expired key is not rolled.
 #[derive(Debug, Clone)]
 pub struct ApiKeyRoll {
     pub secret_hash: Vec<u8>,
@@ -295,13 +315,28 @@ pub struct ApiKeyRoll {
     pub created_by_name: String,
     pub now_ms: i64,
     pub grace_ms: i64,
+    /// The longest lifetime the caller may give a key (`api_keys.max_expiration_days`, or
+    /// [`MAX_LIFETIME_MS`] for a POWER-USER).
+    pub max_lifetime_ms: i64,
+    /// Whether a key that never expires is replaced by one that never expires.
+    pub keep_never_expires: bool,
 }
 
 impl ApiKeyRoll {
+    /// Whether `old` may be rolled now: not expired (an expired key is 404 to roll).
+    pub fn may_roll(&self, old: &ApiKey) -> bool {
+        old.valid_until_ms == 0 || old.valid_until_ms > self.now_ms
+    }
+
     pub fn replacement(&self, old: &ApiKey) -> NewApiKey {
+        let cap = self.max_lifetime_ms.clamp(0, MAX_LIFETIME_MS);
         let valid_until_ms = match old.valid_until_ms {
-            0 => 0,
-            until => self.now_ms + (until - old.created_at_ms).max(0),
+            0 if self.keep_never_expires => 0,
+            0 => self.now_ms.saturating_add(cap),
+            until => {
+                let lifetime = until.saturating_sub(old.created_at_ms).clamp(0, cap);
+                self.now_ms.saturating_add(lifetime)
+            }
         };
         NewApiKey {
             user_id: old.user_id,
@@ -320,7 +355,7 @@ impl ApiKeyRoll {
 
     /// When the old key stops working.
     pub fn old_key_end(&self, old: &ApiKey) -> i64 {
-        let end = self.now_ms + self.grace_ms;
+        let end = self.now_ms.saturating_add(self.grace_ms.max(0));
         match old.valid_until_ms {
             0 => end,
             until => until.min(end),
@@ -681,13 +716,14 @@ pub async fn housekeep(
     now_ms: i64,
     audit_retention: Option<std::time::Duration>,
 ) -> Result<Pruned, StoreError> {
-    let tokens_before = now_ms - EXPIRED_TOKEN_KEEP.as_millis() as i64;
+    let tokens_before = now_ms.saturating_sub(EXPIRED_TOKEN_KEEP.as_millis() as i64);
     let mut pruned = Pruned {
         tokens: in_batches(|| store.prune_expired_tokens(tokens_before, PRUNE_BATCH)).await?,
         audit: 0,
     };
     if let Some(retention) = audit_retention {
-        let audit_before = now_ms - retention.as_millis() as i64;
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let audit_before = now_ms.saturating_sub(retention_ms);
         pruned.audit = in_batches(|| store.prune_audit(audit_before, PRUNE_BATCH)).await?;
     }
     Ok(pruned)
@@ -712,6 +748,166 @@ where
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The time arithmetic of create, renew and roll, over edge values and pseudo-random ones (a
+/// property test without a framework: every combination of the edge values, then 200 000
+/// xorshift draws). In a debug build any overflow would panic; the properties say the results
+/// also make sense.
+#[cfg(test)]
+mod time_arithmetic {
+    use super::*;
+
+    const EDGES: [i64; 16] = [
+        i64::MIN,
+        i64::MIN + 1,
+        -9_000_000_000_000_000_000,
+        -DAY_MS,
+        -1,
+        0,
+        1,
+        DAY_MS,
+        1_700_000_000_000,
+        4_102_444_800_000,
+        MAX_LIFETIME_MS,
+        MAX_LIFETIME_MS + 1,
+        9_000_000_000_000_000_000,
+        i64::MAX / 2,
+        i64::MAX - 1,
+        i64::MAX,
+    ];
+
+    fn key(created: i64, until: i64) -> ApiKey {
+        ApiKey {
+            user_id: 2,
+            key_id: 1,
+            secret_hash: Vec::new(),
+            description: String::new(),
+            created_at_ms: created,
+            created_by_id: 1,
+            created_by_name: String::new(),
+            valid_until_ms: until,
+            valid_sources: Vec::new(),
+            functions: None,
+            customers: Vec::new(),
+            read_only: false,
+            last_used_at_ms: 0,
+            last_used_ip: None,
+            rate_limit: None,
+        }
+    }
+
+    fn roll(now: i64, grace: i64, cap: i64, keep: bool) -> ApiKeyRoll {
+        ApiKeyRoll {
+            secret_hash: Vec::new(),
+            created_by_id: 1,
+            created_by_name: String::new(),
+            now_ms: now,
+            grace_ms: grace,
+            max_lifetime_ms: cap,
+            keep_never_expires: keep,
+        }
+    }
+
+    /// What must hold for one roll, whatever the inputs.
+    fn check(now: i64, created: i64, until: i64, grace: i64, cap: i64, keep: bool) {
+        let old = key(created, until);
+        let r = roll(now, grace, cap, keep);
+        let new = r.replacement(&old).valid_until_ms;
+        let end = r.old_key_end(&old);
+        let cap = cap.clamp(0, MAX_LIFETIME_MS);
+        let case = format!("now={now} created={created} until={until} grace={grace} cap={cap}");
+        if until == 0 && keep {
+            assert_eq!(new, 0, "{case}");
+        } else {
+            // Never before now (unless now itself is so close to i64::MAX that it saturates),
+            // never more than the cap after it.
+            assert!(new >= now, "{case}: {new}");
+            assert!(new as i128 <= now as i128 + cap as i128, "{case}: {new}");
+            if now > 0 {
+                assert_ne!(
+                    new, 0,
+                    "{case}: a lifetime never turns into 'never expires'"
+                );
+            }
+        }
+        // The old key ends no later than its own end and no later than now + grace.
+        if until != 0 {
+            assert!(end <= until, "{case}: {end}");
+        }
+        assert!(
+            end as i128 <= now as i128 + grace.max(0) as i128,
+            "{case}: {end}"
+        );
+        // An expired key is never rolled.
+        if until != 0 && until <= now {
+            assert!(!r.may_roll(&old), "{case}");
+        }
+    }
+
+    fn check_days(now: i64, days: i64) {
+        match expiry_after_days(now, days) {
+            Some(at) => {
+                assert!((1..=MAX_LIFETIME_DAYS).contains(&days));
+                assert_eq!(at as i128, now as i128 + days as i128 * DAY_MS as i128);
+            }
+            None => assert!(
+                !(1..=MAX_LIFETIME_DAYS).contains(&days)
+                    || now as i128 + days as i128 * DAY_MS as i128 > i64::MAX as i128,
+                "now={now} days={days}"
+            ),
+        }
+    }
+
+    #[test]
+    fn every_combination_of_edge_values() {
+        for now in EDGES {
+            for created in EDGES {
+                for until in EDGES {
+                    for grace in [0, 1, 86_400_000, i64::MAX, -1, i64::MIN] {
+                        for cap in [0, 365 * DAY_MS, MAX_LIFETIME_MS, i64::MAX, -1] {
+                            check(now, created, until, grace, cap, true);
+                            check(now, created, until, grace, cap, false);
+                        }
+                    }
+                }
+            }
+            for days in EDGES.iter().copied().chain([36_500, 36_501, 9_000_000_000]) {
+                check_days(now, days);
+            }
+        }
+    }
+
+    #[test]
+    fn random_values() {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Half the draws near the present and realistic lifetimes, half anywhere.
+            match state % 4 {
+                0 => state as i64,
+                1 => 1_700_000_000_000 + (state % (200 * 365 * DAY_MS as u64)) as i64,
+                2 => (state % (100_000 * DAY_MS as u64)) as i64 - 1000 * DAY_MS,
+                _ => EDGES[(state % EDGES.len() as u64) as usize],
+            }
+        };
+        for _ in 0..200_000 {
+            let (now, created, until, grace, cap) = (next(), next(), next(), next(), next());
+            check(now, created, until, grace, cap, now % 2 == 0);
+            check_days(now, until % 50_000);
+        }
+    }
+
+    #[test]
+    fn the_issue_case_a_saturated_key_rolled_with_grace_zero() {
+        let now = 1_800_000_000_000;
+        let old = key(now - 1000, i64::MAX);
+        let r = roll(now, 0, MAX_LIFETIME_MS, true);
+        assert_eq!(r.replacement(&old).valid_until_ms, now + MAX_LIFETIME_MS);
+        assert_eq!(r.old_key_end(&old), now);
+    }
 }

@@ -491,6 +491,9 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
+        if !roll.may_roll(&old) {
+            return Ok(None);
+        }
         let created = Self::insert_api_key(&mut tx, &roll.replacement(&old)).await?;
         let row = sqlx::query(&format!(
             "UPDATE api_keys SET valid_until_ms = $3 WHERE user_id = $1 AND key_id = $2 \

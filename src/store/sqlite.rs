@@ -466,6 +466,9 @@ impl Store for SqliteStore {
         let Some(old) = Self::active_api_key(&mut *tx, user_id, key_id).await? else {
             return Ok(None);
         };
+        if !roll.may_roll(&old) {
+            return Ok(None);
+        }
         let created = Self::insert_api_key(&mut tx, &roll.replacement(&old)).await?;
         sqlx::query("UPDATE api_keys SET valid_until_ms = ? WHERE user_id = ? AND key_id = ?")
             .bind(roll.old_key_end(&old))
