@@ -48,6 +48,19 @@ pub fn is_reserved(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix) || path == prefix.trim_end_matches('/'))
 }
 
+/// [`is_reserved`] in every ASCII case spelling (`/AUTHENTICATION/v1/apikey`, `/.token/`):
+/// with `routes_case_insensitive` the upstream would serve them as keyward's own paths, so
+/// keyward answers them itself (SPEC §15) and they are never forwarded.
+pub fn is_reserved_in_any_case(path: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|prefix| {
+        let bare = prefix.trim_end_matches('/');
+        path.eq_ignore_ascii_case(bare)
+            || path
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
 /// Every admin path, as the router matches it (`{name}` is one path segment). The OpenAPI
 /// document (docs/openapi.json) is tested against this table.
 const ROUTES: [(&str, Endpoint); 15] = [
@@ -754,5 +767,19 @@ mod tests {
         assert!(is_reserved("/_admin/manage/tenants/t/tokens/"));
         assert!(!is_reserved("/authenticationx"));
         assert!(!is_reserved("/api"));
+        for path in [
+            "/AUTHENTICATION/v1/apikey",
+            "/Authentication",
+            "/.token/",
+            "/.Token",
+            "/_ADMIN/manage/tenants/t/tokens/",
+            "/authentication/v1/apikey",
+        ] {
+            assert!(is_reserved_in_any_case(path), "{path}");
+        }
+        assert!(!is_reserved("/AUTHENTICATION/v1/apikey"));
+        for path in ["/authenticationx", "/API", "/_adminx", "/", "/.tok"] {
+            assert!(!is_reserved_in_any_case(path), "{path}");
+        }
     }
 }

@@ -864,12 +864,24 @@ fn host_port(address: &str) -> Option<(&str, u16)> {
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
+        return Ok(canonical_net(net.trunc()));
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
+        return Ok(IpNet::from(ip.to_canonical()));
     }
     Err(format!("invalid CIDR {text:?}"))
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) as the IPv4 network it names: client
+/// addresses are canonical (SPEC §15), so the mapped form would match nothing.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 impl From<schema::SecurityLevelFile> for SecurityLevel {
@@ -1174,6 +1186,15 @@ routes:
             "2001:db8::/32"
         );
         assert!(parse_cidr("10.0.0.0/8x").is_err());
+        // Mapped IPv4 is IPv4 (SPEC §15).
+        assert_eq!(
+            parse_cidr("::ffff:10.1.2.3").unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            parse_cidr("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
     }
 
     #[test]

@@ -144,7 +144,17 @@ impl KeywardProxy {
 
         self.address_limit(ctx)?;
         let path = target.path();
-        if admin::is_reserved(path) {
+        // Routes match in any case: so do keyward's own namespaces, and the spellings that an
+        // upstream folding case (IIS, ASP.NET) reads as another path are refused (SPEC §15).
+        let case_insensitive = routes_case_insensitive(&ctx.config);
+        if case_insensitive {
+            target.check_windows_aliases()?;
+        }
+        let reserved = match case_insensitive {
+            true => admin::is_reserved_in_any_case(path),
+            false => admin::is_reserved(path),
+        };
+        if reserved {
             if !self.listener.serves_admin() {
                 // `listen.admin` is set: the admin API is not on this listener at all.
                 return Err(Refusal::NotFound);
@@ -194,7 +204,8 @@ impl KeywardProxy {
         let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
+            // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d` (SPEC §15).
+            .map(|a| a.ip().to_canonical())
         else {
             return Err(Refusal::BadRequest("no_client_address"));
         };
@@ -353,6 +364,14 @@ fn inspect(request: &RequestHeader, header_limit: usize) -> Result<RequestTarget
     Ok(RequestTarget::parse(&request.method, request.raw_path())?)
 }
 
+/// `routes_case_insensitive`: the setting is kept on each route (they all share it).
+fn routes_case_insensitive(config: &Config) -> bool {
+    config
+        .routes
+        .first()
+        .is_some_and(|route| route.case_insensitive)
+}
+
 /// The first route for the normalized path; `OPTIONS *` is about the whole server, so the
 /// route of `/` decides it.
 fn route<'c>(
@@ -430,7 +449,9 @@ fn logged_path<'a>(request: &'a RequestHeader, ctx: &'a RequestCtx) -> &'a str {
 /// with the path it sent (`//.TOKEN/<token>%00`), so the check looks for the token API's
 /// names anywhere and for a token anywhere in a segment.
 fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !admin::is_token_path(path) && !path.contains(".TOKEN") && !path.contains("_admin") {
+    // Any case: with `routes_case_insensitive`, `/.token/<token>` is the token API's namespace
+    // too (answered 404, but its token must not reach the log).
+    if !contains_ignore_ascii_case(path, ".token") && !contains_ignore_ascii_case(path, "_admin") {
         return path.into();
     }
     path.split('/')
@@ -441,6 +462,13 @@ fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
         .collect::<Vec<_>>()
         .join("/")
         .into()
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// A run of 32 hex digits (a token, in any case, with anything around it).
