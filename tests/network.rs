@@ -11,6 +11,8 @@ use common::{
     ADMIN_PASSWORD,
 };
 use serde_json::{json, Value};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn create_key(kw: &Keyward, user: &str, body: Value) -> String {
@@ -29,6 +31,53 @@ fn create_key(kw: &Keyward, user: &str, body: Value) -> String {
 fn reason(resp: &RawResponse) -> String {
     let body: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
     body["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The value of an unlabelled metric.
+fn metric(kw: &Keyward, name: &str) -> i64 {
+    let text = kw.metrics();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+}
+
+fn wait_for_metric(kw: &Keyward, name: &str, value: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(kw, name) != value {
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {} (want {value})",
+            metric(kw, name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn connect(kw: &Keyward) -> TcpStream {
+    let stream = TcpStream::connect(kw.proxy).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection (or 10 s pass).
+fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "connection not closed ({e}); got {:?}",
+                String::from_utf8_lossy(&data)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&data).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,4 +241,147 @@ fn case_insensitive_routes_reserve_keywards_paths_and_refuse_windows_aliases() {
     // The token a lower-case token path carried never reaches the log.
     std::thread::sleep(Duration::from_millis(300));
     assert!(!kw.stderr().contains(token), "{}", kw.stderr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 13: body deadlines and the per-client connection cap.
+
+fn start_limits(limits: &str, extra: &str) -> Keyward {
+    let kw = Keyward::start_with(Setup {
+        extra: format!("limits: {{ {limits} }}\n{extra}"),
+        ..Setup::default()
+    });
+    wait_for_metric(&kw, "keyward_connections_open", 0);
+    kw
+}
+
+/// Sends `head`, then trickles body bytes every 200 ms until the server answers or closes;
+/// returns what it answered and when the connection closed.
+fn trickle(kw: &Keyward, head: &str) -> (String, Duration) {
+    let mut stream = connect(kw);
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(8) {
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        if closed || stream.write(b"x").is_err() {
+            return (
+                String::from_utf8_lossy(&answer).into_owned(),
+                started.elapsed(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "still open after {:?}; got {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn request_bodies_must_arrive_within_the_body_timeout() {
+    let kw = start_limits("body_timeout: 1s", "");
+    // An anonymous admin POST trickling its body: 408 and closed, before authentication.
+    let (answer, closed) = trickle(
+        &kw,
+        "POST /authentication/v1/apikey HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+
+    // A forwarded body on a public route (streamed to the upstream as it comes): 408
+    // body_timeout, and the upstream's request is cut off.
+    let (answer, closed) = trickle(
+        &kw,
+        "POST /public/x HTTP/1.1\r\nHost: k\r\nContent-Length: 1000\r\n\r\nab",
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(answer.contains("\"reason\":\"body_timeout\""), "{answer:?}");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+    // Chunked, the same.
+    let (answer, closed) = trickle(
+        &kw,
+        "POST /public/x HTTP/1.1\r\nHost: k\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+
+    // A refused request's unread body is not drained past the deadline either.
+    let before = kw.upstream().requests();
+    let (answer, closed) = trickle(
+        &kw,
+        "POST /x HTTP/1.1\r\nHost: k\r\nContent-Length: 1000\r\n\r\nab",
+    );
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer:?}");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+    assert_eq!(kw.upstream().requests(), before);
+
+    // A body in time is forwarded whole, and a slow upstream is not a slow body.
+    let resp = client()
+        .post(kw.url("/public/slow/1500"))
+        .body(vec![b'a'; 100_000])
+        .send()
+        .unwrap();
+    assert_eq!(echoed(resp)["body_len"], 100_000);
+    let resp = client()
+        .post(kw.url("/authentication/v1/apikey"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .header("content-type", "application/json")
+        .body(json!({"description": "in time"}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
+
+#[test]
+fn one_client_address_cannot_hold_every_connection() {
+    const REQUEST: &[u8] = b"GET /public/fixed HTTP/1.1\r\nHost: keyward\r\n\r\n";
+    let kw = start_limits("max_connections_per_client: 3, max_connections: 100", "");
+    let open: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect(&kw);
+            stream.write_all(REQUEST).unwrap();
+            let mut buf = [0u8; 12];
+            stream.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            stream
+        })
+        .collect();
+    let mut fourth = connect(&kw);
+    let answer = read_until_closed(&mut fourth);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    assert!(
+        answer.contains("\"reason\":\"too_many_connections_from_client\""),
+        "{answer:?}"
+    );
+    drop(open);
+    wait_for_metric(&kw, "keyward_connections_open", 0);
+    let mut again = connect(&kw);
+    again.write_all(REQUEST).unwrap();
+    let mut buf = [0u8; 12];
+    again.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+
+    // A trusted proxy carries many clients: not capped.
+    let kw = start_limits(
+        "max_connections_per_client: 3",
+        "trusted_proxies: [127.0.0.1/32]\n",
+    );
+    let mut open: Vec<TcpStream> = (0..6).map(|_| connect(&kw)).collect();
+    for stream in &mut open {
+        stream.write_all(REQUEST).unwrap();
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
 }

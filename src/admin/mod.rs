@@ -399,7 +399,7 @@ impl AdminApi {
         target.operation =
             operation(endpoint, &method).ok_or_else(|| endpoint.method_not_allowed())?;
 
-        let body = read_body(session).await?;
+        let body = read_body(session, ctx.body_deadline).await?;
         let caller = self.authenticate(session, ctx, &body).await?;
         // Tenant tokens, credential kinds, security level, read-only and cross-site writes:
         // checked here once for every endpoint (src/admin/guard.rs says why each rule exists).
@@ -739,10 +739,22 @@ pub fn parse_valid_sources(sources: Option<OneOrMany<String>>) -> Result<Vec<Str
         .collect()
 }
 
-async fn read_body(session: &mut Session) -> Result<Vec<u8>, AdminError> {
+/// The request body, whole by `deadline` (`limits.body_timeout` from its header, before the
+/// caller is authenticated: an anonymous body trickled a byte at a time is cut off too).
+async fn read_body(
+    session: &mut Session,
+    deadline: Option<std::time::Instant>,
+) -> Result<Vec<u8>, AdminError> {
+    let deadline = deadline.map(tokio::time::Instant::from_std);
     let mut body = Vec::new();
     loop {
-        match session.read_request_body().await {
+        let chunk = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, session.read_request_body())
+                .await
+                .map_err(|_| AdminError::BodyTimeout)?,
+            None => session.read_request_body().await,
+        };
+        match chunk {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY {
                     return Err(AdminError::PayloadTooLarge(MAX_BODY));

@@ -179,6 +179,37 @@ pub struct Limits {
     pub password_hash_threads: usize,
     pub token_metadata_bytes: usize,
     pub tokens_per_user: u32,
+    /// `limits.body_timeout`, `limits.max_connections_per_client`, `limits.max_h2_streams`.
+    pub network: NetworkLimits,
+}
+
+/// The network bounds of SPEC §15 (see `schema::NetworkLimitsFile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkLimits {
+    pub body_timeout: Duration,
+    /// `None`: no cap.
+    pub max_connections_per_client: Option<usize>,
+    pub max_h2_streams: u32,
+}
+
+fn validate_network_limits(
+    (body_timeout, max_connections_per_client, max_h2_streams): (schema::Seconds, usize, u32),
+    problem: &mut impl FnMut(String, String),
+) -> NetworkLimits {
+    if body_timeout.0.is_zero() {
+        problem(
+            "limits.body_timeout".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if max_h2_streams == 0 {
+        problem("limits.max_h2_streams".into(), "must be at least 1".into());
+    }
+    NetworkLimits {
+        body_timeout: body_timeout.0,
+        max_connections_per_client: Some(max_connections_per_client).filter(|n| *n > 0),
+        max_h2_streams,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -625,7 +656,14 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         password_hash_threads,
         token_metadata_bytes,
         tokens_per_user,
+        body_timeout,
+        max_connections_per_client,
+        max_h2_streams,
     } = limits;
+    let network = validate_network_limits(
+        (body_timeout, max_connections_per_client, max_h2_streams),
+        problem,
+    );
     // Below these, ordinary requests and logins would be refused.
     let at_least: [(&str, u64, u64); 6] = [
         (
@@ -676,6 +714,7 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         password_hash_threads,
         token_metadata_bytes,
         tokens_per_user,
+        network,
     }
 }
 

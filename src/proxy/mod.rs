@@ -124,6 +124,7 @@ impl KeywardProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
         ctx.tls = is_tls(session);
+        self.arm_body_deadline(session, ctx);
         let target = inspect(
             session.req_header(),
             ctx.config.limits.max_request_header_bytes,
@@ -197,6 +198,26 @@ impl KeywardProxy {
         )?;
         ctx.target = Some(target);
         Ok(Admission::Upstream)
+    }
+
+    /// `limits.body_timeout` (SPEC §15): a request with a body must have sent it whole within
+    /// this time of its header, whoever asks and wherever it goes — forwarded, admin, refused.
+    /// Over HTTP/1.1 pingora's read timeout carries the time left into each body read (and
+    /// [`ProxyHttp::request_body_filter`] shortens it chunk by chunk), and the drain of a body
+    /// left unread behind a refusal is bounded by it too; the admin API and signed bodies hold
+    /// their reads to the deadline themselves. An upgrade's stream is no body.
+    fn arm_body_deadline(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
+        if upgrade || session.is_body_empty() {
+            return;
+        }
+        let timeout = ctx.config.limits.network.body_timeout;
+        ctx.body_deadline = Some(Instant::now() + timeout);
+        session.set_read_timeout(Some(timeout));
+        session.set_total_drain_timeout(Some(timeout));
     }
 
     /// Who is asking: fail closed without a client address, since every policy needs one.
@@ -521,6 +542,30 @@ impl ProxyHttp for KeywardProxy {
         }
     }
 
+    /// Each chunk of a forwarded body: the next read may take only what is left of
+    /// `limits.body_timeout`.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(deadline) = ctx.body_deadline.filter(|_| !end_of_stream) else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "request body not received within limits.body_timeout",
+            )
+            .into_down());
+        }
+        session.set_read_timeout(Some(left));
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -620,6 +665,7 @@ impl ProxyHttp for KeywardProxy {
     ) -> FailToProxy {
         let refusal = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(400)) => Some(Refusal::BadRequest("malformed_request")),
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(Refusal::RequestBodyTimeout),
             (
                 _,
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
