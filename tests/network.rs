@@ -385,3 +385,126 @@ fn one_client_address_cannot_hold_every_connection() {
         assert_eq!(&buf, b"HTTP/1.1 200");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 12: HTTP/1.1 pipelining and client-triggered error logs.
+
+/// Reads one response (which must carry Content-Length): its status line and body.
+fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => data.push(byte[0]),
+            other => panic!(
+                "connection ended inside a response header ({other:?}): {:?}",
+                String::from_utf8_lossy(&data)
+            ),
+        }
+    }
+    let head = String::from_utf8(data).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    (head.lines().next().unwrap().to_owned(), body)
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let kw = start_limits("", "");
+    let before = kw.upstream().requests();
+    // Five requests in one write: forwarded, refused, a body, the admin API, forwarded.
+    let pipeline = concat!(
+        "GET /public/one HTTP/1.1\r\nHost: k\r\n\r\n",
+        "GET /two HTTP/1.1\r\nHost: k\r\n\r\n",
+        "POST /public/three HTTP/1.1\r\nHost: k\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /authentication/v1/apikey HTTP/1.1\r\nHost: k\r\n\r\n",
+        "GET /public/five HTTP/1.1\r\nHost: k\r\n\r\n",
+    );
+    let mut stream = connect(&kw);
+    stream.write_all(pipeline.as_bytes()).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = read_response(&mut stream);
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        answers.push((status, body));
+    }
+    assert_eq!(answers[0].0, "HTTP/1.1 200 OK");
+    assert_eq!(answers[0].1["path"], "/public/one");
+    assert_eq!(answers[1].0, "HTTP/1.1 401 Unauthorized");
+    assert_eq!(answers[1].1["reason"], "credentials_required");
+    assert_eq!(answers[2].0, "HTTP/1.1 200 OK");
+    assert_eq!(answers[2].1["path"], "/public/three");
+    assert_eq!(answers[2].1["body_len"], 5);
+    assert_eq!(answers[3].0, "HTTP/1.1 401 Unauthorized");
+    assert_eq!(answers[4].0, "HTTP/1.1 200 OK");
+    assert_eq!(answers[4].1["path"], "/public/five");
+    assert_eq!(kw.upstream().requests(), before + 3);
+    // The connection is still usable afterwards.
+    stream
+        .write_all(b"GET /public/six HTTP/1.1\r\nHost: k\r\n\r\n")
+        .unwrap();
+    let (status, body) = read_response(&mut stream);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["path"],
+        "/public/six"
+    );
+}
+
+/// Many connections that each make pingora fail (here: a malformed chunked body) write one
+/// error line per cause and interval, not one per connection.
+#[test]
+fn client_triggered_error_lines_are_rate_limited() {
+    let kw = start_limits("", "");
+    for _ in 0..200 {
+        let mut stream = connect(&kw);
+        stream
+            .write_all(
+                b"POST /public/x HTTP/1.1\r\nHost: k\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+            )
+            .unwrap();
+        let _ = read_until_closed(&mut stream);
+    }
+    // And pipelined bursts.
+    for _ in 0..20 {
+        let mut stream = connect(&kw);
+        let burst = "GET /public/fixed HTTP/1.1\r\nHost: k\r\n\r\n".repeat(10)
+            + "GET / HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n";
+        stream.write_all(burst.as_bytes()).unwrap();
+        let _ = read_until_closed(&mut stream);
+    }
+    // One line per call site and 10 s, then one summary with the count.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let log = loop {
+        let log = kw.stderr();
+        if log.contains("similar log lines suppressed") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no summary:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || (l.contains("WARN") && l.contains("pingora")))
+        .collect();
+    assert!(
+        errors.len() <= 2,
+        "{} lines:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.contains("similar log lines suppressed"))
+        .unwrap();
+    assert!(summary.contains("pingora_proxy"), "{summary}");
+    assert!(summary.contains("suppressed=199"), "{summary}");
+}
