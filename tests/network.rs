@@ -508,3 +508,126 @@ fn client_triggered_error_lines_are_rate_limited() {
     assert!(summary.contains("pingora_proxy"), "{summary}");
     assert!(summary.contains("suppressed=199"), "{summary}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: HTTP/2 stream bounds.
+
+type H2Sender = h2::client::SendRequest<bytes::Bytes>;
+
+/// An HTTP/2 connection to keyward over TLS; the receiver follows the server's advertised
+/// SETTINGS_MAX_CONCURRENT_STREAMS as the connection task sees it.
+async fn h2_connect(
+    kw: &Keyward,
+    pki: &common::tls::TestPki,
+) -> (H2Sender, tokio::sync::watch::Receiver<usize>) {
+    use rustls_pki_types::pem::PemObject;
+    let ca = rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(kw.proxy).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (sender, mut connection) = h2::client::handshake(tls).await.unwrap();
+    let (advertised, watch) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        use std::future::Future;
+        std::future::poll_fn(|cx| {
+            let polled = std::pin::Pin::new(&mut connection).poll(cx);
+            let _ = advertised.send(connection.max_concurrent_send_streams());
+            polled
+        })
+        .await
+    });
+    (sender, watch)
+}
+
+fn h2_request(kw: &Keyward, method: &str, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost:{}{path}", kw.proxy.port()))
+        .body(())
+        .unwrap()
+}
+
+async fn h2_answer(response: h2::client::ResponseFuture) -> (u16, Vec<u8>) {
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, bytes)
+}
+
+/// `limits.max_h2_streams` is what the SETTINGS advertise, and each stream in progress takes a
+/// permit of `limits.max_connections` as a connection does: one TLS connection cannot open
+/// more upstream requests than the listener would take connections.
+#[test]
+fn http2_streams_are_bounded_and_count_as_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::tls::TestPki::new();
+    let files = pki.server(dir.path(), "tls", 7);
+    let kw = Keyward::start_with(Setup {
+        extra: "limits: { max_h2_streams: 4, max_connections: 3 }\n".into(),
+        tls: Some(files.pair()),
+        dir: Some(dir),
+        ..Setup::default()
+    });
+    wait_for_metric(&kw, "keyward_connections_open", 0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (mut sender, advertised) = h2_connect(&kw, &pki).await;
+        let (response, _) = sender
+            .send_request(h2_request(&kw, "GET", "/public/fixed"), true)
+            .unwrap();
+        assert_eq!(h2_answer(response).await.0, 200);
+        assert_eq!(*advertised.borrow(), 4, "SETTINGS_MAX_CONCURRENT_STREAMS");
+
+        // Two uploads in progress hold two permits (the connection holds the third).
+        let mut uploads = Vec::new();
+        for i in 0..2 {
+            sender = sender.ready().await.unwrap();
+            let (response, body) = sender
+                .send_request(h2_request(&kw, "POST", &format!("/public/up{i}")), false)
+                .unwrap();
+            uploads.push((response, body));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sender = sender.ready().await.unwrap();
+        let (response, _) = sender
+            .send_request(h2_request(&kw, "GET", "/public/fixed"), true)
+            .unwrap();
+        let (status, body) = h2_answer(response).await;
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["reason"], "too_many_connections");
+
+        // The uploads finish; their permits come back.
+        for (response, mut body) in uploads {
+            body.send_data(bytes::Bytes::from_static(b"hello"), true)
+                .unwrap();
+            let (status, answer) = h2_answer(response).await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                serde_json::from_slice::<Value>(&answer).unwrap()["body_len"],
+                5
+            );
+        }
+        sender = sender.ready().await.unwrap();
+        let (response, _) = sender
+            .send_request(h2_request(&kw, "GET", "/public/fixed"), true)
+            .unwrap();
+        assert_eq!(h2_answer(response).await.0, 200);
+    });
+}
