@@ -364,6 +364,61 @@ impl<A> ConnectionLimits<A> {
     }
 }
 
+tokio::task_local! {
+    /// The body deadline of the HTTP/2 stream this task serves (see [`arm_body_deadline`]).
+    static BODY_WATCH: Arc<BodyWatch>;
+}
+
+/// `limits.body_timeout` for the request this task serves, when it is an HTTP/2 stream:
+/// pingora has no read timeout for HTTP/2 bodies, so [`Streams`] resets the stream (and with
+/// it the upstream request) once `deadline` passes before [`body_done`]. Over HTTP/1.1 this
+/// does nothing (pingora's read timeout bounds the reads there; see `proxy`).
+pub fn arm_body_deadline(deadline: std::time::Instant) {
+    let _ = BODY_WATCH.try_with(|watch| watch.set(Some(Instant::from_std(deadline))));
+}
+
+/// The request's body is in (or will not be read): its deadline no longer applies.
+pub fn body_done() {
+    let _ = BODY_WATCH.try_with(|watch| watch.set(None));
+}
+
+/// One HTTP/2 stream's body deadline, armed and disarmed by the request's filters.
+#[derive(Default)]
+struct BodyWatch {
+    deadline: std::sync::Mutex<Option<Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl BodyWatch {
+    fn set(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        self.changed.notify_one();
+    }
+
+    fn current(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once an armed deadline passes.
+    async fn expired(&self) {
+        loop {
+            match self.current() {
+                None => self.changed.notified().await,
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if self.current().is_some_and(|d| d <= Instant::now()) {
+                                return;
+                            }
+                        }
+                        _ = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The HTTP app as one HTTP/2 connection sees it: each stream in progress takes a permit of
 /// `limits.max_connections` and a slot of the connection's client under
 /// `limits.max_connections_per_client`, as a connection would; a stream over either is
@@ -400,7 +455,19 @@ where
             self.metrics.refused.inc();
             return refuse_stream(session, "too_many_connections").await;
         };
-        let result = self.inner.process_new_http(session, shutdown).await;
+        let watch = Arc::new(BodyWatch::default());
+        let work = BODY_WATCH.scope(
+            watch.clone(),
+            self.inner.process_new_http(session, shutdown),
+        );
+        let result = tokio::select! {
+            result = work => result,
+            _ = watch.expired() => {
+                // Dropping the stream's work resets the stream and the upstream request.
+                tracing::debug!("HTTP/2 request body not received within limits.body_timeout; stream reset");
+                None
+            }
+        };
         drop((permit, client));
         result
     }

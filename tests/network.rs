@@ -579,7 +579,7 @@ fn http2_streams_are_bounded_and_count_as_connections() {
     let pki = common::tls::TestPki::new();
     let files = pki.server(dir.path(), "tls", 7);
     let kw = Keyward::start_with(Setup {
-        extra: "limits: { max_h2_streams: 4, max_connections: 3 }\n".into(),
+        extra: "limits: { max_h2_streams: 4, max_connections: 3, body_timeout: 1s }\n".into(),
         tls: Some(files.pair()),
         dir: Some(dir),
         ..Setup::default()
@@ -627,6 +627,41 @@ fn http2_streams_are_bounded_and_count_as_connections() {
         sender = sender.ready().await.unwrap();
         let (response, _) = sender
             .send_request(h2_request(&kw, "GET", "/public/fixed"), true)
+            .unwrap();
+        assert_eq!(h2_answer(response).await.0, 200);
+
+        // limits.body_timeout holds for HTTP/2 bodies: a stream whose body stalls is reset.
+        sender = sender.ready().await.unwrap();
+        let (response, mut body) = sender
+            .send_request(h2_request(&kw, "POST", "/public/stalled"), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::from_static(b"a"), false)
+            .unwrap();
+        let started = Instant::now();
+        let reset = tokio::time::timeout(Duration::from_secs(5), response).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(reset, Ok(Err(_))),
+            "the stalled stream was not reset: {reset:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        // A body in time passes, however slow the upstream's answer.
+        sender = sender.ready().await.unwrap();
+        let (response, mut body) = sender
+            .send_request(h2_request(&kw, "POST", "/public/slow/1500"), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::from_static(b"hello"), true)
+            .unwrap();
+        let (status, answer) = h2_answer(response).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&answer).unwrap()["body_len"],
+            5
+        );
+        // A request without a body is not held to it.
+        sender = sender.ready().await.unwrap();
+        let (response, _) = sender
+            .send_request(h2_request(&kw, "GET", "/public/slow/1500"), true)
             .unwrap();
         assert_eq!(h2_answer(response).await.0, 200);
     });

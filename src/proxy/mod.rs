@@ -215,7 +215,9 @@ impl KeywardProxy {
             return;
         }
         let timeout = ctx.config.limits.network.body_timeout;
-        ctx.body_deadline = Some(Instant::now() + timeout);
+        let deadline = Instant::now() + timeout;
+        ctx.body_deadline = Some(deadline);
+        crate::connection::arm_body_deadline(deadline);
         session.set_read_timeout(Some(timeout));
         session.set_total_drain_timeout(Some(timeout));
     }
@@ -323,6 +325,7 @@ impl KeywardProxy {
             .accept_signature(pending, Some(body.hasher.clone()), client_ip)
             .await?;
         body.install(session).await?;
+        crate::connection::body_done();
         Ok(Authenticated {
             principal: Some(principal),
             clear_token_cookie: false,
@@ -527,10 +530,15 @@ impl ProxyHttp for KeywardProxy {
             Ok(Admission::Admin) => {
                 // Boxed, as the signed-body path below: the future of every request holds the
                 // state of its largest path, and these two are rare and large.
-                Box::pin(self.admin.handle(session, ctx)).await?;
+                let handled = Box::pin(self.admin.handle(session, ctx)).await;
+                // The admin API read the body within the deadline, or never will; a body left
+                // unread is drained within `limits.body_timeout` (the drain timeout).
+                crate::connection::body_done();
+                handled?;
                 Ok(true)
             }
             Err(refusal) => {
+                crate::connection::body_done();
                 ctx.outcome = Some(refusal.outcome());
                 ctx.reason = Some(refusal.reason());
                 let clear = ctx.clear_token_cookie.then_some(token::CLEAR_COOKIE);
@@ -551,6 +559,9 @@ impl ProxyHttp for KeywardProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if end_of_stream {
+            crate::connection::body_done();
+        }
         let Some(deadline) = ctx.body_deadline.filter(|_| !end_of_stream) else {
             return Ok(());
         };
