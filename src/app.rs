@@ -214,6 +214,7 @@ pub fn serve(
     }
     // Connection limits (and the TLS handshake) wrap pingora's HTTP proxy app (see
     // `connection`), on each listener.
+    let network = config.limits.network;
     let service = |name: &str, proxy: KeywardProxy, tls: bool| -> anyhow::Result<_> {
         let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
         let mut http_options = HttpServerOptions::default();
@@ -221,12 +222,26 @@ pub fn serve(
         // time of HTTP/1.1 (pingora's default keeps it forever, holding a connection permit).
         http_options.h2_idle_timeout = Some(crate::connection::KEEPALIVE);
         http.server_options = Some(http_options);
+        // pingora's bounded defaults (64 KiB of decoded headers), with `limits.max_h2_streams`
+        // concurrent streams instead of its 100, advertised in the SETTINGS frame.
+        let mut h2_options = pingora::protocols::http::v2::server::default_h2_options();
+        h2_options.max_concurrent_streams(network.max_h2_streams);
+        http.h2_options = Some(h2_options);
+        let trusted_live = live.clone();
+        let trusted: crate::connection::TrustedPeer = Arc::new(move |peer| {
+            let current = trusted_live.current();
+            current
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer))
+        });
         let mut limits = ConnectionLimits::new(
             http,
             config.limits.max_connections,
             config.limits.header_read_timeout,
             &metrics,
-        );
+        )
+        .with_client_cap(network.max_connections_per_client, trusted);
         if let Some(certificates) = tls_certificates.as_ref().filter(|_| tls) {
             let server_config = certificates
                 .server_config()

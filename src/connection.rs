@@ -14,13 +14,26 @@
 //! client 60 s. An HTTP/2 connection (ALPN `h2`) must send its connection preface within the
 //! deadline too; after that pingora's HTTP/2 idle timeout closes a connection that has no
 //! request in progress (see `app`).
+//!
+//! SPEC §15 adds two bounds. `limits.max_connections_per_client`: one client address (an
+//! IPv6 client by its /64, an IPv4-mapped peer as its IPv4 address) holds at most that many
+//! connections, so one address cannot take every permit; trusted proxies are not capped, since
+//! their connections carry many clients. And an HTTP/2 connection multiplies requests: each of
+//! its streams in progress takes a permit of `limits.max_connections` and a slot of its
+//! client's cap as a connection does (a stream over either is answered 503 at once), on top of
+//! `limits.max_h2_streams` concurrent streams per connection, advertised in its SETTINGS.
+//!
+//! HTTP/1.1 pipelining is served (pingora's opt-in): requests a client sends before reading
+//! the answers are answered one after the other, in order.
 
 use crate::metrics::{ConnectionMetrics, Metrics};
 use crate::proxy::ctx::RequestId;
 use crate::proxy::respond::Refusal;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::http::ResponseHeader;
 use pingora::listeners::tls::Acceptor;
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
@@ -29,8 +42,10 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -48,6 +63,9 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 const H2_PREFACE_LEN: usize = 24;
 
+/// Whether a (canonical) client address is a trusted proxy, by the running configuration.
+pub type TrustedPeer = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 /// A `ServerApp` around an HTTP app (pingora's `HttpProxy`) that enforces the connection limits.
 pub struct ConnectionLimits<A> {
     inner: Arc<A>,
@@ -56,6 +74,9 @@ pub struct ConnectionLimits<A> {
     metrics: ConnectionMetrics,
     /// `listen.tls`: the handshake each connection makes before HTTP.
     tls: Option<Acceptor>,
+    /// `limits.max_connections_per_client`; `None`: no cap.
+    per_client: Option<Arc<PerClient>>,
+    trusted: TrustedPeer,
 }
 
 impl<A> ConnectionLimits<A> {
@@ -71,7 +92,36 @@ impl<A> ConnectionLimits<A> {
             header_timeout,
             metrics: metrics.connections().clone(),
             tls: None,
+            per_client: None,
+            trusted: Arc::new(|_| false),
         }
+    }
+
+    /// `limits.max_connections_per_client` (`None`: no cap); `trusted` peers are not capped.
+    pub fn with_client_cap(mut self, max: Option<usize>, trusted: TrustedPeer) -> Self {
+        self.per_client = max.map(|max| {
+            Arc::new(PerClient {
+                max,
+                open: std::sync::Mutex::new(HashMap::new()),
+            })
+        });
+        self.trusted = trusted;
+        self
+    }
+
+    /// The client's slot under `limits.max_connections_per_client`: `Ok(None)` when there is no
+    /// cap for it (no cap configured, a trusted proxy, no peer address), `Err` over the cap.
+    fn client_slot(&self, stream: &Stream) -> Result<Option<ClientSlot>, ()> {
+        let Some(per_client) = &self.per_client else {
+            return Ok(None);
+        };
+        let Some(peer) = peer_ip(stream) else {
+            return Ok(None);
+        };
+        if (self.trusted)(peer) {
+            return Ok(None);
+        }
+        per_client.take(client_key(peer)).map(Some).ok_or(())
     }
 
     /// Every connection makes a TLS handshake with `acceptor` first (see the module docs).
@@ -98,6 +148,71 @@ impl<A> ConnectionLimits<A> {
                 self.metrics.tls_handshake_failures.inc();
                 tracing::debug!("TLS handshake not done within limits.header_read_timeout");
                 None
+            }
+        }
+    }
+}
+
+/// The canonical IP address of a connection's peer (`::ffff:a.b.c.d` is `a.b.c.d`).
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    let peer = digest.peer_addr()?.as_inet()?.ip();
+    Some(peer.to_canonical())
+}
+
+/// What the per-client cap counts: an IPv4 address, or an IPv6 address's /64 (one host
+/// usually holds a whole /64, as the rate limits count it).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// Open connections (and HTTP/2 streams) per client key.
+struct PerClient {
+    max: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, key: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection's (or stream's) place in its client's count; given back when dropped.
+struct ClientSlot {
+    owner: Arc<PerClient>,
+    key: IpAddr,
+}
+
+impl ClientSlot {
+    /// Another slot for the same client (an HTTP/2 stream of this connection).
+    fn another(&self) -> Option<ClientSlot> {
+        self.owner.take(self.key)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
             }
         }
     }
@@ -137,6 +252,9 @@ where
             self.metrics.header_timeouts.clone(),
         ));
         let mut session = ServerSession::new_http1(stream);
+        // Pipelined requests are answered in order (the flag carries over to every later
+        // request on the connection); without it pingora answers the first and drops the rest.
+        session.set_pipelining_enabled(true);
         session.set_keepalive(match *shutdown.borrow() {
             true => None,
             false => Some(KEEPALIVE_SECONDS),
@@ -172,25 +290,19 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            self.metrics.refused.inc();
-            if self.tls.is_some() {
-                // A TLS client is still waiting for a ServerHello: an HTTP answer would be
-                // noise to it, and a handshake is the work being refused.
-                Shutdown::shutdown(&mut *stream).await;
+        let slot = match self.client_slot(&stream) {
+            Ok(slot) => slot,
+            Err(()) => {
+                self.refuse(stream, "too_many_connections_from_client")
+                    .await;
                 return None;
             }
-            let refusal = Refusal::Unavailable("too_many_connections")
-                .raw_http1(RequestId::random().as_str());
-            let write = async {
-                stream.write_all(&refusal).await?;
-                stream.flush().await
-            };
-            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
-            Shutdown::shutdown(&mut *stream).await;
+        };
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.refuse(stream, "too_many_connections").await;
             return None;
         };
         self.metrics.open.inc();
@@ -213,7 +325,13 @@ where
                 self.header_timeout,
                 self.metrics.header_timeouts.clone(),
             ));
-            ServerApp::process_new(&self.inner, stream, shutdown).await;
+            let streams = Arc::new(Streams {
+                inner: self.inner.clone(),
+                permits: self.permits.clone(),
+                slot,
+                metrics: self.metrics.clone(),
+            });
+            ServerApp::process_new(&streams, stream, shutdown).await;
         } else {
             // pingora's own loop; the connection cap still holds for its whole life.
             ServerApp::process_new(&self.inner, stream, shutdown).await;
@@ -224,6 +342,178 @@ where
     async fn cleanup(&self) {
         self.inner.http_cleanup().await;
     }
+}
+
+impl<A> ConnectionLimits<A> {
+    /// A connection over a cap: 503 with `reason` and closed (a TLS client is just closed).
+    async fn refuse(&self, mut stream: Stream, reason: &'static str) {
+        self.metrics.refused.inc();
+        if self.tls.is_some() {
+            // A TLS client is still waiting for a ServerHello: an HTTP answer would be
+            // noise to it, and a handshake is the work being refused.
+            Shutdown::shutdown(&mut *stream).await;
+            return;
+        }
+        let refusal = Refusal::Unavailable(reason).raw_http1(RequestId::random().as_str());
+        let write = async {
+            stream.write_all(&refusal).await?;
+            stream.flush().await
+        };
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
+        Shutdown::shutdown(&mut *stream).await;
+    }
+}
+
+tokio::task_local! {
+    /// The body deadline of the HTTP/2 stream this task serves (see [`arm_body_deadline`]).
+    static BODY_WATCH: Arc<BodyWatch>;
+}
+
+/// `limits.body_timeout` for the request this task serves, when it is an HTTP/2 stream:
+/// pingora has no read timeout for HTTP/2 bodies, so [`Streams`] resets the stream (and with
+/// it the upstream request) once `deadline` passes before [`body_done`]. Over HTTP/1.1 this
+/// does nothing (pingora's read timeout bounds the reads there; see `proxy`).
+pub fn arm_body_deadline(deadline: std::time::Instant) {
+    let _ = BODY_WATCH.try_with(|watch| watch.set(Some(Instant::from_std(deadline))));
+}
+
+/// The request's body is in (or will not be read): its deadline no longer applies.
+pub fn body_done() {
+    let _ = BODY_WATCH.try_with(|watch| watch.set(None));
+}
+
+/// One HTTP/2 stream's body deadline, armed and disarmed by the request's filters.
+#[derive(Default)]
+struct BodyWatch {
+    deadline: std::sync::Mutex<Option<Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl BodyWatch {
+    fn set(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        self.changed.notify_one();
+    }
+
+    fn current(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once an armed deadline passes.
+    async fn expired(&self) {
+        loop {
+            match self.current() {
+                None => self.changed.notified().await,
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if self.current().is_some_and(|d| d <= Instant::now()) {
+                                return;
+                            }
+                        }
+                        _ = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP app as one HTTP/2 connection sees it: each stream in progress takes a permit of
+/// `limits.max_connections` and a slot of the connection's client under
+/// `limits.max_connections_per_client`, as a connection would; a stream over either is
+/// answered 503 without being read further.
+struct Streams<A> {
+    inner: Arc<A>,
+    permits: Arc<Semaphore>,
+    /// The connection's own client slot (`None`: not capped).
+    slot: Option<ClientSlot>,
+    metrics: ConnectionMetrics,
+}
+
+#[async_trait]
+impl<A> HttpServerApp for Streams<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let client = match &self.slot {
+            Some(slot) => match slot.another() {
+                Some(stream_slot) => Some(stream_slot),
+                None => {
+                    self.metrics.refused.inc();
+                    return refuse_stream(session, "too_many_connections_from_client").await;
+                }
+            },
+            None => None,
+        };
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics.refused.inc();
+            return refuse_stream(session, "too_many_connections").await;
+        };
+        let watch = Arc::new(BodyWatch::default());
+        let work = BODY_WATCH.scope(
+            watch.clone(),
+            self.inner.process_new_http(session, shutdown),
+        );
+        let result = tokio::select! {
+            result = work => result,
+            _ = watch.expired() => {
+                // Dropping the stream's work resets the stream and the upstream request.
+                tracing::debug!("HTTP/2 request body not received within limits.body_timeout; stream reset");
+                None
+            }
+        };
+        drop((permit, client));
+        result
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+/// Answers an HTTP/2 stream 503 (`reason`) at once.
+async fn refuse_stream(
+    mut session: ServerSession,
+    reason: &'static str,
+) -> Option<ReusedHttpStream> {
+    let request_id = RequestId::random();
+    let refusal = Refusal::Unavailable(reason);
+    let body = refusal.body(request_id.as_str());
+    let Ok(mut header) = ResponseHeader::build(refusal.status(), Some(4)) else {
+        return None;
+    };
+    let fields = [
+        ("content-type", "application/json".to_owned()),
+        ("content-length", body.len().to_string()),
+        ("retry-after", "1".to_owned()),
+        (
+            crate::proxy::respond::REQUEST_ID_HEADER,
+            request_id.as_str().to_owned(),
+        ),
+    ];
+    for (name, value) in fields {
+        let _ = header.insert_header(name, value);
+    }
+    if session.read_request().await.is_ok() {
+        let _ = session.write_response_header(Box::new(header)).await;
+        let _ = session.write_response_body(body, true).await;
+        let _ = session.finish().await;
+    }
+    None
 }
 
 /// Where a [`HeaderDeadline`] is in the current request.

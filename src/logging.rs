@@ -6,6 +6,12 @@
 //! variable [`THIRD_PARTY_ENV`] is `1`: secrets never reach a log at a level keyward enables
 //! on its own. keyward's own events (targets `keyward::…`) follow the filter as given.
 //!
+//! A client can make third-party code log a warning or an error at will (pingora's
+//! `Fail to proxy: Downstream InvalidChunk …` for every malformed request): such lines are
+//! rate-limited per call site (SPEC §15, issue 20): the first in each [`ERROR_LINE_INTERVAL`]
+//! is written, the rest are counted, and one `similar log lines suppressed` warning per call site
+//! then says how many were dropped. keyward's own lines are never limited.
+//!
 //! Lines go to stderr in batches, written by a thread of their own (`crate::log_output`):
 //! a request never waits on a `write(2)`. [`LogFlush`] writes out what is pending when the
 //! process ends.
@@ -102,7 +108,9 @@ pub fn init(logging: &Logging) -> (Option<LogFilterHandle>, LogFlush) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let third_party = std::env::var(THIRD_PARTY_ENV).is_ok_and(|v| v == "1");
     let (filters, handle) = reload::Layer::new(filter_layers(filter, third_party));
-    let registry = tracing_subscriber::registry().with(filters);
+    let registry = tracing_subscriber::registry()
+        .with(filters)
+        .with(ErrorLineLimit::start());
     let (writer, guard) = crate::log_output::LogOutput::start();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
@@ -123,6 +131,117 @@ pub fn init(logging: &Logging) -> (Option<LogFilterHandle>, LogFlush) {
             LogFlush(Some(guard)),
         ),
         Err(_) => (None, LogFlush(None)),
+    }
+}
+
+/// How often a third-party call site may write a warning or error line.
+pub const ERROR_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The rate limit on third-party warnings and errors (see the module docs).
+#[derive(Clone, Default)]
+struct ErrorLineLimit {
+    sites: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, Site>>>,
+}
+
+/// One call site's current interval.
+struct Site {
+    /// `target file:line`, for the summary.
+    label: String,
+    since: std::time::Instant,
+    suppressed: u64,
+}
+
+impl ErrorLineLimit {
+    /// The limit, with the thread that writes the summaries.
+    fn start() -> ErrorLineLimit {
+        let limit = ErrorLineLimit::default();
+        let reporter = limit.clone();
+        let _ = std::thread::Builder::new()
+            .name("keyward-log-limit".into())
+            .spawn(move || loop {
+                std::thread::sleep(ERROR_LINE_INTERVAL);
+                for (label, suppressed) in reporter.take_suppressed(std::time::Instant::now()) {
+                    tracing::warn!(
+                        target: "keyward::log",
+                        site = %label,
+                        suppressed,
+                        interval_s = ERROR_LINE_INTERVAL.as_secs(),
+                        "similar log lines suppressed"
+                    );
+                }
+            });
+        limit
+    }
+
+    /// Whether a warning or error of this call site may be written now.
+    fn allow(
+        &self,
+        target: &str,
+        file: Option<&str>,
+        line: Option<u32>,
+        now: std::time::Instant,
+    ) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (target, file, line).hash(&mut hasher);
+        let key = hasher.finish();
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        match sites.get_mut(&key) {
+            Some(site) if now.duration_since(site.since) < ERROR_LINE_INTERVAL => {
+                site.suppressed += 1;
+                false
+            }
+            Some(site) => {
+                // A new interval (the summary of the last one was written, or is due).
+                site.since = now;
+                true
+            }
+            None => {
+                let label = format!("{target} {}:{}", file.unwrap_or("?"), line.unwrap_or(0));
+                sites.insert(
+                    key,
+                    Site {
+                        label,
+                        since: now,
+                        suppressed: 0,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The call sites that dropped lines, with how many; forgets sites quiet for a while.
+    fn take_suppressed(&self, now: std::time::Instant) -> Vec<(String, u64)> {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = Vec::new();
+        sites.retain(|_, site| {
+            if site.suppressed > 0 {
+                report.push((site.label.clone(), std::mem::take(&mut site.suppressed)));
+            }
+            now.duration_since(site.since) < ERROR_LINE_INTERVAL * 6
+        });
+        report
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for ErrorLineLimit {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if *meta.level() > Level::WARN || is_keyward(meta.target()) {
+            return true;
+        }
+        self.allow(
+            meta.target(),
+            meta.file(),
+            meta.line(),
+            std::time::Instant::now(),
+        )
     }
 }
 
@@ -250,6 +369,29 @@ impl tracing::field::Visit for JsonFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn third_party_error_lines_are_limited_per_call_site_and_interval() {
+        let limit = ErrorLineLimit::default();
+        let t0 = std::time::Instant::now();
+        let site = ("pingora_proxy", Some("src/lib.rs"), Some(363));
+        assert!(limit.allow(site.0, site.1, site.2, t0));
+        for _ in 0..99 {
+            assert!(!limit.allow(site.0, site.1, site.2, t0));
+        }
+        // Another call site has its own interval.
+        assert!(limit.allow("h2::server", Some("x.rs"), Some(1), t0));
+        let report = limit.take_suppressed(t0);
+        assert_eq!(
+            report,
+            vec![("pingora_proxy src/lib.rs:363".to_owned(), 99)]
+        );
+        assert!(limit.take_suppressed(t0).is_empty());
+        // The next interval writes a line again.
+        let later = t0 + ERROR_LINE_INTERVAL;
+        assert!(limit.allow(site.0, site.1, site.2, later));
+        assert!(!limit.allow(site.0, site.1, site.2, later));
+    }
 
     #[test]
     fn third_party_debug_is_capped_unless_asked_for() {

@@ -175,6 +175,8 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(signed_bodies.spool_dir => "signatures.spool_dir");
     keep!(limits.max_connections => "limits.max_connections");
     keep!(limits.header_read_timeout => "limits.header_read_timeout");
+    keep!(limits.network.max_connections_per_client => "limits.max_connections_per_client");
+    keep!(limits.network.max_h2_streams => "limits.max_h2_streams");
     keep!(limits.password_hash_threads => "limits.password_hash_threads");
     keep!(limits.password_failures => "limits.password_failures");
     keep!(limits.password_failure_window => "limits.password_failure_window");

@@ -89,6 +89,9 @@ pub enum AdminError {
     /// 413: the body exceeds the admin API's limit (bytes).
     #[error("the body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the body did not arrive within `limits.body_timeout`.
+    #[error("the request body did not arrive within limits.body_timeout")]
+    BodyTimeout,
     /// 429 with `Retry-After`: too many failed password logins from this address, or wrong
     /// TOTP codes for this user.
     #[error("too many failed logins; try again in {0} s")]
@@ -147,6 +150,7 @@ impl AdminError {
             AdminError::NotFound(_) => 404,
             AdminError::MethodNotAllowed(_) => 405,
             AdminError::PayloadTooLarge(_) => 413,
+            AdminError::BodyTimeout => 408,
             AdminError::RetryLater(_) | AdminError::RateLimited(_) => 429,
             AdminError::Field { .. } => 412,
             AdminError::Unavailable => 503,
@@ -158,7 +162,8 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_)
             | AdminError::MethodNotAllowed(_)
-            | AdminError::PayloadTooLarge(_) => "bad_request",
+            | AdminError::PayloadTooLarge(_)
+            | AdminError::BodyTimeout => "bad_request",
             AdminError::Unauthenticated(_) | AdminError::RetryLater(_) => "unauthenticated",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
@@ -176,6 +181,7 @@ impl AdminError {
             AdminError::NotFound(_) => "object.not.found",
             AdminError::MethodNotAllowed(_) => "request.method.not.allowed",
             AdminError::PayloadTooLarge(_) => "request.too.large",
+            AdminError::BodyTimeout => "request.timeout",
             AdminError::RetryLater(_) | AdminError::RateLimited(_) => "access.rate.limited",
             AdminError::Field { template, .. } => template,
             AdminError::Unavailable => "service.unavailable",

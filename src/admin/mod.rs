@@ -48,6 +48,19 @@ pub fn is_reserved(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix) || path == prefix.trim_end_matches('/'))
 }
 
+/// [`is_reserved`] in every ASCII case spelling (`/AUTHENTICATION/v1/apikey`, `/.token/`):
+/// with `routes_case_insensitive` the upstream would serve them as keyward's own paths, so
+/// keyward answers them itself (SPEC §15) and they are never forwarded.
+pub fn is_reserved_in_any_case(path: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|prefix| {
+        let bare = prefix.trim_end_matches('/');
+        path.eq_ignore_ascii_case(bare)
+            || path
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
 /// Every admin path, as the router matches it (`{name}` is one path segment). The OpenAPI
 /// document (docs/openapi.json) is tested against this table.
 const ROUTES: [(&str, Endpoint); 15] = [
@@ -386,7 +399,7 @@ impl AdminApi {
         target.operation =
             operation(endpoint, &method).ok_or_else(|| endpoint.method_not_allowed())?;
 
-        let body = read_body(session).await?;
+        let body = read_body(session, ctx.body_deadline).await?;
         let caller = self.authenticate(session, ctx, &body).await?;
         // Tenant tokens, credential kinds, security level, read-only and cross-site writes:
         // checked here once for every endpoint (src/admin/guard.rs says why each rule exists).
@@ -727,10 +740,22 @@ pub fn parse_valid_sources(sources: Option<OneOrMany<String>>) -> Result<Vec<Str
         .collect()
 }
 
-async fn read_body(session: &mut Session) -> Result<Vec<u8>, AdminError> {
+/// The request body, whole by `deadline` (`limits.body_timeout` from its header, before the
+/// caller is authenticated: an anonymous body trickled a byte at a time is cut off too).
+async fn read_body(
+    session: &mut Session,
+    deadline: Option<std::time::Instant>,
+) -> Result<Vec<u8>, AdminError> {
+    let deadline = deadline.map(tokio::time::Instant::from_std);
     let mut body = Vec::new();
     loop {
-        match session.read_request_body().await {
+        let chunk = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, session.read_request_body())
+                .await
+                .map_err(|_| AdminError::BodyTimeout)?,
+            None => session.read_request_body().await,
+        };
+        match chunk {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY {
                     return Err(AdminError::PayloadTooLarge(MAX_BODY));
@@ -755,5 +780,19 @@ mod tests {
         assert!(is_reserved("/_admin/manage/tenants/t/tokens/"));
         assert!(!is_reserved("/authenticationx"));
         assert!(!is_reserved("/api"));
+        for path in [
+            "/AUTHENTICATION/v1/apikey",
+            "/Authentication",
+            "/.token/",
+            "/.Token",
+            "/_ADMIN/manage/tenants/t/tokens/",
+            "/authentication/v1/apikey",
+        ] {
+            assert!(is_reserved_in_any_case(path), "{path}");
+        }
+        assert!(!is_reserved("/AUTHENTICATION/v1/apikey"));
+        for path in ["/authenticationx", "/API", "/_adminx", "/", "/.tok"] {
+            assert!(!is_reserved_in_any_case(path), "{path}");
+        }
     }
 }

@@ -5,6 +5,11 @@
 //! Right-most, because every hop appends: the entries left of the last trusted hop were
 //! written by the client and prove nothing. One header only: when a trusted proxy writes one
 //! of them, the other is whatever the client sent, and must not win.
+//!
+//! Every address is canonical (SPEC §15): on a dual-stack listener (`[::]:8080`) the kernel
+//! reports an IPv4 peer as the IPv4-mapped IPv6 address `::ffff:a.b.c.d`, and a proxy may
+//! write one into its header; both are the IPv4 address `a.b.c.d` for trusted proxies,
+//! `validSources`, rate limits, throttles and logs.
 
 use crate::config::TrustedProxiesHeader;
 use ipnet::IpNet;
@@ -26,6 +31,7 @@ pub fn resolve(
     trusted: &[IpNet],
     header: TrustedProxiesHeader,
 ) -> ClientAddress {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return ClientAddress {
@@ -106,8 +112,13 @@ fn forwarded_hops(headers: &http::HeaderMap) -> Vec<Option<IpAddr>> {
     hops
 }
 
-/// `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80` or a bare IPv6 address.
+/// `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80` or a bare IPv6 address;
+/// canonical (`::ffff:1.2.3.4` is `1.2.3.4`).
 fn parse_node(node: &str) -> Option<IpAddr> {
+    parse_node_as_sent(node).map(|ip| ip.to_canonical())
+}
+
+fn parse_node_as_sent(node: &str) -> Option<IpAddr> {
     if let Ok(ip) = node.parse::<IpAddr>() {
         return Some(ip);
     }
@@ -205,6 +216,25 @@ mod tests {
             source_allowed(&[], "192.0.2.1".parse().unwrap()),
             "no sources: any"
         );
+    }
+
+    #[test]
+    fn mapped_addresses_are_their_ipv4_address() {
+        let trusted = vec!["127.0.0.1/32".parse().unwrap()];
+        let h = headers(&[(
+            "x-forwarded-for",
+            "::ffff:203.0.113.5, [::ffff:127.0.0.1]:99",
+        )]);
+        let resolved = resolve("::ffff:127.0.0.1".parse().unwrap(), &h, &trusted, XFF);
+        assert_eq!(resolved.client, ips(&["203.0.113.5"])[0]);
+        assert_eq!(
+            resolved.chain,
+            ips(&["203.0.113.5", "127.0.0.1", "127.0.0.1"])
+        );
+        // An untrusted mapped peer is its IPv4 address too.
+        let alone = resolve("::ffff:192.0.2.7".parse().unwrap(), &h, &[], XFF);
+        assert_eq!(alone.client, ips(&["192.0.2.7"])[0]);
+        assert_eq!(alone.chain, ips(&["192.0.2.7"]));
     }
 
     #[test]

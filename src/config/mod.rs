@@ -180,6 +180,37 @@ pub struct Limits {
     pub password_hash_threads: usize,
     pub token_metadata_bytes: usize,
     pub tokens_per_user: u32,
+    /// `limits.body_timeout`, `limits.max_connections_per_client`, `limits.max_h2_streams`.
+    pub network: NetworkLimits,
+}
+
+/// The network bounds of SPEC §15 (see `schema::NetworkLimitsFile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkLimits {
+    pub body_timeout: Duration,
+    /// `None`: no cap.
+    pub max_connections_per_client: Option<usize>,
+    pub max_h2_streams: u32,
+}
+
+fn validate_network_limits(
+    (body_timeout, max_connections_per_client, max_h2_streams): (schema::Seconds, usize, u32),
+    problem: &mut impl FnMut(String, String),
+) -> NetworkLimits {
+    if body_timeout.0.is_zero() {
+        problem(
+            "limits.body_timeout".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if max_h2_streams == 0 {
+        problem("limits.max_h2_streams".into(), "must be at least 1".into());
+    }
+    NetworkLimits {
+        body_timeout: body_timeout.0,
+        max_connections_per_client: Some(max_connections_per_client).filter(|n| *n > 0),
+        max_h2_streams,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,7 +678,14 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         password_hash_threads,
         token_metadata_bytes,
         tokens_per_user,
+        body_timeout,
+        max_connections_per_client,
+        max_h2_streams,
     } = limits;
+    let network = validate_network_limits(
+        (body_timeout, max_connections_per_client, max_h2_streams),
+        problem,
+    );
     // Below these, ordinary requests and logins would be refused.
     let at_least: [(&str, u64, u64); 6] = [
         (
@@ -698,6 +736,7 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         password_hash_threads,
         token_metadata_bytes,
         tokens_per_user,
+        network,
     }
 }
 
@@ -897,12 +936,24 @@ fn host_port(address: &str) -> Option<(&str, u16)> {
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
+        return Ok(canonical_net(net.trunc()));
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
+        return Ok(IpNet::from(ip.to_canonical()));
     }
     Err(format!("invalid CIDR {text:?}"))
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) as the IPv4 network it names: client
+/// addresses are canonical (SPEC §15), so the mapped form would match nothing.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 impl From<schema::SecurityLevelFile> for SecurityLevel {
@@ -1251,6 +1302,15 @@ routes:
             "2001:db8::/32"
         );
         assert!(parse_cidr("10.0.0.0/8x").is_err());
+        // Mapped IPv4 is IPv4 (SPEC §15).
+        assert_eq!(
+            parse_cidr("::ffff:10.1.2.3").unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            parse_cidr("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
     }
 
     #[test]

@@ -377,6 +377,17 @@ pub struct LimitsFile {
     /// Unexpired tokens one user may hold; minting more gets 400.
     #[serde(default = "defaults::tokens_per_user")]
     pub tokens_per_user: u32,
+    // The network bounds of SPEC §15, in one block.
+    /// A request body must arrive whole within this time of its request's header (408).
+    #[serde(default = "defaults::request_body_timeout")]
+    pub body_timeout: Seconds,
+    /// Open connections (and HTTP/2 requests in progress) from one client address (an IPv6
+    /// client by its /64); trusted proxies are not capped. `0`: no cap.
+    #[serde(default = "defaults::max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Concurrent streams (requests) on one HTTP/2 connection.
+    #[serde(default = "defaults::max_h2_streams")]
+    pub max_h2_streams: u32,
 }
 
 impl Default for LimitsFile {
@@ -390,6 +401,9 @@ impl Default for LimitsFile {
             password_hash_threads: defaults::password_hash_threads(),
             token_metadata_bytes: defaults::token_metadata_bytes(),
             tokens_per_user: defaults::tokens_per_user(),
+            body_timeout: defaults::request_body_timeout(),
+            max_connections_per_client: defaults::max_connections_per_client(),
+            max_h2_streams: defaults::max_h2_streams(),
         }
     }
 }
@@ -602,6 +616,15 @@ mod defaults {
     }
     pub fn max_connections() -> usize {
         10_000
+    }
+    pub fn request_body_timeout() -> Seconds {
+        Seconds(Duration::from_secs(30))
+    }
+    pub fn max_connections_per_client() -> usize {
+        1_000
+    }
+    pub fn max_h2_streams() -> u32 {
+        32
     }
     pub fn password_failures() -> u32 {
         10

@@ -60,6 +60,9 @@ pub struct RequestCtx {
     pub upstream_address: Option<std::net::SocketAddr>,
     /// Upstream latency up to its response header, once it arrived.
     pub upstream_seconds: Option<f64>,
+    /// When the request body must be in whole (`limits.body_timeout` from the header); `None`
+    /// for a request without a body.
+    pub body_deadline: Option<Instant>,
     /// Counts the request in `keyward_requests_in_flight` while the context lives.
     _in_flight: InFlight,
 }
@@ -83,6 +86,7 @@ impl RequestCtx {
             upstream_started: None,
             upstream_address: None,
             upstream_seconds: None,
+            body_deadline: None,
             _in_flight: in_flight,
         }
     }

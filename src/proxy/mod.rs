@@ -124,6 +124,7 @@ impl KeywardProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
         ctx.tls = is_tls(session);
+        self.arm_body_deadline(session, ctx);
         let target = inspect(
             session.req_header(),
             ctx.config.limits.max_request_header_bytes,
@@ -144,7 +145,17 @@ impl KeywardProxy {
 
         self.address_limit(ctx)?;
         let path = target.path();
-        if admin::is_reserved(path) {
+        // Routes match in any case: so do keyward's own namespaces, and the spellings that an
+        // upstream folding case (IIS, ASP.NET) reads as another path are refused (SPEC §15).
+        let case_insensitive = routes_case_insensitive(&ctx.config);
+        if case_insensitive {
+            target.check_windows_aliases()?;
+        }
+        let reserved = match case_insensitive {
+            true => admin::is_reserved_in_any_case(path),
+            false => admin::is_reserved(path),
+        };
+        if reserved {
             if !self.listener.serves_admin() {
                 // `listen.admin` is set: the admin API is not on this listener at all.
                 return Err(Refusal::NotFound);
@@ -199,12 +210,35 @@ impl KeywardProxy {
         Ok(Admission::Upstream)
     }
 
+    /// `limits.body_timeout` (SPEC §15): a request with a body must have sent it whole within
+    /// this time of its header, whoever asks and wherever it goes — forwarded, admin, refused.
+    /// Over HTTP/1.1 pingora's read timeout carries the time left into each body read (and
+    /// [`ProxyHttp::request_body_filter`] shortens it chunk by chunk), and the drain of a body
+    /// left unread behind a refusal is bounded by it too; the admin API and signed bodies hold
+    /// their reads to the deadline themselves. An upgrade's stream is no body.
+    fn arm_body_deadline(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
+        if upgrade || session.is_body_empty() {
+            return;
+        }
+        let timeout = ctx.config.limits.network.body_timeout;
+        let deadline = Instant::now() + timeout;
+        ctx.body_deadline = Some(deadline);
+        crate::connection::arm_body_deadline(deadline);
+        session.set_read_timeout(Some(timeout));
+        session.set_total_drain_timeout(Some(timeout));
+    }
+
     /// Who is asking: fail closed without a client address, since every policy needs one.
     fn client_address(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
+            // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d` (SPEC §15).
+            .map(|a| a.ip().to_canonical())
         else {
             return Err(Refusal::BadRequest("no_client_address"));
         };
@@ -318,6 +352,7 @@ impl KeywardProxy {
             .accept_signature(pending, Some(body.hasher.clone()), client_ip)
             .await?;
         body.install(session).await?;
+        crate::connection::body_done();
         Ok(Authenticated {
             principal: Some(principal),
             clear_token_cookie: false,
@@ -379,6 +414,14 @@ fn inspect(request: &RequestHeader, header_limit: usize) -> Result<RequestTarget
         return Err(Refusal::BadRequest("invalid_method"));
     }
     Ok(RequestTarget::parse(&request.method, request.raw_path())?)
+}
+
+/// `routes_case_insensitive`: the setting is kept on each route (they all share it).
+fn routes_case_insensitive(config: &Config) -> bool {
+    config
+        .routes
+        .first()
+        .is_some_and(|route| route.case_insensitive)
 }
 
 /// The first route for the normalized path; `OPTIONS *` is about the whole server, so the
@@ -458,7 +501,9 @@ fn logged_path<'a>(request: &'a RequestHeader, ctx: &'a RequestCtx) -> &'a str {
 /// with the path it sent (`//.TOKEN/<token>%00`), so the check looks for the token API's
 /// names anywhere and for a token anywhere in a segment.
 fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !admin::is_token_path(path) && !path.contains(".TOKEN") && !path.contains("_admin") {
+    // Any case: with `routes_case_insensitive`, `/.token/<token>` is the token API's namespace
+    // too (answered 404, but its token must not reach the log).
+    if !contains_ignore_ascii_case(path, ".token") && !contains_ignore_ascii_case(path, "_admin") {
         return path.into();
     }
     path.split('/')
@@ -469,6 +514,13 @@ fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
         .collect::<Vec<_>>()
         .join("/")
         .into()
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// A run of 32 hex digits (a token, in any case, with anything around it).
@@ -506,10 +558,15 @@ impl ProxyHttp for KeywardProxy {
             Ok(Admission::Admin) => {
                 // Boxed, as the signed-body path below: the future of every request holds the
                 // state of its largest path, and these two are rare and large.
-                Box::pin(self.admin.handle(session, ctx)).await?;
+                let handled = Box::pin(self.admin.handle(session, ctx)).await;
+                // The admin API read the body within the deadline, or never will; a body left
+                // unread is drained within `limits.body_timeout` (the drain timeout).
+                crate::connection::body_done();
+                handled?;
                 Ok(true)
             }
             Err(refusal) => {
+                crate::connection::body_done();
                 ctx.outcome = Some(refusal.outcome());
                 ctx.reason = Some(refusal.reason());
                 let clear = ctx.clear_token_cookie.then_some(token::CLEAR_COOKIE);
@@ -519,6 +576,33 @@ impl ProxyHttp for KeywardProxy {
                 Ok(true)
             }
         }
+    }
+
+    /// Each chunk of a forwarded body: the next read may take only what is left of
+    /// `limits.body_timeout`.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if end_of_stream {
+            crate::connection::body_done();
+        }
+        let Some(deadline) = ctx.body_deadline.filter(|_| !end_of_stream) else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "request body not received within limits.body_timeout",
+            )
+            .into_down());
+        }
+        session.set_read_timeout(Some(left));
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -620,6 +704,7 @@ impl ProxyHttp for KeywardProxy {
     ) -> FailToProxy {
         let refusal = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(400)) => Some(Refusal::BadRequest("malformed_request")),
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(Refusal::RequestBodyTimeout),
             (
                 _,
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,

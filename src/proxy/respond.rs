@@ -27,6 +27,8 @@ pub enum Refusal {
     RequestTimeout,
     /// 408: a signed body did not arrive within `signatures.body_timeout`.
     BodyTimeout,
+    /// 408: a request body did not arrive within `limits.body_timeout`.
+    RequestBodyTimeout,
     /// 413: a signed body too large to check before forwarding.
     PayloadTooLarge,
     /// 431: the request line and headers exceed `limits.max_request_header_bytes`.
@@ -57,7 +59,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
-            Refusal::RequestTimeout | Refusal::BodyTimeout => 408,
+            Refusal::RequestTimeout | Refusal::BodyTimeout | Refusal::RequestBodyTimeout => 408,
             Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
                 429
             }
@@ -82,6 +84,7 @@ impl Refusal {
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::RequestTimeout => "header_timeout",
             Refusal::BodyTimeout => "signed_body_timeout",
+            Refusal::RequestBodyTimeout => "body_timeout",
             Refusal::PayloadTooLarge => "signed_body_too_large",
             Refusal::HeaderTooLarge => "request_header_too_large",
             Refusal::GatewayTimeout => "upstream_timeout",
@@ -94,7 +97,9 @@ impl Refusal {
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
-            Refusal::RequestTimeout | Refusal::BodyTimeout => "request_timeout",
+            Refusal::RequestTimeout | Refusal::BodyTimeout | Refusal::RequestBodyTimeout => {
+                "request_timeout"
+            }
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
             Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
@@ -116,6 +121,7 @@ impl Refusal {
             | Refusal::NotFound
             | Refusal::RequestTimeout
             | Refusal::BodyTimeout
+            | Refusal::RequestBodyTimeout
             | Refusal::PayloadTooLarge
             | Refusal::HeaderTooLarge
             | Refusal::RateLimited(_) => Outcome::Denied,

@@ -34,6 +34,8 @@ pub enum TargetError {
     InvalidUtf8,
     #[error("the path holds a ';' path parameter")]
     PathParameter,
+    #[error("a path segment has another meaning to IIS and Windows")]
+    WindowsAlias,
 }
 
 impl TargetError {
@@ -47,6 +49,7 @@ impl TargetError {
             TargetError::ControlCharacter => "control_character",
             TargetError::InvalidUtf8 => "invalid_utf8_path",
             TargetError::PathParameter => "path_parameter",
+            TargetError::WindowsAlias => "ambiguous_path_segment",
         }
     }
 }
@@ -104,6 +107,37 @@ impl RequestTarget {
     /// `OPTIONS *`: about the server as a whole, so decided by the route of `/`.
     pub fn is_asterisk(&self) -> bool {
         self.text == "*"
+    }
+
+    /// With `routes_case_insensitive` (SPEC §15): refuses the spellings that an upstream which
+    /// routes without regard to case (IIS, ASP.NET) reads as another path than the one routes
+    /// match, so that none of them falls to a more lenient route:
+    ///
+    /// - a segment ending in `.` or a space (`/api/admin.`, `/api/admin%20`, `/api/admin. . `):
+    ///   Windows drops them, so IIS serves `/api/admin`;
+    /// - an NTFS stream name (`/api/admin::$DATA`, `admin:$I30:$INDEX_ALLOCATION`): `::` or `:$`
+    ///   in a segment;
+    /// - an 8.3 short name (`/api/ADMINI~1`): `~` followed by a digit;
+    /// - a non-ASCII character whose case mapping is ASCII (`ı` → `I`, `ſ` → `S`, the Kelvin
+    ///   sign → `k`, `ﬀ` → `FF`): .NET's case-insensitive comparisons fold them.
+    ///
+    /// `;` parameters, `\` and encoded separators are refused for every upstream already.
+    pub fn check_windows_aliases(&self) -> Result<(), TargetError> {
+        if self.is_asterisk() {
+            return Ok(());
+        }
+        for segment in self.path().split('/') {
+            let trailing = segment.ends_with('.') || segment.ends_with("%20");
+            let bytes = segment.as_bytes();
+            let stream = segment.contains("::") || segment.contains(":$");
+            let short_name = bytes
+                .windows(2)
+                .any(|w| w[0] == b'~' && w[1].is_ascii_digit());
+            if trailing || stream || short_name || folds_to_ascii(segment) {
+                return Err(TargetError::WindowsAlias);
+            }
+        }
+        Ok(())
     }
 
     fn absolute_form(raw: &[u8]) -> Result<RequestTarget, TargetError> {
@@ -272,6 +306,37 @@ fn check_decoded(path: &[u8]) -> Result<(), TargetError> {
     }
 }
 
+/// Whether a normalized segment holds a non-ASCII character (percent-encoded: the path was
+/// checked to decode to UTF-8) whose upper or lower case holds an ASCII letter.
+fn folds_to_ascii(segment: &str) -> bool {
+    if !segment.contains('%') {
+        return false;
+    }
+    let mut bytes = Vec::with_capacity(segment.len());
+    let raw = segment.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex_value),
+            raw.get(i + 2).copied().and_then(hex_value),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                bytes.push(h << 4 | l);
+                i += 3;
+            }
+            (b, _, _) => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).chars().any(|c| {
+        !c.is_ascii()
+            && (c.to_uppercase().any(|u| u.is_ascii()) || c.to_lowercase().any(|l| l.is_ascii()))
+    })
+}
+
 /// `/a//b/./c/../d` → `/a/b/d`. A path that ends in `/`, `.` or `..` keeps a trailing slash,
 /// as RFC 3986 §5.2.4 does.
 fn remove_dot_segments_and_merge_slashes(path: &str) -> String {
@@ -422,6 +487,48 @@ mod tests {
             RequestTarget::parse(&Method::GET, b"/caf\xc3\xa9"),
             Err(TargetError::InvalidByte)
         );
+    }
+
+    #[test]
+    fn windows_aliases_are_found_for_case_insensitive_routes() {
+        let check = |raw: &str| {
+            RequestTarget::parse(&Method::GET, raw.as_bytes())
+                .unwrap()
+                .check_windows_aliases()
+        };
+        for raw in [
+            "/api/admin.",
+            "/api/admin%20",
+            "/api/admin.%20.%20",
+            "/api/admin./x",
+            "/api/admin%20/x",
+            "/api/admin::$DATA",
+            "/api/admin:$I30:$INDEX_ALLOCATION/x",
+            "/api/ADMINI~1",
+            "/api/adm%C4%B1n",
+            "/api/%C5%BFecret",
+            "/api/%E2%84%AAey",
+            "/api/%EF%AC%80",
+            "/_admin./manage",
+            "/.TOKEN%20/x",
+        ] {
+            assert_eq!(check(raw), Err(TargetError::WindowsAlias), "{raw}");
+        }
+        for raw in [
+            "/api/admin",
+            "/api/admin/",
+            "/a.b/c.d",
+            "/.well-known/x",
+            "/v1/things:batchGet",
+            "/~user/x",
+            "/caf%C3%A9",
+            "/a%20b",
+            "/?x=a.",
+        ] {
+            assert_eq!(check(raw), Ok(()), "{raw}");
+        }
+        let star = RequestTarget::parse(&Method::OPTIONS, b"*").unwrap();
+        assert_eq!(star.check_windows_aliases(), Ok(()));
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Setup {
     pub admin_listener: bool,
     /// `listen.tls`: (certificate file, key file); the proxy URL is then `https://`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `listen.proxy` on `[::]` (dual-stack); the tests still connect to 127.0.0.1.
+    pub dual_stack: bool,
 }
 
 impl Default for Setup {
@@ -87,6 +89,7 @@ impl Default for Setup {
             invalidation_poll: "100ms".into(),
             admin_listener: false,
             tls: None,
+            dual_stack: false,
         }
     }
 }
@@ -141,10 +144,14 @@ impl Keyward {
             ),
             None => String::new(),
         };
+        let proxy_listen = match setup.dual_stack {
+            true => format!("\"[::]:{}\"", proxy.port()),
+            false => proxy.to_string(),
+        };
         let config = format!(
             r#"
 listen:
-  proxy: {proxy}
+  proxy: {proxy_listen}
   ops: {ops}{admin_line}
 {tls_line}
 upstream:
