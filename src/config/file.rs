@@ -71,6 +71,7 @@ impl Version {
 struct Snapshot {
     bytes: Vec<u8>,
     stable: bool,
+    version: Version,
     modified: Option<SystemTime>,
 }
 
@@ -110,6 +111,7 @@ fn read_once(path: &Path, max: u64) -> Result<Snapshot, ReadError> {
     Ok(Snapshot {
         bytes,
         stable,
+        version: Version::of(&after),
         modified: after.modified().ok(),
     })
 }
@@ -151,20 +153,27 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     })
 }
 
-/// Reads the configuration file once it is stable: not modified within [`SETTLE`], and
-/// unchanged from the start of the read to its end. A file still being written is waited for
-/// (a few hundred milliseconds at a time, [`STABLE_ATTEMPTS`] times at most).
+/// Reads the configuration file once it is stable: unchanged from the start of the read to its
+/// end, and either not modified within [`SETTLE`] or unchanged since the previous read at least
+/// that long ago (which also settles a file whose modification time is in the future). A file
+/// still being written is waited for (a few hundred milliseconds at a time,
+/// [`STABLE_ATTEMPTS`] times at most).
 pub fn read_stable(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    let mut previous: Option<Version> = None;
     for _ in 0..STABLE_ATTEMPTS {
         let owned = path.to_owned();
         let snapshot = with_timeout(path, READ_TIMEOUT, move || read_once(&owned, max))?;
         let age = snapshot
             .modified
             .and_then(|m| SystemTime::now().duration_since(m).ok());
+        let unchanged = previous == Some(snapshot.version);
+        previous = snapshot.stable.then_some(snapshot.version);
         match age {
-            // Modified in the future (a clock step) counts as "just now".
+            _ if snapshot.stable && unchanged => return Ok(snapshot.bytes),
             Some(age) if snapshot.stable && age >= SETTLE => return Ok(snapshot.bytes),
             Some(age) if snapshot.stable => std::thread::sleep(SETTLE - age),
+            // Modified "in the future" (a clock step, a copy from a host ahead of this one):
+            // settled once it has not changed for SETTLE.
             None if snapshot.stable => std::thread::sleep(SETTLE),
             _ => std::thread::sleep(SETTLE / 3),
         }
@@ -215,6 +224,19 @@ mod tests {
         assert!(error.to_string().contains("not a regular file"), "{error}");
         let error = read_stable(&fifo, 10).unwrap_err();
         assert!(matches!(error, ReadError::NotRegular { .. }), "{error}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_file_modified_in_the_future_is_read_once_unchanged_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.yaml");
+        std::fs::write(&path, b"from the future").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
+        let start = Instant::now();
+        assert_eq!(read_stable(&path, 100).unwrap(), b"from the future");
         assert!(start.elapsed() < Duration::from_secs(1));
     }
 
