@@ -1009,6 +1009,50 @@ mod tests {
     }
 
     #[test]
+    fn the_per_client_cap_counts_ipv4_by_address_and_ipv6_by_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        let cap = Arc::new(PerClient {
+            max: 2,
+            open: std::sync::Mutex::new(HashMap::new()),
+        });
+        let a = cap.take(ip("192.0.2.7")).unwrap();
+        let b = a.another().unwrap();
+        assert!(cap.take(ip("192.0.2.7")).is_none());
+        assert!(
+            cap.take(ip("192.0.2.8")).is_some(),
+            "another address has its own"
+        );
+        drop(b);
+        let c = cap.take(ip("192.0.2.7")).unwrap();
+        drop((a, c));
+        assert!(cap.open.lock().unwrap().is_empty(), "counts are given back");
+    }
+
+    #[tokio::test]
+    async fn a_body_watch_fires_only_while_armed() {
+        let watch = BodyWatch::default();
+        watch.set(Some(Instant::now() + Duration::from_millis(50)));
+        watch.set(None);
+        let quiet = tokio::time::timeout(Duration::from_millis(150), watch.expired()).await;
+        assert!(quiet.is_err(), "disarmed: never fires");
+        watch.set(Some(Instant::now() + Duration::from_millis(50)));
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), watch.expired())
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
     fn empty_lines_before_the_request_do_not_end_it() {
         assert_eq!(ends(&[b"\r\n\r\n\n", b"GET / HTTP/1.1\r\n"]), None);
         assert_eq!(ends(&[b"\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]), Some(1));
