@@ -160,7 +160,13 @@ fn hostile_floods_do_not_grow_resident_memory_without_bound() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let password_secs = passwords.elapsed().as_secs_f64();
-    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    // Checked (401), or told at once that no place was left in the queue of password checks
+    // (503 password_checks_busy): waiting checks are bounded per client network.
+    assert!(
+        statuses.iter().all(|s| [401, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&401), "{statuses:?}");
     // Give freed memory a moment to be returned, as a steady state would.
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid);
