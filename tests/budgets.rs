@@ -1,6 +1,6 @@
 //! What a flood may cost (SPEC §15), end to end against a real keyward: the replay window
 //! refuses new signatures when full and never forgets a live one, a used signature is refused
-//! before its body is read, one signing key cannot hold every in-flight body byte, refused
+//! before its body is read, one user cannot hold every in-flight body byte, refused
 //! credentials pay their client's budget before argon2 or the store is asked, and a login
 //! waits its turn by client network, not behind a flood.
 
@@ -32,6 +32,11 @@ fn nonce() -> String {
 /// Enrolls a signing key for a new user `name`, as the administrator; returns its `keyid`.
 fn enroll(kw: &Keyward, name: &str, key: &SigningKey) -> String {
     kw.add_user(name, "signer-password", &[]);
+    enroll_another(kw, name, key)
+}
+
+/// Enrolls one more signing key for the existing user `name`.
+fn enroll_another(kw: &Keyward, name: &str, key: &SigningKey) -> String {
     let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
     let resp = client()
         .post(kw.url(&format!("/authentication/v1/user/{name}/signature")))
@@ -212,6 +217,8 @@ fn a_used_signature_is_refused_before_its_body_is_read_and_one_key_cannot_hold_e
     });
     let key = SigningKey::from_bytes(&[8; 32]);
     let keyid = enroll(&kw, "signer", &key);
+    let second = SigningKey::from_bytes(&[10; 32]);
+    let second_id = enroll_another(&kw, "signer", &second);
     let other = SigningKey::from_bytes(&[9; 32]);
     let other_id = enroll(&kw, "other", &other);
 
@@ -231,18 +238,18 @@ fn a_used_signature_is_refused_before_its_body_is_read_and_one_key_cannot_hold_e
         held.push(stream);
     }
 
-    // A fresh upload of 8 MiB trickling in holds this key's whole share (a quarter of 32 MiB)…
+    // A fresh upload of 8 MiB trickling in holds this user's whole share (a quarter of 32 MiB)…
     let mut trickling = send_head(&kw, &upload_head(&kw, &key, &keyid, 8_388_608));
     trickling.write_all(b"pay").unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    // …so its next upload is refused, while another key still uploads.
-    let mut second = send_head(
-        &kw,
-        &format!("{}payload", upload_head(&kw, &key, &keyid, 7)),
-    );
-    let (status, text) = status_of(&mut second).unwrap();
-    assert_eq!(status, 503, "{text}");
-    assert!(text.contains("signed_bodies_in_flight_per_key"), "{text}");
+    // …so the user's next upload is refused, with any of its keys, while another user's
+    // still goes through.
+    for (key, keyid) in [(&key, &keyid), (&second, &second_id)] {
+        let mut next = send_head(&kw, &format!("{}payload", upload_head(&kw, key, keyid, 7)));
+        let (status, text) = status_of(&mut next).unwrap();
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("signed_bodies_in_flight_per_user"), "{text}");
+    }
     let mut others = send_head(
         &kw,
         &format!("{}payload", upload_head(&kw, &other, &other_id, 7)),
@@ -442,4 +449,63 @@ fn a_redis_that_may_evict_live_claims_is_named_at_start() {
         }
         assert_eq!(found, warned, "{policy}: {}", kw.stderr());
     }
+}
+
+#[test]
+fn signatures_refused_by_their_route_or_their_limit_take_no_place_in_the_replay_window() {
+    let kw = Keyward::start_with(Setup {
+        routes: r#"
+  - path: /api/admin
+    require: { functions_any: [POWER-USER] }
+  - path: /
+    require: { min_security_level: EXTERNAL }
+"#
+        .into(),
+        extra: "signatures: { replay_memory: 1048576 }\nrate_limits:\n  per_credential: { requests_per_second: 0.01, burst: 4 }\n".into(),
+        ..Setup::default()
+    });
+    let key = SigningKey::from_bytes(&[11; 32]);
+    let keyid = enroll(&kw, "plain", &key);
+    let entries = |kw: &Keyward| metric(kw, "keyward_cache_entries{cache=\"replay_window\"}");
+    let http = client();
+    let send = |path: &str| {
+        let mut request = http.get(kw.url(path));
+        for (name, value) in signature(&kw, &key, &keyid, "GET", path, None) {
+            request = request.header(name, value);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    // Not allowed on the route: 403 each time, and nothing remembered.
+    for _ in 0..2 {
+        assert_eq!(send("/api/admin"), 403);
+    }
+    assert_eq!(entries(&kw), 0);
+    // Over the key's limit (the two 403s counted too): two pass and are remembered, the rest
+    // are 429 and are not.
+    let statuses: Vec<u16> = (0..10).map(|_| send("/api/x")).collect();
+    assert_eq!(&statuses[..2], [200, 200]);
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(entries(&kw), 2);
+}
+
+#[test]
+fn spellings_of_one_login_share_one_check() {
+    let kw = Keyward::start();
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+    let misses = |kw: &Keyward| metric(kw, "keyward_cache_misses_total{cache=\"basic\"}");
+    let before = misses(&kw);
+    for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+        for spaces in 1..4 {
+            let value = format!("{scheme}{}{encoded}", " ".repeat(spaces));
+            let resp = client()
+                .get(kw.url("/api/x"))
+                .header("authorization", value)
+                .send()
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    // Twelve spellings, one argon2 check: the login cache is keyed by the credential itself.
+    assert_eq!(misses(&kw) - before, 1);
 }

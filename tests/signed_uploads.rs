@@ -32,7 +32,7 @@ fn start() -> Uploads {
     let spool = tempfile::tempdir().unwrap();
     let kw = Keyward::start_with(Setup {
         extra: format!(
-            "signatures: {{ max_body: {}, body_in_memory: {}, bodies_in_flight: {}, bodies_in_flight_per_key: {}, body_timeout: 3s, spool_dir: {} }}",
+            "signatures: {{ max_body: {}, body_in_memory: {}, bodies_in_flight: {}, bodies_in_flight_per_user: {}, body_timeout: 3s, spool_dir: {} }}",
             4 * MIB,
             256 * 1024,
             6 * MIB,

@@ -318,8 +318,12 @@ impl BasicAuthenticator {
         self.cache.entry_count()
     }
 
+    /// The login cache's key: the credential part of the header only, without the scheme's
+    /// case or the spaces around it, so that spellings of one login share one entry (and one
+    /// check); the base64 alphabet with required padding has one spelling per login.
     fn cache_key_for(&self, header: &[u8]) -> [u8; 32] {
-        self.cache_key.hash32(header)
+        let credential = header.get(6..).map_or(header, <[u8]>::trim_ascii);
+        self.cache_key.hash32(credential)
     }
 }
 

@@ -83,7 +83,8 @@ fn verify_reusing(memory: &mut Vec<Block>, password: &str, phc: &str) -> bool {
 struct Job {
     password: String,
     phc: Arc<str>,
-    answer: oneshot::Sender<bool>,
+    /// `None`: pushed out of the queue by a network with fewer waiting checks (busy).
+    answer: oneshot::Sender<Option<bool>>,
 }
 
 /// Waiting verifications, one queue per client network, served round-robin: a flood from
@@ -101,14 +102,36 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// Queues `job` in `client`'s turn. A full queue makes room by pushing out the newest job
+    /// of the network with the most waiting, when that is more than this network's: however
+    /// many networks flood, a network with nothing waiting always gets a place (longest
+    /// queue drop), so junk cannot keep a login out.
     fn push(&mut self, client: u128, job: Job) -> Result<(), Job> {
-        let queue = self.by_client.entry(client).or_default();
-        if self.len >= self.capacity || queue.len() >= self.per_client {
-            if queue.is_empty() {
-                self.by_client.remove(&client);
-            }
+        let mine = self.by_client.get(&client).map_or(0, VecDeque::len);
+        if mine >= self.per_client {
             return Err(job);
         }
+        if self.len >= self.capacity {
+            let longest = self
+                .by_client
+                .iter()
+                .max_by_key(|(_, queue)| queue.len())
+                .map(|(network, queue)| (*network, queue.len()));
+            match longest {
+                Some((network, len)) if len > mine + 1 => {
+                    if let Some(pushed_out) = self
+                        .by_client
+                        .get_mut(&network)
+                        .and_then(VecDeque::pop_back)
+                    {
+                        let _ = pushed_out.answer.send(None);
+                        self.len -= 1;
+                    }
+                }
+                _ => return Err(job),
+            }
+        }
+        let queue = self.by_client.entry(client).or_default();
         if queue.is_empty() {
             self.turns.push_back(client);
         }
@@ -210,7 +233,7 @@ impl PasswordHasher {
                             }
                         };
                         let matched = verify_reusing(&mut memory, &job.password, &job.phc);
-                        let _ = job.answer.send(matched);
+                        let _ = job.answer.send(Some(matched));
                     }
                 });
             if let Err(e) = spawned {
@@ -245,8 +268,11 @@ impl PasswordHasher {
             .push(client_network(client), job)
             .map_err(|_| AuthError::PasswordChecksBusy)?;
         self.pool.ready.notify_one();
-        let matched = answered.await.unwrap_or(false);
-        Ok(known && matched)
+        match answered.await {
+            Ok(Some(matched)) => Ok(known && matched),
+            Ok(None) => Err(AuthError::PasswordChecksBusy),
+            Err(_) => Ok(false),
+        }
     }
 }
 
@@ -321,7 +347,7 @@ mod tests {
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn job() -> (Job, oneshot::Receiver<bool>) {
+    fn job() -> (Job, oneshot::Receiver<Option<bool>>) {
         let (answer, answered) = oneshot::channel();
         let job = Job {
             password: String::new(),
@@ -352,14 +378,27 @@ mod tests {
         let (job2, mut rx2) = job();
         assert!(waiting.push(2, job2).is_ok());
         // The flood's first job, then client 2's, though three more of the flood came first.
-        waiting.pop().unwrap().answer.send(true).unwrap();
-        waiting.pop().unwrap().answer.send(true).unwrap();
-        assert_eq!(rx2.try_recv(), Ok(true));
+        waiting.pop().unwrap().answer.send(Some(true)).unwrap();
+        waiting.pop().unwrap().answer.send(Some(true)).unwrap();
+        assert_eq!(rx2.try_recv(), Ok(Some(true)));
         assert_eq!(waiting.len, 3);
         for _ in 0..3 {
-            assert!(waiting.push(3, job().0).is_ok());
+            let (job, rx) = job();
+            assert!(waiting.push(3, job).is_ok());
+            receivers.push(rx);
         }
+        // Full (1 and 3 hold three each): a network with nothing waiting pushes out the newest
+        // job of a longest queue, twice, and then its queue is as long as theirs.
+        assert!(waiting.push(4, job().0).is_ok());
+        assert!(waiting.push(4, job().0).is_ok());
         assert!(waiting.push(4, job().0).is_err(), "total bound");
+        assert_eq!(waiting.len, 6);
+        let pushed_out = receivers
+            .iter_mut()
+            .map(|rx| rx.try_recv())
+            .filter(|answer| *answer == Ok(None))
+            .count();
+        assert_eq!(pushed_out, 2);
         while waiting.pop().is_some() {}
         assert_eq!(waiting.len, 0);
         assert!(waiting.by_client.is_empty() && waiting.turns.is_empty());

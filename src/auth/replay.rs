@@ -49,9 +49,11 @@ impl Shard {
                 break;
             }
             self.by_expiry.pop();
+            // Every heap entry counts until it leaves, released ones included: the bound is
+            // on memory, and a released claim's heap entry holds memory until its expiry.
+            purged += 1;
             if self.expiry_of.get(&fingerprint) == Some(&expires) {
                 self.expiry_of.remove(&fingerprint);
-                purged += 1;
             }
         }
         // A window emptied after a burst gives its memory back.
@@ -152,16 +154,11 @@ impl ReplayWindow {
     }
 
     /// Forgets a claim that was not used after all (the fleet's window could not confirm it).
+    /// Its heap entry stays, counted, until its expiry: claims released over and over (a
+    /// signature resent while Redis is down) fill the window like accepted ones, never memory
+    /// beyond it.
     pub fn release(&self, fingerprint: &[u8; 32]) {
-        if self
-            .shard(fingerprint)
-            .expiry_of
-            .remove(fingerprint)
-            .is_some()
-        {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-        }
-        // Its heap entry stays until its expiry and is then skipped (its map entry is gone).
+        self.shard(fingerprint).expiry_of.remove(fingerprint);
     }
 
     /// Purges expired entries from every shard.
@@ -232,16 +229,19 @@ mod tests {
     }
 
     #[test]
-    fn a_released_claim_frees_its_place() {
-        let window = ReplayWindow::new(ENTRY_BYTES);
+    fn a_released_claim_may_come_again_and_holds_its_memory_until_expiry() {
+        let window = ReplayWindow::new(2 * ENTRY_BYTES);
         window.claim(fp(1), 100, 0).unwrap();
-        assert_eq!(window.claim(fp(2), 100, 0), Err(ClaimRefused::Full));
         window.release(&fp(1));
         assert!(!window.seen(&fp(1), 0));
-        assert_eq!(window.claim(fp(2), 100, 0), Ok(()));
-        // The stale heap entry of the released one does not drop the live one.
+        // The same signature again (Redis answers now): accepted, and a replay after it.
+        assert_eq!(window.claim(fp(1), 100, 0), Ok(()));
+        assert_eq!(window.claim(fp(1), 100, 0), Err(ClaimRefused::Replay));
+        // Two heap entries are held: the window is full until they expire.
+        assert_eq!(window.claim(fp(2), 100, 0), Err(ClaimRefused::Full));
         window.sweep(101);
         assert_eq!(window.len(), 0);
+        assert_eq!(window.claim(fp(2), 200, 101), Ok(()));
     }
 
     #[test]

@@ -403,10 +403,22 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
 /// `keyid="<user name or id>/<keyID>"`.
 pub fn parse_keyid(keyid: &str) -> Option<(String, i64)> {
     let (user, key_id) = keyid.rsplit_once('/')?;
-    if user.is_empty() || key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_digit()) {
+    if user.is_empty() || !canonical_number(key_id) {
+        return None;
+    }
+    // A numeric user part is an id: one spelling per id (no leading zeros), so that spellings
+    // of one key cannot each cost a store read and a cache entry.
+    if user.bytes().all(|b| b.is_ascii_digit()) && !canonical_number(user) {
         return None;
     }
     Some((user.to_owned(), key_id.parse().ok()?))
+}
+
+/// Digits only, without leading zeros (`0` itself is fine).
+fn canonical_number(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'))
 }
 
 /// The cache key of a parsed keyid: a fixed-size digest of its user part and key id.
@@ -675,7 +687,15 @@ impl SignatureAuthenticator {
             Err(ClaimRefused::Full) => return Err(AuthError::ReplayWindowFull),
         }
         if let Some(fleet) = &self.fleet {
-            let window = self.settings.max_age + self.settings.max_future;
+            // Kept in Redis until the end of the last second the signature can verify in, as
+            // locally: a TTL counted from now would end up to a second early for a signature
+            // whose `created` lies ahead.
+            let until_ms = remember_until.saturating_add(1).saturating_mul(1000);
+            let window = std::time::Duration::from_millis(
+                u64::try_from(until_ms.saturating_sub(now_ms()))
+                    .unwrap_or(0)
+                    .max(1),
+            );
             match fleet
                 .claim(ClaimKind::Signature, &fingerprint, window)
                 .await
@@ -1005,6 +1025,12 @@ mod tests {
         );
         assert_eq!(parse_keyid("john"), None);
         assert_eq!(parse_keyid("john/x"), None);
+        assert_eq!(parse_keyid("2/1"), Some(("2".into(), 1)));
+        // One spelling per id: leading zeros or a sign would each be a cache entry and a
+        // store read for the same key.
+        for other in ["02/1", "2/01", "2/+1", "00/1", "2/"] {
+            assert_eq!(parse_keyid(other), None, "{other}");
+        }
         let key = parse_public_key(B14_PUBLIC).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(key.to_bytes());
         assert_eq!(parse_public_key(&b64).unwrap(), key);

@@ -112,10 +112,10 @@ pub struct SignedBodies {
     pub max_body: u64,
     pub in_memory: u64,
     pub timeout: Duration,
-    /// Restart-only: the bound on all bodies held at once, on those of one signing key, and
+    /// Restart-only: the bound on all bodies held at once, on those of one user, and
     /// where spool files go.
     pub in_flight: u64,
-    pub in_flight_per_key: u64,
+    pub in_flight_per_user: u64,
     pub spool_dir: PathBuf,
 }
 
@@ -556,10 +556,10 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             "must be at least signatures.max_body".into(),
         );
     }
-    if let Some(per_key) = signatures.bodies_in_flight_per_key {
+    if let Some(per_key) = signatures.bodies_in_flight_per_user {
         if per_key < signatures.max_body || per_key > signatures.bodies_in_flight {
             problem(
-                "signatures.bodies_in_flight_per_key".into(),
+                "signatures.bodies_in_flight_per_user".into(),
                 "must be at least signatures.max_body and at most signatures.bodies_in_flight"
                     .into(),
             );
@@ -635,8 +635,8 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             in_memory: signatures.body_in_memory,
             timeout: signatures.body_timeout.0,
             in_flight: signatures.bodies_in_flight,
-            in_flight_per_key: signatures
-                .bodies_in_flight_per_key
+            in_flight_per_user: signatures
+                .bodies_in_flight_per_user
                 .unwrap_or_else(|| (signatures.bodies_in_flight / 4).max(signatures.max_body)),
             spool_dir: signatures
                 .spool_dir

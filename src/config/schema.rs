@@ -139,10 +139,10 @@ pub struct SignaturesFile {
     /// All signed bodies held at once, in bytes (memory and spool files together).
     #[serde(default = "defaults::bodies_in_flight")]
     pub bodies_in_flight: u64,
-    /// Signed bodies of one signing key held at once, in bytes; absent: a quarter of
+    /// Signed bodies of one user (all their signing keys) held at once, in bytes; absent: a quarter of
     /// `bodies_in_flight`, at least `max_body`.
     #[serde(default)]
-    pub bodies_in_flight_per_key: Option<u64>,
+    pub bodies_in_flight_per_user: Option<u64>,
     /// Directory of spool files; absent: the system's temporary directory.
     #[serde(default)]
     pub spool_dir: Option<std::path::PathBuf>,
@@ -161,7 +161,7 @@ impl Default for SignaturesFile {
             max_body: defaults::max_body(),
             body_in_memory: defaults::body_in_memory(),
             bodies_in_flight: defaults::bodies_in_flight(),
-            bodies_in_flight_per_key: None,
+            bodies_in_flight_per_user: None,
             spool_dir: None,
             body_timeout: defaults::body_timeout(),
             replay_memory: defaults::replay_memory(),

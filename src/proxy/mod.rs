@@ -82,6 +82,14 @@ impl Listener {
     }
 }
 
+/// What decides a request once its principal is known: the route and the normalized target,
+/// under the configuration the request started with.
+struct Decision<'a> {
+    config: &'a Config,
+    route: &'a Route,
+    target: &'a RequestTarget,
+}
+
 /// Where an admitted request goes.
 enum Admission {
     Upstream,
@@ -177,7 +185,12 @@ impl KeywardProxy {
             .client_ip
             .ok_or(Refusal::BadRequest("no_client_address"))?;
         let budget = CheckBudget::new(&self.limiter, &ctx.config.rate_limits, client);
-        let authenticated = match self.authenticate(session, ctx, &budget).await {
+        let decision = Decision {
+            config: &config,
+            route,
+            target: &target,
+        };
+        let authenticated = match self.authenticate(session, ctx, &budget, &decision).await {
             Ok(authenticated) => authenticated,
             Err(refusal @ Refusal::Unauthenticated(_)) => {
                 self.settle(&budget, Some(AuthOutcome::Refused))?;
@@ -293,6 +306,7 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &RequestCtx,
         budget: &CheckBudget<'_>,
+        decision: &Decision<'_>,
     ) -> Result<Authenticated, Refusal> {
         let has_body = !session.is_body_empty();
         let client_ip = ctx
@@ -305,24 +319,29 @@ impl KeywardProxy {
             body: None,
             tls: ctx.tls,
         };
-        if credential != Credential::Signature || !has_body {
+        if credential != Credential::Signature {
             return Ok(self
                 .auth
                 .authenticate_found(credential, &view, client_ip, budget)
                 .await?);
         }
-        Box::pin(self.authenticate_signed_body(session, ctx, client_ip, budget)).await
+        Box::pin(self.authenticate_signed(session, ctx, client_ip, budget, decision, has_body))
+            .await
     }
 
-    /// A signed request with a body: the signature first (a used one is refused there), then
-    /// the credential's rate limit, and only then the body, read and hashed, within the
-    /// credential's share of the in-flight bound.
-    async fn authenticate_signed_body(
+    /// A signed request: the signature first (a used one is refused there), then the
+    /// credential's rate limit and the route's decision, and only then — for a request that
+    /// would pass — its body, read and hashed within the credential's share of the in-flight
+    /// bound, and the claim in the replay window. A request refused by its limit or its route
+    /// spends no place in the window, so a key cannot fill it with requests that never pass.
+    async fn authenticate_signed(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
         client_ip: std::net::IpAddr,
         budget: &CheckBudget<'_>,
+        decision: &Decision<'_>,
+        has_body: bool,
     ) -> Result<Authenticated, Refusal> {
         let view = signature::RequestView {
             header: session.req_header(),
@@ -331,20 +350,35 @@ impl KeywardProxy {
         };
         let pending = self
             .auth
-            .verify_signature(&view, true, client_ip, budget)
+            .verify_signature(&view, has_body, client_ip, budget)
             .await?;
+        let credential = pending.principal().rate_limit;
+        self.settle(budget, Some(AuthOutcome::Authenticated(credential)))?;
+        self.decide(
+            decision.config,
+            decision.route,
+            Some(pending.principal()),
+            session.req_header(),
+            decision.target,
+        )?;
+        if !has_body {
+            let principal = self.auth.accept_signature(pending, None, client_ip).await?;
+            return Ok(Authenticated {
+                principal: Some(principal),
+                clear_token_cookie: false,
+                limit_counted: true,
+            });
+        }
         let expected = pending
             .expected_body()
             .cloned()
             .ok_or(Refusal::BadRequest("unframed_body"))?;
-        let credential = pending.principal().rate_limit;
-        self.settle(budget, Some(AuthOutcome::Authenticated(credential)))?;
         let body = upload::read(
             session,
             &expected,
             &ctx.config.signed_bodies,
             &self.uploads,
-            credential.key,
+            pending.principal().user_id,
         )
         .await?;
         let principal = self

@@ -17,7 +17,6 @@
 use super::respond::Refusal;
 use crate::auth::signature::{BodyHasher, ExpectedDigest};
 use crate::config::SignedBodies;
-use crate::ratelimit::LimitKey;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -40,22 +39,23 @@ pub const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
 /// Size of the chunks a spilled body is sent upstream in.
 const FILE_CHUNK_BYTES: usize = 64 * 1024;
 /// Where spilled bodies go, and the bounds on bodies held at once: all together, and per
-/// signing key (restart-only).
+/// user (restart-only).
 pub struct UploadSpool {
     dir: PathBuf,
     in_flight: Arc<Semaphore>,
-    per_key: Arc<PerKey>,
+    per_user: Arc<PerUser>,
 }
 
-/// Bytes held per signing key, so that one key (one client, or one leaked signature sent
-/// on many connections) cannot hold the whole in-flight bound.
-struct PerKey {
-    held: std::sync::Mutex<HashMap<LimitKey, u64>>,
+/// Bytes held per user (all their signing keys together), so that one client — one key, many
+/// keys of one user, or one leaked signature sent on many connections — cannot hold the whole
+/// in-flight bound.
+struct PerUser {
+    held: std::sync::Mutex<HashMap<i64, u64>>,
     limit: u64,
 }
 
-impl PerKey {
-    fn take(&self, key: LimitKey, bytes: u64) -> bool {
+impl PerUser {
+    fn take(&self, key: i64, bytes: u64) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let now = held.get(&key).copied().unwrap_or(0);
         match now.checked_add(bytes).filter(|total| *total <= self.limit) {
@@ -67,7 +67,7 @@ impl PerKey {
         }
     }
 
-    fn give_back(&self, key: LimitKey, bytes: u64) {
+    fn give_back(&self, key: i64, bytes: u64) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(now) = held.get_mut(&key) {
             *now = now.saturating_sub(bytes);
@@ -81,14 +81,14 @@ impl PerKey {
 /// The bytes one body holds of both bounds; given back when the body is dropped.
 pub struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
-    per_key: Arc<PerKey>,
-    key: LimitKey,
+    per_user: Arc<PerUser>,
+    user_id: i64,
     bytes: u64,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.per_key.give_back(self.key, self.bytes);
+        self.per_user.give_back(self.user_id, self.bytes);
     }
 }
 
@@ -100,18 +100,18 @@ impl UploadSpool {
         UploadSpool {
             dir: settings.spool_dir.clone(),
             in_flight: Arc::new(Semaphore::new(permits)),
-            per_key: Arc::new(PerKey {
+            per_user: Arc::new(PerUser {
                 held: Default::default(),
-                limit: settings.in_flight_per_key,
+                limit: settings.in_flight_per_user,
             }),
         }
     }
 
-    fn reservation(&self, key: LimitKey) -> Reservation {
+    fn reservation(&self, user_id: i64) -> Reservation {
         Reservation {
             permit: None,
-            per_key: self.per_key.clone(),
-            key,
+            per_user: self.per_user.clone(),
+            user_id,
             bytes: 0,
         }
     }
@@ -132,8 +132,8 @@ impl UploadSpool {
             .clone()
             .try_acquire_many_owned(permits)
             .map_err(|_| Refusal::Unavailable("signed_bodies_in_flight"))?;
-        if !self.per_key.take(held.key, bytes) {
-            return Err(Refusal::Unavailable("signed_bodies_in_flight_per_key"));
+        if !self.per_user.take(held.user_id, bytes) {
+            return Err(Refusal::Unavailable("signed_bodies_in_flight_per_user"));
         }
         held.bytes += bytes;
         match &mut held.permit {
@@ -193,13 +193,13 @@ pub async fn read(
     expected: &ExpectedDigest,
     limits: &SignedBodies,
     spool: &UploadSpool,
-    key: LimitKey,
+    user_id: i64,
 ) -> Result<SignedBody, Refusal> {
     let declared = declared_length(session.req_header());
     if declared.is_some_and(|length| length > limits.max_body) {
         return Err(Refusal::PayloadTooLarge);
     }
-    let mut reserved = spool.reservation(key);
+    let mut reserved = spool.reservation(user_id);
     let mut reserved_bytes = declared.unwrap_or(0);
     spool.reserve(&mut reserved, reserved_bytes)?;
 
