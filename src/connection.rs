@@ -165,6 +165,8 @@ fn peer_ip(stream: &Stream) -> Option<IpAddr> {
 fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
+        // NAT64 (`64:ff9b::/96`): each IPv4 client behind the translator counts on its own.
+        IpAddr::V6(v6) if crate::ratelimit::nat64_ipv4(v6).is_some() => ip,
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(bits.into())

@@ -140,15 +140,25 @@ pub enum LimitKey {
 }
 
 /// An IPv4 client by its address, an IPv6 client by its /64: one IPv6 host usually holds a
-/// whole /64, so counting single addresses would let it pick a fresh one per request.
+/// whole /64, so counting single addresses would let it pick a fresh one per request. An
+/// IPv4 client translated by NAT64 (the RFC 6052 well-known prefix `64:ff9b::/96`) counts as
+/// its IPv4 address, not as one /64 shared by every IPv4 client behind the translator.
 pub fn client_network(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(_) => u128::from(v6),
-            None => u128::from(v6) & !u128::from(u64::MAX),
+        IpAddr::V6(v6) => match (v6.to_ipv4_mapped(), nat64_ipv4(v6)) {
+            (Some(_), _) => u128::from(v6),
+            (None, Some(v4)) => u128::from(v4.to_ipv6_mapped()),
+            (None, None) => u128::from(v6) & !u128::from(u64::MAX),
         },
     }
+}
+
+/// The IPv4 address inside an address of the NAT64 well-known prefix `64:ff9b::/96`.
+pub fn nat64_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    const WELL_KNOWN: u128 = 0x0064_ff9b_0000_0000_0000_0000_0000_0000;
+    let bits = u128::from(v6);
+    (bits >> 32 == WELL_KNOWN >> 32).then(|| std::net::Ipv4Addr::from(bits as u32))
 }
 
 /// The rate-limit identity of an authenticated principal: its key, and its own quota when the
@@ -577,6 +587,15 @@ mod tests {
             assert!(limiter.check(KEY, quota, t2).is_ok());
         }
         assert!(limiter.check(KEY, quota, t2).is_err());
+    }
+
+    #[test]
+    fn clients_behind_nat64_count_by_their_ipv4_address() {
+        let net = |s: &str| client_network(s.parse().unwrap());
+        assert_eq!(net("64:ff9b::1.2.3.4"), net("1.2.3.4"));
+        assert_ne!(net("64:ff9b::1.2.3.4"), net("64:ff9b::5.6.7.8"));
+        assert_eq!(net("2001:db8::1"), net("2001:db8::2"));
+        assert_eq!(net("::ffff:1.2.3.4"), net("1.2.3.4"));
     }
 
     #[test]

@@ -509,3 +509,59 @@ fn spellings_of_one_login_share_one_check() {
     // Twelve spellings, one argon2 check: the login cache is keyed by the credential itself.
     assert_eq!(misses(&kw) - before, 1);
 }
+
+#[test]
+fn a_client_that_stops_reading_its_answer_is_cut_off_after_the_send_timeout() {
+    // An upstream with a 256 MiB answer to anything: more than every socket buffer between
+    // it and a client that never reads.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let upstream_gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gave_up = upstream_gave_up.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let gave_up = gave_up.clone();
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let size = 256 * 1024 * 1024;
+                let header = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                let chunk = vec![b'x'; 1 << 20];
+                let sent = stream.write_all(header.as_bytes()).is_ok()
+                    && (0..256).all(|_| stream.write_all(&chunk).is_ok());
+                if !sent {
+                    gave_up.store(true, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let kw = Keyward::start_with(Setup {
+        upstream_address: Some(upstream.to_string()),
+        extra: "limits: { send_timeout: 1s }".into(),
+        ..Setup::default()
+    });
+    let open = |kw: &Keyward| metric(kw, "keyward_connections_open");
+    let mut stalled = TcpStream::connect(kw.proxy).unwrap();
+    stalled
+        .write_all(b"GET /public/big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // The answer starts; then the client reads nothing more.
+    let mut first = [0u8; 1024];
+    stalled.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    let mut closed = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if open(&kw) == 0 && upstream_gave_up.load(Ordering::Relaxed) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the connection and its upstream are still held: {} open",
+        open(&kw)
+    );
+    drop(stalled);
+}

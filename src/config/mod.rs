@@ -191,17 +191,25 @@ pub struct NetworkLimits {
     /// `None`: no cap.
     pub max_connections_per_client: Option<usize>,
     pub max_h2_streams: u32,
+    pub send_timeout: Duration,
 }
 
 fn validate_network_limits(
-    (body_timeout, max_connections_per_client, max_h2_streams): (schema::Seconds, usize, u32),
+    (body_timeout, max_connections_per_client, max_h2_streams, send_timeout): (
+        schema::Seconds,
+        usize,
+        u32,
+        schema::Seconds,
+    ),
     problem: &mut impl FnMut(String, String),
 ) -> NetworkLimits {
-    if body_timeout.0.is_zero() {
-        problem(
-            "limits.body_timeout".into(),
-            "must be greater than zero".into(),
-        );
+    for (key, timeout) in [
+        ("limits.body_timeout", body_timeout),
+        ("limits.send_timeout", send_timeout),
+    ] {
+        if timeout.0.is_zero() {
+            problem(key.into(), "must be greater than zero".into());
+        }
     }
     if max_h2_streams == 0 {
         problem("limits.max_h2_streams".into(), "must be at least 1".into());
@@ -210,6 +218,7 @@ fn validate_network_limits(
         body_timeout: body_timeout.0,
         max_connections_per_client: Some(max_connections_per_client).filter(|n| *n > 0),
         max_h2_streams,
+        send_timeout: send_timeout.0,
     }
 }
 
@@ -681,9 +690,15 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
         body_timeout,
         max_connections_per_client,
         max_h2_streams,
+        send_timeout,
     } = limits;
     let network = validate_network_limits(
-        (body_timeout, max_connections_per_client, max_h2_streams),
+        (
+            body_timeout,
+            max_connections_per_client,
+            max_h2_streams,
+            send_timeout,
+        ),
         problem,
     );
     // Below these, ordinary requests and logins would be refused.

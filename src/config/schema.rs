@@ -388,6 +388,10 @@ pub struct LimitsFile {
     /// Concurrent streams (requests) on one HTTP/2 connection.
     #[serde(default = "defaults::max_h2_streams")]
     pub max_h2_streams: u32,
+    /// Longest one write of a response to the client may wait (a client that stops reading,
+    /// an HTTP/2 stream whose window stays closed); then the connection or stream is closed.
+    #[serde(default = "defaults::send_timeout")]
+    pub send_timeout: Seconds,
 }
 
 impl Default for LimitsFile {
@@ -404,6 +408,7 @@ impl Default for LimitsFile {
             body_timeout: defaults::request_body_timeout(),
             max_connections_per_client: defaults::max_connections_per_client(),
             max_h2_streams: defaults::max_h2_streams(),
+            send_timeout: defaults::send_timeout(),
         }
     }
 }
@@ -619,6 +624,9 @@ mod defaults {
     }
     pub fn request_body_timeout() -> Seconds {
         Seconds(Duration::from_secs(30))
+    }
+    pub fn send_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
     }
     pub fn max_connections_per_client() -> usize {
         1_000

@@ -132,6 +132,10 @@ impl KeywardProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
         ctx.tls = is_tls(session);
+        // A client that stops reading its answer (or keeps an HTTP/2 window closed) holds a
+        // connection, its client slot and an upstream connection: each write may wait at most
+        // `limits.send_timeout` (nginx's `send_timeout`), then the connection is closed.
+        session.set_write_timeout(Some(ctx.config.limits.network.send_timeout));
         self.arm_body_deadline(session, ctx);
         let target = inspect(
             session.req_header(),

@@ -127,10 +127,12 @@ impl RequestTarget {
             return Ok(());
         }
         for segment in self.path().split('/') {
-            let trailing = segment.ends_with('.') || segment.ends_with("%20");
-            let bytes = segment.as_bytes();
-            let stream = segment.contains("::") || segment.contains(":$");
-            let short_name = bytes
+            // Read as IIS reads it: percent-decoded (`%3A%3A%24DATA` is `::$DATA` there).
+            let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+            let trailing = decoded.ends_with('.') || decoded.ends_with(' ');
+            let stream = decoded.contains("::") || decoded.contains(":$");
+            let short_name = decoded
+                .as_bytes()
                 .windows(2)
                 .any(|w| w[0] == b'~' && w[1].is_ascii_digit());
             if trailing || stream || short_name || folds_to_ascii(segment) {
@@ -511,6 +513,13 @@ mod tests {
             "/api/%EF%AC%80",
             "/_admin./manage",
             "/.TOKEN%20/x",
+            // The same, percent-encoded: IIS decodes before it reads a file name.
+            "/api/admin%3A%3A%24DATA",
+            "/api/admin%3A$DATA",
+            "/api/admin:%24DATA",
+            "/api/admin%3A%24I30%3A%24INDEX_ALLOCATION",
+            "/api/admin%2E",
+            "/api/ADMINI%7E1",
         ] {
             assert_eq!(check(raw), Err(TargetError::WindowsAlias), "{raw}");
         }
