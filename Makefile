@@ -11,7 +11,7 @@ run: prereqs
 	scripts/run.sh
 
 test: prereqs
-	cargo test --all-targets
+	cargo test --workspace --all-targets
 
 # deploy/ as an operator uses it: Prometheus rules and config, the manifests, the dashboard,
 # the Dockerfile, and a live keyward's /metrics (scripts/check-deploy.sh).

@@ -265,6 +265,15 @@ declared += [b.get("path", f"benches/{b['name']}.rs") for b in cargo.get("bench"
 for path in declared:
     if path not in docker:
         problems.append(f"the dependency layer makes no stand-in for {path}")
+# Each crate of the workspace: its manifest copied, a stand-in library made for it.
+import glob
+stand_ins = re.search(r"for crate in ([^;]+);", docker)
+for manifest in sorted(glob.glob("crates/*/Cargo.toml")):
+    crate = manifest.split("/")[1]
+    if f"COPY {manifest} crates/{crate}/" not in docker:
+        problems.append(f"the dependency layer does not copy {manifest}")
+    if not stand_ins or crate not in stand_ins.group(1).split():
+        problems.append(f"the dependency layer makes no stand-in for crates/{crate}")
 for p in problems:
     print(f"Dockerfile: {p}", file=sys.stderr)
 if problems:

@@ -1,27 +1,28 @@
 //! keyward: an authentication sidecar built on pingora.
 //!
-//! The request path is `proxy` (filter → authenticate → policy → forward); credentials are
-//! checked by the modules under `auth`, decisions made by `policy`, and everything keyward
-//! answers itself is written by `proxy::respond`.
+//! This crate is the top floor: the binary's composition (`app`), its command line (`cli`),
+//! its operations endpoints (`ops`) and its log output. The layers below are crates of their
+//! own (see docs/architecture.md), re-exported here under the names the tests and tools use.
 
-pub mod admin;
 pub mod app;
-pub mod audit;
-pub mod auth;
-pub mod cache;
 pub mod cli;
-pub mod config;
-pub mod connection;
-pub mod fleet;
-pub mod invalidation;
 pub mod log_output;
 pub mod logging;
-pub mod metrics;
 pub mod ops;
-pub mod policy;
-pub mod proxy;
-pub mod ratelimit;
-pub mod reload;
-pub mod store;
-pub mod tls;
-pub mod users;
+
+pub use keyward_admin as admin;
+pub use keyward_auth as auth;
+pub use keyward_auth::{cache, fleet, invalidation, ratelimit, users};
+pub use keyward_config as config;
+pub use keyward_config::{policy, reload, tls};
+pub use keyward_core as core_vocabulary;
+pub use keyward_metrics as metrics;
+pub use keyward_store as store;
+pub use keyward_store::audit;
+
+/// The request path: the proxy crate and the HTTP vocabulary it shares with the admin API.
+pub mod proxy {
+    pub use keyward_http::{ctx, namespace, respond, service, target};
+    pub use keyward_proxy::*;
+}
+pub use keyward_proxy::connection;

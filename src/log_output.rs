@@ -23,7 +23,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// A buffer this large is written out at once by the request that filled it.
 pub const HIGH_WATER: usize = 256 * 1024;
 /// The events that are batched: one per request.
-pub const ACCESS_TARGET: &str = "keyward::access";
+pub use keyward_proxy::ACCESS_TARGET;
 
 struct Shared {
     pending: Mutex<Vec<u8>>,

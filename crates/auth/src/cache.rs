@@ -1,0 +1,221 @@
+//! The credential caches of the request path: metadata found in the store, cached by the
+//! credential's identifier, beside a negative cache of identifiers the store does not know so
+//! that a flood of random credentials costs the store at most one query per identifier.
+//! Concurrent misses for one identifier share a single load.
+//!
+//! Memory is bounded in bytes, not only in entries: keys are `Copy` (fixed-size values such as
+//! a parsed API key prefix or a 32-byte digest, never an attacker-chosen string), so a full
+//! negative cache holds `negative_capacity` entries of at most a few hundred bytes each
+//! however long the junk credentials were. Values come from the store only.
+
+use crate::ratelimit::CheckBudget;
+use crate::AuthError;
+use keyward_metrics::Metrics;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct CacheSettings {
+    pub ttl: LiveDuration,
+    pub capacity: u64,
+    pub negative_ttl: LiveDuration,
+    pub negative_capacity: u64,
+}
+
+/// A duration a configuration reload can change while the caches using it keep their entries
+/// (a TTL change applies to entries stored after it).
+#[derive(Debug, Clone)]
+pub struct LiveDuration(Arc<AtomicU64>);
+
+impl LiveDuration {
+    pub fn new(value: Duration) -> LiveDuration {
+        LiveDuration(Arc::new(AtomicU64::new(nanos(value))))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, value: Duration) {
+        self.0.store(nanos(value), Ordering::Relaxed);
+    }
+
+    /// A moka expiry policy: entries live for the duration current when they are stored.
+    pub fn expiry(&self) -> LiveExpiry {
+        LiveExpiry(self.clone())
+    }
+}
+
+fn nanos(value: Duration) -> u64 {
+    u64::try_from(value.as_nanos()).unwrap_or(u64::MAX)
+}
+
+pub struct LiveExpiry(LiveDuration);
+
+impl<K, V> moka::Expiry<K, V> for LiveExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        _value: &V,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.0.get())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+enum LoadError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Store(String),
+}
+
+pub struct CredentialCache<K, V> {
+    known: moka::future::Cache<K, Arc<V>>,
+    unknown: moka::future::Cache<K, ()>,
+    /// `cache` label of the metrics (the negative cache has its own).
+    name: &'static str,
+    negative_name: &'static str,
+    /// This cache's series, resolved once (see [`Metrics::cache_counters`]).
+    hits: prometheus::IntCounter,
+    negative_hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+}
+
+impl<K, V> CredentialCache<K, V>
+where
+    K: Hash + Eq + Copy + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    pub fn new(
+        metrics: Arc<Metrics>,
+        name: &'static str,
+        negative_name: &'static str,
+        settings: &CacheSettings,
+    ) -> Self {
+        let (hits, misses) = metrics.cache_counters(name);
+        let (negative_hits, _) = metrics.cache_counters(negative_name);
+        CredentialCache {
+            known: moka::future::Cache::builder()
+                .max_capacity(settings.capacity)
+                .expire_after(settings.ttl.expiry())
+                .support_invalidation_closures()
+                .build(),
+            unknown: moka::future::Cache::builder()
+                .max_capacity(settings.negative_capacity)
+                .expire_after(settings.negative_ttl.expiry())
+                .support_invalidation_closures()
+                .build(),
+            hits,
+            negative_hits,
+            misses,
+            name,
+            negative_name,
+        }
+    }
+
+    /// The cached value for `key`, or what `load` finds in the store (`Ok(None)`: unknown,
+    /// remembered in the negative cache). A store failure is `StoreUnavailable` (503). A miss
+    /// is paid for from the client's `budget` before the store is asked (SPEC §15).
+    pub async fn get_or_load<F>(
+        &self,
+        key: K,
+        budget: &CheckBudget<'_>,
+        load: F,
+    ) -> Result<Arc<V>, AuthError>
+    where
+        F: Future<Output = Result<Option<V>, String>> + Send + 'static,
+    {
+        // Known first: that is the warm path of every authenticated request. An identifier
+        // in both (created after it was remembered as unknown) is known.
+        if let Some(value) = self.known.get(&key).await {
+            self.hits.inc();
+            return Ok(value);
+        }
+        if self.unknown.contains_key(&key) {
+            self.negative_hits.inc();
+            return Err(AuthError::UnknownKey);
+        }
+        self.misses.inc();
+        budget.charge().map_err(AuthError::ClientBudget)?;
+        let loaded = self
+            .known
+            .try_get_with(key, async move {
+                match load.await {
+                    Ok(Some(value)) => Ok(Arc::new(value)),
+                    Ok(None) => Err(LoadError::NotFound),
+                    Err(message) => Err(LoadError::Store(message)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(value) => Ok(value),
+            Err(e) => match e.as_ref() {
+                LoadError::NotFound => {
+                    self.unknown.insert(key, ()).await;
+                    Err(AuthError::UnknownKey)
+                }
+                LoadError::Store(message) => {
+                    // Counted, and logged once per outage, by the store's health tracker.
+                    tracing::debug!(cache = self.name, error = %message, "store lookup failed during authentication");
+                    Err(AuthError::StoreUnavailable)
+                }
+            },
+        }
+    }
+
+    /// Drops the cached entries for which `known` holds, and the unknown identifiers for which
+    /// `unknown` holds.
+    pub fn invalidate(
+        &self,
+        known: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+        unknown: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ) {
+        // Only fails without invalidation closures, which `new` always enables.
+        let _ = self.known.invalidate_entries_if(move |k, v| known(k, v));
+        let _ = self.unknown.invalidate_entries_if(move |k, _| unknown(k));
+    }
+
+    /// `(cache label, entries)` of both caches, exact once pending maintenance has run.
+    pub async fn entry_counts(&self) -> [(&'static str, u64); 2] {
+        self.known.run_pending_tasks().await;
+        self.unknown.run_pending_tasks().await;
+        [
+            (self.name, self.known.entry_count()),
+            (self.negative_name, self.unknown.entry_count()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_ttl_applies_to_entries_stored_after_it() {
+        let ttl = LiveDuration::new(Duration::from_secs(3600));
+        let cache = CredentialCache::<u64, u64>::new(
+            Arc::new(Metrics::new()),
+            "apikey",
+            "apikey_negative",
+            &CacheSettings {
+                ttl: ttl.clone(),
+                capacity: 100,
+                negative_ttl: LiveDuration::new(Duration::from_secs(3600)),
+                negative_capacity: 100,
+            },
+        );
+        let load = |v: u64| async move { Ok::<_, String>(Some(v)) };
+        let budget = CheckBudget::unlimited(std::net::Ipv4Addr::LOCALHOST.into());
+        cache.get_or_load(1, &budget, load(1)).await.unwrap();
+        ttl.set(Duration::from_millis(50));
+        cache.get_or_load(2, &budget, load(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // 1 is still cached (loaded again it would be 10); 2 expired and is loaded anew.
+        assert_eq!(*cache.get_or_load(1, &budget, load(10)).await.unwrap(), 1);
+        assert_eq!(*cache.get_or_load(2, &budget, load(20)).await.unwrap(), 20);
+    }
+}

@@ -1,0 +1,998 @@
+//! Signed requests (SPEC §3): RFC 9421 HTTP Message Signatures with Ed25519.
+//!
+//! Verification rebuilds the signature base exactly as RFC 9421 §2.5 describes from the
+//! `Signature-Input` parameters (parsed and re-serialised as structured fields with `sfv`),
+//! verifies it with `ed25519-dalek` in strict mode, checks the body against `Content-Digest`
+//! (RFC 9530), and then guards against replay twice over: every accepted signature is
+//! remembered for its whole validity window, and a per-key "signature session" pins the
+//! client's clock offset so a client cannot step its clock back to sign outside the window.
+
+use super::replay::{ClaimRefused, ReplayWindow};
+use super::usage::UsageRecorder;
+use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::cache::{CacheSettings, CredentialCache};
+use crate::fleet::{Answer, ClaimKind, FleetClaims};
+use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
+use base64::Engine as _;
+use ed25519_dalek::{Signature, VerifyingKey};
+use ipnet::IpNet;
+use keyward_config::SignatureSettings;
+pub use keyward_core::SignatureError;
+use keyward_metrics::Metrics;
+use keyward_store::{now_ms, Db, SignatureKey, StoreError, User};
+use pingora::http::RequestHeader;
+use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, List, ListEntry, Parser};
+use sha2::{Digest, Sha256, Sha512};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub const CACHE_NAME: &str = keyward_metrics::cache_name::SIGNATURE_KEY;
+pub const NEGATIVE_CACHE_NAME: &str = keyward_metrics::cache_name::SIGNATURE_KEY_NEGATIVE;
+pub const REPLAY_CACHE_NAME: &str = keyward_metrics::cache_name::REPLAY_WINDOW;
+pub const SESSION_CACHE_NAME: &str = keyward_metrics::cache_name::SIGNATURE_SESSION;
+/// Components every signature must cover; `content-digest` too when there is a body.
+const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
+/// Longest accepted `Signature-Input` / `Signature` value.
+const MAX_HEADER_LEN: usize = 4096;
+/// Longest accepted `keyid` (`<user name or id>/<keyID>`); longer ones are malformed.
+pub const MAX_KEYID_LEN: usize = 256;
+
+/// The parsed `Signature-Input` member and its `Signature`.
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    pub components: Vec<String>,
+    /// The `@signature-params` value: the inner list re-serialised.
+    pub params: String,
+    pub created: i64,
+    pub expires: Option<i64>,
+    pub nonce: Option<String>,
+    pub keyid: String,
+    pub signature: [u8; 64],
+}
+
+/// A signed request whose headers verified (see `SignatureAuthenticator::verify`).
+pub struct VerifiedSignature {
+    key: Arc<CachedSigKey>,
+    fingerprint: [u8; 32],
+    offset_secs: i64,
+    /// When the replay window may forget this signature (seconds): past it, it is stale.
+    remember_until: i64,
+    /// `Some` for a request with a body: what the body must hash to.
+    body: Option<ExpectedDigest>,
+}
+
+impl VerifiedSignature {
+    pub fn expected_body(&self) -> Option<&ExpectedDigest> {
+        self.body.as_ref()
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.key.principal
+    }
+}
+
+/// The parts of a request a signature can cover.
+pub struct RequestView<'a> {
+    pub header: &'a RequestHeader,
+    pub body: Option<&'a [u8]>,
+    pub tls: bool,
+}
+
+fn single_header<'a>(header: &'a RequestHeader, name: &str) -> Result<&'a str, SignatureError> {
+    let mut values = header.headers.get_all(name).iter();
+    let value = values.next().ok_or(SignatureError::Malformed)?;
+    if values.next().is_some() || value.len() > MAX_HEADER_LEN {
+        return Err(SignatureError::Malformed);
+    }
+    value.to_str().map_err(|_| SignatureError::Malformed)
+}
+
+/// Parses `Signature-Input` and `Signature`. One signature per request: several labels are
+/// refused rather than picked between.
+pub fn parse_headers(header: &RequestHeader) -> Result<SignedRequest, SignatureError> {
+    let input: Dictionary = Parser::new(single_header(header, "signature-input")?)
+        .parse()
+        .map_err(|_| SignatureError::Malformed)?;
+    let signatures: Dictionary = Parser::new(single_header(header, "signature")?)
+        .parse()
+        .map_err(|_| SignatureError::Malformed)?;
+    if input.len() != 1 {
+        return Err(SignatureError::Malformed);
+    }
+    let (label, entry) = input.into_iter().next().ok_or(SignatureError::Malformed)?;
+    let ListEntry::InnerList(list) = entry else {
+        return Err(SignatureError::Malformed);
+    };
+    let signature = match signatures.get(label.as_str()) {
+        Some(ListEntry::Item(Item {
+            bare_item: BareItem::ByteSequence(bytes),
+            ..
+        })) => <[u8; 64]>::try_from(bytes.as_slice()).map_err(|_| SignatureError::Malformed)?,
+        _ => return Err(SignatureError::Malformed),
+    };
+    let mut components = Vec::with_capacity(list.items.len());
+    for item in &list.items {
+        // Component parameters (`;sf`, `;key`, `;req`, `;bs`) are not supported: refused.
+        let name = item
+            .bare_item
+            .as_string()
+            .ok_or(SignatureError::Malformed)?;
+        if !item.params.is_empty() {
+            return Err(SignatureError::Malformed);
+        }
+        let name = name.as_str().to_owned();
+        if components.contains(&name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(SignatureError::Malformed);
+        }
+        components.push(name);
+    }
+    let int_param = |name: &str| -> Result<Option<i64>, SignatureError> {
+        match list.params.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_integer()
+                .map(|i| Some(i64::from(i)))
+                .ok_or(SignatureError::Malformed),
+        }
+    };
+    let str_param = |name: &str| -> Result<Option<String>, SignatureError> {
+        match list.params.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_string()
+                .map(|s| Some(s.as_str().to_owned()))
+                .ok_or(SignatureError::Malformed),
+        }
+    };
+    let created = int_param("created")?.ok_or(SignatureError::Malformed)?;
+    let expires = int_param("expires")?;
+    let nonce = str_param("nonce")?;
+    let keyid = str_param("keyid")?.ok_or(SignatureError::Malformed)?;
+    if keyid.len() > MAX_KEYID_LEN {
+        return Err(SignatureError::Malformed);
+    }
+    if let Some(alg) = str_param("alg")? {
+        if alg != "ed25519" {
+            return Err(SignatureError::Malformed);
+        }
+    }
+    let params = serialize_inner_list(list)?;
+    Ok(SignedRequest {
+        components,
+        params,
+        created,
+        expires,
+        nonce,
+        keyid,
+        signature,
+    })
+}
+
+fn serialize_inner_list(list: InnerList) -> Result<String, SignatureError> {
+    let as_list: List = vec![ListEntry::InnerList(list)];
+    as_list.serialize().ok_or(SignatureError::Malformed)
+}
+
+/// `@authority`: the host, lower-cased, without the scheme's default port.
+fn authority(view: &RequestView<'_>) -> Result<String, SignatureError> {
+    let raw = match view.header.uri.authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => single_header(view.header, "host")?.to_owned(),
+    };
+    let mut authority = raw.trim().to_ascii_lowercase();
+    let default_port = if view.tls { ":443" } else { ":80" };
+    if let Some(stripped) = authority.strip_suffix(default_port) {
+        authority = stripped.to_owned();
+    }
+    Ok(authority)
+}
+
+/// The value of one covered component (RFC 9421 §2.1, §2.2).
+fn component_value(view: &RequestView<'_>, name: &str) -> Result<String, SignatureError> {
+    let uri = &view.header.uri;
+    let path = || {
+        let path = uri.path();
+        if path.is_empty() { "/" } else { path }.to_owned()
+    };
+    let query = || format!("?{}", uri.query().unwrap_or(""));
+    let scheme = if view.tls { "https" } else { "http" };
+    Ok(match name {
+        "@method" => view.header.method.as_str().to_owned(),
+        "@authority" => authority(view)?,
+        "@path" => path(),
+        "@query" => query(),
+        "@scheme" => scheme.to_owned(),
+        "@target-uri" => {
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{scheme}://{}{}{query}", authority(view)?, path())
+        }
+        "@request-target" => match uri.query() {
+            Some(q) => format!("{}?{q}", path()),
+            None => path(),
+        },
+        derived if derived.starts_with('@') => return Err(SignatureError::Malformed),
+        field => {
+            let mut values = view.header.headers.get_all(field).iter().peekable();
+            if values.peek().is_none() {
+                return Err(SignatureError::MissingComponent);
+            }
+            let mut parts = Vec::new();
+            for value in values {
+                let text = value.to_str().map_err(|_| SignatureError::Malformed)?;
+                parts.push(text.trim().to_owned());
+            }
+            parts.join(", ")
+        }
+    })
+}
+
+/// The signature base (RFC 9421 §2.5).
+pub fn signature_base(
+    view: &RequestView<'_>,
+    components: &[String],
+    params: &str,
+) -> Result<String, SignatureError> {
+    let mut base = String::with_capacity(256);
+    for name in components {
+        let value = component_value(view, name)?;
+        if value.contains('\n') {
+            return Err(SignatureError::Malformed);
+        }
+        base.push_str(&format!("\"{name}\": {value}\n"));
+    }
+    base.push_str(&format!("\"@signature-params\": {params}"));
+    Ok(base)
+}
+
+/// What `Content-Digest` (RFC 9530) says the body hashes to: every sha-256 / sha-512 member
+/// present must match, and at least one must be present. Parsed before the body is read, so
+/// the body can be hashed as it streams in (and spooled) instead of held whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedDigest {
+    sha256: Option<Vec<u8>>,
+    sha512: Option<Vec<u8>>,
+}
+
+impl ExpectedDigest {
+    pub fn from_header(header: &RequestHeader) -> Result<ExpectedDigest, SignatureError> {
+        let digest: Dictionary = Parser::new(single_header(header, "content-digest")?)
+            .parse()
+            .map_err(|_| SignatureError::Malformed)?;
+        let mut expected = ExpectedDigest {
+            sha256: None,
+            sha512: None,
+        };
+        for (algorithm, entry) in &digest {
+            let ListEntry::Item(Item {
+                bare_item: BareItem::ByteSequence(value),
+                ..
+            }) = entry
+            else {
+                return Err(SignatureError::Malformed);
+            };
+            match algorithm.as_str() {
+                "sha-256" => expected.sha256 = Some(value.clone()),
+                "sha-512" => expected.sha512 = Some(value.clone()),
+                _ => {}
+            }
+        }
+        if expected.sha256.is_none() && expected.sha512.is_none() {
+            return Err(SignatureError::Malformed);
+        }
+        Ok(expected)
+    }
+
+    /// A hasher computing exactly the algorithms this digest names.
+    pub fn hasher(&self) -> BodyHasher {
+        BodyHasher {
+            sha256: self.sha256.as_ref().map(|_| Sha256::new()),
+            sha512: self.sha512.as_ref().map(|_| Sha512::new()),
+            len: 0,
+        }
+    }
+
+    /// Whether the hashed body is the one `Content-Digest` names.
+    pub fn check(&self, body: BodyHasher) -> Result<(), SignatureError> {
+        let matches = |expected: &Option<Vec<u8>>, actual: Option<Vec<u8>>| match (expected, actual)
+        {
+            (Some(expected), Some(actual)) => *expected == actual,
+            _ => true,
+        };
+        let sha256 = body.sha256.map(|h| h.finalize().to_vec());
+        let sha512 = body.sha512.map(|h| h.finalize().to_vec());
+        match matches(&self.sha256, sha256) && matches(&self.sha512, sha512) {
+            true => Ok(()),
+            false => Err(SignatureError::DigestMismatch),
+        }
+    }
+}
+
+/// The running hashes of a request body, fed chunk by chunk.
+#[derive(Clone)]
+pub struct BodyHasher {
+    sha256: Option<Sha256>,
+    sha512: Option<Sha512>,
+    len: u64,
+}
+
+impl BodyHasher {
+    pub fn update(&mut self, chunk: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(chunk);
+        }
+        if let Some(h) = &mut self.sha512 {
+            h.update(chunk);
+        }
+        self.len += chunk.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Checks a whole body against `Content-Digest`.
+pub fn check_content_digest(header: &RequestHeader, body: &[u8]) -> Result<(), SignatureError> {
+    let expected = ExpectedDigest::from_header(header)?;
+    let mut hasher = expected.hasher();
+    hasher.update(body);
+    expected.check(hasher)
+}
+
+/// Whether a request carries a body (and so must cover `content-digest`).
+/// Any `Transfer-Encoding`, or any `Content-Length` in any form (`N`, `N, N`, repeated) that
+/// is not all zeros, means a body: a request must never be taken as body-less by one reading
+/// and framed with a body by another.
+pub fn has_body(header: &RequestHeader) -> bool {
+    let headers = &header.headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|value| {
+                value
+                    .as_bytes()
+                    .iter()
+                    .any(|b| !matches!(b, b'0' | b',' | b' ' | b'\t'))
+            })
+}
+
+/// Parses an enrolled public key: base64 of the 32 raw bytes, or a PEM `PUBLIC KEY`.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+    let text = text.trim();
+    if text.starts_with("-----BEGIN") {
+        use ed25519_dalek::pkcs8::DecodePublicKey;
+        return VerifyingKey::from_public_key_pem(text)
+            .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+        .map_err(|_| "publicKey must be base64 or PEM".to_owned())?;
+    let raw = <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| "an Ed25519 public key has 32 bytes".to_owned())?;
+    VerifyingKey::from_bytes(&raw).map_err(|e| format!("not a valid Ed25519 public key: {e}"))
+}
+
+/// `keyid="<user name or id>/<keyID>"`.
+pub fn parse_keyid(keyid: &str) -> Option<(String, i64)> {
+    let (user, key_id) = keyid.rsplit_once('/')?;
+    if user.is_empty() || !canonical_number(key_id) {
+        return None;
+    }
+    // A numeric user part is an id: one spelling per id (no leading zeros), so that spellings
+    // of one key cannot each cost a store read and a cache entry.
+    if user.bytes().all(|b| b.is_ascii_digit()) && !canonical_number(user) {
+        return None;
+    }
+    Some((user.to_owned(), key_id.parse().ok()?))
+}
+
+/// Digits only, without leading zeros (`0` itself is fine).
+fn canonical_number(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'))
+}
+
+/// The cache key of a parsed keyid: a fixed-size digest of its user part and key id.
+fn key_ref_hash(user_ref: &str, key_id: i64) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update(user_ref.as_bytes());
+    digest.update([0]);
+    digest.update(key_id.to_le_bytes());
+    digest.finalize().into()
+}
+
+/// An enrolled key as the request path needs it.
+pub struct CachedSigKey {
+    user_id: i64,
+    key_id: i64,
+    verifying_key: VerifyingKey,
+    valid_until_ms: i64,
+    valid_sources: Vec<IpNet>,
+    locked: bool,
+    principal: Arc<Principal>,
+}
+
+impl CachedSigKey {
+    pub fn new(key: &SignatureKey, user: &User) -> Result<CachedSigKey, String> {
+        let raw = <[u8; 32]>::try_from(key.public_key.as_slice())
+            .map_err(|_| "stored public key is not 32 bytes".to_owned())?;
+        let verifying_key = VerifyingKey::from_bytes(&raw).map_err(|e| e.to_string())?;
+        Ok(CachedSigKey {
+            user_id: user.id,
+            key_id: key.key_id,
+            verifying_key,
+            valid_until_ms: key.valid_until_ms,
+            valid_sources: super::client_ip::stored_sources(&key.valid_sources),
+            locked: user.locked,
+            principal: Arc::new(Principal {
+                user_id: user.id,
+                user_name: user.name.clone(),
+                customer: user.customer.clone(),
+                functions: user.functions.clone(),
+                // SPEC §1: a signed request is DEFAULT for internal and external users alike.
+                level: SecurityLevel::Default,
+                method: AuthMethod::Signature,
+                kind: CredentialKind::Signature,
+                credential_id: format!("{}/{}", user.name, key.key_id),
+                read_only: false,
+                customers: user.customer.iter().cloned().collect(),
+                tenant: None,
+                rate_limit: CredentialLimit {
+                    key: LimitKey::Signature {
+                        user_id: user.id,
+                        key_id: key.key_id,
+                    },
+                    own: None,
+                },
+                identity: Default::default(),
+            }),
+        })
+    }
+}
+
+/// A client's clock offset, pinned by its first accepted request.
+#[derive(Debug, Clone, Copy)]
+struct SignatureSession {
+    offset_secs: i64,
+}
+
+pub struct SignatureAuthenticator {
+    db: Db,
+    settings: SignatureSettings,
+    /// Keyed by [`key_ref_hash`] of what the client named, so an unknown keyid costs the
+    /// negative cache 32 bytes however long it was.
+    keys: CredentialCache<[u8; 32], CachedSigKey>,
+    replay: ReplayWindow,
+    sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
+    usage: UsageRecorder,
+    /// The replay window shared with the other replicas (`replay.redis_url`), behind the
+    /// local one.
+    fleet: Option<Arc<FleetClaims>>,
+}
+
+impl SignatureAuthenticator {
+    pub fn new(db: Db, metrics: Arc<Metrics>, settings: SignatureSettings) -> Self {
+        SignatureAuthenticator {
+            keys: CredentialCache::new(
+                metrics.clone(),
+                CACHE_NAME,
+                NEGATIVE_CACHE_NAME,
+                &CacheSettings {
+                    ttl: crate::cache::LiveDuration::new(settings.key_cache_ttl),
+                    capacity: settings.key_cache_capacity,
+                    negative_ttl: crate::cache::LiveDuration::new(settings.negative_ttl),
+                    negative_capacity: settings.key_cache_capacity,
+                },
+            ),
+            replay: ReplayWindow::new(settings.replay_memory_bytes),
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(settings.key_cache_capacity)
+                .time_to_idle(settings.session_ttl)
+                .support_invalidation_closures()
+                .build(),
+            usage: UsageRecorder::default(),
+            fleet: None,
+            db,
+            settings,
+        }
+    }
+
+    /// Shares the replay window with the fleet: an accepted signature is also claimed in
+    /// Redis, so every other replica (and this one after a restart) refuses it.
+    pub fn with_fleet(mut self, fleet: Option<Arc<FleetClaims>>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// Checks a signed request whose body, if any, is in `view.body`.
+    pub async fn authenticate(
+        &self,
+        view: &RequestView<'_>,
+        client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let framed = view.body.is_some_and(|b| !b.is_empty());
+        let verified = self.verify(view, framed, client_ip, budget).await?;
+        let body = verified.expected_body().map(|expected| {
+            let mut hasher = expected.hasher();
+            hasher.update(view.body.unwrap_or_default());
+            hasher
+        });
+        self.accept(verified, body, client_ip).await
+    }
+
+    /// Every check that needs no body: the signature over the covered components, its
+    /// window, the key, its state and sources. A request with a body must cover
+    /// `content-digest`; what the body must hash to comes back in the result, so the body is
+    /// read only for a request whose signature is already known to be good. `framed_body`:
+    /// the connection carries a body whatever the headers say (HTTP/2 DATA frames).
+    pub async fn verify(
+        &self,
+        view: &RequestView<'_>,
+        framed_body: bool,
+        client_ip: IpAddr,
+        budget: &CheckBudget<'_>,
+    ) -> Result<VerifiedSignature, AuthError> {
+        let signed = parse_headers(view.header)?;
+        let covered = |name: &str| signed.components.iter().any(|c| c == name);
+        if !REQUIRED_COMPONENTS.iter().all(|c| covered(c)) {
+            return Err(SignatureError::MissingComponent.into());
+        }
+        let with_body = has_body(view.header) || framed_body;
+        if with_body && !covered("content-digest") {
+            return Err(SignatureError::MissingComponent.into());
+        }
+        if signed.nonce.as_deref().is_none_or(str::is_empty) {
+            return Err(SignatureError::Malformed.into());
+        }
+        let (user_ref, key_id) =
+            parse_keyid(&signed.keyid).ok_or(AuthError::Signature(SignatureError::Malformed))?;
+
+        let now = now_ms();
+        let now_secs = now / 1000;
+        // A used signature is refused before anything else costs: no key look-up, no
+        // verification, and above all no body read for it (SPEC §15).
+        let fingerprint: [u8; 32] = Sha256::digest(signed.signature).into();
+        if self.replay.seen(&fingerprint, now_secs) {
+            return Err(SignatureError::Replay.into());
+        }
+        let max_age = self.settings.max_age.as_secs() as i64;
+        let max_future = self.settings.max_future.as_secs() as i64;
+        if signed.created < now_secs - max_age || signed.created > now_secs + max_future {
+            return Err(SignatureError::Stale.into());
+        }
+        if signed.expires.is_some_and(|expires| expires <= now_secs) {
+            return Err(SignatureError::Expired.into());
+        }
+
+        let key = self.lookup(user_ref, key_id, budget).await?;
+        let base = signature_base(view, &signed.components, &signed.params)?;
+        let signature = Signature::from_bytes(&signed.signature);
+        key.verifying_key
+            .verify_strict(base.as_bytes(), &signature)
+            .map_err(|_| SignatureError::BadSignature)?;
+        if key.locked {
+            return Err(AuthError::Locked);
+        }
+        if key.valid_until_ms != 0 && now >= key.valid_until_ms {
+            return Err(SignatureError::Expired.into());
+        }
+        if !super::client_ip::source_allowed(&key.valid_sources, client_ip) {
+            return Err(AuthError::SourceNotAllowed);
+        }
+        let body = match with_body {
+            true => Some(ExpectedDigest::from_header(view.header)?),
+            false => None,
+        };
+        Ok(VerifiedSignature {
+            key,
+            fingerprint,
+            offset_secs: now_secs - signed.created,
+            remember_until: signed
+                .created
+                .saturating_add(max_age)
+                .saturating_add(max_future),
+            body,
+        })
+    }
+
+    /// Finishes a verified signature: the body's hashes against `Content-Digest` (`None`
+    /// hashes as the empty body), the clock-skew session, and the replay claim, last, so
+    /// only a request that passed everything spends its signature.
+    pub async fn accept(
+        &self,
+        verified: VerifiedSignature,
+        body: Option<BodyHasher>,
+        client_ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let VerifiedSignature {
+            key,
+            fingerprint,
+            offset_secs: offset,
+            remember_until,
+            body: expected,
+        } = verified;
+        if let Some(expected) = expected {
+            let hashed = body.unwrap_or_else(|| expected.hasher());
+            expected.check(hashed)?;
+        }
+
+        // Clock skew: the offset this request implies against the one its key's session pinned.
+        let session_key = (key.user_id, key.key_id);
+        if let Some(session) = self.sessions.get(&session_key) {
+            let tolerance = self.settings.skew_tolerance.as_secs() as i64;
+            if (offset - session.offset_secs).abs() > tolerance {
+                return Err(SignatureError::ClockSkew.into());
+            }
+        }
+        // Replay: the first to claim this signature wins, atomically. The local window comes
+        // first, so a replay on this replica costs no Redis round trip; a full window refuses
+        // the new signature and forgets no live one.
+        match self
+            .replay
+            .claim(fingerprint, remember_until, now_ms() / 1000)
+        {
+            Ok(()) => {}
+            Err(ClaimRefused::Replay) => return Err(SignatureError::Replay.into()),
+            Err(ClaimRefused::Full) => return Err(AuthError::ReplayWindowFull),
+        }
+        if let Some(fleet) = &self.fleet {
+            // Kept in Redis until the end of the last second the signature can verify in, as
+            // locally: a TTL counted from now would end up to a second early for a signature
+            // whose `created` lies ahead.
+            let until_ms = remember_until.saturating_add(1).saturating_mul(1000);
+            let window = std::time::Duration::from_millis(
+                u64::try_from(until_ms.saturating_sub(now_ms()))
+                    .unwrap_or(0)
+                    .max(1),
+            );
+            match fleet
+                .claim(ClaimKind::Signature, &fingerprint, window)
+                .await
+            {
+                Ok(Answer::Fleet(true) | Answer::Local) => {}
+                Ok(Answer::Fleet(false)) => return Err(SignatureError::Replay.into()),
+                Err(unavailable) => {
+                    // Not accepted, so not used: the same signature may come again once
+                    // Redis answers.
+                    self.replay.release(&fingerprint);
+                    return Err(unavailable.into());
+                }
+            }
+        }
+        // `get_with` keeps an established session (and refreshes its idle timer).
+        self.sessions.get_with(session_key, || SignatureSession {
+            offset_secs: offset,
+        });
+        self.usage.record(key.user_id, key.key_id, client_ip);
+        Ok(key.principal.clone())
+    }
+
+    async fn lookup(
+        &self,
+        user_ref: String,
+        key_id: i64,
+        budget: &CheckBudget<'_>,
+    ) -> Result<Arc<CachedSigKey>, AuthError> {
+        let db = self.db.clone();
+        let cache_key = key_ref_hash(&user_ref, key_id);
+        let lookup = user_ref;
+        self.keys
+            .get_or_load(cache_key, budget, async move {
+                let found = db
+                    .call(move |store| async move {
+                        let user = match lookup.parse::<i64>() {
+                            Ok(id) if lookup.bytes().all(|b| b.is_ascii_digit()) => {
+                                store.user_by_id(id).await?
+                            }
+                            _ => store.user_by_name(&lookup).await?,
+                        };
+                        let Some(user) = user else { return Ok(None) };
+                        let key = store.signature_key(user.id, key_id).await?;
+                        Ok::<_, StoreError>(key.map(|key| (key, user)))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                found
+                    .map(|(key, user)| CachedSigKey::new(&key, &user))
+                    .transpose()
+            })
+            .await
+    }
+
+    /// Drops a user's cached keys; their sessions stay (they are about clocks, not keys).
+    pub fn invalidate_user(&self, user_id: i64) {
+        // Unknown entries are keyed by what the client sent (name or id): drop them all.
+        self.keys
+            .invalidate(move |_, key| key.user_id == user_id, |_| true);
+    }
+
+    /// Drops every cached key and session (the replay window stays: it is not store data).
+    pub fn invalidate_all(&self) {
+        self.keys.invalidate(|_, _| true, |_| true);
+        self.sessions.invalidate_all();
+    }
+
+    /// Evicts a user's signature sessions (one key or all); returns the key ids evicted.
+    pub fn evict_sessions(&self, user_id: i64, key_id: Option<i64>) -> Vec<i64> {
+        let mut evicted: Vec<i64> = self
+            .sessions
+            .iter()
+            .filter(|(k, _)| k.0 == user_id && key_id.is_none_or(|id| k.1 == id))
+            .map(|(k, _)| k.1)
+            .collect();
+        for id in &evicted {
+            self.sessions.invalidate(&(user_id, *id));
+        }
+        evicted.sort_unstable();
+        evicted
+    }
+
+    pub async fn flush_usage(&self) {
+        let batch = self.usage.drain();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .db
+            .call(move |store| async move { store.record_signature_key_usage(&batch).await })
+            .await
+        {
+            tracing::debug!(error = %e, "cannot record signature key usage");
+        }
+    }
+
+    /// (keys, unknown keys, replay window, sessions) entry counts.
+    pub async fn entry_counts(&self) -> [(&'static str, u64); 4] {
+        let [keys, unknown] = self.keys.entry_counts().await;
+        self.replay.sweep(now_ms() / 1000);
+        self.sessions.run_pending_tasks();
+        [
+            keys,
+            unknown,
+            (REPLAY_CACHE_NAME, self.replay.len()),
+            (SESSION_CACHE_NAME, self.sessions.entry_count()),
+        ]
+    }
+}
+
+/// Signs a request the way `keyward sign` does: covers `@method`, `@authority`, `@path`,
+/// `@query` and, with a body, `content-digest` (sha-256). Returns the headers to add.
+pub fn sign(
+    signing_key: &ed25519_dalek::SigningKey,
+    keyid: &str,
+    method: &str,
+    url: &http::Uri,
+    body: Option<&[u8]>,
+    created: i64,
+    nonce: &str,
+) -> Result<Vec<(&'static str, String)>, String> {
+    use ed25519_dalek::Signer;
+    let mut header = RequestHeader::build(
+        method,
+        url.path_and_query()
+            .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+        None,
+    )
+    .map_err(|e| format!("bad request line: {e}"))?;
+    let host = url
+        .authority()
+        .ok_or("the URL needs a host")?
+        .as_str()
+        .to_owned();
+    header
+        .insert_header("host", host)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut components: Vec<String> = REQUIRED_COMPONENTS.iter().map(|c| c.to_string()).collect();
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        let digest = format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
+        );
+        header
+            .insert_header("content-digest", digest.clone())
+            .map_err(|e| e.to_string())?;
+        out.push(("Content-Digest", digest));
+        components.push("content-digest".into());
+    }
+    let quoted: Vec<String> = components.iter().map(|c| format!("\"{c}\"")).collect();
+    let params = format!(
+        "({});created={created};nonce=\"{nonce}\";alg=\"ed25519\";keyid=\"{keyid}\"",
+        quoted.join(" ")
+    );
+    let view = RequestView {
+        header: &header,
+        body,
+        tls: url.scheme_str() == Some("https"),
+    };
+    let base = signature_base(&view, &components, &params).map_err(|e| e.to_string())?;
+    let signature = signing_key.sign(base.as_bytes());
+    out.push(("Signature-Input", format!("sig1={params}")));
+    out.push((
+        "Signature",
+        format!(
+            "sig1=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
+        ),
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9421 Appendix B.1.4: test-key-ed25519 (public part).
+    const B14_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=\n-----END PUBLIC KEY-----";
+
+    fn b26_request() -> RequestHeader {
+        let mut h = RequestHeader::build("POST", b"/foo?param=Value&Pet=dog", None).unwrap();
+        h.insert_header("host", "example.com").unwrap();
+        h.insert_header("date", "Tue, 20 Apr 2021 02:07:55 GMT")
+            .unwrap();
+        h.insert_header("content-type", "application/json").unwrap();
+        h.insert_header(
+            "content-digest",
+            "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==:",
+        )
+        .unwrap();
+        h.insert_header("content-length", "18").unwrap();
+        h.insert_header(
+            "signature-input",
+            "sig-b26=(\"date\" \"@method\" \"@path\" \"@authority\" \"content-type\" \"content-length\");created=1618884473;keyid=\"test-key-ed25519\"",
+        )
+        .unwrap();
+        h.insert_header(
+            "signature",
+            "sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==:",
+        )
+        .unwrap();
+        h
+    }
+
+    #[test]
+    fn rfc9421_b26_ed25519_example_verifies() {
+        let header = b26_request();
+        let signed = parse_headers(&header).unwrap();
+        assert_eq!(signed.keyid, "test-key-ed25519");
+        assert_eq!(signed.created, 1618884473);
+        let body = br#"{"hello": "world"}"#;
+        let view = RequestView {
+            header: &header,
+            body: Some(body),
+            tls: false,
+        };
+        let base = signature_base(&view, &signed.components, &signed.params).unwrap();
+        assert_eq!(
+            base,
+            "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@method\": POST\n\"@path\": /foo\n\
+             \"@authority\": example.com\n\"content-type\": application/json\n\
+             \"content-length\": 18\n\"@signature-params\": (\"date\" \"@method\" \"@path\" \
+             \"@authority\" \"content-type\" \"content-length\");created=1618884473;\
+             keyid=\"test-key-ed25519\""
+        );
+        let key = parse_public_key(B14_PUBLIC).unwrap();
+        key.verify_strict(base.as_bytes(), &Signature::from_bytes(&signed.signature))
+            .unwrap();
+        check_content_digest(&header, body).unwrap();
+        assert_eq!(
+            check_content_digest(&header, b"{\"hello\": \"there\"}"),
+            Err(SignatureError::DigestMismatch)
+        );
+    }
+
+    #[test]
+    fn sign_then_verify_round_trip() {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let url: http::Uri = "http://Example.com:80/a/b?x=1&y=2".parse().unwrap();
+        let headers = sign(
+            &signing,
+            "john/1",
+            "POST",
+            &url,
+            Some(b"hi"),
+            1700000000,
+            "n1",
+        )
+        .unwrap();
+        let mut header = RequestHeader::build("POST", b"/a/b?x=1&y=2", None).unwrap();
+        header.insert_header("host", "example.com").unwrap();
+        for (name, value) in headers {
+            header.insert_header(name, value).unwrap();
+        }
+        let signed = parse_headers(&header).unwrap();
+        let view = RequestView {
+            header: &header,
+            body: Some(b"hi"),
+            tls: false,
+        };
+        let base = signature_base(&view, &signed.components, &signed.params).unwrap();
+        assert!(base.contains("\"@query\": ?x=1&y=2\n"));
+        assert!(base.contains("\"@authority\": example.com\n"));
+        signing
+            .verifying_key()
+            .verify_strict(base.as_bytes(), &Signature::from_bytes(&signed.signature))
+            .unwrap();
+    }
+
+    #[test]
+    fn malformed_headers() {
+        let mut header = b26_request();
+        header.insert_header("signature", "sig-b26=:AAAA:").unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed
+        );
+        let mut header = b26_request();
+        header
+            .insert_header("signature-input", "sig-b26=(\"@method\");keyid=\"k\"")
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed,
+            "no created"
+        );
+        let mut header = b26_request();
+        header
+            .insert_header("signature-input", "not a dictionary (")
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed
+        );
+        let mut header = b26_request();
+        header
+            .insert_header(
+                "signature-input",
+                "a=(\"@method\");created=1;keyid=\"k\", b=(\"@path\");created=1;keyid=\"k\"",
+            )
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed,
+            "two labels"
+        );
+        for (len, ok) in [(MAX_KEYID_LEN, true), (MAX_KEYID_LEN + 1, false)] {
+            let keyid = format!("{}/1", "u".repeat(len - 2));
+            let mut header = b26_request();
+            header
+                .insert_header(
+                    "signature-input",
+                    format!("sig-b26=(\"@method\");created=1;keyid=\"{keyid}\""),
+                )
+                .unwrap();
+            assert_eq!(parse_headers(&header).is_ok(), ok, "keyid of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn keyids_and_public_keys() {
+        assert_eq!(parse_keyid("john/3"), Some(("john".into(), 3)));
+        assert_eq!(
+            parse_keyid("a@b.example/12"),
+            Some(("a@b.example".into(), 12))
+        );
+        assert_eq!(parse_keyid("john"), None);
+        assert_eq!(parse_keyid("john/x"), None);
+        assert_eq!(parse_keyid("2/1"), Some(("2".into(), 1)));
+        // One spelling per id: leading zeros or a sign would each be a cache entry and a
+        // store read for the same key.
+        for other in ["02/1", "2/01", "2/+1", "00/1", "2/"] {
+            assert_eq!(parse_keyid(other), None, "{other}");
+        }
+        let key = parse_public_key(B14_PUBLIC).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.to_bytes());
+        assert_eq!(parse_public_key(&b64).unwrap(), key);
+        assert!(parse_public_key("AAAA").is_err());
+    }
+}

@@ -1,0 +1,758 @@
+//! The store contract, run against every backend: a SQLite file in a temporary directory and a
+//! fresh PostgreSQL database (see [`super::scratch`]). Each test is written once, in terms of
+//! `dyn Store`, and instantiated per backend by `contract_tests!`.
+
+use super::scratch::ScratchDatabase;
+use super::*;
+use std::collections::BTreeSet;
+
+/// A store under test and what keeps it alive (the temporary directory or database).
+struct Subject {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<ScratchDatabase>,
+}
+
+async fn sqlite() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::Sqlite(dir.path().join("k.db"));
+    Subject {
+        store: connect(&url, patient(&url)).await.unwrap(),
+        _dir: Some(dir),
+        _database: None,
+    }
+}
+
+async fn postgres() -> Subject {
+    let database = ScratchDatabase::create()
+        .await
+        .expect("the tests need PostgreSQL (KEYWARD_TEST_POSTGRES, default 127.0.0.1:5432)");
+    let url = StoreUrl::Postgres(database.url().to_owned());
+    Subject {
+        store: connect(&url, patient(&url)).await.unwrap(),
+        _dir: None,
+        _database: Some(database),
+    }
+}
+
+/// The contract is about what the store answers, not how fast: 48 writes racing for one
+/// user's row lock on a loaded 2-core CI machine can queue past the 2 s production wait for a
+/// connection (CI saw `PoolTimedOut` once), so the suite waits longer.
+fn patient(url: &StoreUrl) -> PoolSettings {
+    PoolSettings {
+        acquire_timeout: std::time::Duration::from_secs(60),
+        ..PoolSettings::default_for(url)
+    }
+}
+
+fn audit(operation: &str, target_user: &str) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        time: "2026-12-01T00:00:00.000Z".into(),
+        request_id: "0123456789ABCDEF".into(),
+        actor: "admin".into(),
+        auth_method: "PASSWORD".into(),
+        operation: operation.into(),
+        target_user: target_user.into(),
+        target_credential: String::new(),
+        status: 200,
+        outcome: "ok".into(),
+        source_ip: Some("127.0.0.1".into()),
+    }
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        name: name.into(),
+        domain: None,
+        customer: Some("42".into()),
+        functions: vec!["POWER-USER".into()],
+        external: false,
+        password_hash: "$argon2id$placeholder".into(),
+    }
+}
+
+fn new_key(user: &User, description: &str) -> NewApiKey {
+    NewApiKey {
+        user_id: user.id,
+        secret_hash: vec![1; 32],
+        description: description.into(),
+        created_by_id: user.id,
+        created_by_name: user.name.clone(),
+        valid_until_ms: 0,
+        valid_sources: vec!["10.0.0.0/8".into()],
+        functions: Some(vec!["A".into()]),
+        customers: vec![],
+        read_only: true,
+        rate_limit: None,
+    }
+}
+
+fn new_token(n: u16, owner_id: i64, tenant: Option<&str>, expires_at_ms: i64) -> NewToken {
+    NewToken {
+        name: format!("{n:032x}"),
+        token_hash: n.to_be_bytes().repeat(16),
+        owner_id,
+        domain: "example.com".into(),
+        tenant: tenant.map(str::to_owned),
+        level: "DEFAULT".into(),
+        expires_at_ms,
+        custom_source: None,
+    }
+}
+
+async fn user(store: &dyn Store, name: &str) -> User {
+    store
+        .create_user(new_user(name), audit("user.create", name))
+        .await
+        .unwrap()
+}
+
+async fn users_round_trip_and_feed_changes(store: Arc<dyn Store>) {
+    let before = store.latest_change().await.unwrap();
+    let alice = user(store.as_ref(), "alice").await;
+    assert_eq!(alice.functions, vec!["POWER-USER".to_string()]);
+    assert!(matches!(
+        store
+            .create_user(new_user("alice"), audit("user.create", "alice"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store
+        .set_user_locked(alice.id, true, audit("user.lock", "alice"))
+        .await
+        .unwrap());
+    assert!(!store
+        .set_user_locked(alice.id + 100, true, audit("user.lock", "nobody"))
+        .await
+        .unwrap());
+    assert!(store
+        .set_user_password(alice.id, "$argon2id$other", audit("user.passwd", "alice"))
+        .await
+        .unwrap());
+    assert!(store
+        .set_user_totp(alice.id, Some("SECRET"), audit("user.totp", "alice"))
+        .await
+        .unwrap());
+    let fetched = store.user_by_name("alice").await.unwrap().unwrap();
+    assert!(fetched.locked);
+    assert_eq!(fetched.password_hash, "$argon2id$other");
+    assert_eq!(fetched.totp_secret.as_deref(), Some("SECRET"));
+    assert_eq!(store.user_by_id(alice.id).await.unwrap(), Some(fetched));
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    let changes = store.changes_since(before, 10).await.unwrap();
+    assert_eq!(changes.len(), 4);
+    assert!(changes.iter().all(|c| c.user_id == alice.id));
+    assert!(changes.iter().all(|c| c.kind == ChangeKind::User));
+    assert_eq!(store.latest_change().await.unwrap(), changes[3].seq);
+    assert_eq!(store.prune_changes(now_ms() + 1).await.unwrap(), 4);
+}
+
+async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Store>) {
+    let pepper = store.api_key_pepper().await.unwrap();
+    assert_eq!(pepper.len(), 32);
+    assert_eq!(store.api_key_pepper().await.unwrap(), pepper, "made once");
+    let bob = user(store.as_ref(), "bob").await;
+    let a = || audit("apikey.manage", "bob");
+    let first = store
+        .create_api_key(new_key(&bob, "one"), a())
+        .await
+        .unwrap();
+    let second = store
+        .create_api_key(new_key(&bob, "two"), a())
+        .await
+        .unwrap();
+    assert_eq!((first.key_id, second.key_id), (1, 2));
+    assert_eq!(second.prefix(), format!("{:x}/2", bob.id));
+    assert!(store
+        .revoke_api_key(bob.id, 2, a())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .revoke_api_key(bob.id, 2, a())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.api_key(bob.id, 2).await.unwrap().is_none());
+    let third = store
+        .create_api_key(new_key(&bob, "three"), a())
+        .await
+        .unwrap();
+    assert_eq!(third.key_id, 3, "a revoked key's id is not reused");
+    let renewed = store
+        .renew_api_key(bob.id, 1, 1234, None, a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.valid_until_ms, 1234);
+    assert_eq!(renewed.rate_limit, None);
+    assert!(store
+        .renew_api_key(bob.id, 2, 1, None, a())
+        .await
+        .unwrap()
+        .is_none());
+    // A key's own rate limit: stored at creation, kept by a renewal without one, replaced or
+    // removed by a renewal with one.
+    let own = Limit::new(2.5, 7).unwrap();
+    let limited = store
+        .create_api_key(
+            NewApiKey {
+                rate_limit: Some(own),
+                ..new_key(&bob, "limited")
+            },
+            a(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(limited.rate_limit, Some(own));
+    let read = store
+        .api_key(bob.id, limited.key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.rate_limit, Some(own), "read back exactly");
+    assert_eq!(read.rate_limit.unwrap().requests_per_second(), 2.5);
+    let kept = store
+        .renew_api_key(bob.id, limited.key_id, 99, None, a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((kept.valid_until_ms, kept.rate_limit), (99, Some(own)));
+    let other = Limit::new(1000.0, 1).unwrap();
+    let replaced = store
+        .renew_api_key(bob.id, limited.key_id, 99, Some(Some(other)), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.rate_limit, Some(other));
+    let removed = store
+        .renew_api_key(bob.id, limited.key_id, 99, Some(None), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.rate_limit, None);
+    assert!(store
+        .revoke_api_key(bob.id, limited.key_id, a())
+        .await
+        .unwrap()
+        .is_some());
+    let usage = |at_ms| KeyUsage {
+        user_id: bob.id,
+        key_id: 1,
+        at_ms,
+        ip: format!("10.1.1.{at_ms}"),
+    };
+    store.record_api_key_usage(&[usage(99)]).await.unwrap();
+    store.record_api_key_usage(&[usage(98)]).await.unwrap();
+    let listed = store.list_api_keys(bob.id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed[0].last_used_ip.as_deref(),
+        Some("10.1.1.99"),
+        "older use ignored"
+    );
+    assert_eq!(listed[0].functions, Some(vec!["A".to_string()]));
+    assert_eq!(listed[0].valid_sources, vec!["10.0.0.0/8".to_string()]);
+    assert!(listed[0].read_only);
+    let other = user(store.as_ref(), "other").await;
+    let theirs = store
+        .create_api_key(new_key(&other, "x"), a())
+        .await
+        .unwrap();
+    assert_eq!(theirs.key_id, 1, "ids count per user");
+}
+
+async fn signature_keys_enroll_and_delete(store: Arc<dyn Store>) {
+    let carol = user(store.as_ref(), "carol").await;
+    let a = || audit("signature.manage", "carol");
+    let enroll = |description: &str| NewSignatureKey {
+        user_id: carol.id,
+        public_key: vec![7; 32],
+        description: description.into(),
+        valid_until_ms: 0,
+        valid_sources: vec![],
+    };
+    let one = store
+        .create_signature_key(enroll("one"), a())
+        .await
+        .unwrap();
+    let two = store
+        .create_signature_key(enroll("two"), a())
+        .await
+        .unwrap();
+    assert_eq!((one.key_id, two.key_id), (1, 2));
+    assert_eq!(store.signature_key(carol.id, 1).await.unwrap(), Some(one));
+    assert!(store.delete_signature_key(carol.id, 1, a()).await.unwrap());
+    assert!(!store.delete_signature_key(carol.id, 1, a()).await.unwrap());
+    assert!(store.signature_key(carol.id, 1).await.unwrap().is_none());
+    let three = store
+        .create_signature_key(enroll("three"), a())
+        .await
+        .unwrap();
+    assert_eq!(three.key_id, 3);
+    store
+        .record_signature_key_usage(&[KeyUsage {
+            user_id: carol.id,
+            key_id: 2,
+            at_ms: 5,
+            ip: "10.0.0.5".into(),
+        }])
+        .await
+        .unwrap();
+    let listed = store.list_signature_keys(carol.id).await.unwrap();
+    assert_eq!(listed.iter().map(|k| k.key_id).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(listed[0].last_used_at_ms, 5);
+}
+
+async fn tokens_are_found_listed_counted_and_deleted(store: Arc<dyn Store>) {
+    let carol = user(store.as_ref(), "carol").await;
+    let dave = user(store.as_ref(), "dave").await;
+    let now = now_ms();
+    let a = || audit("token.mint", "carol");
+    assert_eq!(store.count_tokens(carol.id, now).await.unwrap(), 0);
+    let one = store
+        .create_token(new_token(1, carol.id, None, now + 60_000), None, a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.owner_name, "carol");
+    store
+        .create_token(new_token(2, carol.id, Some("t1"), now + 60_000), None, a())
+        .await
+        .unwrap();
+    store
+        .create_token(new_token(3, carol.id, None, now - 1), None, a())
+        .await
+        .unwrap();
+    store
+        .create_token(new_token(4, dave.id, None, now + 60_000), None, a())
+        .await
+        .unwrap();
+    assert!(store
+        .create_token(new_token(1, dave.id, None, now + 60_000), None, a())
+        .await
+        .is_err());
+    assert_eq!(
+        store.count_tokens(carol.id, now).await.unwrap(),
+        2,
+        "the expired token and dave's are not counted; the tenant token is"
+    );
+    assert_eq!(store.count_tokens(dave.id, now).await.unwrap(), 1);
+    assert_eq!(
+        store.token_by_hash(&one.token_hash).await.unwrap(),
+        Some(one.clone())
+    );
+    let owned = store
+        .list_tokens(
+            TokenScope::Owner {
+                owner_id: carol.id,
+                domain: "example.com".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(owned, vec![one.clone()]);
+    let tenant = store
+        .list_tokens(TokenScope::Tenant("t1".into()), now)
+        .await
+        .unwrap();
+    assert_eq!(tenant.len(), 1);
+    assert!(store.delete_token(&one.name, a()).await.unwrap());
+    assert!(!store.delete_token(&one.name, a()).await.unwrap());
+    assert!(store.token_by_name(&one.name).await.unwrap().is_none());
+    // Locking deletes the user's tokens.
+    store
+        .set_user_locked(dave.id, true, audit("user.lock", "dave"))
+        .await
+        .unwrap();
+    assert_eq!(store.count_tokens(dave.id, now).await.unwrap(), 0);
+}
+
+/// Each change carries its audit record, written in its transaction; a write that changes
+/// nothing records nothing, and creates name the credential they made.
+async fn audit_records_travel_with_their_changes(store: Arc<dyn Store>) {
+    let erin = user(store.as_ref(), "erin").await;
+    let key = store
+        .create_api_key(new_key(&erin, "k"), audit("apikey.create", "erin"))
+        .await
+        .unwrap();
+    assert!(store
+        .revoke_api_key(erin.id, 9, audit("apikey.revoke", "erin"))
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .append_audit(AuditEvent {
+            status: 403,
+            outcome: "access.denied".into(),
+            ..audit("apikey.list", "erin")
+        })
+        .await
+        .unwrap();
+    let records = store.audit_tail(10).await.unwrap();
+    let operations: Vec<&str> = records.iter().map(|r| r.operation.as_str()).collect();
+    assert_eq!(operations, ["user.create", "apikey.create", "apikey.list"]);
+    assert_eq!(records[1].target_credential, key.prefix());
+    assert_eq!(records[2].status, 403);
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
+    let after_first = store.audit_since(records[0].seq, 10).await.unwrap();
+    assert_eq!(after_first, records[1..].to_vec());
+    assert_eq!(store.audit_tail(1).await.unwrap(), records[2..].to_vec());
+}
+
+/// Housekeeping deletes tokens expired for longer than a day (not the recently expired, not
+/// the live) and, only with a retention, the audit records older than it, oldest first.
+async fn housekeeping_deletes_long_expired_tokens_and_old_audit_records(store: Arc<dyn Store>) {
+    let fay = user(store.as_ref(), "fay").await;
+    let now = now_ms();
+    let day = EXPIRED_TOKEN_KEEP.as_millis() as i64;
+    let a = || audit("token.mint", "fay");
+    let token = |n, expires| {
+        let store = store.clone();
+        async move {
+            let new = new_token(n, fay.id, None, expires);
+            store.create_token(new, None, a()).await.unwrap().unwrap()
+        }
+    };
+    let live = token(1, now + 60_000).await;
+    let recently_expired = token(2, now - 1).await;
+    let long_expired = [token(3, now - day - 1).await, token(4, now - 3 * day).await];
+    let records = store.audit_tail(100).await.unwrap();
+    assert_eq!(records.len(), 5, "user.create and four mints: {records:?}");
+
+    // One batch is at most `limit` rows.
+    assert_eq!(store.prune_expired_tokens(now - day, 1).await.unwrap(), 1);
+    assert_eq!(
+        housekeep(store.as_ref(), now, None).await.unwrap(),
+        Pruned {
+            tokens: 1,
+            audit: 0
+        }
+    );
+    for gone in &long_expired {
+        assert!(store.token_by_name(&gone.name).await.unwrap().is_none());
+    }
+    for kept in [&live, &recently_expired] {
+        assert!(store.token_by_name(&kept.name).await.unwrap().is_some());
+    }
+    assert_eq!(
+        store.audit_tail(100).await.unwrap(),
+        records,
+        "no retention: all kept"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cut = now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store
+        .append_audit(audit("apikey.list", "fay"))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_audit(cut, 1).await.unwrap(), 1);
+    assert_eq!(
+        store.audit_tail(100).await.unwrap()[0],
+        records[1],
+        "oldest first"
+    );
+    let later = now_ms();
+    let retention = std::time::Duration::from_millis((later - cut) as u64);
+    assert_eq!(
+        housekeep(store.as_ref(), later, Some(retention))
+            .await
+            .unwrap(),
+        Pruned {
+            tokens: 0,
+            audit: 4
+        }
+    );
+    let left = store.audit_tail(100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].operation, "apikey.list");
+}
+
+/// Mints racing for the last slots under `limits.tokens_per_user` never pass it: the count
+/// and the insert are one transaction (expired tokens do not count).
+async fn concurrent_mints_never_pass_the_cap(store: Arc<dyn Store>) {
+    let ivan = user(store.as_ref(), "ivan").await;
+    let now = now_ms();
+    let a = || audit("token.mint", "ivan");
+    for (n, expires) in [(100, now + 60_000), (101, now - 1)] {
+        let new = new_token(n, ivan.id, None, expires);
+        assert!(store.create_token(new, None, a()).await.unwrap().is_some());
+    }
+    let mints: Vec<_> = (0..16u16)
+        .map(|n| {
+            let store = store.clone();
+            let new = new_token(200 + n, ivan.id, None, now + 60_000);
+            tokio::spawn(async move { store.create_token(new, Some(4), a()).await })
+        })
+        .collect();
+    let mut made = 0;
+    for mint in mints {
+        made += usize::from(mint.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(made, 3, "one unexpired token held, cap 4");
+    assert_eq!(store.count_tokens(ivan.id, now_ms()).await.unwrap(), 4);
+}
+
+/// Concurrent creates for one user get distinct consecutive ids (no `MAX(key_id) + 1` race
+/// under READ COMMITTED), alongside last-use writes, with no write refused.
+async fn concurrent_creates_get_distinct_ids(store: Arc<dyn Store>) {
+    let frank = user(store.as_ref(), "frank").await;
+    store
+        .create_api_key(new_key(&frank, "used"), audit("apikey.create", "frank"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let store = store.clone();
+        let frank = frank.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 3 {
+                0 => store
+                    .record_api_key_usage(&[KeyUsage {
+                        user_id: frank.id,
+                        key_id: 1,
+                        at_ms: i,
+                        ip: "10.1.1.1".into(),
+                    }])
+                    .await
+                    .map(|_| ()),
+                1 => store
+                    .create_api_key(new_key(&frank, &format!("k{i}")), audit("c", "frank"))
+                    .await
+                    .map(|_| ()),
+                _ => store
+                    .create_signature_key(
+                        NewSignatureKey {
+                            user_id: frank.id,
+                            public_key: vec![1; 32],
+                            description: format!("s{i}"),
+                            valid_until_ms: 0,
+                            valid_sources: vec![],
+                        },
+                        audit("c", "frank"),
+                    )
+                    .await
+                    .map(|_| ()),
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let keys: Vec<i64> = store
+        .list_api_keys(frank.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert_eq!(keys, (1..=17).collect::<Vec<_>>());
+    let signatures: Vec<i64> = store
+        .list_signature_keys(frank.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert_eq!(signatures, (1..=16).collect::<Vec<_>>());
+}
+
+/// A follower reading `seq > last` while writers commit concurrently sees every change: a
+/// row never commits behind a position the follower already passed.
+async fn a_concurrent_follower_misses_no_change(store: Arc<dyn Store>) {
+    const WRITES: usize = 200;
+    let start = store.latest_change().await.unwrap();
+    // Distinct users: no row lock orders these writers, only the feed's own rule does.
+    let writers: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                user(store.as_ref(), &format!("user{i}")).await;
+            })
+        })
+        .collect();
+    let follower = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = BTreeSet::new();
+            let mut last = start;
+            while seen.len() < WRITES {
+                for change in store.changes_since(last, 1000).await.unwrap() {
+                    assert!(change.seq > last);
+                    last = change.seq;
+                    seen.insert(change.seq);
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), follower)
+        .await
+        .expect("the follower saw every change")
+        .unwrap();
+    let all: BTreeSet<i64> = store
+        .changes_since(start, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seen, all);
+}
+
+/// Of concurrent deletes of one token and concurrent creates of one user name, exactly one
+/// wins; the pepper is the same for everyone asking at once.
+async fn races_have_one_winner(store: Arc<dyn Store>) {
+    let heidi = user(store.as_ref(), "heidi").await;
+    let token = store
+        .create_token(
+            new_token(9, heidi.id, None, now_ms() + 60_000),
+            None,
+            audit("t", "heidi"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let deletes: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let name = token.name.clone();
+            tokio::spawn(async move { store.delete_token(&name, audit("d", "heidi")).await })
+        })
+        .collect();
+    let mut won = 0;
+    for delete in deletes {
+        won += usize::from(delete.await.unwrap().unwrap());
+    }
+    assert_eq!(won, 1);
+    let creates: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_user(new_user("ivan"), audit("c", "ivan"))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for create in creates {
+        match create.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let peppers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.api_key_pepper().await.unwrap() })
+        })
+        .collect();
+    let mut distinct = BTreeSet::new();
+    for pepper in peppers {
+        distinct.insert(pepper.await.unwrap());
+    }
+    assert_eq!(distinct.len(), 1);
+}
+
+macro_rules! contract_tests {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let subject = super::$backend().await;
+                    super::$test(subject.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(sqlite:
+    users_round_trip_and_feed_changes,
+    api_keys_get_increasing_ids_and_revocation_is_final,
+    signature_keys_enroll_and_delete,
+    tokens_are_found_listed_counted_and_deleted,
+    audit_records_travel_with_their_changes,
+    housekeeping_deletes_long_expired_tokens_and_old_audit_records,
+    concurrent_mints_never_pass_the_cap,
+    concurrent_creates_get_distinct_ids,
+    a_concurrent_follower_misses_no_change,
+    races_have_one_winner,
+);
+
+contract_tests!(postgres:
+    users_round_trip_and_feed_changes,
+    api_keys_get_increasing_ids_and_revocation_is_final,
+    signature_keys_enroll_and_delete,
+    tokens_are_found_listed_counted_and_deleted,
+    audit_records_travel_with_their_changes,
+    housekeeping_deletes_long_expired_tokens_and_old_audit_records,
+    concurrent_mints_never_pass_the_cap,
+    concurrent_creates_get_distinct_ids,
+    a_concurrent_follower_misses_no_change,
+    races_have_one_winner,
+);
+
+/// Replicas starting together against an empty database migrate it once, without racing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_migrate_an_empty_database_together() {
+    let database = ScratchDatabase::create().await.unwrap();
+    let url = StoreUrl::Postgres(database.url().to_owned());
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { connect(&url, PoolSettings::default_for(&url)).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.unwrap().expect("every replica opens the store"));
+    }
+    let first = stores[0].api_key_pepper().await.unwrap();
+    for store in &stores {
+        assert_eq!(store.api_key_pepper().await.unwrap(), first);
+    }
+}
+
+/// A committed change wakes every listener; an uncommitted one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_changes_wake_listeners() {
+    let subject = postgres().await;
+    let registry_gauge = || prometheus::IntGauge::new("listening", "test").unwrap();
+    let signals: Vec<Arc<FeedSignal>> = (0..2)
+        .map(|_| {
+            Arc::new(FeedSignal {
+                wake: tokio::sync::Notify::new(),
+                listening: registry_gauge(),
+            })
+        })
+        .collect();
+    for signal in &signals {
+        assert!(subject.store.listen(signal.clone()));
+    }
+    for signal in &signals {
+        // The first wake follows the connection (catch-up); then each change wakes again.
+        tokio::time::timeout(std::time::Duration::from_secs(10), signal.wake.notified())
+            .await
+            .expect("woken once listening");
+        assert_eq!(signal.listening.get(), 1);
+    }
+    user(subject.store.as_ref(), "judy").await;
+    for signal in &signals {
+        tokio::time::timeout(std::time::Duration::from_secs(5), signal.wake.notified())
+            .await
+            .expect("a change wakes the listener");
+    }
+}
