@@ -1,7 +1,7 @@
 //! `/authentication/v1/.../apikey`: list, create, renew, roll and revoke API keys (SPEC §2).
 
-use super::envelope::{AdminError, Reply};
-use super::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
+use crate::call::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER_USER};
+use crate::envelope::{AdminError, Reply};
 use keyward_auth::api_key::{generate_secret, Prefix};
 use keyward_auth::ratelimit::{Limit, LimitError};
 use keyward_store::{
@@ -234,7 +234,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
             "validation.max",
         ));
     }
-    let valid_sources = super::parse_valid_sources(body.valid_sources)?;
+    let valid_sources = crate::call::parse_valid_sources(body.valid_sources)?;
     let rate_limit = body.rate_limit.map(RateLimitBody::limit).transpose()?;
     if rate_limit.is_some() {
         check_rate_limit_change(call, None, Some(rate_limit))?;

@@ -2,7 +2,7 @@
 //! place so that no endpoint can forget one. The handlers still check what is particular to
 //! them (self or POWER-USER, the token administrator, ADMINISTRATIVE to enroll your own key).
 
-use super::envelope::AdminError;
+use crate::envelope::AdminError;
 use http::{HeaderMap, Method, Uri};
 use keyward_auth::{CredentialKind, Principal, SecurityLevel};
 

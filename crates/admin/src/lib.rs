@@ -4,19 +4,23 @@
 //! authenticators as the proxy → handler → Argus envelope, metrics and one audit record.
 
 pub mod api_keys;
+pub mod call;
 pub mod envelope;
 pub mod guard;
 pub mod openapi;
+pub mod routes;
 pub mod signatures;
 pub mod tokens;
 pub mod users;
 
+pub use call::AdminApi;
+pub use call::{authorize_manage, parse_body, parse_valid_sources, OneOrMany, POWER_USER};
+use call::{AuditTarget, Call, MAX_BODY};
 use envelope::{AdminError, Reply};
 use http::Method;
 use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, RateLimiter};
 use keyward_auth::signature::RequestView;
-use keyward_auth::{token, Authenticated, Authenticator, Principal, SecurityLevel};
-use keyward_config::Config;
+use keyward_auth::{token, Authenticated, Authenticator, Principal};
 use keyward_http::ctx::RequestCtx;
 use keyward_http::namespace::is_token_path;
 #[cfg(test)]
@@ -26,193 +30,10 @@ use keyward_metrics::{Metrics, Outcome};
 use keyward_store::audit::{self, AuditLog};
 use keyward_store::{AuditEvent, Db, User};
 use pingora::proxy::Session;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::Value;
-use std::net::IpAddr;
+pub use routes::routes;
+use routes::{admin_path, operation, Endpoint, ROUTES};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// Admin request bodies are small JSON documents.
-const MAX_BODY: usize = 64 * 1024;
-pub const POWER_USER: &str = "POWER-USER";
-
-/// Every admin path, as the router matches it (`{name}` is one path segment). The OpenAPI
-/// document (docs/openapi.json) is tested against this table.
-const ROUTES: [(&str, Endpoint); 15] = [
-    (
-        "/authentication/v1/user/{user}/apikey",
-        Endpoint::UserApiKeys,
-    ),
-    (
-        "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}",
-        Endpoint::UserApiKey,
-    ),
-    (
-        "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}/roll",
-        Endpoint::UserApiKeyRoll,
-    ),
-    ("/authentication/v1/apikey", Endpoint::OwnApiKeys),
-    (
-        "/authentication/v1/apikey/{user_hex}/{key_id}/roll",
-        Endpoint::OwnApiKeyRoll,
-    ),
-    (
-        "/authentication/v1/apikey/{user_hex}/{key_id}",
-        Endpoint::OwnApiKey,
-    ),
-    (
-        "/authentication/v1/user/{user}/signature",
-        Endpoint::UserSignatures,
-    ),
-    (
-        "/authentication/v1/user/{user}/signature/{key_id}",
-        Endpoint::UserSignature,
-    ),
-    (
-        "/authentication/v1/user/{user}/signature/session",
-        Endpoint::UserSignatureSession,
-    ),
-    (
-        "/authentication/v1/user/signature/session",
-        Endpoint::OwnSignatureSession,
-    ),
-    ("/authentication/v1/user/{user}/lock", Endpoint::UserLock),
-    ("/.TOKEN/", Endpoint::Tokens),
-    ("/.TOKEN/{name}", Endpoint::Token),
-    (
-        "/_admin/manage/tenants/{tenant}/tokens/",
-        Endpoint::TenantTokens,
-    ),
-    (
-        "/_admin/manage/tenants/{tenant}/tokens/{name}",
-        Endpoint::TenantToken,
-    ),
-];
-
-/// The methods an endpoint may answer; which ones each does is [`operation`]'s table.
-const METHODS: [Method; 9] = [
-    Method::GET,
-    Method::HEAD,
-    Method::POST,
-    Method::PUT,
-    Method::PATCH,
-    Method::DELETE,
-    Method::OPTIONS,
-    Method::TRACE,
-    Method::CONNECT,
-];
-
-/// The admin API's paths and the methods each answers, from the router's own tables.
-pub fn routes() -> Vec<(&'static str, Vec<Method>)> {
-    ROUTES
-        .iter()
-        .map(|(path, endpoint)| (*path, endpoint.methods().collect()))
-        .collect()
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Endpoint {
-    UserApiKeys,
-    UserApiKey,
-    UserApiKeyRoll,
-    OwnApiKeys,
-    OwnApiKey,
-    OwnApiKeyRoll,
-    UserSignatures,
-    UserSignature,
-    UserSignatureSession,
-    OwnSignatureSession,
-    UserLock,
-    Tokens,
-    Token,
-    TenantTokens,
-    TenantToken,
-}
-
-impl Endpoint {
-    fn methods(self) -> impl Iterator<Item = Method> {
-        METHODS
-            .into_iter()
-            .filter(move |method| operation(self, method).is_some())
-    }
-
-    /// The 405 of another method, with the `Allow` header RFC 9110 §15.5.6 asks for.
-    fn method_not_allowed(self) -> AdminError {
-        let allow: Vec<String> = self.methods().map(|m| m.to_string()).collect();
-        AdminError::MethodNotAllowed(allow.join(", "))
-    }
-
-    /// The token API answers in the Swarm gateway's shapes, not the Argus envelope.
-    fn is_token_api(self) -> bool {
-        self.surface() != guard::Surface::Argus
-    }
-
-    fn surface(self) -> guard::Surface {
-        match self {
-            Endpoint::Tokens | Endpoint::Token => guard::Surface::OwnTokens,
-            Endpoint::TenantTokens | Endpoint::TenantToken => guard::Surface::TenantTokens,
-            _ => guard::Surface::Argus,
-        }
-    }
-}
-
-/// What the audit record says an admin call was about.
-#[derive(Debug, Default)]
-pub struct AuditTarget {
-    pub operation: &'static str,
-    pub user: String,
-    pub credential: String,
-}
-
-/// Shared by every handler.
-pub struct AdminApi {
-    pub(crate) db: Db,
-    pub(crate) auth: Arc<Authenticator>,
-    pub(crate) metrics: Arc<Metrics>,
-    audit: AuditLog,
-    router: matchit::Router<Endpoint>,
-    /// The proxy's rate-limit counters: admin calls count against the same quotas.
-    limiter: Arc<RateLimiter>,
-}
-
-/// One authenticated admin call.
-pub struct Call<'a> {
-    /// The configuration of this request (see `RequestCtx::config`).
-    pub config: &'a Config,
-    pub caller: &'a Principal,
-    pub method: &'a Method,
-    pub body: &'a [u8],
-    pub request_id: &'a str,
-    pub source_ip: Option<IpAddr>,
-    pub operation: &'static str,
-    /// The request came over TLS (the token cookie is then `Secure`).
-    pub tls: bool,
-    /// Set once a store write was handed this call's audit record (see [`Call::audit`]).
-    pub audit_handed_over: &'a AtomicBool,
-}
-
-impl Call<'_> {
-    /// This call's audit record as it is answered with `status` on success, for the store
-    /// write that makes the change to commit with it: the record is then exactly as durable
-    /// as the change. Creates fill in the credential they made.
-    pub fn audit(&self, status: u16, target_user: &str, credential: &str) -> AuditEvent {
-        self.audit_handed_over.store(true, Ordering::Relaxed);
-        AuditEvent {
-            seq: 0,
-            time: audit::now_rfc3339(),
-            request_id: self.request_id.to_owned(),
-            actor: self.caller.user_name.clone(),
-            auth_method: self.caller.method.as_str().to_owned(),
-            operation: self.operation.to_owned(),
-            target_user: target_user.to_owned(),
-            target_credential: credential.to_owned(),
-            status,
-            outcome: "ok".to_owned(),
-            source_ip: self.source_ip.map(|ip| ip.to_string()),
-        }
-    }
-}
 
 impl AdminApi {
     pub fn new(
@@ -595,125 +416,6 @@ impl AdminApi {
             .await?
             .ok_or_else(|| AdminError::NotFound("the caller no longer exists".into()))
     }
-}
-
-/// The normalized path the proxy decided on (never the raw one: `/authentication//v1/apikey`
-/// is the same endpoint as `/authentication/v1/apikey`).
-fn admin_path(ctx: &RequestCtx) -> &str {
-    ctx.target.as_ref().map_or("", |t| t.path())
-}
-
-fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static str> {
-    match (endpoint, method) {
-        (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::GET) => Some("apikey.list"),
-        (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::POST) => Some("apikey.create"),
-        (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::PUT) => Some("apikey.renew"),
-        (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => Some("apikey.revoke"),
-        (Endpoint::UserApiKeyRoll | Endpoint::OwnApiKeyRoll, &Method::POST) => Some("apikey.roll"),
-        (Endpoint::UserSignatures, &Method::GET) => Some("signature.list"),
-        (Endpoint::UserSignatures, &Method::POST) => Some("signature.enroll"),
-        (Endpoint::UserSignature, &Method::DELETE) => Some("signature.delete"),
-        (Endpoint::UserSignatureSession | Endpoint::OwnSignatureSession, &Method::DELETE) => {
-            Some("signature.session.evict")
-        }
-        (Endpoint::UserLock, &Method::PUT) => Some("user.lock"),
-        (Endpoint::UserLock, &Method::DELETE) => Some("user.unlock"),
-        (Endpoint::Tokens, &Method::POST) => Some("token.mint"),
-        (Endpoint::Tokens, &Method::GET) => Some("token.list"),
-        (Endpoint::Token, &Method::DELETE) => Some("token.delete"),
-        (Endpoint::TenantTokens, &Method::GET) => Some("tenant_token.list"),
-        (Endpoint::TenantTokens, &Method::POST) => Some("tenant_token.mint"),
-        (Endpoint::TenantToken, &Method::DELETE) => Some("tenant_token.delete"),
-        _ => None,
-    }
-}
-
-/// The caller may manage `target`'s credentials: at least DEFAULT (so never an external
-/// user's API key), and `target` itself or a POWER-USER. Read-only keys change nothing.
-/// (`guard::admit` already refused the first and last for every endpoint; repeated here so a
-/// handler called some other way stays safe.)
-pub fn authorize_manage(call: &Call<'_>, target: &User) -> Result<(), AdminError> {
-    let caller = call.caller;
-    if caller.level < SecurityLevel::Default {
-        return Err(AdminError::Forbidden(format!(
-            "security level {} is too low for key management (DEFAULT needed)",
-            caller.level
-        )));
-    }
-    if caller.user_id != target.id && !caller.has_function(POWER_USER) {
-        return Err(AdminError::Forbidden(format!(
-            "managing another user's credentials needs {POWER_USER}"
-        )));
-    }
-    if caller.read_only && !keyward_config::policy::is_safe(call.method) {
-        return Err(AdminError::Forbidden(
-            "a read-only key cannot change anything".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// `"x"` or `["x", "y"]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    pub fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(one) => vec![one],
-            OneOrMany::Many(many) => many,
-        }
-    }
-}
-
-/// Parses a JSON body: broken JSON is 400, well-formed JSON of the wrong shape (an unknown
-/// field, a wrong type) is 412 naming the field.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AdminError::BadRequest(format!("malformed JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(AdminError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let mut field = e.path().to_string();
-        let message = e.inner().to_string();
-        if let Some(name) = message
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            if field == "." {
-                field = name.to_owned();
-            } else if !field.ends_with(name) {
-                field = format!("{field}.{name}");
-            }
-            return AdminError::field(
-                field,
-                format!("unknown field {name}"),
-                "validation.unknown.field",
-            );
-        }
-        AdminError::field(field, message, "validation.invalid")
-    })
-}
-
-/// `validSources` of a create or enroll body: CIDRs or addresses, stored normalised.
-pub fn parse_valid_sources(sources: Option<OneOrMany<String>>) -> Result<Vec<String>, AdminError> {
-    sources
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default()
-        .iter()
-        .map(|source| {
-            keyward_config::parse_cidr(source)
-                .map(|net| net.to_string())
-                .map_err(|message| AdminError::field("validSources", message, "validation.cidr"))
-        })
-        .collect()
 }
 
 /// The request body, whole by `deadline` (`limits.body_timeout` from its header, before the

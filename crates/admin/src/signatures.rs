@@ -1,7 +1,7 @@
 //! `/authentication/v1/.../signature`: enrolled Ed25519 keys and signature sessions (SPEC §3).
 
-use super::envelope::{AdminError, Reply};
-use super::{authorize_manage, parse_body, AdminApi, Call, POWER_USER};
+use crate::call::{authorize_manage, parse_body, AdminApi, Call, POWER_USER};
+use crate::envelope::{AdminError, Reply};
 use base64::Engine as _;
 use keyward_auth::signature::parse_public_key;
 use keyward_auth::SecurityLevel;
@@ -15,7 +15,7 @@ struct EnrollBody {
     public_key: Option<String>,
     description: Option<String>,
     valid_days: Option<i64>,
-    valid_sources: Option<super::OneOrMany<String>>,
+    valid_sources: Option<crate::call::OneOrMany<String>>,
 }
 
 fn describe(key: &SignatureKey) -> Value {
@@ -105,7 +105,7 @@ pub async fn enroll(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
             )
         })?,
     };
-    let valid_sources = super::parse_valid_sources(body.valid_sources)?;
+    let valid_sources = crate::call::parse_valid_sources(body.valid_sources)?;
     let new_key = NewSignatureKey {
         user_id: target.id,
         public_key: public_key.to_bytes().to_vec(),

@@ -1,8 +1,8 @@
 //! Gateway tokens (SPEC §4), in the Swarm Content Gateway's shapes: `/.TOKEN/` for a caller's
 //! own tokens and `/_admin/manage/tenants/{tenant}/tokens/` for tenants.
 
-use super::envelope::{AdminError, Reply};
-use super::{AdminApi, Call, POWER_USER};
+use crate::call::{AdminApi, Call, POWER_USER};
+use crate::envelope::{AdminError, Reply};
 use keyward_auth::{token, CredentialKind, SecurityLevel};
 use keyward_config::Config;
 use keyward_store::{now_ms, NewToken, Token, TokenScope, User};

@@ -1,7 +1,7 @@
 //! `/authentication/v1/user/{user}/lock` (SPEC §5): lock and unlock from the admin API.
 
-use super::envelope::{AdminError, Reply};
-use super::{AdminApi, Call, POWER_USER};
+use crate::call::{AdminApi, Call, POWER_USER};
+use crate::envelope::{AdminError, Reply};
 use keyward_auth::SecurityLevel;
 use keyward_store::User;
 use serde_json::json;

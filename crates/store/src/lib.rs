@@ -8,6 +8,7 @@
 pub mod audit;
 #[cfg(test)]
 mod contract;
+mod db;
 pub mod health;
 pub mod postgres;
 mod rows;
@@ -18,7 +19,6 @@ use async_trait::async_trait;
 pub use health::StoreHealth;
 use keyward_core::limit::Limit;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -612,140 +612,7 @@ pub trait Store: Send + Sync + 'static {
     fn listen(&self, signal: Arc<FeedSignal>) -> bool;
 }
 
-/// Opens the store named by the config, creating and migrating it as needed.
-pub async fn connect(url: &StoreUrl, pool: PoolSettings) -> Result<Arc<dyn Store>, StoreError> {
-    match url {
-        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path, pool).await?)),
-        StoreUrl::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::open(url, pool).await?)),
-    }
-}
-
-/// The store as the server uses it: every call runs on a runtime of its own.
-///
-/// pingora gives each service its own tokio runtime, and a database connection is bound to the
-/// runtime it was opened on. Running all store I/O on one long-lived runtime keeps connections
-/// valid whichever service asks, and keeps store latency off the proxy's worker threads.
-#[derive(Clone)]
-pub struct Db {
-    store: Arc<dyn Store>,
-    runtime: tokio::runtime::Handle,
-    health: Arc<StoreHealth>,
-}
-
-impl Db {
-    /// Starts the store runtime and connects on it. The runtime lives as long as the process.
-    pub fn start(
-        url: &StoreUrl,
-        pool: PoolSettings,
-        health: StoreHealth,
-    ) -> Result<Db, StoreError> {
-        // A network database answers many queries at once; one file takes one writer.
-        let threads = if url.is_postgres() { 2 } else { 1 };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("keyward-store")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Task(e.to_string()))?;
-        let store = runtime.block_on(connect(url, pool))?;
-        let handle = runtime.handle().clone();
-        // Never dropped: dropping a runtime from inside another one panics, and the store
-        // must outlive every service anyway.
-        std::mem::forget(runtime);
-        Ok(Db {
-            store,
-            runtime: handle,
-            health: Arc::new(health),
-        })
-    }
-
-    /// Whether the store answered its last call, and the counter of its failures.
-    pub fn health(&self) -> &Arc<StoreHealth> {
-        &self.health
-    }
-
-    /// Starts the backend's change notifications (see [`Store::listen`]) on the store runtime.
-    pub fn listen(&self, signal: Arc<FeedSignal>) -> bool {
-        let _guard = self.runtime.enter();
-        self.store.listen(signal)
-    }
-
-    /// Runs `f` against the store on the store runtime.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(Arc<dyn Store>) -> Fut,
-        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let fut = f(self.store.clone());
-        let result = match self.runtime.spawn(fut).await {
-            Ok(result) => result,
-            Err(e) => Err(StoreError::Task(e.to_string())),
-        };
-        self.health.observe(result.as_ref().err());
-        result
-    }
-
-    /// Runs `f` to completion from synchronous code (start-up, before the services run).
-    pub fn block_on<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(Arc<dyn Store>) -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        self.runtime.block_on(f(self.store.clone()))
-    }
-}
-
-/// How long an expired token stays in the store before housekeeping deletes it: a day, so
-/// that a `DELETE` of a token that has just expired still finds it.
-pub const EXPIRED_TOKEN_KEEP: std::time::Duration = std::time::Duration::from_secs(86_400);
-/// Rows deleted per statement: a large backlog never holds the write lock for long.
-const PRUNE_BATCH: i64 = 1000;
-
-/// What one housekeeping pass deleted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pruned {
-    pub tokens: u64,
-    pub audit: u64,
-}
-
-/// Deletes the tokens that expired more than [`EXPIRED_TOKEN_KEEP`] before `now_ms` and, with
-/// an `audit_retention`, the audit records older than it; in batches of [`PRUNE_BATCH`], so
-/// other writers get the store between them.
-pub async fn housekeep(
-    store: &dyn Store,
-    now_ms: i64,
-    audit_retention: Option<std::time::Duration>,
-) -> Result<Pruned, StoreError> {
-    let tokens_before = now_ms.saturating_sub(EXPIRED_TOKEN_KEEP.as_millis() as i64);
-    let mut pruned = Pruned {
-        tokens: in_batches(|| store.prune_expired_tokens(tokens_before, PRUNE_BATCH)).await?,
-        audit: 0,
-    };
-    if let Some(retention) = audit_retention {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let audit_before = now_ms.saturating_sub(retention_ms);
-        pruned.audit = in_batches(|| store.prune_audit(audit_before, PRUNE_BATCH)).await?;
-    }
-    Ok(pruned)
-}
-
-/// Runs one batched delete until a batch comes back short; returns how many rows went.
-async fn in_batches<F, Fut>(mut delete_batch: F) -> Result<u64, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<u64, StoreError>>,
-{
-    let mut total = 0;
-    loop {
-        let deleted = delete_batch().await?;
-        total += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            return Ok(total);
-        }
-    }
-}
-
+pub use db::{connect, housekeep, Db, Pruned, EXPIRED_TOKEN_KEEP};
 pub use keyward_core::time::now_ms;
 
 /// The time arithmetic of create, renew and roll, over edge values and pseudo-random ones (a
