@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench hot_path`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{bench_db, cache_settings};

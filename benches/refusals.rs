@@ -8,6 +8,8 @@
 //! more than 50 µs. Under `cargo test` (criterion's test mode) each case runs once and the
 //! timing check is skipped: timing belongs to benchmarks, not to tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{bench_db, cache_settings};

@@ -12,6 +12,8 @@
 //!
 //! `cargo bench --bench schemes`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{bench_db, cache_settings};

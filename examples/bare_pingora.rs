@@ -10,6 +10,8 @@
 //! Same global allocator as the keyward binary (src/main.rs), so that the difference between
 //! the two is the per-request work, not malloc.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 use async_trait::async_trait;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;

@@ -1,6 +1,8 @@
 //! A demo upstream that echoes each request as JSON: `cargo run --example echo_upstream -- ADDR`
 //! (default 127.0.0.1:3000). Used by `make run` and `scripts/load.sh`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 #[path = "../tests/common/echo.rs"]
 mod echo;
 

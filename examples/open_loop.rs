@@ -19,6 +19,8 @@
 //! waited until the deadline, a lower bound), and `tick_lag_p99_us` is how late the scheduler itself released requests (the client's
 //! own timing error, included in every latency). Used by `scripts/compare.sh`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;

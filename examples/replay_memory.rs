@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release --example replay_memory [N]`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 use keyward::auth::replay::{ReplayWindow, ENTRY_BYTES};
 use sha2::{Digest, Sha256};
 

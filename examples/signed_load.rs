@@ -5,6 +5,8 @@
 //! `cargo run --release --example signed_load -- PROXY_ADDR KEY_PEM KEYID KEYWARD_PID [REQUESTS] [CONNECTIONS] [ROUNDS]`
 //! Used by `scripts/load.sh`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;

@@ -4,7 +4,7 @@
 //! credentials and API keys included, at debug and trace. Whatever `RUST_LOG` or
 //! `logging.level` say, their events are kept to `info` and above unless the environment
 //! variable [`THIRD_PARTY_ENV`] is `1`: secrets never reach a log at a level keyward enables
-//! on its own. keyward's own events (targets `keyward::…`) follow the filter as given.
+//! on its own. keyward's own events (targets `keyward::…` and `keyward_<crate>::…`) follow the filter as given.
 //!
 //! A client can make third-party code log a warning or an error at will (pingora's
 //! `Fail to proxy: Downstream InvalidChunk …` for every malformed request): such lines are
@@ -34,11 +34,28 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 /// credentials; for debugging only).
 pub const THIRD_PARTY_ENV: &str = "KEYWARD_LOG_THIRD_PARTY";
 
-/// Whether an event's target is keyward's own code.
+/// The crates of keyward's workspace below the binary (`keyward_auth::…` targets).
+const KEYWARD_CRATES: [&str; 8] = [
+    "core", "metrics", "store", "config", "auth", "http", "admin", "proxy",
+];
+
+/// Whether an event's target is keyward's own code: the binary (`keyward::…`) or one of its
+/// crates (`keyward_auth::…`).
 pub fn is_keyward(target: &str) -> bool {
-    target
-        .strip_prefix("keyward")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    let Some(rest) = target.strip_prefix("keyward") else {
+        return false;
+    };
+    let rest = match rest.strip_prefix('_') {
+        Some(crate_and_path) => match KEYWARD_CRATES
+            .iter()
+            .find_map(|name| crate_and_path.strip_prefix(name))
+        {
+            Some(path) => path,
+            None => return false,
+        },
+        None => rest,
+    };
+    rest.is_empty() || rest.starts_with("::")
 }
 
 /// Whether an event passes the third-party cap (see the module docs). rustls warns once per
@@ -398,6 +415,10 @@ mod tests {
         assert!(is_keyward("keyward"));
         assert!(is_keyward("keyward::proxy"));
         assert!(!is_keyward("keywardish"));
+        assert!(is_keyward("keyward_store::sqlite"));
+        assert!(is_keyward("keyward_auth"));
+        assert!(!is_keyward("keyward_authx::y"));
+        assert!(!is_keyward("keyward_other::y"));
         assert!(!third_party_allows(
             "pingora_proxy::proxy_h1",
             &Level::DEBUG,

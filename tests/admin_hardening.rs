@@ -3,6 +3,8 @@
 //! endpoint takes only its credentials and honours level and read-only (7), cookie writes
 //! from another origin are refused (8), and the per-token and per-user limits (11).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

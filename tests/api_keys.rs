@@ -1,5 +1,7 @@
 //! API keys end to end (SPEC §2): the admin endpoints and the key on proxied requests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, echoed, echoed_header, Keyward, Setup, ADMIN_PASSWORD};

@@ -1,6 +1,8 @@
 //! Audit records live in the store, written in the transaction of the change they describe:
 //! `keyward audit tail` reads them back, after a `kill -9` as well, on SQLite and PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, Keyward, Setup, ADMIN_PASSWORD};

@@ -1,6 +1,8 @@
 //! HTTP Basic hardening (SPEC §6): one reason for every failed password login, and password
 //! guessing throttled per (user name, client address) with 429 + `Retry-After`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, echoed, Keyward, Setup};

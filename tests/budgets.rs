@@ -4,6 +4,8 @@
 //! credentials pay their client's budget before argon2 or the store is asked, and a login
 //! waits its turn by client network, not behind a flood.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

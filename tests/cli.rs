@@ -1,5 +1,7 @@
 //! The command line: check-config, the user commands, and bootstrap, against real stores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{cli, client, spawn_serve, Keyward, BIN};

@@ -3,6 +3,8 @@
 //! written is waited for, a FIFO in the file's place is refused without wedging later
 //! reloads, and `keyward reload` never signals a process that is not keyward.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, Keyward, Setup, ADMIN_PASSWORD, BIN};

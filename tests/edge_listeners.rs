@@ -1,6 +1,8 @@
 //! The admin listener (`listen.admin`) and live reload (`SIGHUP`, `keyward reload`,
 //! `KEYWARD_CONFIG`), against a real keyward process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, raw_request, Keyward, Setup, ADMIN_PASSWORD, BIN};

@@ -1,6 +1,8 @@
 //! Files and logs: the store's files are private to keyward's user, and no credential reaches
 //! stderr, even with `RUST_LOG=debug` or `logging.level: debug`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -4,6 +4,8 @@
 //! notification path, not the poll. One replica reaches PostgreSQL through a TCP forwarder the
 //! test cuts and restores, to make an outage without stopping the shared server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::tcp_cut::TcpCut;

@@ -5,6 +5,8 @@
 //! and folds `_` into `-` in header names, as real frameworks do. Each test checks a class of
 //! input by what the *application* saw, not by one exact string.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, raw_request, FrameworkUpstream, Keyward, RawResponse, Setup, ADMIN_PASSWORD};

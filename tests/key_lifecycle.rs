@@ -2,6 +2,8 @@
 //! secret scanner can recognise (the published pattern and checksum), refused on a bad
 //! checksum before any store query; keys issued before checksums keep working.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, echoed_header, Keyward, Setup, ADMIN_PASSWORD};

@@ -1,6 +1,8 @@
 //! Lifetimes and rate limits of API keys set through the admin API (issue 20 items 6, 7 and
 //! 14; SPEC §15 "limits are set from above"), against a real keyward process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, Keyward, Setup, ADMIN_PASSWORD};

@@ -1,6 +1,8 @@
 //! Connection limits on the proxy listener: `limits.header_read_timeout` and
 //! `limits.max_connections`, driven with raw sockets against the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{Keyward, Setup};

@@ -9,6 +9,8 @@
 //! its own malloc arena) — 613 MiB, failing the 64 MiB bound. Run with `--nocapture` to see
 //! the figures of a run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -3,6 +3,8 @@
 //! 5xx rate), upstream health, build info and the process metrics. The page must also pass
 //! `promtool check metrics` when promtool is installed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, free_port, Keyward, Setup, Upstream, ADMIN_PASSWORD};

@@ -4,6 +4,8 @@
 //! the per-client connection cap, HTTP/1.1 pipelining and client-triggered error logs, and
 //! HTTP/2 stream bounds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{

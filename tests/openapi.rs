@@ -1,6 +1,8 @@
 //! The admin API's OpenAPI document (docs/openapi.json): served on the ops listener as it is
 //! in the repository, and the refusals schemathesis exercises answered as it says.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, Keyward, ADMIN_PASSWORD};

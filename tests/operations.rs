@@ -2,6 +2,8 @@
 //! on one port, a store URL only `serve` refused, a CLI command on another store than the
 //! server's, readiness through a graceful shutdown, and store errors that repeat themselves.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{cli, client, free_port, spawn_serve, Keyward, Setup, BIN};

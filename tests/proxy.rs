@@ -1,5 +1,7 @@
 //! The request path end to end: real keyward, real upstream, real client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, echoed, echoed_header, Keyward, Setup, ADMIN_PASSWORD};

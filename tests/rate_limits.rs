@@ -2,6 +2,8 @@
 //! anonymous requests and refused credentials, an API key's own `rateLimit`, and the 429 with
 //! `Retry-After`, `RateLimit-Policy` and `RateLimit` that forwards nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use common::{client, raw_request, Keyward, Setup, ADMIN_PASSWORD};

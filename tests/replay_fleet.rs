@@ -4,6 +4,8 @@
 //! (`replay.on_redis_error: refuse | local`), driven through a TCP forwarder the test cuts,
 //! restores and turns into a black hole.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

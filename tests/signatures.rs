@@ -1,6 +1,8 @@
 //! Signed requests end to end (SPEC §3): enrollment, verification through the proxy, replay,
 //! clock skew and session eviction, and interoperability with an independent implementation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -3,6 +3,8 @@
 //! only then forwarded; bodies over `signatures.max_body` get 413; the bodies held at once
 //! are bounded; a body is read only behind a signature that verified.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -3,6 +3,8 @@
 //! over rustls and by curl. Every credential, policy, admin and forwarding case runs twice, over
 //! HTTP/1.1 and over HTTP/2 (ALPN `h2`), and checks the protocol the response came back on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -1,6 +1,8 @@
 //! Gateway tokens end to end (SPEC §4): minting, the cookie on proxied requests, listing,
 //! deleting, the token administrator, tenants, expiry and locking.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -1,5 +1,7 @@
 //! Password + TOTP (SPEC §1): the ADMINISTRATIVE level, single-use codes, rate limiting.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

@@ -1,5 +1,7 @@
 //! Locking through the admin API (SPEC §5) and the audit log file (SPEC §4).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
+
 mod common;
 
 use base64::Engine as _;

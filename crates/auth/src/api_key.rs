@@ -162,6 +162,8 @@ pub struct KeyHasher {
 }
 
 impl KeyHasher {
+    // HMAC takes a key of any length: `new_from_slice` cannot fail for it.
+    #[allow(clippy::expect_used)]
     pub fn new(pepper: Vec<u8>) -> KeyHasher {
         KeyHasher {
             keyed: <Hmac<Sha256> as Mac>::new_from_slice(&pepper)

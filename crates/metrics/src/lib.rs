@@ -197,6 +197,9 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
+    // Metric names and help are constants and each is registered once: `prometheus` fails
+    // only on an invalid or duplicate name, a programming error every test run would show.
+    #[allow(clippy::expect_used)]
     fn new(registry: &Registry) -> ConnectionMetrics {
         let open = IntGauge::new(
             "keyward_connections_open",
@@ -237,6 +240,9 @@ impl ConnectionMetrics {
     }
 }
 
+// Metric names and help are constants and each is registered once: `prometheus` fails
+// only on an invalid or duplicate name, a programming error every test run would show.
+#[allow(clippy::expect_used)]
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
@@ -245,6 +251,9 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     vec
 }
 
+// Metric names and help are constants and each is registered once: `prometheus` fails
+// only on an invalid or duplicate name, a programming error every test run would show.
+#[allow(clippy::expect_used)]
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
     registry
         .register(Box::new(metric.clone()))
@@ -252,6 +261,9 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
+// Metric names and help are constants and each is registered once: `prometheus` fails
+// only on an invalid or duplicate name, a programming error every test run would show.
+#[allow(clippy::expect_used)]
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let counter = IntCounter::new(name, help).expect("valid metric");
     registry
@@ -261,6 +273,9 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 impl Metrics {
+    // Metric names and help are constants and each is registered once: `prometheus` fails
+    // only on an invalid or duplicate name, a programming error every test run would show.
+    #[allow(clippy::expect_used)]
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let auth_duration = HistogramVec::new(

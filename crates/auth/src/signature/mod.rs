@@ -13,16 +13,13 @@ use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::fleet::{Answer, ClaimKind, FleetClaims};
 use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
-use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use ipnet::IpNet;
 use keyward_config::SignatureSettings;
 pub use keyward_core::SignatureError;
 use keyward_metrics::Metrics;
 use keyward_store::{now_ms, Db, SignatureKey, StoreError, User};
-use pingora::http::RequestHeader;
-use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, List, ListEntry, Parser};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -30,27 +27,18 @@ pub const CACHE_NAME: &str = keyward_metrics::cache_name::SIGNATURE_KEY;
 pub const NEGATIVE_CACHE_NAME: &str = keyward_metrics::cache_name::SIGNATURE_KEY_NEGATIVE;
 pub const REPLAY_CACHE_NAME: &str = keyward_metrics::cache_name::REPLAY_WINDOW;
 pub const SESSION_CACHE_NAME: &str = keyward_metrics::cache_name::SIGNATURE_SESSION;
-/// Components every signature must cover; `content-digest` too when there is a body.
-const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
-/// Longest accepted `Signature-Input` / `Signature` value.
-const MAX_HEADER_LEN: usize = 4096;
-/// Longest accepted `keyid` (`<user name or id>/<keyID>`); longer ones are malformed.
-pub const MAX_KEYID_LEN: usize = 256;
 
-/// The parsed `Signature-Input` member and its `Signature`.
-#[derive(Debug, Clone)]
-pub struct SignedRequest {
-    pub components: Vec<String>,
-    /// The `@signature-params` value: the inner list re-serialised.
-    pub params: String,
-    pub created: i64,
-    pub expires: Option<i64>,
-    pub nonce: Option<String>,
-    pub keyid: String,
-    pub signature: [u8; 64],
-}
+mod base;
+mod digest;
+mod parse;
+mod session;
 
-/// A signed request whose headers verified (see `SignatureAuthenticator::verify`).
+pub use base::{sign, signature_base, RequestView};
+pub use digest::{check_content_digest, has_body, BodyHasher, ExpectedDigest};
+use parse::REQUIRED_COMPONENTS;
+pub use parse::{parse_headers, parse_keyid, parse_public_key, SignedRequest, MAX_KEYID_LEN};
+use session::SignatureSessions;
+
 pub struct VerifiedSignature {
     key: Arc<CachedSigKey>,
     fingerprint: [u8; 32],
@@ -69,336 +57,6 @@ impl VerifiedSignature {
     pub fn principal(&self) -> &Principal {
         &self.key.principal
     }
-}
-
-/// The parts of a request a signature can cover.
-pub struct RequestView<'a> {
-    pub header: &'a RequestHeader,
-    pub body: Option<&'a [u8]>,
-    pub tls: bool,
-}
-
-fn single_header<'a>(header: &'a RequestHeader, name: &str) -> Result<&'a str, SignatureError> {
-    let mut values = header.headers.get_all(name).iter();
-    let value = values.next().ok_or(SignatureError::Malformed)?;
-    if values.next().is_some() || value.len() > MAX_HEADER_LEN {
-        return Err(SignatureError::Malformed);
-    }
-    value.to_str().map_err(|_| SignatureError::Malformed)
-}
-
-/// Parses `Signature-Input` and `Signature`. One signature per request: several labels are
-/// refused rather than picked between.
-pub fn parse_headers(header: &RequestHeader) -> Result<SignedRequest, SignatureError> {
-    let input: Dictionary = Parser::new(single_header(header, "signature-input")?)
-        .parse()
-        .map_err(|_| SignatureError::Malformed)?;
-    let signatures: Dictionary = Parser::new(single_header(header, "signature")?)
-        .parse()
-        .map_err(|_| SignatureError::Malformed)?;
-    if input.len() != 1 {
-        return Err(SignatureError::Malformed);
-    }
-    let (label, entry) = input.into_iter().next().ok_or(SignatureError::Malformed)?;
-    let ListEntry::InnerList(list) = entry else {
-        return Err(SignatureError::Malformed);
-    };
-    let signature = match signatures.get(label.as_str()) {
-        Some(ListEntry::Item(Item {
-            bare_item: BareItem::ByteSequence(bytes),
-            ..
-        })) => <[u8; 64]>::try_from(bytes.as_slice()).map_err(|_| SignatureError::Malformed)?,
-        _ => return Err(SignatureError::Malformed),
-    };
-    let mut components = Vec::with_capacity(list.items.len());
-    for item in &list.items {
-        // Component parameters (`;sf`, `;key`, `;req`, `;bs`) are not supported: refused.
-        let name = item
-            .bare_item
-            .as_string()
-            .ok_or(SignatureError::Malformed)?;
-        if !item.params.is_empty() {
-            return Err(SignatureError::Malformed);
-        }
-        let name = name.as_str().to_owned();
-        if components.contains(&name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(SignatureError::Malformed);
-        }
-        components.push(name);
-    }
-    let int_param = |name: &str| -> Result<Option<i64>, SignatureError> {
-        match list.params.get(name) {
-            None => Ok(None),
-            Some(value) => value
-                .as_integer()
-                .map(|i| Some(i64::from(i)))
-                .ok_or(SignatureError::Malformed),
-        }
-    };
-    let str_param = |name: &str| -> Result<Option<String>, SignatureError> {
-        match list.params.get(name) {
-            None => Ok(None),
-            Some(value) => value
-                .as_string()
-                .map(|s| Some(s.as_str().to_owned()))
-                .ok_or(SignatureError::Malformed),
-        }
-    };
-    let created = int_param("created")?.ok_or(SignatureError::Malformed)?;
-    let expires = int_param("expires")?;
-    let nonce = str_param("nonce")?;
-    let keyid = str_param("keyid")?.ok_or(SignatureError::Malformed)?;
-    if keyid.len() > MAX_KEYID_LEN {
-        return Err(SignatureError::Malformed);
-    }
-    if let Some(alg) = str_param("alg")? {
-        if alg != "ed25519" {
-            return Err(SignatureError::Malformed);
-        }
-    }
-    let params = serialize_inner_list(list)?;
-    Ok(SignedRequest {
-        components,
-        params,
-        created,
-        expires,
-        nonce,
-        keyid,
-        signature,
-    })
-}
-
-fn serialize_inner_list(list: InnerList) -> Result<String, SignatureError> {
-    let as_list: List = vec![ListEntry::InnerList(list)];
-    as_list.serialize().ok_or(SignatureError::Malformed)
-}
-
-/// `@authority`: the host, lower-cased, without the scheme's default port.
-fn authority(view: &RequestView<'_>) -> Result<String, SignatureError> {
-    let raw = match view.header.uri.authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => single_header(view.header, "host")?.to_owned(),
-    };
-    let mut authority = raw.trim().to_ascii_lowercase();
-    let default_port = if view.tls { ":443" } else { ":80" };
-    if let Some(stripped) = authority.strip_suffix(default_port) {
-        authority = stripped.to_owned();
-    }
-    Ok(authority)
-}
-
-/// The value of one covered component (RFC 9421 §2.1, §2.2).
-fn component_value(view: &RequestView<'_>, name: &str) -> Result<String, SignatureError> {
-    let uri = &view.header.uri;
-    let path = || {
-        let path = uri.path();
-        if path.is_empty() { "/" } else { path }.to_owned()
-    };
-    let query = || format!("?{}", uri.query().unwrap_or(""));
-    let scheme = if view.tls { "https" } else { "http" };
-    Ok(match name {
-        "@method" => view.header.method.as_str().to_owned(),
-        "@authority" => authority(view)?,
-        "@path" => path(),
-        "@query" => query(),
-        "@scheme" => scheme.to_owned(),
-        "@target-uri" => {
-            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            format!("{scheme}://{}{}{query}", authority(view)?, path())
-        }
-        "@request-target" => match uri.query() {
-            Some(q) => format!("{}?{q}", path()),
-            None => path(),
-        },
-        derived if derived.starts_with('@') => return Err(SignatureError::Malformed),
-        field => {
-            let mut values = view.header.headers.get_all(field).iter().peekable();
-            if values.peek().is_none() {
-                return Err(SignatureError::MissingComponent);
-            }
-            let mut parts = Vec::new();
-            for value in values {
-                let text = value.to_str().map_err(|_| SignatureError::Malformed)?;
-                parts.push(text.trim().to_owned());
-            }
-            parts.join(", ")
-        }
-    })
-}
-
-/// The signature base (RFC 9421 §2.5).
-pub fn signature_base(
-    view: &RequestView<'_>,
-    components: &[String],
-    params: &str,
-) -> Result<String, SignatureError> {
-    let mut base = String::with_capacity(256);
-    for name in components {
-        let value = component_value(view, name)?;
-        if value.contains('\n') {
-            return Err(SignatureError::Malformed);
-        }
-        base.push_str(&format!("\"{name}\": {value}\n"));
-    }
-    base.push_str(&format!("\"@signature-params\": {params}"));
-    Ok(base)
-}
-
-/// What `Content-Digest` (RFC 9530) says the body hashes to: every sha-256 / sha-512 member
-/// present must match, and at least one must be present. Parsed before the body is read, so
-/// the body can be hashed as it streams in (and spooled) instead of held whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedDigest {
-    sha256: Option<Vec<u8>>,
-    sha512: Option<Vec<u8>>,
-}
-
-impl ExpectedDigest {
-    pub fn from_header(header: &RequestHeader) -> Result<ExpectedDigest, SignatureError> {
-        let digest: Dictionary = Parser::new(single_header(header, "content-digest")?)
-            .parse()
-            .map_err(|_| SignatureError::Malformed)?;
-        let mut expected = ExpectedDigest {
-            sha256: None,
-            sha512: None,
-        };
-        for (algorithm, entry) in &digest {
-            let ListEntry::Item(Item {
-                bare_item: BareItem::ByteSequence(value),
-                ..
-            }) = entry
-            else {
-                return Err(SignatureError::Malformed);
-            };
-            match algorithm.as_str() {
-                "sha-256" => expected.sha256 = Some(value.clone()),
-                "sha-512" => expected.sha512 = Some(value.clone()),
-                _ => {}
-            }
-        }
-        if expected.sha256.is_none() && expected.sha512.is_none() {
-            return Err(SignatureError::Malformed);
-        }
-        Ok(expected)
-    }
-
-    /// A hasher computing exactly the algorithms this digest names.
-    pub fn hasher(&self) -> BodyHasher {
-        BodyHasher {
-            sha256: self.sha256.as_ref().map(|_| Sha256::new()),
-            sha512: self.sha512.as_ref().map(|_| Sha512::new()),
-            len: 0,
-        }
-    }
-
-    /// Whether the hashed body is the one `Content-Digest` names.
-    pub fn check(&self, body: BodyHasher) -> Result<(), SignatureError> {
-        let matches = |expected: &Option<Vec<u8>>, actual: Option<Vec<u8>>| match (expected, actual)
-        {
-            (Some(expected), Some(actual)) => *expected == actual,
-            _ => true,
-        };
-        let sha256 = body.sha256.map(|h| h.finalize().to_vec());
-        let sha512 = body.sha512.map(|h| h.finalize().to_vec());
-        match matches(&self.sha256, sha256) && matches(&self.sha512, sha512) {
-            true => Ok(()),
-            false => Err(SignatureError::DigestMismatch),
-        }
-    }
-}
-
-/// The running hashes of a request body, fed chunk by chunk.
-#[derive(Clone)]
-pub struct BodyHasher {
-    sha256: Option<Sha256>,
-    sha512: Option<Sha512>,
-    len: u64,
-}
-
-impl BodyHasher {
-    pub fn update(&mut self, chunk: &[u8]) {
-        if let Some(h) = &mut self.sha256 {
-            h.update(chunk);
-        }
-        if let Some(h) = &mut self.sha512 {
-            h.update(chunk);
-        }
-        self.len += chunk.len() as u64;
-    }
-
-    /// Bytes hashed so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// Checks a whole body against `Content-Digest`.
-pub fn check_content_digest(header: &RequestHeader, body: &[u8]) -> Result<(), SignatureError> {
-    let expected = ExpectedDigest::from_header(header)?;
-    let mut hasher = expected.hasher();
-    hasher.update(body);
-    expected.check(hasher)
-}
-
-/// Whether a request carries a body (and so must cover `content-digest`).
-/// Any `Transfer-Encoding`, or any `Content-Length` in any form (`N`, `N, N`, repeated) that
-/// is not all zeros, means a body: a request must never be taken as body-less by one reading
-/// and framed with a body by another.
-pub fn has_body(header: &RequestHeader) -> bool {
-    let headers = &header.headers;
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .any(|value| {
-                value
-                    .as_bytes()
-                    .iter()
-                    .any(|b| !matches!(b, b'0' | b',' | b' ' | b'\t'))
-            })
-}
-
-/// Parses an enrolled public key: base64 of the 32 raw bytes, or a PEM `PUBLIC KEY`.
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
-    let text = text.trim();
-    if text.starts_with("-----BEGIN") {
-        use ed25519_dalek::pkcs8::DecodePublicKey;
-        return VerifyingKey::from_public_key_pem(text)
-            .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
-        .map_err(|_| "publicKey must be base64 or PEM".to_owned())?;
-    let raw = <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| "an Ed25519 public key has 32 bytes".to_owned())?;
-    VerifyingKey::from_bytes(&raw).map_err(|e| format!("not a valid Ed25519 public key: {e}"))
-}
-
-/// `keyid="<user name or id>/<keyID>"`.
-pub fn parse_keyid(keyid: &str) -> Option<(String, i64)> {
-    let (user, key_id) = keyid.rsplit_once('/')?;
-    if user.is_empty() || !canonical_number(key_id) {
-        return None;
-    }
-    // A numeric user part is an id: one spelling per id (no leading zeros), so that spellings
-    // of one key cannot each cost a store read and a cache entry.
-    if user.bytes().all(|b| b.is_ascii_digit()) && !canonical_number(user) {
-        return None;
-    }
-    Some((user.to_owned(), key_id.parse().ok()?))
-}
-
-/// Digits only, without leading zeros (`0` itself is fine).
-fn canonical_number(text: &str) -> bool {
-    !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'))
 }
 
 /// The cache key of a parsed keyid: a fixed-size digest of its user part and key id.
@@ -459,12 +117,6 @@ impl CachedSigKey {
     }
 }
 
-/// A client's clock offset, pinned by its first accepted request.
-#[derive(Debug, Clone, Copy)]
-struct SignatureSession {
-    offset_secs: i64,
-}
-
 pub struct SignatureAuthenticator {
     db: Db,
     settings: SignatureSettings,
@@ -472,7 +124,7 @@ pub struct SignatureAuthenticator {
     /// negative cache 32 bytes however long it was.
     keys: CredentialCache<[u8; 32], CachedSigKey>,
     replay: ReplayWindow,
-    sessions: moka::sync::Cache<(i64, i64), SignatureSession>,
+    sessions: SignatureSessions,
     usage: UsageRecorder,
     /// The replay window shared with the other replicas (`replay.redis_url`), behind the
     /// local one.
@@ -494,11 +146,7 @@ impl SignatureAuthenticator {
                 },
             ),
             replay: ReplayWindow::new(settings.replay_memory_bytes),
-            sessions: moka::sync::Cache::builder()
-                .max_capacity(settings.key_cache_capacity)
-                .time_to_idle(settings.session_ttl)
-                .support_invalidation_closures()
-                .build(),
+            sessions: SignatureSessions::new(settings.key_cache_capacity, settings.session_ttl),
             usage: UsageRecorder::default(),
             fleet: None,
             db,
@@ -628,12 +276,8 @@ impl SignatureAuthenticator {
 
         // Clock skew: the offset this request implies against the one its key's session pinned.
         let session_key = (key.user_id, key.key_id);
-        if let Some(session) = self.sessions.get(&session_key) {
-            let tolerance = self.settings.skew_tolerance.as_secs() as i64;
-            if (offset - session.offset_secs).abs() > tolerance {
-                return Err(SignatureError::ClockSkew.into());
-            }
-        }
+        let tolerance = self.settings.skew_tolerance.as_secs() as i64;
+        self.sessions.check(session_key, offset, tolerance)?;
         // Replay: the first to claim this signature wins, atomically. The local window comes
         // first, so a replay on this replica costs no Redis round trip; a full window refuses
         // the new signature and forgets no live one.
@@ -669,10 +313,7 @@ impl SignatureAuthenticator {
                 }
             }
         }
-        // `get_with` keeps an established session (and refreshes its idle timer).
-        self.sessions.get_with(session_key, || SignatureSession {
-            offset_secs: offset,
-        });
+        self.sessions.pin(session_key, offset);
         self.usage.record(key.user_id, key.key_id, client_ip);
         Ok(key.principal.clone())
     }
@@ -724,17 +365,7 @@ impl SignatureAuthenticator {
 
     /// Evicts a user's signature sessions (one key or all); returns the key ids evicted.
     pub fn evict_sessions(&self, user_id: i64, key_id: Option<i64>) -> Vec<i64> {
-        let mut evicted: Vec<i64> = self
-            .sessions
-            .iter()
-            .filter(|(k, _)| k.0 == user_id && key_id.is_none_or(|id| k.1 == id))
-            .map(|(k, _)| k.1)
-            .collect();
-        for id in &evicted {
-            self.sessions.invalidate(&(user_id, *id));
-        }
-        evicted.sort_unstable();
-        evicted
+        self.sessions.evict(user_id, key_id)
     }
 
     pub async fn flush_usage(&self) {
@@ -755,82 +386,20 @@ impl SignatureAuthenticator {
     pub async fn entry_counts(&self) -> [(&'static str, u64); 4] {
         let [keys, unknown] = self.keys.entry_counts().await;
         self.replay.sweep(now_ms() / 1000);
-        self.sessions.run_pending_tasks();
         [
             keys,
             unknown,
             (REPLAY_CACHE_NAME, self.replay.len()),
-            (SESSION_CACHE_NAME, self.sessions.entry_count()),
+            (SESSION_CACHE_NAME, self.sessions.count()),
         ]
     }
-}
-
-/// Signs a request the way `keyward sign` does: covers `@method`, `@authority`, `@path`,
-/// `@query` and, with a body, `content-digest` (sha-256). Returns the headers to add.
-pub fn sign(
-    signing_key: &ed25519_dalek::SigningKey,
-    keyid: &str,
-    method: &str,
-    url: &http::Uri,
-    body: Option<&[u8]>,
-    created: i64,
-    nonce: &str,
-) -> Result<Vec<(&'static str, String)>, String> {
-    use ed25519_dalek::Signer;
-    let mut header = RequestHeader::build(
-        method,
-        url.path_and_query()
-            .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
-        None,
-    )
-    .map_err(|e| format!("bad request line: {e}"))?;
-    let host = url
-        .authority()
-        .ok_or("the URL needs a host")?
-        .as_str()
-        .to_owned();
-    header
-        .insert_header("host", host)
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut components: Vec<String> = REQUIRED_COMPONENTS.iter().map(|c| c.to_string()).collect();
-    if let Some(body) = body.filter(|b| !b.is_empty()) {
-        let digest = format!(
-            "sha-256=:{}:",
-            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
-        );
-        header
-            .insert_header("content-digest", digest.clone())
-            .map_err(|e| e.to_string())?;
-        out.push(("Content-Digest", digest));
-        components.push("content-digest".into());
-    }
-    let quoted: Vec<String> = components.iter().map(|c| format!("\"{c}\"")).collect();
-    let params = format!(
-        "({});created={created};nonce=\"{nonce}\";alg=\"ed25519\";keyid=\"{keyid}\"",
-        quoted.join(" ")
-    );
-    let view = RequestView {
-        header: &header,
-        body,
-        tls: url.scheme_str() == Some("https"),
-    };
-    let base = signature_base(&view, &components, &params).map_err(|e| e.to_string())?;
-    let signature = signing_key.sign(base.as_bytes());
-    out.push(("Signature-Input", format!("sig1={params}")));
-    out.push((
-        "Signature",
-        format!(
-            "sig1=:{}:",
-            base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
-        ),
-    ));
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use pingora::http::RequestHeader;
 
     /// RFC 9421 Appendix B.1.4: test-key-ed25519 (public part).
     const B14_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=\n-----END PUBLIC KEY-----";
