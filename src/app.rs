@@ -258,7 +258,7 @@ pub fn serve(
     )?;
     // Plain TCP even with TLS: `ConnectionLimits` makes the handshake.
     proxy_service.add_tcp(&config.listen_proxy);
-    // The admin listener is plaintext: it belongs on a private address (see README).
+    // The admin listener is plaintext: it belongs on a private address (see the book's admin API chapter, "The admin listener").
     let admin_service = match config.listen_admin.as_ref() {
         Some(address) => {
             let mut admin_service = service("keyward admin", proxy_for(Listener::Admin), false)?;

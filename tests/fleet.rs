@@ -354,7 +354,7 @@ fn revocation_latency() {
 }
 
 /// A roll without grace on A, then the old key on B: how long B still accepts it (until the
-/// change notification reaches it; README "Rotation" quotes the figures). CI runs 10 rolls;
+/// change notification reaches it; the book's API keys chapter, "Rotation", quotes the figures). CI runs 10 rolls;
 /// `KEYWARD_ROLLS=200 cargo test --test fleet grace_zero_roll_latency -- --nocapture` for the
 /// figures. B has the old key cached; the measurement starts when A's answer arrives.
 #[test]

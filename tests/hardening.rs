@@ -1,5 +1,5 @@
 //! Hostile input against the promise that nothing reaches the upstream with more rights than
-//! the policy gives (README, *Security model*). Requests are written byte for byte on raw
+//! the policy gives (the book's *Security model* chapter). Requests are written byte for byte on raw
 //! sockets, and the upstream is Python's wsgiref with Werkzeug-style routing
 //! (tests/upstreams/wsgi_echo.py): it percent-decodes, merges slashes, resolves dot segments
 //! and folds `_` into `-` in header names, as real frameworks do. Each test checks a class of

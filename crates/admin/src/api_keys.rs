@@ -392,7 +392,7 @@ struct RollBody {
 /// lifetime is capped as a create's is (see [`ApiKeyRoll`]). The old key's end is a
 /// `validUntil`, so every replica the change has reached ends it at the same instant whatever
 /// its caches held; other replicas learn of it through the change feed (with grace 0 they may
-/// accept the old key for the feed's latency: README "Rotation", `tests/fleet.rs`).
+/// accept the old key for the feed's latency: the book's API keys chapter, "Rotation", `tests/fleet.rs`).
 pub async fn roll(
     api: &AdminApi,
     call: &Call<'_>,

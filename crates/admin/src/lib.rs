@@ -201,7 +201,7 @@ impl AdminApi {
         let body = read_body(session, ctx.body_deadline).await?;
         let caller = self.authenticate(session, ctx, &body).await?;
         // Tenant tokens, credential kinds, security level, read-only and cross-site writes:
-        // checked here once for every endpoint (src/admin/guard.rs says why each rule exists).
+        // checked here once for every endpoint (crates/admin/src/guard.rs says why each rule exists).
         guard::admit(
             endpoint.surface(),
             &caller,

@@ -450,7 +450,7 @@ pub async fn tenant_mint(
     valid_tenant(tenant)?;
     let owner = api.resolve_caller(call.caller).await?;
     let (expires, source) = expiry_and_source(call.config, req, None)?;
-    // Stored as EXTERNAL: what the token authenticates as (src/auth/token.rs `cached`).
+    // Stored as EXTERNAL: what the token authenticates as (crates/auth/src/token.rs `cached`).
     let minting = Minting {
         level: SecurityLevel::External,
         domain: tenant.to_owned(),

@@ -35,7 +35,7 @@ pub const SECRET_PREFIX: &str = "kw_";
 /// The base62 CRC32 that ends a secret.
 const CHECKSUM_LEN: usize = 6;
 const CHECKED_SECRET_LEN: usize = SECRET_PREFIX.len() + SECRET_LEN + CHECKSUM_LEN;
-/// What a keyward API key looks like, for secret scanners (published in the README).
+/// What a keyward API key looks like, for secret scanners (published in the book's API keys chapter).
 pub const KEY_PATTERN: &str =
     r"\b[0-9a-f]{1,15}/[1-9][0-9]{0,9}/kw_[A-Za-z0-9_-]{43}[0-9A-Za-z]{6}\b";
 

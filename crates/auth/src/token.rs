@@ -240,7 +240,7 @@ fn cached(token: &Token, user: &keyward_store::User) -> CachedToken {
     // A tenant token is a credential for the tenant's applications, not a login of the
     // administrator who minted it (SPEC §4): it carries the owner's name so the upstream knows
     // who answers for it, but none of the owner's functions or customer, and the lowest level.
-    // The admin API refuses any principal with a tenant (src/admin/mod.rs `admit`).
+    // The admin API refuses any principal with a tenant (crates/admin/src/lib.rs `admit`).
     let (level, functions, customer) = match &token.tenant {
         Some(_) => (SecurityLevel::External, Vec::new(), None),
         None if token.level == "ADMINISTRATIVE" => (
