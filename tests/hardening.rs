@@ -44,21 +44,8 @@ fn start_in_front_of(app: FrameworkUpstream, extra: &str) -> Rig {
         ..Setup::default()
     });
     kw.add_user("john", "john-password", &[]);
-    let key = create_key(&kw, json!({"description": "t"}));
+    let key = kw.create_api_key("john", json!({"description": "t"}));
     Rig { kw, _app: app, key }
-}
-
-fn create_key(kw: &Keyward, body: Value) -> String {
-    let resp = client()
-        .post(kw.url("/authentication/v1/user/john/apikey"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let body: Value = resp.json().unwrap();
-    body["data"]["apiKeyString"].as_str().unwrap().to_owned()
 }
 
 /// `METHOD target HTTP/1.1` with a Host, the extra header lines, `Connection: close`.
@@ -404,8 +391,8 @@ fn a_trusted_proxy_chain_is_read_from_one_configured_header() {
         let rig = start(&format!(
             "trusted_proxies: [127.0.0.1/32]\ntrusted_proxies_header: {choice}"
         ));
-        let scoped = create_key(
-            &rig.kw,
+        let scoped = rig.kw.create_api_key(
+            "john",
             json!({"description": "net", "validSources": ["203.0.113.0/24"]}),
         );
         let other = match choice {
@@ -442,8 +429,8 @@ fn a_trusted_proxy_chain_is_read_from_one_configured_header() {
 #[test]
 fn read_only_keys_and_method_overrides() {
     let rig = start("");
-    let reader = create_key(
-        &rig.kw,
+    let reader = rig.kw.create_api_key(
+        "john",
         json!({"description": "ro", "sessionConstraints": {"readOnly": true}}),
     );
     let as_reader = |method: &str, target: &str, extra: &[&str]| {

@@ -18,37 +18,8 @@ fn start(limits: &str) -> Keyward {
         ..Setup::default()
     });
     // The harness's readiness probe used a connection of its own; wait for it to be gone.
-    wait_for_metric(&kw, "keyward_connections_open", 0);
+    kw.wait_for_metric("keyward_connections_open", 0);
     kw
-}
-
-/// The value of an unlabelled metric.
-fn metric(kw: &Keyward, name: &str) -> i64 {
-    let text = kw.metrics();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-}
-
-fn wait_for_metric(kw: &Keyward, name: &str, value: i64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(kw, name) != value {
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {} (want {value})",
-            metric(kw, name)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn connect(kw: &Keyward) -> TcpStream {
-    let stream = TcpStream::connect(kw.proxy).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
 }
 
 /// Reads one response (which must carry Content-Length): its status line and body.
@@ -103,7 +74,7 @@ fn slow_partial_headers_are_closed_within_the_timeout() {
     let started = Instant::now();
     let mut slow: Vec<Slow> = (0..200)
         .map(|_| {
-            let stream = connect(&kw);
+            let stream = kw.connect_raw(Duration::from_secs(5));
             stream.set_nonblocking(true).unwrap();
             Slow {
                 stream,
@@ -114,7 +85,9 @@ fn slow_partial_headers_are_closed_within_the_timeout() {
         })
         .collect();
     // A few that send nothing at all: closed too, without an answer.
-    let mut idle: Vec<TcpStream> = (0..5).map(|_| connect(&kw)).collect();
+    let mut idle: Vec<TcpStream> = (0..5)
+        .map(|_| kw.connect_raw(Duration::from_secs(5)))
+        .collect();
     // Every connection sends a byte every 100 ms (pingora's own timeout is per read, so this
     // alone would keep them open for ever) and never finishes its header.
     while slow.iter().any(|s| s.closed_after.is_none())
@@ -168,11 +141,11 @@ fn slow_partial_headers_are_closed_within_the_timeout() {
         );
     }
     assert!(started.elapsed() < Duration::from_secs(8));
-    assert_eq!(metric(&kw, "keyward_header_timeouts_total"), 205);
-    wait_for_metric(&kw, "keyward_connections_open", 0);
+    assert_eq!(kw.metric_value("keyward_header_timeouts_total"), 205);
+    kw.wait_for_metric("keyward_connections_open", 0);
     // Nothing partial reached the upstream, and keyward still serves.
     let before = kw.upstream().requests();
-    let mut stream = connect(&kw);
+    let mut stream = kw.connect_raw(Duration::from_secs(5));
     stream.write_all(REQUEST).unwrap();
     assert_eq!(read_response(&mut stream).0, "HTTP/1.1 200 OK");
     assert_eq!(kw.upstream().requests(), before + 1);
@@ -182,7 +155,7 @@ fn slow_partial_headers_are_closed_within_the_timeout() {
 fn keep_alive_requests_with_pauses_longer_than_the_timeout_work() {
     let kw = start("header_read_timeout: 1s");
     let before = kw.upstream().requests();
-    let mut stream = connect(&kw);
+    let mut stream = kw.connect_raw(Duration::from_secs(5));
     for _ in 0..4 {
         stream.write_all(REQUEST).unwrap();
         let (status, body) = read_response(&mut stream);
@@ -192,14 +165,14 @@ fn keep_alive_requests_with_pauses_longer_than_the_timeout_work() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     assert_eq!(kw.upstream().requests(), before + 4);
-    assert_eq!(metric(&kw, "keyward_header_timeouts_total"), 0);
+    assert_eq!(kw.metric_value("keyward_header_timeouts_total"), 0);
 }
 
 #[test]
 fn a_header_dripped_byte_by_byte_within_the_timeout_works() {
     let kw = start("header_read_timeout: 2s");
     let before = kw.upstream().requests();
-    let mut stream = connect(&kw);
+    let mut stream = kw.connect_raw(Duration::from_secs(5));
     for round in 0..2 {
         // ~1 s for the whole header, on the first request and on a kept-alive one.
         for byte in REQUEST {
@@ -220,16 +193,16 @@ fn connections_over_max_connections_are_refused_until_one_closes() {
     let before = kw.upstream().requests();
     let mut open: Vec<TcpStream> = (0..5)
         .map(|_| {
-            let mut stream = connect(&kw);
+            let mut stream = kw.connect_raw(Duration::from_secs(5));
             stream.write_all(REQUEST).unwrap();
             assert_eq!(read_response(&mut stream).0, "HTTP/1.1 200 OK");
             stream
         })
         .collect();
-    assert_eq!(metric(&kw, "keyward_connections_open"), 5);
+    assert_eq!(kw.metric_value("keyward_connections_open"), 5);
 
     // The sixth is answered 503 and closed at once, without a request being read.
-    let mut sixth = connect(&kw);
+    let mut sixth = kw.connect_raw(Duration::from_secs(5));
     let answer = read_until_closed(&mut sixth);
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
@@ -237,7 +210,7 @@ fn connections_over_max_connections_are_refused_until_one_closes() {
         answer.contains("\"reason\":\"too_many_connections\""),
         "{answer:?}"
     );
-    assert_eq!(metric(&kw, "keyward_connections_refused_total"), 1);
+    assert_eq!(kw.metric_value("keyward_connections_refused_total"), 1);
 
     // The five still work.
     for stream in &mut open {
@@ -247,11 +220,11 @@ fn connections_over_max_connections_are_refused_until_one_closes() {
 
     // Once one closes, a new connection is accepted again.
     drop(open.pop());
-    wait_for_metric(&kw, "keyward_connections_open", 4);
-    let mut again = connect(&kw);
+    kw.wait_for_metric("keyward_connections_open", 4);
+    let mut again = kw.connect_raw(Duration::from_secs(5));
     again.write_all(REQUEST).unwrap();
     assert_eq!(read_response(&mut again).0, "HTTP/1.1 200 OK");
-    assert_eq!(metric(&kw, "keyward_connections_open"), 5);
-    assert_eq!(metric(&kw, "keyward_connections_refused_total"), 1);
+    assert_eq!(kw.metric_value("keyward_connections_open"), 5);
+    assert_eq!(kw.metric_value("keyward_connections_refused_total"), 1);
     assert_eq!(kw.upstream().requests(), before + 5 + 5 + 1);
 }

@@ -17,51 +17,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn create_key(kw: &Keyward, user: &str, body: Value) -> String {
-    let resp = client()
-        .post(kw.url(&format!("/authentication/v1/user/{user}/apikey")))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let body: Value = resp.json().unwrap();
-    body["data"]["apiKeyString"].as_str().unwrap().to_owned()
-}
-
 fn reason(resp: &RawResponse) -> String {
     let body: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
     body["reason"].as_str().unwrap_or_default().to_owned()
-}
-
-/// The value of an unlabelled metric.
-fn metric(kw: &Keyward, name: &str) -> i64 {
-    let text = kw.metrics();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-}
-
-fn wait_for_metric(kw: &Keyward, name: &str, value: i64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(kw, name) != value {
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {} (want {value})",
-            metric(kw, name)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn connect(kw: &Keyward) -> TcpStream {
-    let stream = TcpStream::connect(kw.proxy).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
 }
 
 /// Everything the server sends until it closes the connection (or 10 s pass).
@@ -95,13 +53,11 @@ fn a_dual_stack_listener_sees_ipv4_clients_as_ipv4() {
         ..Setup::default()
     });
     kw.add_user("john", "john-password", &[]);
-    let local = create_key(
-        &kw,
+    let local = kw.create_api_key(
         "john",
         json!({"description": "local", "validSources": ["127.0.0.1/32"]}),
     );
-    let behind = create_key(
-        &kw,
+    let behind = kw.create_api_key(
         "john",
         json!({"description": "behind", "validSources": ["203.0.113.0/24"]}),
     );
@@ -190,7 +146,7 @@ fn case_insensitive_routes_reserve_keywards_paths_and_refuse_windows_aliases() {
         ..Setup::default()
     });
     kw.add_user("john", "john-password", &[]);
-    let key = create_key(&kw, "john", json!({"description": "t"}));
+    let key = kw.create_api_key("john", json!({"description": "t"}));
     let send = |target: &str| {
         raw_request(
             kw.proxy,
@@ -253,14 +209,14 @@ fn start_limits(limits: &str, extra: &str) -> Keyward {
         extra: format!("limits: {{ {limits} }}\n{extra}"),
         ..Setup::default()
     });
-    wait_for_metric(&kw, "keyward_connections_open", 0);
+    kw.wait_for_metric("keyward_connections_open", 0);
     kw
 }
 
 /// Sends `head`, then trickles body bytes every 200 ms until the server answers or closes;
 /// returns what it answered and when the connection closed.
 fn trickle(kw: &Keyward, head: &str) -> (String, Duration) {
-    let mut stream = connect(kw);
+    let mut stream = kw.connect_raw(Duration::from_secs(10));
     stream.write_all(head.as_bytes()).unwrap();
     stream.set_nonblocking(true).unwrap();
     let started = Instant::now();
@@ -351,7 +307,7 @@ fn one_client_address_cannot_hold_every_connection() {
     let kw = start_limits("max_connections_per_client: 3, max_connections: 100", "");
     let open: Vec<TcpStream> = (0..3)
         .map(|_| {
-            let mut stream = connect(&kw);
+            let mut stream = kw.connect_raw(Duration::from_secs(10));
             stream.write_all(REQUEST).unwrap();
             let mut buf = [0u8; 12];
             stream.read_exact(&mut buf).unwrap();
@@ -359,7 +315,7 @@ fn one_client_address_cannot_hold_every_connection() {
             stream
         })
         .collect();
-    let mut fourth = connect(&kw);
+    let mut fourth = kw.connect_raw(Duration::from_secs(10));
     let answer = read_until_closed(&mut fourth);
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
     assert!(
@@ -367,8 +323,8 @@ fn one_client_address_cannot_hold_every_connection() {
         "{answer:?}"
     );
     drop(open);
-    wait_for_metric(&kw, "keyward_connections_open", 0);
-    let mut again = connect(&kw);
+    kw.wait_for_metric("keyward_connections_open", 0);
+    let mut again = kw.connect_raw(Duration::from_secs(10));
     again.write_all(REQUEST).unwrap();
     let mut buf = [0u8; 12];
     again.read_exact(&mut buf).unwrap();
@@ -379,7 +335,9 @@ fn one_client_address_cannot_hold_every_connection() {
         "max_connections_per_client: 3",
         "trusted_proxies: [127.0.0.1/32]\n",
     );
-    let mut open: Vec<TcpStream> = (0..6).map(|_| connect(&kw)).collect();
+    let mut open: Vec<TcpStream> = (0..6)
+        .map(|_| kw.connect_raw(Duration::from_secs(10)))
+        .collect();
     for stream in &mut open {
         stream.write_all(REQUEST).unwrap();
         let mut buf = [0u8; 12];
@@ -430,7 +388,7 @@ fn pipelined_requests_are_answered_in_order() {
         "GET /authentication/v1/apikey HTTP/1.1\r\nHost: k\r\n\r\n",
         "GET /public/five HTTP/1.1\r\nHost: k\r\n\r\n",
     );
-    let mut stream = connect(&kw);
+    let mut stream = kw.connect_raw(Duration::from_secs(10));
     stream.write_all(pipeline.as_bytes()).unwrap();
     let mut answers = Vec::new();
     for _ in 0..5 {
@@ -467,7 +425,7 @@ fn pipelined_requests_are_answered_in_order() {
 fn client_triggered_error_lines_are_rate_limited() {
     let kw = start_limits("", "");
     for _ in 0..200 {
-        let mut stream = connect(&kw);
+        let mut stream = kw.connect_raw(Duration::from_secs(10));
         stream
             .write_all(
                 b"POST /public/x HTTP/1.1\r\nHost: k\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
@@ -477,7 +435,7 @@ fn client_triggered_error_lines_are_rate_limited() {
     }
     // And pipelined bursts.
     for _ in 0..20 {
-        let mut stream = connect(&kw);
+        let mut stream = kw.connect_raw(Duration::from_secs(10));
         let burst = "GET /public/fixed HTTP/1.1\r\nHost: k\r\n\r\n".repeat(10)
             + "GET / HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n";
         stream.write_all(burst.as_bytes()).unwrap();
@@ -586,7 +544,7 @@ fn http2_streams_are_bounded_and_count_as_connections() {
         dir: Some(dir),
         ..Setup::default()
     });
-    wait_for_metric(&kw, "keyward_connections_open", 0);
+    kw.wait_for_metric("keyward_connections_open", 0);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let (mut sender, advertised) = h2_connect(&kw, &pki).await;

@@ -299,6 +299,49 @@ routes:{routes}
             .unwrap()
     }
 
+    /// The value of an unlabelled metric; panics (with the exposition) when it is missing.
+    pub fn metric_value(&self, name: &str) -> i64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    }
+
+    /// Waits up to 5 s for an unlabelled metric to reach `value`.
+    pub fn wait_for_metric(&self, name: &str, value: i64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.metric_value(name) != value {
+            assert!(
+                Instant::now() < deadline,
+                "{name} stayed at {} (want {value})",
+                self.metric_value(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Creates an API key for `user` as the bootstrap administrator; returns the key string.
+    pub fn create_api_key(&self, user: &str, body: serde_json::Value) -> String {
+        let resp = client()
+            .post(self.url(&format!("/authentication/v1/user/{user}/apikey")))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: serde_json::Value = resp.json().unwrap();
+        body["data"]["apiKeyString"].as_str().unwrap().to_owned()
+    }
+
+    /// A raw TCP connection to the proxy listener, without Nagle, reads bounded by `timeout`.
+    pub fn connect_raw(&self, timeout: Duration) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(self.proxy).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        stream
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
