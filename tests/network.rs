@@ -626,3 +626,156 @@ fn http2_streams_are_bounded_and_count_as_connections() {
         assert_eq!(h2_answer(response).await.0, 200);
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 header blocks are held to `limits.header_read_timeout`.
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_HEADERS: u8 = 0x1;
+const H2_SETTINGS: u8 = 0x4;
+const H2_CONTINUATION: u8 = 0x9;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+/// HPACK for `:method: GET`, `:scheme: https`, `:path: /` (static table entries).
+const H2_GET: [u8; 3] = [0x82, 0x87, 0x84];
+
+/// keyward over TLS with a 1 s header deadline.
+fn start_h2_header_deadline() -> (Keyward, common::tls::TestPki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::tls::TestPki::new();
+    let files = pki.server(dir.path(), "tls", 11);
+    let kw = Keyward::start_with(Setup {
+        extra: "limits: { header_read_timeout: 1s }\n".into(),
+        tls: Some(files.pair()),
+        dir: Some(dir),
+        ..Setup::default()
+    });
+    kw.wait_for_metric("keyward_connections_open", 0);
+    (kw, pki)
+}
+
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id (RFC 9113 §4.1), payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// Over TLS (ALPN `h2`): the preface, an empty SETTINGS and `then`, then the bytes of
+/// `trickle` one every 100 ms; returns how long after `then` keyward closed the connection
+/// (whatever it sent before, its own SETTINGS, is read and dropped).
+fn h2_closed_after(
+    kw: &Keyward,
+    pki: &common::tls::TestPki,
+    then: &[u8],
+    trickle: &[u8],
+) -> Duration {
+    let mut tls = pki.raw_tls(kw.proxy, b"h2");
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    start.extend(then);
+    tls.write_all(&start).unwrap();
+    tls.flush().unwrap();
+    let sent = Instant::now();
+    let mut trickle = trickle.iter();
+    let mut buf = [0u8; 4096];
+    while sent.elapsed() < Duration::from_secs(10) {
+        match tls.read(&mut buf) {
+            Ok(0) => return sent.elapsed(),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if let Some(byte) = trickle.next() {
+                    if tls.write_all(&[*byte]).and_then(|()| tls.flush()).is_err() {
+                        return sent.elapsed();
+                    }
+                }
+            }
+            // A close without close_notify, or a reset.
+            Err(_) => return sent.elapsed(),
+        }
+    }
+    panic!("the connection is still open after {:?}", sent.elapsed());
+}
+
+/// After its preface an HTTP/2 connection is held to the header deadline for each header
+/// block: from a HEADERS frame's header to the end of the frame with END_HEADERS. A client
+/// that starts one and never finishes it is closed as an HTTP/1 client would be.
+#[test]
+fn http2_header_blocks_must_arrive_within_the_header_timeout() {
+    let (kw, pki) = start_h2_header_deadline();
+    let before = kw.upstream().requests();
+    let timeouts = kw.metric_value("keyward_header_timeouts_total");
+    // HEADERS announcing 20 bytes of header block, 3 of them sent.
+    let mut short = h2_frame(H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, 1, &H2_GET);
+    short[2] = 20;
+    let cases: [(&str, Vec<u8>, Vec<u8>); 4] = [
+        (
+            "HEADERS without END_HEADERS, no CONTINUATION",
+            h2_frame(H2_HEADERS, H2_END_STREAM, 1, &H2_GET),
+            vec![],
+        ),
+        ("HEADERS with part of its payload", short, vec![]),
+        (
+            "a CONTINUATION trickled",
+            h2_frame(H2_HEADERS, H2_END_STREAM, 1, &H2_GET),
+            h2_frame(H2_CONTINUATION, H2_END_HEADERS, 1, &[0x40; 200]),
+        ),
+        (
+            "a frame header cut short",
+            h2_frame(H2_HEADERS, H2_END_HEADERS, 1, &H2_GET)[..5].to_vec(),
+            vec![],
+        ),
+    ];
+    for (i, (case, then, trickle)) in cases.iter().enumerate() {
+        let closed = h2_closed_after(&kw, &pki, then, trickle);
+        assert!(
+            closed >= Duration::from_millis(900) && closed < Duration::from_secs(3),
+            "{case}: closed after {closed:?}"
+        );
+        kw.wait_for_metric("keyward_header_timeouts_total", timeouts + i as i64 + 1);
+    }
+    assert_eq!(kw.upstream().requests(), before, "no request went upstream");
+    kw.wait_for_metric("keyward_connections_open", 0);
+}
+
+/// The header deadline does not count the time between requests on an HTTP/2 connection,
+/// nor a request's body.
+#[test]
+fn an_idle_http2_connection_is_not_held_to_the_header_timeout() {
+    let (kw, pki) = start_h2_header_deadline();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (mut sender, _) = h2_connect(&kw, &pki).await;
+        for round in 0..3 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            sender = sender.ready().await.unwrap();
+            let (response, _) = sender
+                .send_request(h2_request(&kw, "GET", "/public/fixed"), true)
+                .unwrap();
+            assert_eq!(h2_answer(response).await.0, 200, "round {round}");
+        }
+        sender = sender.ready().await.unwrap();
+        let (response, mut body) = sender
+            .send_request(h2_request(&kw, "POST", "/public/slow-body"), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::from_static(b"a"), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        body.send_data(bytes::Bytes::from_static(b"b"), true)
+            .unwrap();
+        let (status, answer) = h2_answer(response).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&answer).unwrap()["body_len"],
+            2
+        );
+    });
+    assert_eq!(kw.metric_value("keyward_header_timeouts_total"), 0);
+}

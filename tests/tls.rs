@@ -12,7 +12,6 @@ use common::tls::{Protocol, TestPki};
 use common::{echoed_header, Keyward, Setup, ADMIN_PASSWORD, BIN};
 use ed25519_dalek::SigningKey;
 use reqwest::blocking::{Client, Response};
-use rustls_pki_types::pem::PemObject;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -715,26 +714,7 @@ fn raw_tls(
     pki: &TestPki,
     alpn: &[u8],
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let ca = rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.unwrap()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(kw.proxy).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(connection, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).unwrap();
-    }
-    assert_eq!(tls.conn.alpn_protocol(), Some(alpn));
-    tls
+    pki.raw_tls(kw.proxy, alpn)
 }
 
 #[test]

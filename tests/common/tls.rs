@@ -1,6 +1,7 @@
 //! Certificates the TLS tests make for themselves (a CA and a server certificate for
 //! `127.0.0.1` and `localhost`, with rcgen), and HTTPS clients that trust that CA.
 
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,6 +66,37 @@ impl TestPki {
         std::fs::write(&files.cert, format!("{}{}", cert.pem(), self.ca_pem)).unwrap();
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
         files
+    }
+
+    /// A raw TLS connection to `addr` offering `alpn` (which the server must pick), trusting
+    /// only this CA, handshake done; reads time out after 10 s.
+    pub fn raw_tls(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        use rustls_pki_types::pem::PemObject;
+        let ca = rustls_pki_types::CertificateDer::from_pem_slice(self.ca_pem.as_bytes());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.unwrap()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        assert_eq!(tls.conn.alpn_protocol(), Some(alpn));
+        tls
     }
 
     /// An HTTPS client trusting only this CA. `Protocol::Http1` offers only `http/1.1`;

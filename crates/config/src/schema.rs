@@ -355,7 +355,8 @@ pub struct LimitsFile {
     #[serde(default = "defaults::max_request_header_bytes")]
     pub max_request_header_bytes: usize,
     /// A request's header must arrive whole within this time of its first byte (or of the
-    /// connection's start); slower connections are closed.
+    /// connection's start); slower connections are closed. On HTTP/2 it bounds each header
+    /// block too (a HEADERS frame to the end of its END_HEADERS frame).
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Seconds,
     /// Open client connections on the proxy listener; connections beyond it are closed.

@@ -12,8 +12,10 @@
 //! handshake itself, after taking the connection's permit and within the header deadline:
 //! pingora's own TLS listener would handshake before any limit applies and give a silent
 //! client 60 s. An HTTP/2 connection (ALPN `h2`) must send its connection preface within the
-//! deadline too; after that pingora's HTTP/2 idle timeout closes a connection that has no
-//! request in progress (see `app`).
+//! deadline too, and then each header block (a HEADERS frame and its CONTINUATION frames) within
+//! the deadline of its first frame header: [`H2Frames`] follows the frames by their 9-byte
+//! headers as they pass. Between requests pingora's HTTP/2 idle timeout closes a connection
+//! that has no request in progress (see `app`).
 //!
 //! SPEC §15 adds two bounds. `limits.max_connections_per_client`: one client address (an
 //! IPv6 client by its /64, an IPv4-mapped peer as its IPv4 address) holds at most that many
@@ -62,6 +64,14 @@ pub const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 const H2_PREFACE_LEN: usize = 24;
+/// An HTTP/2 frame header: length (24 bits), type, flags, stream id (RFC 9113 §4.1).
+const H2_FRAME_HEADER_LEN: usize = 9;
+/// The frame types that carry a header block (RFC 9113 §6.2, §6.6, §6.10).
+const H2_HEADERS: u8 = 0x1;
+const H2_PUSH_PROMISE: u8 = 0x5;
+const H2_CONTINUATION: u8 = 0x9;
+/// The flag of the frame that ends a header block.
+const H2_END_HEADERS: u8 = 0x4;
 
 /// Whether a (canonical) client address is a trusted proxy, by the running configuration.
 pub type TrustedPeer = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
@@ -532,6 +542,12 @@ enum Phase {
     },
     /// An HTTP/2 connection: `remaining` bytes of its preface must arrive by `deadline`.
     Preface { deadline: Instant, remaining: usize },
+    /// An HTTP/2 connection after its preface: a header block (or a frame header) in progress
+    /// must be complete by `deadline`; `None` while none is.
+    H2 {
+        deadline: Option<Instant>,
+        frames: H2Frames,
+    },
     /// The header is complete: reads pass straight through until re-armed.
     Body,
     /// The deadline passed: every further read fails.
@@ -580,7 +596,7 @@ impl HeaderDeadline {
     }
 
     /// Armed for an HTTP/2 connection: its 24-byte preface must be in within `timeout` of now;
-    /// then reads pass straight through (HTTP/2 frames its own headers).
+    /// then each header block within `timeout` of its first byte (see [`H2Frames`]).
     pub fn h2_preface(inner: Stream, timeout: Duration, timeouts: prometheus::IntCounter) -> Self {
         HeaderDeadline {
             inner,
@@ -641,21 +657,20 @@ impl HeaderDeadline {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let read = buf.filled().len() - before;
-                if read > 0 && Instant::now() >= deadline {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() && Instant::now() >= deadline {
                     return self.expire(cx, false);
                 }
-                self.phase = match remaining.saturating_sub(read) {
-                    0 => {
-                        self.sleep = None;
-                        Phase::Body
-                    }
-                    remaining => Phase::Preface {
+                if read.len() < remaining {
+                    self.phase = Phase::Preface {
                         deadline,
-                        remaining,
-                    },
-                };
-                Poll::Ready(Ok(()))
+                        remaining: remaining - read.len(),
+                    };
+                    return Poll::Ready(Ok(()));
+                }
+                // The preface is in; what follows it are frames.
+                self.sleep = None;
+                self.track_frames(cx, H2Frames::default(), None, &read[remaining..])
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
@@ -666,6 +681,150 @@ impl HeaderDeadline {
                 self.expire(cx, false)
             }
         }
+    }
+
+    /// A read of an HTTP/2 connection after its preface.
+    fn poll_read_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        deadline: Option<Instant>,
+        frames: H2Frames,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => self.track_frames(cx, frames, deadline, &buf.filled()[before..]),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some(deadline) = deadline else {
+                    // No header block in progress: idle, or a body (`limits.body_timeout`).
+                    return Poll::Pending;
+                };
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                ready!(sleep.as_mut().poll(cx));
+                self.expire(cx, false)
+            }
+        }
+    }
+
+    /// Follows `read`, just read from an HTTP/2 connection, through its frames: arms the
+    /// deadline when a header block starts, disarms it when none is in progress, and fails
+    /// the read when one that was in progress before this read is still not done past it.
+    fn track_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut frames: H2Frames,
+        deadline: Option<Instant>,
+        read: &[u8],
+    ) -> Poll<io::Result<()>> {
+        let rested = frames.feed(read);
+        let deadline = match (frames.in_progress(), deadline) {
+            (false, _) => None,
+            // The same block as before this read: still bound to its deadline. (Checked after
+            // the bytes, so that a block whose end was only read late is not failed.)
+            (true, Some(deadline)) if !rested => {
+                if Instant::now() >= deadline {
+                    return self.expire(cx, false);
+                }
+                Some(deadline)
+            }
+            // A block (or frame header) that started in this read.
+            (true, _) => Some(Instant::now() + self.timeout),
+        };
+        if deadline.is_none() {
+            self.sleep = None;
+        }
+        self.phase = Phase::H2 { deadline, frames };
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Where an HTTP/2 client's frames are, by their 9-byte frame headers (RFC 9113 §4.1), read as
+/// the bytes pass (nothing is buffered but a split frame header's first bytes): whether a
+/// header block is in progress, from a HEADERS frame's header to the whole payload of the
+/// frame that carries END_HEADERS. The PADDED and PRIORITY flags add fields inside a frame's
+/// payload, which its length already counts. A frame header that has only partly arrived
+/// counts as in progress too: a client sends nothing between requests, and the rest of a
+/// frame header it has started follows at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct H2Frames {
+    /// The current frame header's bytes, while `have` < 9.
+    header: [u8; H2_FRAME_HEADER_LEN],
+    /// How many bytes of the current frame header have been read (9: its payload is next).
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    payload: u32,
+    /// The current frame ends its header block (END_HEADERS).
+    ends_block: bool,
+    /// A header block has started and the frame ending it has not been read whole.
+    in_block: bool,
+}
+
+impl H2Frames {
+    /// Follows `bytes`; returns whether nothing was in progress at some point of them (before,
+    /// between two frames or after), i.e. whether what is in progress now started within them.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut rested = !self.in_progress();
+        while !bytes.is_empty() {
+            let have = usize::from(self.have);
+            if have < H2_FRAME_HEADER_LEN {
+                let take = (H2_FRAME_HEADER_LEN - have).min(bytes.len());
+                self.header[have..have + take].copy_from_slice(&bytes[..take]);
+                self.have += take as u8;
+                bytes = &bytes[take..];
+                if usize::from(self.have) < H2_FRAME_HEADER_LEN {
+                    break;
+                }
+                self.start_frame();
+            } else {
+                let take = bytes.len().min(self.payload as usize);
+                self.payload -= take as u32;
+                bytes = &bytes[take..];
+            }
+            if self.payload == 0 {
+                self.end_frame();
+            }
+            rested |= !self.in_progress();
+        }
+        rested
+    }
+
+    /// The current frame's header is in.
+    fn start_frame(&mut self) {
+        let [l0, l1, l2, kind, flags, ..] = self.header;
+        self.payload = u32::from_be_bytes([0, l0, l1, l2]);
+        let end_headers = flags & H2_END_HEADERS != 0;
+        self.ends_block = match kind {
+            // PUSH_PROMISE is not a client's to send (h2 closes the connection for it), but
+            // it would start a header block.
+            H2_HEADERS | H2_PUSH_PROMISE => {
+                self.in_block = true;
+                end_headers
+            }
+            // Outside a block it is a protocol error, the h2 codec's to answer.
+            H2_CONTINUATION => self.in_block && end_headers,
+            // Another frame inside a block is a protocol error too: the block stays open.
+            _ => false,
+        };
+    }
+
+    /// The current frame has been read whole.
+    fn end_frame(&mut self) {
+        if self.ends_block {
+            self.in_block = false;
+        }
+        self.ends_block = false;
+        self.have = 0;
+    }
+
+    /// Whether a header block, or a frame header, has started and is not complete.
+    fn in_progress(&self) -> bool {
+        self.in_block || (self.have > 0 && usize::from(self.have) < H2_FRAME_HEADER_LEN)
     }
 }
 
@@ -702,6 +861,9 @@ impl AsyncRead for HeaderDeadline {
         } = this.phase
         {
             return this.poll_read_preface(cx, buf, deadline, remaining);
+        }
+        if let Phase::H2 { deadline, frames } = this.phase {
+            return this.poll_read_frames(cx, buf, deadline, frames);
         }
         let Phase::Header {
             deadline,
@@ -974,10 +1136,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read_some(&mut stream).await.unwrap().len(), H2_PREFACE_LEN);
-        // The preface is in: frames may take their time.
+        // The preface is in: the connection may wait for its first frame.
         tokio::time::sleep(TIMEOUT * 2).await;
-        client.write_all(b"frame").await.unwrap();
-        assert_eq!(read_some(&mut stream).await.unwrap(), b"frame");
+        let settings = frame(SETTINGS, 0, &[0, 3, 0, 0, 0, 100]);
+        client.write_all(&settings).await.unwrap();
+        assert_eq!(read_some(&mut stream).await.unwrap(), settings);
         assert_eq!(counter.get(), 0);
 
         // Part of a preface, then silence: the read fails at the deadline, nothing is written.
@@ -1052,6 +1215,275 @@ mod tests {
             .await
             .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    // HTTP/2 frames (RFC 9113 §6) the tests send, besides the tracked ones.
+    const DATA: u8 = 0x0;
+    const SETTINGS: u8 = 0x4;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const END_STREAM: u8 = 0x1;
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// A frame on stream 1 (SETTINGS: 0).
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let length = (payload.len() as u32).to_be_bytes();
+        let stream: u32 = if kind == SETTINGS { 0 } else { 1 };
+        let mut bytes = vec![length[1], length[2], length[3], kind, flags];
+        bytes.extend(stream.to_be_bytes());
+        bytes.extend(payload);
+        bytes
+    }
+
+    /// Frames, with whether a header block is in progress while each one's payload is read
+    /// and once it has been read whole.
+    fn frames() -> Vec<(Vec<u8>, bool, bool)> {
+        // HEADERS with a pad length, a priority and 2 bytes of padding around 3 of HPACK.
+        let padded = [2, 0, 0, 0, 3, 15, 0x82, 0x87, 0x84, 0, 0];
+        vec![
+            (frame(SETTINGS, 0, &[0, 3, 0, 0, 0, 100]), false, false),
+            (frame(H2_HEADERS, PRIORITY | PADDED, &padded), true, true),
+            (frame(H2_CONTINUATION, 0, &[0x41, 1]), true, true),
+            (frame(H2_CONTINUATION, 0, &[]), true, true),
+            (frame(H2_CONTINUATION, H2_END_HEADERS, b"abc"), true, false),
+            (
+                frame(DATA, END_STREAM | PADDED, &[1, b'x', b'y', 0]),
+                false,
+                false,
+            ),
+            (
+                frame(H2_HEADERS, H2_END_HEADERS | END_STREAM, &[]),
+                true,
+                false,
+            ),
+            (frame(H2_HEADERS, H2_END_HEADERS, &[0x82; 20]), true, false),
+            (frame(WINDOW_UPDATE, 0, &[0, 1, 0, 0]), false, false),
+            (
+                frame(H2_HEADERS, H2_END_HEADERS | PADDED, &[3, 0x82, 0, 0, 0]),
+                true,
+                false,
+            ),
+            (frame(DATA, 0, &[]), false, false),
+        ]
+    }
+
+    /// The frames' bytes, and whether a header block or frame header is in progress after
+    /// each prefix of them (`[0]`: none read).
+    fn frames_and_states() -> (Vec<u8>, Vec<bool>) {
+        let (mut bytes, mut states) = (Vec::new(), vec![false]);
+        for (frame, during, after) in frames() {
+            for at in 1..=frame.len() {
+                states.push(match at {
+                    at if at < H2_FRAME_HEADER_LEN => true,
+                    at if at == frame.len() => after,
+                    _ => during,
+                });
+            }
+            bytes.extend(frame);
+        }
+        (bytes, states)
+    }
+
+    /// Between two frames, no header block open.
+    fn at_boundary(frames: &H2Frames) -> bool {
+        frames.have == 0 && frames.payload == 0 && !frames.in_block && !frames.ends_block
+    }
+
+    #[test]
+    fn h2_frames_are_followed_however_the_reads_split_them() {
+        let (bytes, states) = frames_and_states();
+        // A byte at a time.
+        let mut frames = H2Frames::default();
+        for (at, byte) in bytes.iter().enumerate() {
+            frames.feed(&[*byte]);
+            assert_eq!(frames.in_progress(), states[at + 1], "after byte {at}");
+        }
+        assert!(at_boundary(&frames), "{frames:?}");
+        // In three reads split at every pair of offsets.
+        for i in 0..=bytes.len() {
+            for j in i..=bytes.len() {
+                let mut frames = H2Frames::default();
+                let mut at = 0;
+                for end in [i, j, bytes.len()] {
+                    let rested = frames.feed(&bytes[at..end]);
+                    assert_eq!(frames.in_progress(), states[end], "split {i}/{j} at {end}");
+                    assert_eq!(
+                        rested,
+                        states[at..=end].contains(&false),
+                        "split {i}/{j}: rested within {at}..{end}"
+                    );
+                    at = end;
+                }
+                assert!(at_boundary(&frames), "split {i}/{j}: {frames:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn h2_frame_lengths_are_24_bits() {
+        let mut frames = H2Frames::default();
+        let mut header = frame(H2_HEADERS, H2_END_HEADERS, &[]);
+        header[..3].copy_from_slice(&[1, 2, 3]);
+        frames.feed(&header);
+        assert_eq!(frames.payload, 0x01_02_03);
+        frames.feed(&vec![0; 0x01_02_03 - 1]);
+        assert!(frames.in_progress());
+        frames.feed(&[0]);
+        assert!(!frames.in_progress());
+        // Not END_HEADERS on a CONTINUATION outside a block: nothing to end (the codec's error).
+        frames.feed(&frame(H2_CONTINUATION, H2_END_HEADERS, b"x"));
+        assert!(!frames.in_progress());
+        // Another frame inside a block does not end it.
+        frames.feed(&frame(H2_HEADERS, 0, b"x"));
+        frames.feed(&frame(DATA, H2_END_HEADERS, b"x"));
+        assert!(frames.in_progress());
+    }
+
+    fn h2_wrapped(
+        timeout: Duration,
+    ) -> (
+        HeaderDeadline,
+        tokio::io::DuplexStream,
+        prometheus::IntCounter,
+    ) {
+        let (ours, client) = tokio::io::duplex(1 << 16);
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let stream = HeaderDeadline::h2_preface(Box::new(ours), timeout, counter.clone());
+        (stream, client, counter)
+    }
+
+    /// Reads until a read fails (within 3 s): what was read, the error, and when it failed.
+    fn read_until_error(
+        mut stream: HeaderDeadline,
+    ) -> tokio::task::JoinHandle<(Vec<u8>, io::ErrorKind, Instant)> {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let read = async {
+                loop {
+                    match read_some(&mut stream).await {
+                        Ok(bytes) if bytes.is_empty() => panic!("end of stream"),
+                        Ok(bytes) => got.extend(bytes),
+                        Err(e) => return (e.kind(), Instant::now()),
+                    }
+                }
+            };
+            let (kind, failed) = tokio::time::timeout(Duration::from_secs(3), read)
+                .await
+                .expect("the reads did not fail");
+            (got, kind, failed)
+        })
+    }
+
+    #[tokio::test]
+    async fn an_h2_header_block_trickled_in_continuations_fails_at_the_deadline() {
+        use tokio::io::AsyncReadExt;
+        let (stream, mut client, counter) = h2_wrapped(TIMEOUT);
+        let reader = read_until_error(stream);
+        let mut start = PREFACE.to_vec();
+        start.extend(frame(SETTINGS, 0, &[]));
+        start.extend(frame(H2_HEADERS, 0, &[0x82, 0x87]));
+        client.write_all(&start).await.unwrap();
+        let started = Instant::now();
+        // A CONTINUATION whose every byte is in time on its own, the block as a whole is late.
+        let continuation = frame(H2_CONTINUATION, H2_END_HEADERS, &[0x84; 20]);
+        for byte in continuation {
+            if client.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (got, kind, failed) = reader.await.unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        let elapsed = failed - started;
+        assert!(elapsed >= TIMEOUT && elapsed < TIMEOUT * 2, "{elapsed:?}");
+        assert!(got.len() < start.len() + 20, "the block was cut short");
+        assert_eq!(counter.get(), 1);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no HTTP/1 answer on an h2 connection");
+    }
+
+    #[tokio::test]
+    async fn an_h2_header_block_stalled_anywhere_fails_at_the_deadline() {
+        let headers = frame(H2_HEADERS, H2_END_HEADERS, &[0x82; 10]);
+        // In the preface's read or after it; stalled inside the HEADERS payload, after a
+        // HEADERS without END_HEADERS, or inside a frame header.
+        let mut stalls: Vec<Vec<Vec<u8>>> = Vec::new();
+        for cut in [1, 8, 9, 14] {
+            stalls.push(vec![[PREFACE, &headers[..cut]].concat()]);
+            stalls.push(vec![PREFACE.to_vec(), headers[..cut].to_vec()]);
+        }
+        stalls.push(vec![[PREFACE, &frame(H2_HEADERS, 0, &[0x82])[..]].concat()]);
+        let mut settings = frame(SETTINGS, 0, &[]);
+        settings.extend(&headers[..3]);
+        stalls.push(vec![PREFACE.to_vec(), settings]);
+        for writes in stalls {
+            let (stream, mut client, counter) = h2_wrapped(TIMEOUT);
+            let reader = read_until_error(stream);
+            let mut stalled = Instant::now();
+            for write in &writes {
+                stalled = Instant::now();
+                client.write_all(write).await.unwrap();
+                tokio::time::sleep(TIMEOUT / 4).await;
+            }
+            let (got, kind, failed) = reader.await.unwrap();
+            assert_eq!(kind, io::ErrorKind::TimedOut, "{writes:?}");
+            assert_eq!(got, writes.concat());
+            let elapsed = failed - stalled;
+            assert!(elapsed >= TIMEOUT && elapsed < TIMEOUT * 2, "{elapsed:?}");
+            assert_eq!(counter.get(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn h2_idle_time_and_bodies_are_not_limited_and_each_block_has_its_own_deadline() {
+        const TIMEOUT: Duration = Duration::from_millis(500);
+        let (mut stream, mut client, counter) = h2_wrapped(TIMEOUT);
+        let mut start = PREFACE.to_vec();
+        start.extend(frame(SETTINGS, 0, &[]));
+        start.extend(frame(H2_HEADERS, H2_END_HEADERS, &[0x83, 0x87, 0x84]));
+        start.extend(frame(DATA, 0, b"abc"));
+        let data = frame(DATA, END_STREAM, &[b'x'; 10]);
+        // Each write after the pause before it; the reads wait all along.
+        let writes = vec![
+            (Duration::ZERO, start),
+            // Idle between frames, then a DATA frame whose payload is slow: bodies are
+            // `limits.body_timeout`'s.
+            (TIMEOUT * 2, data[..12].to_vec()),
+            (TIMEOUT * 2, data[12..].to_vec()),
+            // Two blocks that each take 60 % of the timeout, the second starting in the read
+            // that ends the first: each is held to its own deadline.
+            (TIMEOUT * 2, frame(H2_HEADERS, 0, &[0x82])),
+            (
+                TIMEOUT * 6 / 10,
+                [
+                    frame(H2_CONTINUATION, H2_END_HEADERS, &[0x84]),
+                    frame(H2_HEADERS, 0, &[0x82]),
+                ]
+                .concat(),
+            ),
+            (
+                TIMEOUT * 6 / 10,
+                frame(H2_CONTINUATION, H2_END_HEADERS, &[0x84]),
+            ),
+            (TIMEOUT * 2, frame(DATA, 0, b"z")),
+        ];
+        let total: usize = writes.iter().map(|(_, bytes)| bytes.len()).sum();
+        let writer = tokio::spawn(async move {
+            for (pause, bytes) in writes {
+                tokio::time::sleep(pause).await;
+                client.write_all(&bytes).await.unwrap();
+            }
+            client
+        });
+        let mut read = 0;
+        while read < total {
+            read += read_some(&mut stream).await.unwrap().len();
+        }
+        assert_eq!(read, total);
+        drop(writer.await.unwrap());
+        assert_eq!(counter.get(), 0);
     }
 
     #[test]
