@@ -15,7 +15,8 @@ pub use keyward_auth as auth;
 pub use keyward_auth::{cache, fleet, invalidation, ratelimit, users};
 pub use keyward_config as config;
 pub use keyward_config::{policy, reload, tls};
-pub use keyward_core as core_vocabulary;
+/// The shared vocabulary (principals, refusals, quotas, the clock).
+pub use keyward_core as vocabulary;
 pub use keyward_metrics as metrics;
 pub use keyward_store as store;
 pub use keyward_store::audit;
