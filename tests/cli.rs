@@ -34,16 +34,7 @@ fn check_config_accepts_a_valid_file_and_the_shipped_examples() {
     assert!(check_config(VALID).status.success());
     // edge.yaml names its certificate files under /etc/keyward: they are made here.
     let certs = tempfile::tempdir().unwrap();
-    let pki = common::tls::TestPki::new();
-    let files = pki.server(certs.path(), "tls", 1);
-    // The stores' CA files (the fleet's ConfigMap keyward-store-cas at /etc/keyward/stores).
-    let stores = certs.path().join("stores");
-    std::fs::create_dir(&stores).unwrap();
-    let ca = pki.write_ca(&stores);
-    for name in ["postgres-ca.pem", "redis-ca.pem"] {
-        std::fs::copy(&ca, stores.join(name)).unwrap();
-    }
-    let stores = format!("{}/", stores.display());
+    let files = common::tls::TestPki::new().server(certs.path(), "tls", 1);
     for example in ["keyward.yaml", "sidecar.yaml", "edge.yaml"] {
         let path = format!("{}/config/{example}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path)
