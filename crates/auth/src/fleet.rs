@@ -525,8 +525,10 @@ pub fn check_tls(settings: &FleetSettings) -> Result<(), String> {
         Ok(Ok(Ok(Ok(_)))) => return Ok(()),
         Ok(Ok(Ok(Err(e)))) => e,
         Ok(Ok(Err(_))) | Err(_) => {
+            // A plain-text Redis port waits for the end of a "command" that never comes.
             tracing::warn!(
-                "redis did not answer within {} s: its TLS certificate is checked at first use",
+                "redis did not answer within {} s (is the port in redis.url a TLS port?): its \
+                 TLS certificate is checked at first use",
                 TLS_CHECK_TIMEOUT.as_secs()
             );
             return Ok(());
@@ -535,6 +537,14 @@ pub fn check_tls(settings: &FleetSettings) -> Result<(), String> {
     };
     match tls_failure(&error) {
         Some(failure) => Err(failure),
+        None if error.is_timeout() => {
+            tracing::warn!(
+                error = %error,
+                "redis did not answer (is the port in redis.url a TLS port?): its TLS \
+                 certificate is checked at first use"
+            );
+            Ok(())
+        }
         None => {
             tracing::warn!(
                 error = %error,
