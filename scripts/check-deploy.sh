@@ -199,6 +199,8 @@ cp -r deploy/kubernetes "$tmp/kubernetes"
 for overlay in "$tmp"/kubernetes/overlays/*/; do
   cp "$overlay/secret.env.example" "$overlay/secret.env"
 done
+cp "$tmp/tls.crt" "$tmp/kubernetes/overlays/fleet/postgres-ca.pem"
+cp "$tmp/tls.crt" "$tmp/kubernetes/overlays/fleet/redis-ca.pem"
 cp "$tmp/tls.crt" "$tmp/tls.key" "$tmp/kubernetes/overlays/edge/"
 mkdir -p "$tmp/configmaps"
 for overlay_dir in deploy/kubernetes/overlays/*/; do
@@ -215,12 +217,17 @@ for overlay_dir in deploy/kubernetes/overlays/*/; do
 done
 
 step "keyward check-config: config/*.yaml and every ConfigMap"
+# The fleet's Secret as secret.env.example writes it, with the stores' CA files on a real one.
+mkdir -p "$tmp/stores"
+cp "$tmp/tls.crt" "$tmp/stores/postgres-ca.pem"; cp "$tmp/tls.crt" "$tmp/stores/redis-ca.pem"
+secret_url() { sed -n "s/^$1=//p" deploy/kubernetes/overlays/fleet/secret.env.example | sed "s#/etc/keyward/stores/#$tmp/stores/#g"; }
 check_config() {  # FILE: with the Secrets' variables set and the TLS paths on a real pair
   sed -e "s#/etc/keyward/tls/tls.crt#$tmp/tls.crt#; s#/etc/keyward/tls/tls.key#$tmp/tls.key#" \
-      -e "s#/etc/keyward/tls.crt#$tmp/tls.crt#; s#/etc/keyward/tls.key#$tmp/tls.key#" "$1" >"$tmp/check.yaml"
+      -e "s#/etc/keyward/tls.crt#$tmp/tls.crt#; s#/etc/keyward/tls.key#$tmp/tls.key#" \
+      -e "s#/etc/keyward/stores/#$tmp/stores/#g" "$1" >"$tmp/check.yaml"
   KEYWARD_ADMIN_PASSWORD=unused \
-  KEYWARD_STORE_URL='postgres://keyward:pw@postgres.example.internal:5432/keyward' \
-  KEYWARD_REDIS_URL='redis://:pw@redis.example.internal:6379/0' \
+  KEYWARD_STORE_URL="$(secret_url store-url)" \
+  KEYWARD_REDIS_URL="$(secret_url redis-url)" \
     "$bin/keyward" check-config --config "$tmp/check.yaml" >/dev/null || { echo "check-config refused $1" >&2; exit 1; }
   echo "check-config: ${1#"$tmp"/} ok"
 }

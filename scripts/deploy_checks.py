@@ -198,10 +198,20 @@ def check_manifests(path, overlay):
             problem("a fleet needs at least 3 replicas")
         if not by_kind.get("PodDisruptionBudget"):
             problem("a fleet needs a PodDisruptionBudget")
+        redis = config.get("redis") or {}
         for var in [(config.get("store") or {}).get("url_env"),
-                    (config.get("replay") or {}).get("redis_url_env")]:
+                    redis.get("url_env") or (config.get("replay") or {}).get("redis_url_env")]:
             if not var or "secretKeyRef" not in ((env.get(var) or {}).get("valueFrom") or {}):
                 problem(f"{var!r} does not come from a Secret")
+        # TLS to Redis, verified against a CA mounted read-only into keyward's container.
+        for key in ("ca", "cert", "key"):
+            path = str((redis.get("tls") or {}).get(key, ""))
+            if path and not any(path.startswith(m.rstrip("/") + "/") and m_ro
+                                for m, m_ro in ((m["mountPath"], m.get("readOnly", False))
+                                                for m in keyward.get("volumeMounts", []))):
+                problem(f"redis.tls.{key} {path!r} is not on a read-only mounted volume")
+        if redis and not redis.get("tls"):
+            problem("the fleet's Redis is reached without TLS (redis.tls)")
 
     # Signed bodies spool to signatures.spool_dir (default /tmp): it must be writable and
     # hold signatures.bodies_in_flight, which must also fit in the memory limit.

@@ -6,7 +6,7 @@
 # KEYWARD_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/test; dropped afterwards)
 # instead of a SQLite file: warm caches do no store I/O, whatever the backend.
 # KEYWARD_LOAD_REDIS=redis://127.0.0.1:6379 shares the replay window in that Redis
-# (replay.redis_url): every signed request and cached Basic login then makes one Redis call.
+# (redis.url): every signed request and cached Basic login then makes one Redis call.
 # Prints requests/s of each and the ratios. Figures vary by machine; the ratios are the result.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -42,7 +42,7 @@ fi
 echo "store: ${store_url%%://*}" >&2
 replay=""
 if [ -n "${KEYWARD_LOAD_REDIS:-}" ]; then
-  replay="replay: { redis_url: \"$KEYWARD_LOAD_REDIS\" }"
+  replay="redis: { url: \"$KEYWARD_LOAD_REDIS\" }"
   echo "replay window: redis" >&2
 fi
 

@@ -42,6 +42,7 @@ pub fn serve(
     path: Option<PathBuf>,
     log_filter: Option<LogFilterHandle>,
 ) -> anyhow::Result<()> {
+    crate::reload::log_warnings(&config);
     let live = Arc::new(LiveConfig::new(config, path));
     let config = live.current();
     // Ports first: a port in use stops keyward here, with the listener named, instead of
@@ -63,7 +64,7 @@ pub fn serve(
         config.store_pool,
         StoreHealth::new(store_errors, store_up),
     )
-    .with_context(|| format!("cannot open the store {}", config.store))?;
+    .map_err(|e| store_open_error(e, &config.store))?;
     if let Some(admin) = &config.bootstrap_admin {
         bootstrap_admin(&db, admin)?;
     }
@@ -71,12 +72,24 @@ pub fn serve(
     let feed_start = db.block_on(|store| async move { store.latest_change().await })?;
     let pepper = db.block_on(|store| async move { store.api_key_pepper().await })?;
 
-    let fleet = match &config.replay {
-        Some(settings) => Some(Arc::new(
-            FleetClaims::start(settings, &pepper, metrics.clone()).map_err(|e| anyhow!(e))?,
-        )),
+    let fleet = match &config.redis {
+        Some(settings) => {
+            // A certificate that does not verify stops keyward here, naming the key.
+            crate::fleet::check_tls(settings).map_err(|e| anyhow!(e))?;
+            Some(Arc::new(
+                FleetClaims::start(settings, &pepper, metrics.clone()).map_err(|e| anyhow!(e))?,
+            ))
+        }
         None => None,
     };
+    // The shared stores' TLS as the reloaded file says it must work: the next start would
+    // use it (and sqlx reads the PostgreSQL CA file at every new connection).
+    live.check_on_reload(Box::new(|next: &Config| {
+        if let Some(settings) = &next.redis {
+            crate::fleet::check_tls(settings)?;
+        }
+        check_store_tls(&next.store)
+    }));
     let hasher = PasswordHasher::new(config.limits.password_hash_threads);
     // Cache TTLs follow reloads (for entries stored after them).
     let basic_ttl = LiveDuration::new(config.cache.basic_ttl);
@@ -317,6 +330,73 @@ pub fn serve(
     // there, before the log writer has written out its queue).
     server.run(pingora::server::RunArgs::default());
     Ok(())
+}
+
+/// How long a reload waits for its check of the store's TLS.
+const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Why the store could not be opened, naming `store.url`: a failed TLS handshake described,
+/// any other error with the store named (without its password).
+pub fn store_open_error(error: StoreError, store: &crate::store::StoreUrl) -> anyhow::Error {
+    match store_tls_failure(&error, store) {
+        Some(failure) => anyhow!(failure),
+        None => anyhow!(error).context(format!("store.url: cannot open the store {store}")),
+    }
+}
+
+/// A store error that is a failed TLS handshake, described and naming `store.url`; `None`
+/// for any other error.
+fn store_tls_failure(error: &StoreError, store: &crate::store::StoreUrl) -> Option<String> {
+    if let Some(tls) = crate::tls::find_rustls_error(error) {
+        let mut described = crate::tls::describe_tls_failure(
+            tls,
+            "the URL's sslrootcert (or the public roots without it)",
+            "the URL's sslcert and sslkey",
+        );
+        // sqlx 0.8's verify-ca skips the name check only for rustls's older error variant.
+        let name_mismatch = matches!(
+            tls,
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. }
+            )
+        );
+        let verify_ca = store
+            .postgres_tls()
+            .is_some_and(|tls| tls.mode.as_deref() == Some("verify-ca"));
+        if name_mismatch && verify_ca {
+            described.push_str(
+                "; in this build sslmode=verify-ca checks the host name too: connect by a name \
+                 the certificate holds",
+            );
+        }
+        return Some(format!("store.url: TLS to PostgreSQL failed: {described}"));
+    }
+    match error {
+        StoreError::Unavailable(sqlx::Error::Tls(e)) => {
+            Some(format!("store.url: TLS to PostgreSQL failed: {e}"))
+        }
+        _ => None,
+    }
+}
+
+/// On reload: connects once to a PostgreSQL store whose URL asks for TLS and fails when the
+/// handshake does; a store that cannot be reached passes (logged), as an outage is not the
+/// file's fault.
+fn check_store_tls(store: &crate::store::StoreUrl) -> Result<(), String> {
+    if !store.postgres_tls().is_some_and(|tls| tls.required()) {
+        return Ok(());
+    }
+    match crate::store::check_connection(store, STORE_CHECK_TIMEOUT) {
+        Ok(()) => Ok(()),
+        Err(e) => match store_tls_failure(&e, store) {
+            Some(failure) => Err(failure),
+            None => {
+                tracing::warn!(error = %e, "cannot reach the store to check its TLS settings now");
+                Ok(())
+            }
+        },
+    }
 }
 
 /// The certificate just loaded: its expiry goes to the metrics, and the log warns when it is

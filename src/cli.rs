@@ -326,7 +326,7 @@ fn open_store(config: &Config, source: Option<&Path>) -> anyhow::Result<Db> {
         config.store_pool,
         StoreHealth::new(errors, up),
     )
-    .with_context(|| format!("cannot open the store {}", config.store))
+    .map_err(|e| crate::app::store_open_error(e, &config.store))
 }
 
 /// `keyward audit tail [-n N] [--follow]`.

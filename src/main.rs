@@ -29,6 +29,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `serve` logs them (see `app::serve`); the other commands print them.
+    if !matches!(command, Command::Serve) {
+        for warning in &config.warnings {
+            eprintln!("keyward: warning: {warning}");
+        }
+    }
     let result = match command {
         Command::CheckConfig => {
             println!("configuration is valid");

@@ -437,7 +437,7 @@ fn a_redis_that_may_evict_live_claims_is_named_at_start() {
     for (policy, warned) in [("volatile-lru", true), ("noeviction", false)] {
         let redis = OwnRedis::start(policy);
         let kw = Keyward::start_with(Setup {
-            extra: format!("replay: {{ redis_url: \"redis://127.0.0.1:{}\" }}", redis.1),
+            extra: format!("redis: {{ url: \"redis://127.0.0.1:{}\" }}", redis.1),
             ..Setup::default()
         });
         // The check runs once, in the background, right after start.

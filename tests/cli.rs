@@ -60,7 +60,16 @@ fn check_config_accepts_a_valid_file_and_the_shipped_examples() {
 #[test]
 fn check_config_accepts_the_configs_of_the_kubernetes_overlays() {
     let certs = tempfile::tempdir().unwrap();
-    let files = common::tls::TestPki::new().server(certs.path(), "tls", 1);
+    let pki = common::tls::TestPki::new();
+    let files = pki.server(certs.path(), "tls", 1);
+    // The stores' CA files (the fleet's ConfigMap keyward-store-cas at /etc/keyward/stores).
+    let stores = certs.path().join("stores");
+    std::fs::create_dir(&stores).unwrap();
+    let ca = pki.write_ca(&stores);
+    for name in ["postgres-ca.pem", "redis-ca.pem"] {
+        std::fs::copy(&ca, stores.join(name)).unwrap();
+    }
+    let stores = format!("{}/", stores.display());
     let overlays = format!("{}/deploy/kubernetes/overlays", env!("CARGO_MANIFEST_DIR"));
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(&overlays).unwrap() {
@@ -72,7 +81,17 @@ fn check_config_accepts_the_configs_of_the_kubernetes_overlays() {
                 "/etc/keyward/tls/tls.crt",
                 &files.cert.display().to_string(),
             )
-            .replace("/etc/keyward/tls/tls.key", &files.key.display().to_string());
+            .replace("/etc/keyward/tls/tls.key", &files.key.display().to_string())
+            .replace("/etc/keyward/stores/", &stores);
+        // The URLs as the overlay's secret.env.example writes them.
+        let example = std::fs::read_to_string(overlay.join("secret.env.example")).unwrap();
+        let secret = |key: &str, default: &str| {
+            example
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or(default)
+                .replace("/etc/keyward/stores/", &stores)
+        };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("k.yaml");
         std::fs::write(&file, text).unwrap();
@@ -81,9 +100,12 @@ fn check_config_accepts_the_configs_of_the_kubernetes_overlays() {
             .arg(&file)
             .env(
                 "KEYWARD_STORE_URL",
-                "postgres://keyward:pw@postgres:5432/keyward",
+                secret("store-url", "postgres://keyward:pw@postgres:5432/keyward"),
             )
-            .env("KEYWARD_REDIS_URL", "redis://:pw@redis:6379/0")
+            .env(
+                "KEYWARD_REDIS_URL",
+                secret("redis-url", "redis://:pw@redis:6379/0"),
+            )
             .output()
             .unwrap();
         assert!(out.status.success(), "{name}: {out:?}");

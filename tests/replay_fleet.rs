@@ -1,7 +1,7 @@
 //! The replay window of a fleet: keyward processes on one real PostgreSQL database (a fresh
 //! one per test) and one real Redis share the replay window of signed requests, TOTP codes and
 //! the failure throttles; and what a replica answers while Redis cannot be reached
-//! (`replay.on_redis_error: refuse | local`), driven through a TCP forwarder the test cuts,
+//! (`redis.on_error: refuse | local`), driven through a TCP forwarder the test cuts,
 //! restores and turns into a black hole.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test (or tool) fails loudly
@@ -33,7 +33,7 @@ fn config(redis_url: &str, on_redis_error: &str) -> Setup {
     Setup {
         extra: format!(
             "limits: {{ password_failures: 3 }}\n\
-             replay: {{ redis_url: \"{redis_url}\", on_redis_error: {on_redis_error} }}\n"
+             redis: {{ url: \"{redis_url}\", on_error: {on_redis_error} }}\n"
         ),
         ..Setup::default()
     }

@@ -99,6 +99,31 @@ impl TestPki {
         tls
     }
 
+    /// A certificate for `names` (DNS names or IP addresses; empty for a client
+    /// certificate) with `common_name`, signed by the CA, written as `<name>.crt` (the
+    /// certificate alone) and `<name>.key` (mode 0600) in `dir`.
+    pub fn leaf(&self, dir: &Path, name: &str, names: &[&str], common_name: &str) -> ServerFiles {
+        use std::os::unix::fs::PermissionsExt;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let files = ServerFiles {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+            serial: 0,
+            not_after: params.not_after.unix_timestamp(),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        files
+    }
+
     /// An HTTPS client trusting only this CA. `Protocol::Http1` offers only `http/1.1`;
     /// `Protocol::Http2` offers `h2` and `http/1.1` by ALPN (the server picks `h2`).
     pub fn client(&self, protocol: Protocol) -> reqwest::blocking::Client {

@@ -1,4 +1,4 @@
-//! Fleet-wide claims in Redis (`replay.redis_url`): what one replica accepted, every replica
+//! Fleet-wide claims in Redis (`redis.url`): what one replica accepted, every replica
 //! refuses. Three things are shared this way:
 //!
 //! - the replay window of signed requests: each accepted signature is claimed with
@@ -18,9 +18,16 @@
 //! [`REDIS_TIMEOUT`], so an unreachable Redis costs a request at most that long. After a
 //! failure, calls fail at once for [`RETRY_INTERVAL`] instead of each waiting out the
 //! timeout; the first call after it probes Redis again. What a failure means is the
-//! operator's choice (`replay.on_redis_error`): `refuse` answers 503, `local` falls back to
+//! operator's choice (`redis.on_error`): `refuse` answers 503, `local` falls back to
 //! the replica's own window and counts the fallback in `keyward_replay_local_fallback_total`.
 //! A replica logs one line when Redis goes away and one when it is back.
+//!
+//! With a `rediss://` URL every connection is TLS (rustls): the server's certificate must
+//! chain to `redis.tls.ca` (the system's roots without it) and name the URL's host, and the
+//! client certificate of `redis.tls.cert`/`key` is presented when the server asks for one.
+//! [`check_tls`] makes one connection at start and on every reload, so that a certificate
+//! that does not verify stops keyward (or refuses the reload) with the key named, instead of
+//! turning every signed request into a 503.
 
 use crate::api_key::KeyHasher;
 use keyward_core::now_ms;
@@ -38,6 +45,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Separates the key of fleet claims from every other use of the store's pepper.
 const KEY_LABEL: &[u8] = b"keyward fleet claims in redis v1";
+
+/// How long [`check_tls`] waits for its connection (TLS handshake and `PING`).
+pub const TLS_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub use keyward_config::fleet::{check_redis_url, FleetSettings, OnRedisError};
 
@@ -156,8 +166,7 @@ impl FleetClaims {
         pepper: &[u8],
         metrics: Arc<Metrics>,
     ) -> Result<FleetClaims, String> {
-        let client = redis::Client::open(settings.redis_url.as_str())
-            .map_err(|e| format!("replay.redis_url: not a usable Redis URL ({:?})", e.kind()))?;
+        let client = redis_client(settings)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("keyward-redis")
@@ -444,7 +453,129 @@ fn connection_manager(
         .set_number_of_retries(0);
     let _entered = runtime.enter();
     ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|e| format!("replay.redis_url: {e}"))
+        .map_err(|e| format!("{}: {e}", keyward_config::fleet::URL_KEY))
+}
+
+/// The Redis client of `settings`: with a `rediss://` URL, TLS with the CA and client
+/// certificate of `redis.tls` (read now; a reconnection uses what was read). Errors name the
+/// key at fault, never the URL.
+fn redis_client(settings: &FleetSettings) -> Result<redis::Client, String> {
+    use keyward_config::fleet::URL_KEY;
+    let url = settings.redis_url.as_str();
+    let Some(tls) = &settings.tls else {
+        return redis::Client::open(url)
+            .map_err(|e| format!("{URL_KEY}: not a usable Redis URL ({:?})", e.kind()));
+    };
+    // The Redis client builds its rustls configuration on the process's default provider:
+    // ring, as everywhere in keyward (a second call finds it installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = tls.load().map_err(|e| e.to_string())?;
+    let certificates = redis::TlsCertificates {
+        client_tls: pem
+            .client
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: pem.ca,
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(|e| {
+        format!(
+            "{URL_KEY}: cannot set up TLS to Redis ({:?}: {})",
+            e.kind(),
+            e.detail().unwrap_or("")
+        )
+    })
+}
+
+/// Connects once to a `rediss://` Redis (handshake and `PING`, within
+/// [`TLS_CHECK_TIMEOUT`]) and fails when its certificate does not verify, or when it refuses
+/// ours, naming the key to fix. A Redis that cannot be reached passes (it is logged): an
+/// outage is `redis.on_error`'s business, and Redis need not be up before keyward. Nothing
+/// to check for plain `redis://`. Blocking: runs on a thread of its own.
+pub fn check_tls(settings: &FleetSettings) -> Result<(), String> {
+    if settings.tls.is_none() {
+        return Ok(());
+    }
+    let client = redis_client(settings)?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("keyward-redis-check".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| {
+                    // The timer is made inside the runtime.
+                    runtime.block_on(async move {
+                        tokio::time::timeout(TLS_CHECK_TIMEOUT, async move {
+                            let mut connection = client.get_multiplexed_async_connection().await?;
+                            let pong: String =
+                                redis::cmd("PING").query_async(&mut connection).await?;
+                            redis::RedisResult::Ok(pong)
+                        })
+                        .await
+                    })
+                });
+            let _ = sender.send(result);
+        })
+        .map_err(|e| format!("cannot start the Redis TLS check: {e}"))?;
+    let outcome = receiver.recv_timeout(TLS_CHECK_TIMEOUT + Duration::from_secs(1));
+    let error = match outcome {
+        Ok(Ok(Ok(Ok(_)))) => return Ok(()),
+        Ok(Ok(Ok(Err(e)))) => e,
+        Ok(Ok(Err(_))) | Err(_) => {
+            // A plain-text Redis port waits for the end of a "command" that never comes.
+            tracing::warn!(
+                "redis did not answer within {} s (is the port in redis.url a TLS port?): its \
+                 TLS certificate is checked at first use",
+                TLS_CHECK_TIMEOUT.as_secs()
+            );
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(format!("cannot start the Redis TLS check: {e}")),
+    };
+    match tls_failure(&error) {
+        Some(failure) => Err(failure),
+        None if error.is_timeout() => {
+            tracing::warn!(
+                error = %error,
+                "redis did not answer (is the port in redis.url a TLS port?): its TLS \
+                 certificate is checked at first use"
+            );
+            Ok(())
+        }
+        None => {
+            tracing::warn!(
+                error = %error,
+                "cannot reach redis to check its TLS certificate now; it is checked at first use"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What a failed connection says about TLS, naming the key to fix; `None` when it failed for
+/// another reason (unreachable, refused, a wrong password).
+fn tls_failure(error: &redis::RedisError) -> Option<String> {
+    use keyward_config::fleet::{CA_KEY, CERT_KEY, URL_KEY};
+    use rustls::CertificateError;
+    let tls = keyward_config::tls::find_rustls_error(error)?;
+    let key = match tls {
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => URL_KEY,
+        rustls::Error::InvalidCertificate(_) => CA_KEY,
+        rustls::Error::AlertReceived(_) => CERT_KEY,
+        // Not TLS at all on the other end (a plain-text port), and the like.
+        _ => URL_KEY,
+    };
+    let described = keyward_config::tls::describe_tls_failure(
+        tls,
+        "redis.tls.ca (or the system's roots without it)",
+        "redis.tls.cert and redis.tls.key",
+    );
+    Some(format!("{key}: {described}"))
 }
 
 fn count_of(counted: bool, count: i64, remaining_ms: i64) -> Count {
@@ -472,6 +603,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let settings = FleetSettings {
             redis_url: format!("redis://127.0.0.1:{}", closed_port()),
+            tls: None,
             on_redis_error,
         };
         let fleet = FleetClaims::start(&settings, b"pepper", metrics.clone()).unwrap();
@@ -483,9 +615,11 @@ mod tests {
         assert!(check_redis_url("redis://127.0.0.1:6379").is_ok());
         assert!(check_redis_url("redis://:secret@redis.internal:6380/2").is_ok());
         assert!(check_redis_url("unix:///run/redis.sock").is_ok());
+        assert!(check_redis_url("rediss://:secret@redis.internal:6380/2").is_ok());
+        assert!(check_redis_url("valkeys://127.0.0.1:6380").is_ok());
         for bad in [
             "http://secret@127.0.0.1:6379",
-            "rediss://secret@127.0.0.1:6379",
+            "rediss://secret@127.0.0.1:6379/#insecure",
             "redis://secret@[::1",
             "",
         ] {
@@ -498,6 +632,7 @@ mod tests {
     fn settings_never_print_the_url() {
         let settings = FleetSettings {
             redis_url: "redis://:topsecret@10.0.0.5:6379".into(),
+            tls: None,
             on_redis_error: OnRedisError::Local,
         };
         let printed = format!("{settings:?}");
@@ -512,6 +647,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let settings = FleetSettings {
             redis_url: "redis://127.0.0.1:1".into(),
+            tls: None,
             on_redis_error: OnRedisError::Refuse,
         };
         let a = FleetClaims::start(&settings, b"pepper a", metrics.clone()).unwrap();

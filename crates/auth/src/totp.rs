@@ -5,7 +5,7 @@
 //! valid in. Failed codes are counted per user; past the limit the user's TOTP logins are
 //! refused until the window passes, so six digits cannot be brute-forced.
 //!
-//! With `replay.redis_url` both hold fleet-wide: a used code is claimed in Redis (after the
+//! With `redis.url` both hold fleet-wide: a used code is claimed in Redis (after the
 //! local memory, which answers a reuse on this replica without a round trip), and failures
 //! are counted there (see `crate::fleet`).
 
@@ -63,7 +63,7 @@ pub enum TotpFailure {
     Invalid,
     /// Too many failures for this user recently; the window ends in this many seconds.
     RateLimited { retry_after_secs: u64 },
-    /// The shared replay window could not answer (`replay.on_redis_error: refuse`).
+    /// The shared replay window could not answer (`redis.on_error: refuse`).
     Unavailable,
 }
 

@@ -93,9 +93,13 @@ pub struct Config {
     pub audit_path: Option<PathBuf>,
     /// `audit.retention`: how long the store keeps audit records; `None`: forever.
     pub audit_retention: Option<Duration>,
-    /// `replay`: the replay window shared through Redis; `None`: each replica's own.
-    pub replay: Option<FleetSettings>,
+    /// `redis` (or its old aliases `replay.redis_*`): the fleet's shared Redis; `None`:
+    /// each replica keeps its own replay window and counters.
+    pub redis: Option<FleetSettings>,
     pub rate_limits: RateLimitSettings,
+    /// What the file says that works but should change (an old key that has a new name):
+    /// logged at start and on every reload, printed by `check-config`.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,9 +329,11 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         api_keys,
         signatures,
         audit,
+        redis,
         replay,
         rate_limits,
     } = file;
+    let mut warnings = Vec::new();
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
 
@@ -432,6 +438,24 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             StoreUrl::Sqlite(PathBuf::new())
         }
     };
+    // The TLS files a PostgreSQL URL names are read here, so that `check-config` and a reload
+    // find a missing or unusable one; sqlx reads them again at every new connection.
+    if let Some(tls) = store_url.postgres_tls() {
+        if let Some(ca) = &tls.root_cert {
+            if let Err(message) = crate::tls::read_trust_anchors(ca) {
+                problem(store_key.into(), format!("sslrootcert: {message}"));
+            }
+        }
+        if let (Some(cert), Some(key)) = (tls.cert, tls.key) {
+            if let Err(e) = crate::tls::check_key_pair(&TlsFiles { cert, key }) {
+                let parameter = match &e {
+                    crate::tls::TlsError::Certificate(_) => "sslcert",
+                    crate::tls::TlsError::Key(_) => "sslkey",
+                };
+                problem(store_key.into(), format!("{parameter}: {}", e.message()));
+            }
+        }
+    }
     let mut store_pool = PoolSettings::default_for(&store_url);
     if let Some(max) = store.max_connections {
         if max == 0 {
@@ -596,7 +620,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         problem("server.threads".into(), "must be at least 1".into());
     }
     let limits = validate_limits(limits, &mut problem);
-    let replay = replay.map(|replay| validate_replay(replay, &mut problem));
+    let redis = validate_redis(redis, replay, &mut problem, &mut warnings);
     let rate_limits = validate_rate_limits(rate_limits, &mut problem);
 
     Config {
@@ -641,8 +665,9 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         },
         audit_retention: audit.retention.map(|retention| retention.0),
         audit_path: audit.path,
-        replay,
+        redis,
         rate_limits,
+        warnings,
         signed_bodies: SignedBodies {
             max_body: signatures.max_body,
             in_memory: signatures.body_in_memory,
@@ -801,32 +826,116 @@ fn validate_rate_limits(
     }
 }
 
-fn validate_replay(
-    replay: schema::ReplayFile,
+/// `redis`, or its old place `replay.redis_url`, `replay.redis_url_env`,
+/// `replay.on_redis_error` (each alias warns, naming its new key; both places at once is an
+/// error).
+fn validate_redis(
+    redis: Option<schema::RedisFile>,
+    replay: Option<schema::ReplayFile>,
+    problem: &mut impl FnMut(String, String),
+    warnings: &mut Vec<ConfigIssue>,
+) -> Option<FleetSettings> {
+    let redis = match (redis, replay) {
+        (redis, None) => redis?,
+        (Some(redis), Some(replay)) => {
+            for (set, old, new) in [
+                (replay.redis_url.is_some(), "replay.redis_url", "redis.url"),
+                (
+                    replay.redis_url_env.is_some(),
+                    "replay.redis_url_env",
+                    "redis.url_env",
+                ),
+                (
+                    replay.on_redis_error.is_some(),
+                    "replay.on_redis_error",
+                    "redis.on_error",
+                ),
+            ] {
+                if set {
+                    problem(
+                        old.into(),
+                        format!(
+                            "an old name of {new}, and the redis section is set too: keep \
+                             the redis section only"
+                        ),
+                    );
+                }
+            }
+            redis
+        }
+        (None, Some(replay)) => {
+            let schema::ReplayFile {
+                redis_url,
+                redis_url_env,
+                on_redis_error,
+            } = replay;
+            for (set, old, new) in [
+                (redis_url.is_some(), "replay.redis_url", "redis.url"),
+                (
+                    redis_url_env.is_some(),
+                    "replay.redis_url_env",
+                    "redis.url_env",
+                ),
+                (
+                    on_redis_error.is_some(),
+                    "replay.on_redis_error",
+                    "redis.on_error",
+                ),
+            ] {
+                if set {
+                    warnings.push(ConfigIssue {
+                        key: old.into(),
+                        message: format!("renamed: write {new} instead (the old name still works)"),
+                    });
+                }
+            }
+            return Some(redis_settings(
+                schema::RedisFile {
+                    url: redis_url,
+                    url_env: redis_url_env,
+                    tls: None,
+                    on_error: on_redis_error.unwrap_or_default(),
+                },
+                // Errors name the keys the file says.
+                ("replay.redis_url", "replay.redis_url_env"),
+                problem,
+            ));
+        }
+    };
+    Some(redis_settings(
+        redis,
+        ("redis.url", "redis.url_env"),
+        problem,
+    ))
+}
+
+/// Checks the URL and the TLS files of `redis` (the keys of the URL and of its environment
+/// variable are those the file used).
+fn redis_settings(
+    redis: schema::RedisFile,
+    (url_key, env_key): (&str, &str),
     problem: &mut impl FnMut(String, String),
 ) -> FleetSettings {
-    let schema::ReplayFile {
-        redis_url,
-        redis_url_env,
-        on_redis_error,
-    } = replay;
-    let (key, text) = match (redis_url, redis_url_env) {
-        (Some(url), None) => ("replay.redis_url", Ok(url)),
+    let schema::RedisFile {
+        url,
+        url_env,
+        tls,
+        on_error,
+    } = redis;
+    let (key, text) = match (url, url_env) {
+        (Some(url), None) => (url_key, Ok(url)),
         (None, Some(var)) => (
-            "replay.redis_url_env",
+            env_key,
             std::env::var(&var)
                 .ok()
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("the environment variable {var} is not set")),
         ),
         (Some(_), Some(_)) => (
-            "replay.redis_url",
-            Err("set replay.redis_url or replay.redis_url_env, not both".into()),
+            url_key,
+            Err(format!("set {url_key} or {env_key}, not both")),
         ),
-        (None, None) => (
-            "replay.redis_url",
-            Err("missing: set replay.redis_url or replay.redis_url_env".into()),
-        ),
+        (None, None) => (url_key, Err(format!("missing: set {url_key} or {env_key}"))),
     };
     // The URL may carry a password: errors name the key, never repeat the value.
     let redis_url = match text.and_then(|url| crate::fleet::check_redis_url(&url).map(|()| url)) {
@@ -836,9 +945,53 @@ fn validate_replay(
             String::new()
         }
     };
+    let tls_url = crate::fleet::is_tls_url(&redis_url);
+    let tls = match tls {
+        Some(_) if !redis_url.is_empty() && !tls_url => {
+            problem(
+                "redis.tls".into(),
+                format!("TLS needs a rediss:// URL in {key}; this one is not encrypted"),
+            );
+            None
+        }
+        Some(schema::RedisTlsFile {
+            ca,
+            cert,
+            key: key_file,
+        }) => {
+            let client = match (cert, key_file) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    problem(
+                        crate::fleet::KEY_KEY.into(),
+                        "missing: redis.tls.cert and redis.tls.key go together".into(),
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    problem(
+                        crate::fleet::CERT_KEY.into(),
+                        "missing: redis.tls.cert and redis.tls.key go together".into(),
+                    );
+                    None
+                }
+            };
+            Some(crate::fleet::RedisTls { ca, client })
+        }
+        None => tls_url.then(crate::fleet::RedisTls::default),
+    };
+    // The files are read here, so that `check-config` and a reload find a missing,
+    // unreadable or mismatched one, not only the next start.
+    if let Some(tls) = &tls {
+        if let Err(e) = tls.load() {
+            problem(e.key.into(), e.message);
+        }
+    }
     FleetSettings {
         redis_url,
-        on_redis_error: match on_redis_error {
+        tls,
+        on_redis_error: match on_error {
             schema::OnRedisErrorFile::Refuse => OnRedisError::Refuse,
             schema::OnRedisErrorFile::Local => OnRedisError::Local,
         },
@@ -1314,6 +1467,71 @@ routes:
     }
 
     #[test]
+    fn store_url_tls_parameters_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = pki();
+        let (_, other_cert, _) = pki();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key) = (
+            write("ca.pem", &ca),
+            write("c.pem", &cert),
+            write("k.pem", &key),
+        );
+        let other_cert = write("other.pem", &other_cert);
+        let url = |query: &str| {
+            MINIMAL.replace(
+                "sqlite://data/keyward.db",
+                &format!("\"postgres://keyward:s3cret@db.example:5432/keyward?{query}\""),
+            )
+        };
+        let config = Config::from_yaml(&url(&format!(
+            "sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"
+        )))
+        .unwrap();
+        let tls = config.store.postgres_tls().unwrap();
+        assert_eq!(tls.mode.as_deref(), Some("verify-full"));
+        assert!(tls.verifies() && tls.required());
+        assert_eq!(tls.root_cert.unwrap().display().to_string(), ca);
+        // libpq's rule: `require` with a CA verifies against it.
+        let require = Config::from_yaml(&url(&format!("sslmode=require&sslrootcert={ca}")));
+        assert!(require.unwrap().store.postgres_tls().unwrap().verifies());
+        let plain = Config::from_yaml(&url("sslmode=require")).unwrap();
+        assert!(!plain.store.postgres_tls().unwrap().verifies());
+
+        for (query, says) in [
+            (
+                "sslmode=verify-everything".to_owned(),
+                "sslmode=verify-everything is not one of",
+            ),
+            (
+                "sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem".to_owned(),
+                "sslrootcert: ",
+            ),
+            (
+                format!("sslmode=verify-ca&sslrootcert={key}"),
+                "no PEM certificate",
+            ),
+            (format!("sslcert={cert}"), "sslcert without sslkey"),
+            (format!("sslkey={key}"), "sslkey without sslcert"),
+            (
+                format!("sslcert={other_cert}&sslkey={key}"),
+                "sslkey: the key in",
+            ),
+            (format!("sslcert={key}&sslkey={key}"), "sslcert: "),
+        ] {
+            let found = issues(&url(&query));
+            assert_eq!(found.len(), 1, "{query}: {found:?}");
+            assert_eq!(found[0].key, "store.url", "{found:?}");
+            assert!(found[0].message.contains(says), "{query}: {found:?}");
+            assert!(!found[0].message.contains("s3cret"), "{found:?}");
+        }
+    }
+
+    #[test]
     fn cidr_accepts_plain_addresses_and_ipv6() {
         assert_eq!(parse_cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
         assert_eq!(
@@ -1353,29 +1571,101 @@ routes:
     }
 
     #[test]
-    fn replay_section_is_optional_and_checked() {
-        assert_eq!(Config::from_yaml(MINIMAL).unwrap().replay, None);
-        let yaml = format!("{MINIMAL}replay: {{ redis_url: redis://127.0.0.1:6379 }}\n");
+    fn redis_section_is_optional_and_checked() {
+        assert_eq!(Config::from_yaml(MINIMAL).unwrap().redis, None);
+        let yaml = format!("{MINIMAL}redis: {{ url: redis://127.0.0.1:6379 }}\n");
+        let config = Config::from_yaml(&yaml).unwrap();
         assert_eq!(
-            Config::from_yaml(&yaml).unwrap().replay,
+            config.redis,
             Some(FleetSettings {
                 redis_url: "redis://127.0.0.1:6379".into(),
+                tls: None,
                 on_redis_error: OnRedisError::Refuse,
             }),
             "refuse is the default"
         );
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let yaml = format!(
+            "{MINIMAL}redis: {{ url: \"redis://:pw@10.0.0.5:6380/1\", on_error: local }}\n"
+        );
+        let redis = Config::from_yaml(&yaml).unwrap().redis.unwrap();
+        assert_eq!(redis.on_redis_error, OnRedisError::Local);
+        // rediss:// without redis.tls: the system's roots, no client certificate.
+        let yaml = format!("{MINIMAL}redis: {{ url: \"rediss://:pw@redis.example:6380\" }}\n");
+        let redis = Config::from_yaml(&yaml).unwrap().redis.unwrap();
+        assert_eq!(redis.tls, Some(fleet::RedisTls::default()));
+
+        for (section, key) in [
+            ("{ url: redis://h:1, on_error: ignore }", "redis.on_error"),
+            (
+                "{ url: redis://h:1, redis_url: redis://h:2 }",
+                "redis.redis_url",
+            ),
+            ("{ on_error: local }", "redis.url"),
+            ("{ url: redis://h:1, url_env: X }", "redis.url"),
+            ("{ url_env: KEYWARD_CONFIG_TEST_UNSET }", "redis.url_env"),
+            ("{ url: http://h:1 }", "redis.url"),
+            (
+                "{ url: \"rediss://:topsecret@h:1/#insecure\" }",
+                "redis.url",
+            ),
+            (
+                "{ url: \"redis://:topsecret@h:1\", tls: { ca: /nonexistent/ca.pem } }",
+                "redis.tls",
+            ),
+            ("{ url: \"unix:///run/redis.sock\", tls: {} }", "redis.tls"),
+            (
+                "{ url: \"rediss://:topsecret@h:1\", tls: { ca: /nonexistent/ca.pem } }",
+                "redis.tls.ca",
+            ),
+            (
+                "{ url: \"rediss://:topsecret@h:1\", tls: { cert: /nonexistent/c.pem } }",
+                "redis.tls.key",
+            ),
+            (
+                "{ url: \"rediss://:topsecret@h:1\", tls: { key: /nonexistent/k.pem } }",
+                "redis.tls.cert",
+            ),
+            ("{ url: redis://h:1, tls: { crt: /x } }", "redis.tls.crt"),
+        ] {
+            let found = issues(&format!("{MINIMAL}redis: {section}\n"));
+            assert_eq!(found.len(), 1, "{section}: {found:?}");
+            assert_eq!(found[0].key, key, "{section}: {found:?}");
+            assert!(!found[0].message.contains("topsecret"), "{:?}", found[0]);
+        }
+
+        let var = "KEYWARD_CONFIG_TEST_REDIS_URL";
+        std::env::set_var(var, "rediss://:topsecret@redis.example:6379/0");
+        let yaml = format!("{MINIMAL}redis: {{ url_env: {var} }}\n");
+        let config = Config::from_yaml(&yaml).unwrap();
+        let redis = config.redis.as_ref().unwrap();
+        assert_eq!(redis.redis_url, "rediss://:topsecret@redis.example:6379/0");
+        assert!(
+            !format!("{config:?}").contains("topsecret"),
+            "Debug hides the password"
+        );
+    }
+
+    #[test]
+    fn the_old_replay_keys_are_aliases_that_warn() {
         let yaml = format!(
             "{MINIMAL}replay: {{ redis_url: \"redis://:pw@10.0.0.5:6380/1\", on_redis_error: local }}\n"
         );
-        let replay = Config::from_yaml(&yaml).unwrap().replay.unwrap();
-        assert_eq!(replay.on_redis_error, OnRedisError::Local);
+        let config = Config::from_yaml(&yaml).unwrap();
+        let redis = config.redis.as_ref().unwrap();
+        assert_eq!(redis.redis_url, "redis://:pw@10.0.0.5:6380/1");
+        assert_eq!(redis.on_redis_error, OnRedisError::Local);
+        let warned: Vec<_> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(warned, ["replay.redis_url", "replay.on_redis_error"]);
+        assert!(
+            config.warnings[0].message.contains("redis.url"),
+            "{:?}",
+            config.warnings
+        );
+        assert!(config.warnings[1].message.contains("redis.on_error"));
 
+        // Errors in the old place name the old keys.
         for (section, key) in [
-            (
-                "{ redis_url: redis://h:1, on_redis_error: ignore }",
-                "replay.on_redis_error",
-            ),
-            ("{ redis_url: redis://h:1, url: redis://h:2 }", "replay.url"),
             ("{ on_redis_error: local }", "replay.redis_url"),
             (
                 "{ redis_url: redis://h:1, redis_url_env: X }",
@@ -1387,30 +1677,89 @@ routes:
             ),
             ("{ redis_url: http://h:1 }", "replay.redis_url"),
             (
-                "{ redis_url: \"rediss://:topsecret@h:1\" }",
-                "replay.redis_url",
+                "{ redis_url: redis://h:1, on_redis_error: ignore }",
+                "replay.on_redis_error",
             ),
         ] {
             let found = issues(&format!("{MINIMAL}replay: {section}\n"));
             assert_eq!(found.len(), 1, "{section}: {found:?}");
             assert_eq!(found[0].key, key, "{section}: {found:?}");
-            assert!(!found[0].message.contains("topsecret"), "{:?}", found[0]);
         }
 
-        let var = "KEYWARD_CONFIG_TEST_REDIS_URL";
-        std::env::set_var(var, "redis://:topsecret@redis.example:6379/0");
-        let yaml = format!("{MINIMAL}replay: {{ redis_url_env: {var} }}\n");
-        let config = Config::from_yaml(&yaml).unwrap();
-        let replay = config.replay.as_ref().unwrap();
-        assert_eq!(replay.redis_url, "redis://:topsecret@redis.example:6379/0");
-        assert!(
-            !format!("{config:?}").contains("topsecret"),
-            "Debug hides the password"
+        // Both places at once: each old key set is an error.
+        let yaml = format!(
+            "{MINIMAL}redis: {{ url: redis://h:1 }}\nreplay: {{ redis_url: redis://h:2, on_redis_error: local }}\n"
         );
-        std::env::set_var(var, "rediss://:topsecret@redis.example:6379/0");
-        let found = issues(&yaml);
-        assert_eq!(found[0].key, "replay.redis_url_env");
-        assert!(!found[0].message.contains("topsecret"), "{:?}", found[0]);
+        let keys: Vec<_> = issues(&yaml).into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["replay.redis_url", "replay.on_redis_error"]);
+    }
+
+    /// A CA, and a certificate with its key signed by it, as PEM.
+    fn pki() -> (String, String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["keyward".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (ca.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = pki();
+        let (_, other_cert, _) = pki();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key) = (
+            write("ca.pem", &ca),
+            write("c.pem", &cert),
+            write("k.pem", &key),
+        );
+        let other_cert = write("other.pem", &other_cert);
+        let not_pem = write("junk.pem", "not a certificate");
+        let tls = |ca: &str, cert: &str, key: &str| {
+            format!("{MINIMAL}redis: {{ url: \"rediss://127.0.0.1:6380\", tls: {{ ca: {ca}, cert: {cert}, key: {key} }} }}\n")
+        };
+        let config = Config::from_yaml(&tls(&ca, &cert, &key)).unwrap();
+        let settings = config.redis.unwrap().tls.unwrap();
+        let pem = settings.load().unwrap();
+        assert!(pem.ca.is_some() && pem.client.is_some());
+        for (yaml, key_named, says) in [
+            (
+                tls(&not_pem, &cert, &key),
+                "redis.tls.ca",
+                "no PEM certificate",
+            ),
+            (tls(&key, &cert, &key), "redis.tls.ca", "no PEM certificate"),
+            (
+                tls(&ca, &not_pem, &key),
+                "redis.tls.cert",
+                "no PEM certificate",
+            ),
+            (
+                tls(&ca, &cert, &cert),
+                "redis.tls.key",
+                "no PEM private key",
+            ),
+            (
+                tls(&ca, &other_cert, &key),
+                "redis.tls.key",
+                "does not match",
+            ),
+        ] {
+            let found = issues(&yaml);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].key, key_named, "{found:?}");
+            assert!(found[0].message.contains(says), "{found:?}");
+        }
     }
 
     #[test]

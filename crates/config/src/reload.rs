@@ -34,11 +34,17 @@ use std::sync::{Arc, Mutex};
 /// TLS certificates). A hook that fails refuses the whole reload: it runs before the swap.
 pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
 
+/// Checks a validated configuration as the file says it, before the settings that need a
+/// restart are set back to their running values: what the next start would use must work
+/// (the TLS certificates of the shared stores verify). A check that fails refuses the reload.
+pub type ReloadCheck = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
 pub struct LiveConfig {
     current: ArcSwap<Config>,
     /// The file to re-read; `None` when running on the embedded default.
     path: Option<PathBuf>,
     hooks: Mutex<Vec<ReloadHook>>,
+    checks: Mutex<Vec<ReloadCheck>>,
     /// One reload at a time (two SIGHUPs in a row apply in order).
     reloading: Mutex<()>,
 }
@@ -66,6 +72,7 @@ impl LiveConfig {
             current: ArcSwap::from_pointee(config),
             path,
             hooks: Mutex::new(Vec::new()),
+            checks: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
         }
     }
@@ -87,6 +94,14 @@ impl LiveConfig {
             .push(hook);
     }
 
+    /// Registers a check of every reloaded file, as written (see [`ReloadCheck`]).
+    pub fn check_on_reload(&self, check: ReloadCheck) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(check);
+    }
+
     /// Re-reads the file and switches to it when it is valid.
     ///
     /// The file is read once into memory, when it has settled (not modified for a few hundred
@@ -99,6 +114,10 @@ impl LiveConfig {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let bytes = file::read_stable(path, file::MAX_CONFIG_BYTES).map_err(ConfigError::from)?;
         let mut next = Config::from_bytes(&bytes)?;
+        // Checks may take a network round trip: before the lock, like the reading.
+        for check in self.checks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            check(&next).map_err(ReloadError::Apply)?;
+        }
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let running = self.current();
         let needs_restart = keep_start_settings(&running, &mut next);
@@ -114,6 +133,7 @@ impl LiveConfig {
         match self.reload() {
             Ok(Reloaded { needs_restart }) => {
                 metrics.config_reload("ok");
+                log_warnings(&self.current());
                 if needs_restart.is_empty() {
                     tracing::info!("configuration reloaded");
                 } else {
@@ -141,6 +161,13 @@ impl LiveConfig {
     }
 }
 
+/// Logs what a valid configuration says that should change (old key names).
+pub fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
+}
+
 /// Copies into `next` the settings that only apply at start, and names those that changed.
 fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
@@ -161,7 +188,7 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(server => "server");
     keep!(audit_path => "audit.path");
     keep!(audit_retention => "audit.retention");
-    keep!(replay => "replay");
+    keep!(redis => "redis");
     // The signature key cache's TTLs and capacity are copies of `cache.*`, reported there.
     let mut signatures = next.signatures.clone();
     signatures.key_cache_ttl = running.signatures.key_cache_ttl;
@@ -312,6 +339,27 @@ routes:
             failing.current().routes.len(),
             2,
             "a failing hook refuses the reload"
+        );
+
+        // A check sees the file as written (here the new listen.proxy, which a reload keeps
+        // at its running value), and refuses the reload when it fails.
+        let checked = LiveConfig::new((*after).clone(), Some(path.clone()));
+        let seen = Arc::new(Mutex::new(None));
+        let seen_by_check = seen.clone();
+        checked.check_on_reload(Box::new(move |next: &Config| {
+            *seen_by_check.lock().unwrap() = Some(next.listen_proxy.clone());
+            Err("redis.tls.ca: the server's certificate does not verify".into())
+        }));
+        std::fs::write(&path, BASE.replace("127.0.0.1:8080", "127.0.0.1:8082")).unwrap();
+        match checked.reload() {
+            Err(ReloadError::Apply(message)) => assert!(message.starts_with("redis.tls.ca")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().as_deref(), Some("127.0.0.1:8082"));
+        assert_eq!(
+            checked.current().routes.len(),
+            2,
+            "a failing check refuses the reload"
         );
 
         let embedded = LiveConfig::new((*after).clone(), None);

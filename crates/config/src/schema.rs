@@ -43,7 +43,11 @@ pub struct FileConfig {
     pub signatures: SignaturesFile,
     #[serde(default)]
     pub audit: AuditFile,
-    /// Absent: every replica keeps its own replay window.
+    /// The fleet's shared Redis. Absent: every replica keeps its own replay window and counters.
+    #[serde(default)]
+    pub redis: Option<RedisFile>,
+    /// The old place of the Redis settings (`replay.redis_url`, `replay.redis_url_env`,
+    /// `replay.on_redis_error`): aliases of `redis.*`, accepted with a warning.
     #[serde(default)]
     pub replay: Option<ReplayFile>,
     /// Absent (or a limit left out): not limited.
@@ -82,7 +86,38 @@ pub struct QuotaFile {
     pub burst: u64,
 }
 
-/// `replay`: the replay window shared by a fleet through Redis.
+/// `redis`: the one Redis of the fleet (replay window, TOTP codes, throttles).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://`, `rediss://` (TLS) or `unix://`; or, with `url_env`, the environment
+    /// variable that holds it (a Redis password belongs in a Secret, not in the config file).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// TLS to Redis (`rediss://` only).
+    #[serde(default)]
+    pub tls: Option<RedisTlsFile>,
+    #[serde(default)]
+    pub on_error: OnRedisErrorFile,
+}
+
+/// `redis.tls`: PEM files. Every key is optional: without `ca` the server is verified
+/// against the system's roots; `cert` and `key` (a client certificate) go together.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsFile {
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// `replay`: the old place of the Redis settings, aliases of `redis.url`, `redis.url_env`
+/// and `redis.on_error`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFile {
@@ -93,10 +128,10 @@ pub struct ReplayFile {
     #[serde(default)]
     pub redis_url_env: Option<String>,
     #[serde(default)]
-    pub on_redis_error: OnRedisErrorFile,
+    pub on_redis_error: Option<OnRedisErrorFile>,
 }
 
-/// `replay.on_redis_error`.
+/// `redis.on_error` (alias `replay.on_redis_error`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnRedisErrorFile {

@@ -197,6 +197,106 @@ fn certified_key(
     }
 }
 
+/// Reads a CA file for verifying a server (`redis.tls.ca`, a PostgreSQL URL's
+/// `sslrootcert`): PEM certificates, each usable as a trust anchor. Returns the file's bytes.
+/// Blocking file I/O; the message names the file, not the key.
+pub fn read_trust_anchors(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes =
+        crate::file::read_bounded(path, crate::file::MAX_PEM_BYTES).map_err(|e| e.to_string())?;
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: unreadable PEM: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, certificate) in certificates.into_iter().enumerate() {
+        roots.add(certificate).map_err(|e| {
+            format!(
+                "{}: certificate {} is not usable as a CA: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+    }
+    Ok(bytes)
+}
+
+/// Checks a certificate chain and its private key (a client certificate for Redis or
+/// PostgreSQL) as the listener's are checked: PEM, a valid first certificate, a usable key
+/// that belongs to it. Blocking file I/O.
+pub fn check_key_pair(files: &TlsFiles) -> Result<(), TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    certified_key(files, &provider).map(|_| ())
+}
+
+/// The rustls error somewhere in `error`'s chain: directly, inside an `io::Error` (how TLS
+/// streams report a failed handshake), or behind an `Arc` (how the Redis client keeps it).
+pub fn find_rustls_error<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = rustls_error_in(error) {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
+}
+
+fn rustls_error_in<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(found) = error.downcast_ref::<rustls::Error>() {
+        return Some(found);
+    }
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
+        return rustls_error_in(inner);
+    }
+    if let Some(shared) = error.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+        let inner: &(dyn std::error::Error + 'static) = &**shared;
+        return rustls_error_in(inner);
+    }
+    None
+}
+
+/// What a failed TLS handshake with a store (Redis, PostgreSQL) means, for an operator:
+/// `ca` names where the trusted CA comes from, `client` the client certificate settings.
+pub fn describe_tls_failure(error: &rustls::Error, ca: &str, client: &str) -> String {
+    use rustls::{AlertDescription, CertificateError};
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => format!(
+            "the server's certificate does not verify: it is not signed by a CA in {ca} ({error})"
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            format!("the server's certificate is not valid for the host name in the URL ({error})")
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            format!("the server's certificate has expired ({error})")
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            format!("the server's certificate does not verify against {ca} ({error})")
+        }
+        rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied
+            | AlertDescription::HandshakeFailure,
+        ) => format!(
+            "the server refused the TLS handshake ({error}): it wants a client certificate it \
+             trusts ({client})"
+        ),
+        other => format!("the TLS handshake failed ({other})"),
+    }
+}
+
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     // A regular file, size- and time-bounded: a FIFO here must not wedge a reload.
     let bytes = crate::file::read_bounded(path, crate::file::MAX_PEM_BYTES)
@@ -330,6 +430,25 @@ mod tests {
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await.unwrap();
         buf.to_vec()
+    }
+
+    #[test]
+    fn the_rustls_error_is_found_where_tls_streams_and_clients_put_it() {
+        let unknown = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, unknown());
+        assert_eq!(find_rustls_error(&io), Some(&unknown()));
+        let shared: Arc<dyn std::error::Error + Send + Sync> = Arc::new(io);
+        assert_eq!(find_rustls_error(&shared), Some(&unknown()));
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(find_rustls_error(&plain), None);
+        let described = describe_tls_failure(&unknown(), "redis.tls.ca", "redis.tls.cert");
+        assert!(
+            described.contains("not signed by a CA in redis.tls.ca"),
+            "{described}"
+        );
+        let refused = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let described = describe_tls_failure(&refused, "redis.tls.ca", "redis.tls.cert");
+        assert!(described.contains("client certificate"), "{described}");
     }
 
     #[test]

@@ -14,6 +14,38 @@ pub async fn connect(url: &StoreUrl, pool: PoolSettings) -> Result<Arc<dyn Store
     }
 }
 
+/// Connects once to a PostgreSQL store and closes the connection, within `timeout`, on a
+/// thread and runtime of its own (callable from anywhere): `Ok` when it worked, or when the
+/// store is SQLite; the error otherwise (`StoreError::Task` for the timeout). For checking
+/// that a URL's TLS settings work before they are used.
+pub fn check_connection(url: &StoreUrl, timeout: std::time::Duration) -> Result<(), StoreError> {
+    let StoreUrl::Postgres(url) = url else {
+        return Ok(());
+    };
+    let url = url.clone();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("keyward-store-check".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(async move {
+                    tokio::time::timeout(timeout, postgres::PostgresStore::check_connection(&url))
+                        .await
+                        .unwrap_or_else(|_| Err(StoreError::Task("no answer in time".into())))
+                }),
+                Err(e) => Err(StoreError::Task(e.to_string())),
+            };
+            let _ = sender.send(result);
+        })
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+    receiver
+        .recv_timeout(timeout + std::time::Duration::from_secs(1))
+        .unwrap_or_else(|_| Err(StoreError::Task("no answer in time".into())))
+}
+
 /// The store as the server uses it: every call runs on a runtime of its own.
 ///
 /// pingora gives each service its own tokio runtime, and a database connection is bound to the

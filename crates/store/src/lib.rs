@@ -89,6 +89,8 @@ impl StoreUrl {
             }
             Ok(StoreUrl::Sqlite(path))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Its TLS parameters first, for a message that says which one is wrong.
+            PgTls::of(url)?;
             // sqlx's message may quote the URL, password included: not repeated here.
             url.parse::<sqlx::postgres::PgConnectOptions>()
                 .map_err(|_| "not a valid PostgreSQL URL".to_owned())?;
@@ -100,6 +102,87 @@ impl StoreUrl {
 
     pub fn is_postgres(&self) -> bool {
         matches!(self, StoreUrl::Postgres(_))
+    }
+
+    /// The TLS parameters of a PostgreSQL URL; `None` for SQLite.
+    pub fn postgres_tls(&self) -> Option<PgTls> {
+        match self {
+            StoreUrl::Postgres(url) => PgTls::of(url).ok(),
+            StoreUrl::Sqlite(_) => None,
+        }
+    }
+}
+
+/// The `sslmode` values sqlx (like libpq) knows.
+const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// The TLS parameters of a PostgreSQL URL, as sqlx reads them: `sslmode`, `sslrootcert`,
+/// `sslcert`, `sslkey` (and sqlx's other spellings, `ssl-mode`, `ssl-root-cert`, `ssl-ca`,
+/// `ssl-cert`, `ssl-key`). The files are paths, read at every new connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgTls {
+    /// Lowercase; `None` when the URL says none (sqlx's default, `prefer`: TLS when the
+    /// server offers it, its certificate unchecked).
+    pub mode: Option<String>,
+    /// The CA the server's certificate must chain to.
+    pub root_cert: Option<PathBuf>,
+    /// The client certificate (chain) and its key, for `hostssl ... cert` in `pg_hba.conf`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl PgTls {
+    /// Reads and checks the parameters (not the files). Messages never repeat the URL.
+    pub fn of(url: &str) -> Result<PgTls, String> {
+        let parsed = url::Url::parse(url).map_err(|_| "not a valid PostgreSQL URL".to_owned())?;
+        let mut tls = PgTls::default();
+        for (name, value) in parsed.query_pairs() {
+            let path = || Some(PathBuf::from(&*value));
+            match &*name {
+                "sslmode" | "ssl-mode" => tls.mode = Some(value.to_ascii_lowercase()),
+                "sslrootcert" | "ssl-root-cert" | "ssl-ca" => tls.root_cert = path(),
+                "sslcert" | "ssl-cert" => tls.cert = path(),
+                "sslkey" | "ssl-key" => tls.key = path(),
+                _ => {}
+            }
+        }
+        if let Some(mode) = &tls.mode {
+            if !SSL_MODES.contains(&mode.as_str()) {
+                return Err(format!(
+                    "sslmode={mode} is not one of disable, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => Err("sslcert without sslkey: give both or neither".into()),
+            (None, Some(_)) => Err("sslkey without sslcert: give both or neither".into()),
+            _ => Ok(tls),
+        }
+    }
+
+    /// Whether the server's certificate is verified: `verify-ca`, `verify-full`, or (as libpq
+    /// does) `require` with an `sslrootcert`.
+    pub fn verifies(&self) -> bool {
+        match self.mode.as_deref() {
+            Some("verify-ca" | "verify-full") => true,
+            Some("require") => self.root_cert.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Whether every connection is TLS (`require` and the `verify-*` modes).
+    pub fn required(&self) -> bool {
+        matches!(
+            self.mode.as_deref(),
+            Some("require" | "verify-ca" | "verify-full")
+        )
     }
 }
 
@@ -612,7 +695,7 @@ pub trait Store: Send + Sync + 'static {
     fn listen(&self, signal: Arc<FeedSignal>) -> bool;
 }
 
-pub use db::{connect, housekeep, Db, Pruned, EXPIRED_TOKEN_KEEP};
+pub use db::{check_connection, connect, housekeep, Db, Pruned, EXPIRED_TOKEN_KEEP};
 pub use keyward_core::time::now_ms;
 
 /// The time arithmetic of create, renew and roll, over edge values and pseudo-random ones (a

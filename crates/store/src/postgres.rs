@@ -33,6 +33,18 @@ const FEED_LOCK: i64 = 0x6b77_6665_6564_0001;
 const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The connection options of a URL: sqlx's reading of it, except that `require` with an
+/// `sslrootcert` verifies the server against it, as libpq does (sqlx alone would not).
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url.parse()?;
+    let require_with_ca =
+        |tls: super::PgTls| tls.mode.as_deref() == Some("require") && tls.root_cert.is_some();
+    Ok(match super::PgTls::of(url).is_ok_and(require_with_ca) {
+        true => options.ssl_mode(sqlx::postgres::PgSslMode::VerifyCa),
+        false => options,
+    })
+}
+
 pub struct PostgresStore {
     pool: PgPool,
 }
@@ -42,7 +54,7 @@ impl PostgresStore {
     /// migrator takes it), so replicas starting together against an empty database apply them
     /// once, one after another.
     pub async fn open(url: &str, settings: PoolSettings) -> Result<PostgresStore, StoreError> {
-        let options: PgConnectOptions = url.parse()?;
+        let options = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -50,6 +62,15 @@ impl PostgresStore {
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(PostgresStore { pool })
+    }
+
+    /// Opens one connection (TLS handshake and start-up included) and closes it: what
+    /// `open` would meet, without migrating.
+    pub async fn check_connection(url: &str) -> Result<(), StoreError> {
+        use sqlx::{ConnectOptions, Connection};
+        let connection = connect_options(url)?.connect().await?;
+        connection.close().await?;
+        Ok(())
     }
 
     /// Deletes at most `limit` rows of `table` whose `time` is before `before_ms`, oldest

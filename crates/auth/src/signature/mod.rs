@@ -126,7 +126,7 @@ pub struct SignatureAuthenticator {
     replay: ReplayWindow,
     sessions: SignatureSessions,
     usage: UsageRecorder,
-    /// The replay window shared with the other replicas (`replay.redis_url`), behind the
+    /// The replay window shared with the other replicas (`redis.url`), behind the
     /// local one.
     fleet: Option<Arc<FleetClaims>>,
 }
