@@ -21,7 +21,7 @@ use crate::proxy::upload::UploadSpool;
 use crate::proxy::{KeywardProxy, Listener, ProxyParts};
 use crate::ratelimit::RateLimiter;
 use crate::reload::{HangupReloader, LiveConfig, PidFile};
-use crate::store::{Db, StoreError, StoreHealth};
+use crate::store::{Db, Retention, StoreError, StoreHealth};
 use crate::tls::{CertificateExpiry, TlsCertificates};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
@@ -284,7 +284,10 @@ pub fn serve(
         metrics.clone(),
         config.cache.invalidation_poll,
         feed_start,
-        config.audit_retention,
+        Retention {
+            audit: config.audit_retention,
+            usage: config.usage_retention,
+        },
     );
 
     server.add_service(proxy_service);

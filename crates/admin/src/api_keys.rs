@@ -322,7 +322,11 @@ fn parse_optional_body<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn target_prefix(target: &User, user_hex: &str, key_id: &str) -> Result<Prefix, AdminError> {
+pub(crate) fn target_prefix(
+    target: &User,
+    user_hex: &str,
+    key_id: &str,
+) -> Result<Prefix, AdminError> {
     Prefix::parse(user_hex, key_id)
         .filter(|p| p.user_id == target.id)
         .ok_or_else(|| {

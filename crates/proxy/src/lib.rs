@@ -14,6 +14,7 @@ use ctx::RequestCtx;
 use forward::Forwarding;
 use ip_text::IpText;
 use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, Limited, RateLimiter};
+use keyward_auth::usage::KeyOutcome;
 use keyward_auth::{
     client_ip, signature, token, Authenticated, Authenticator, Credential, Principal,
 };
@@ -228,6 +229,23 @@ impl KeywardProxy {
         )?;
         ctx.target = Some(target);
         Ok(Admission::Upstream)
+    }
+
+    /// Counts a proxied request made with an API key for `…/usage`: forwarded, refused by the
+    /// route policy (403), or over its rate limit (429). A request whose key did not check
+    /// out has no principal and is not counted (anyone can write a key's prefix); admin calls
+    /// are answered by keyward itself and are not counted either.
+    fn count_key_use(&self, ctx: &RequestCtx, admission: &Result<Admission, Refusal>) {
+        let Some(principal) = ctx.principal.as_deref() else {
+            return;
+        };
+        let outcome = match admission {
+            Ok(Admission::Upstream) => KeyOutcome::Accepted,
+            Err(Refusal::Forbidden(_)) => KeyOutcome::Refused,
+            Err(Refusal::RateLimited(_)) => KeyOutcome::RateLimited,
+            Ok(Admission::Admin) | Err(_) => return,
+        };
+        self.auth.api_keys.count(principal, outcome);
     }
 
     /// `limits.body_timeout` (SPEC §15): a request with a body must have sent it whole within
@@ -594,7 +612,9 @@ impl ProxyHttp for KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        match self.admit(session, ctx).await {
+        let admission = self.admit(session, ctx).await;
+        self.count_key_use(ctx, &admission);
+        match admission {
             Ok(Admission::Upstream) => Ok(false),
             Ok(Admission::Admin) => {
                 // Boxed, as the signed-body path below: the future of every request holds the

@@ -434,6 +434,33 @@ pub struct KeyUsage {
     pub ip: String,
 }
 
+/// One hour of one API key's requests (`…/usage`): counted in memory on every replica and
+/// added to the stored hour in batches ([`Store::add_api_key_usage`]), never written on the
+/// request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UsageCount {
+    pub user_id: i64,
+    pub key_id: i64,
+    /// The start of the UTC hour, ms since the epoch (a multiple of [`HOUR_MS`]).
+    pub hour_ms: i64,
+    pub accepted: i64,
+    pub refused: i64,
+    pub rate_limited: i64,
+}
+
+/// One hour, in milliseconds.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The start of the UTC hour `at_ms` falls in.
+pub fn hour_start(at_ms: i64) -> i64 {
+    at_ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// The start of the UTC day `at_ms` falls in.
+pub fn day_start(at_ms: i64) -> i64 {
+    at_ms.div_euclid(DAY_MS) * DAY_MS
+}
+
 /// What a change-feed row says changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -544,6 +571,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Records last uses, in one transaction.
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
+    /// Adds request counts to their (key, hour) rows, creating the rows that do not exist, in
+    /// one transaction: batches from several replicas, or several flushes, sum.
+    async fn add_api_key_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError>;
+    /// One key's hour rows with `from_ms <= hour_ms < to_ms`, oldest first.
+    async fn api_key_usage(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageCount>, StoreError>;
+    /// Deletes at most `limit` usage rows of hours that started before `before_ms`; returns
+    /// how many.
+    async fn prune_api_key_usage(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// Enrolls a key under the user's next key id.
     async fn create_signature_key(
@@ -612,7 +653,7 @@ pub trait Store: Send + Sync + 'static {
     fn listen(&self, signal: Arc<FeedSignal>) -> bool;
 }
 
-pub use db::{connect, housekeep, Db, Pruned, EXPIRED_TOKEN_KEEP};
+pub use db::{connect, housekeep, Db, Pruned, Retention, EXPIRED_TOKEN_KEEP};
 pub use keyward_core::time::now_ms;
 
 /// The time arithmetic of create, renew and roll, over edge values and pseudo-random ones (a

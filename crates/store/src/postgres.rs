@@ -16,7 +16,7 @@ use super::rows::{
 use super::{
     now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
     NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
-    TokenScope, User,
+    TokenScope, UsageCount, User,
 };
 use async_trait::async_trait;
 use keyward_core::limit::Limit;
@@ -567,6 +567,72 @@ impl Store for PostgresStore {
 
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
         self.record_usage("api_keys", usage).await
+    }
+
+    async fn add_api_key_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        // One order for every writer: two replicas adding to the same rows lock them in the
+        // same order, so they queue instead of deadlocking.
+        let mut counts = counts.to_vec();
+        counts.sort_by_key(|c| (c.user_id, c.key_id, c.hour_ms));
+        let mut tx = self.pool.begin().await?;
+        for c in &counts {
+            sqlx::query(
+                "INSERT INTO api_key_usage \
+                 (user_id, key_id, hour_ms, accepted, refused, rate_limited) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (user_id, key_id, hour_ms) DO UPDATE SET \
+                 accepted = api_key_usage.accepted + excluded.accepted, \
+                 refused = api_key_usage.refused + excluded.refused, \
+                 rate_limited = api_key_usage.rate_limited + excluded.rate_limited",
+            )
+            .bind(c.user_id)
+            .bind(c.key_id)
+            .bind(c.hour_ms)
+            .bind(c.accepted)
+            .bind(c.refused)
+            .bind(c.rate_limited)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn api_key_usage(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, key_id, hour_ms, accepted, refused, rate_limited \
+             FROM api_key_usage WHERE user_id = $1 AND key_id = $2 \
+             AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
+        )
+        .bind(user_id)
+        .bind(key_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageCount {
+                    user_id: row.try_get("user_id")?,
+                    key_id: row.try_get("key_id")?,
+                    hour_ms: row.try_get("hour_ms")?,
+                    accepted: row.try_get("accepted")?,
+                    refused: row.try_get("refused")?,
+                    rate_limited: row.try_get("rate_limited")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_api_key_usage(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        self.delete_oldest("api_key_usage", "ctid", "hour_ms", before_ms, limit)
+            .await
     }
 
     async fn create_signature_key(
