@@ -5,6 +5,7 @@ use crate::audit::AuditLog;
 use crate::auth::api_key::{ApiKeyAuthenticator, KeyHasher};
 use crate::auth::basic::{BasicAuthenticator, ThrottleSettings};
 use crate::auth::password::PasswordHasher;
+use crate::auth::quota::QuotaCounter;
 use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
@@ -127,6 +128,7 @@ pub fn serve(
         KeyHasher::new(pepper.clone()),
         &key_cache,
     ));
+    let quotas = Arc::new(QuotaCounter::new(db.clone(), fleet.clone()));
     let signatures = Arc::new(
         SignatureAuthenticator::new(db.clone(), metrics.clone(), config.signatures.clone())
             .with_fleet(fleet),
@@ -136,6 +138,7 @@ pub fn serve(
         api_keys,
         signatures,
         tokens,
+        quotas,
         metrics.clone(),
     ));
     let audit = match &config.audit_path {

@@ -240,6 +240,7 @@ impl CachedKey {
                         key_id: key.key_id,
                     },
                     own: key.rate_limit,
+                    quota: key.quota,
                 },
                 identity: Default::default(),
             }),
@@ -436,6 +437,7 @@ mod tests {
             last_used_at_ms: 0,
             last_used_ip: None,
             rate_limit: None,
+            quota: None,
         }
     }
 

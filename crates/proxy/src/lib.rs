@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use ctx::RequestCtx;
 use forward::Forwarding;
 use ip_text::IpText;
+use keyward_auth::quota::QuotaRefusal;
 use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, Limited, RateLimiter};
 use keyward_auth::usage::KeyOutcome;
 use keyward_auth::{
@@ -227,12 +228,23 @@ impl KeywardProxy {
             session.req_header(),
             &target,
         )?;
+        // Last, just before forwarding: only a request that would be forwarded spends its
+        // key's quota.
+        if let Some(principal) = ctx.principal.as_deref() {
+            self.auth
+                .take_quota(principal)
+                .await
+                .map_err(|refusal| match refusal {
+                    QuotaRefusal::Exhausted(exhausted) => Refusal::QuotaExhausted(exhausted),
+                    QuotaRefusal::Unavailable => Refusal::Unavailable("quota_unavailable"),
+                })?;
+        }
         ctx.target = Some(target);
         Ok(Admission::Upstream)
     }
 
     /// Counts a proxied request made with an API key for `…/usage`: forwarded, refused by the
-    /// route policy (403), or over its rate limit (429). A request whose key did not check
+    /// route policy (403), or over its rate limit or quota (429). A request whose key did not check
     /// out has no principal and is not counted (anyone can write a key's prefix); admin calls
     /// are answered by keyward itself and are not counted either.
     fn count_key_use(&self, ctx: &RequestCtx, admission: &Result<Admission, Refusal>) {
@@ -242,7 +254,7 @@ impl KeywardProxy {
         let outcome = match admission {
             Ok(Admission::Upstream) => KeyOutcome::Accepted,
             Err(Refusal::Forbidden(_)) => KeyOutcome::Refused,
-            Err(Refusal::RateLimited(_)) => KeyOutcome::RateLimited,
+            Err(Refusal::RateLimited(_) | Refusal::QuotaExhausted(_)) => KeyOutcome::RateLimited,
             Ok(Admission::Admin) | Err(_) => return,
         };
         self.auth.api_keys.count(principal, outcome);

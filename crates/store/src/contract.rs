@@ -85,6 +85,7 @@ fn new_key(user: &User, description: &str) -> NewApiKey {
         customers: vec![],
         read_only: true,
         rate_limit: None,
+        quota: None,
     }
 }
 
@@ -181,14 +182,14 @@ async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Stor
         .unwrap();
     assert_eq!(third.key_id, 3, "a revoked key's id is not reused");
     let renewed = store
-        .renew_api_key(bob.id, 1, 1234, None, a())
+        .renew_api_key(bob.id, 1, 1234, None, None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(renewed.valid_until_ms, 1234);
     assert_eq!(renewed.rate_limit, None);
     assert!(store
-        .renew_api_key(bob.id, 2, 1, None, a())
+        .renew_api_key(bob.id, 2, 1, None, None, a())
         .await
         .unwrap()
         .is_none());
@@ -214,24 +215,96 @@ async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Stor
     assert_eq!(read.rate_limit, Some(own), "read back exactly");
     assert_eq!(read.rate_limit.unwrap().requests_per_second(), 2.5);
     let kept = store
-        .renew_api_key(bob.id, limited.key_id, 99, None, a())
+        .renew_api_key(bob.id, limited.key_id, 99, None, None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!((kept.valid_until_ms, kept.rate_limit), (99, Some(own)));
     let other = Limit::new(1000.0, 1).unwrap();
     let replaced = store
-        .renew_api_key(bob.id, limited.key_id, 99, Some(Some(other)), a())
+        .renew_api_key(bob.id, limited.key_id, 99, Some(Some(other)), None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(replaced.rate_limit, Some(other));
     let removed = store
-        .renew_api_key(bob.id, limited.key_id, 99, Some(None), a())
+        .renew_api_key(bob.id, limited.key_id, 99, Some(None), None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(removed.rate_limit, None);
+    // A quota likewise: stored at creation, kept by a renewal without one, replaced or removed
+    // by a renewal with one, and carried over (or replaced) by a roll.
+    let day = Quota::new(5, QuotaPeriod::Day).unwrap();
+    let month = Quota::new(1_000_000_000_000, QuotaPeriod::Month).unwrap();
+    let quoted = store
+        .create_api_key(
+            NewApiKey {
+                quota: Some(day),
+                ..new_key(&bob, "quoted")
+            },
+            a(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(quoted.quota, Some(day));
+    let read = store.api_key(bob.id, quoted.key_id).await.unwrap().unwrap();
+    assert_eq!(read.quota, Some(day), "read back exactly");
+    let renew = |quota| {
+        let store = store.clone();
+        async move {
+            store
+                .renew_api_key(bob.id, quoted.key_id, 0, None, quota, a())
+                .await
+                .unwrap()
+                .unwrap()
+                .quota
+        }
+    };
+    assert_eq!(renew(None).await, Some(day));
+    assert_eq!(renew(Some(Some(month))).await, Some(month));
+    assert_eq!(renew(Some(None)).await, None);
+    assert_eq!(renew(Some(Some(day))).await, Some(day));
+    let rolled = |quota| ApiKeyRoll {
+        secret_hash: vec![1; 32],
+        created_by_id: bob.id,
+        created_by_name: "bob".into(),
+        now_ms: now_ms(),
+        grace_ms: 60_000,
+        max_lifetime_ms: MAX_LIFETIME_MS,
+        keep_never_expires: true,
+        quota,
+    };
+    let (_, carried) = store
+        .roll_api_key(bob.id, quoted.key_id, rolled(None), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(carried.quota, Some(day), "a roll carries the quota over");
+    let (_, replaced) = store
+        .roll_api_key(bob.id, carried.key_id, rolled(Some(Some(month))), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.quota, Some(month));
+    let (_, cleared) = store
+        .roll_api_key(bob.id, replaced.key_id, rolled(Some(None)), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cleared.quota, None);
+    for key_id in [
+        quoted.key_id,
+        carried.key_id,
+        replaced.key_id,
+        cleared.key_id,
+    ] {
+        assert!(store
+            .revoke_api_key(bob.id, key_id, a())
+            .await
+            .unwrap()
+            .is_some());
+    }
     assert!(store
         .revoke_api_key(bob.id, limited.key_id, a())
         .await

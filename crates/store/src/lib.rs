@@ -18,6 +18,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 pub use health::StoreHealth;
 use keyward_core::limit::Limit;
+pub use keyward_core::quota::{Quota, QuotaPeriod};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -261,6 +262,8 @@ pub struct ApiKey {
     pub last_used_ip: Option<String>,
     /// The key's own rate limit; `None`: `rate_limits.per_credential`.
     pub rate_limit: Option<Limit>,
+    /// Requests per UTC day or month, counted fleet-wide; `None`: no quota.
+    pub quota: Option<Quota>,
 }
 
 impl ApiKey {
@@ -283,6 +286,7 @@ pub struct NewApiKey {
     pub customers: Vec<String>,
     pub read_only: bool,
     pub rate_limit: Option<Limit>,
+    pub quota: Option<Quota>,
 }
 
 /// One day, in milliseconds.
@@ -321,6 +325,8 @@ pub struct ApiKeyRoll {
     pub max_lifetime_ms: i64,
     /// Whether a key that never expires is replaced by one that never expires.
     pub keep_never_expires: bool,
+    /// The new key's quota: `None` the old key's, `Some(None)` none, `Some(Some(q))` `q`.
+    pub quota: Option<Option<Quota>>,
 }
 
 impl ApiKeyRoll {
@@ -351,6 +357,7 @@ impl ApiKeyRoll {
             customers: old.customers.clone(),
             read_only: old.read_only,
             rate_limit: old.rate_limit,
+            quota: self.quota.unwrap_or(old.quota),
         }
     }
 
@@ -552,14 +559,16 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError>;
     /// The user's active keys, oldest first.
     async fn list_api_keys(&self, user_id: i64) -> Result<Vec<ApiKey>, StoreError>;
-    /// Sets a new expiry on an active key, and its own rate limit when `rate_limit` is
-    /// `Some` (`Some(None)` removes it); `None` when there is no such key.
+    /// Sets a new expiry on an active key, its own rate limit when `rate_limit` is `Some`
+    /// (`Some(None)` removes it), and its quota when `quota` is `Some` (likewise); `None` when
+    /// there is no such key.
     async fn renew_api_key(
         &self,
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
         rate_limit: Option<Option<Limit>>,
+        quota: Option<Option<Quota>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Revokes an active key; `None` when there is no such key.
@@ -700,6 +709,7 @@ mod time_arithmetic {
             last_used_at_ms: 0,
             last_used_ip: None,
             rate_limit: None,
+            quota: None,
         }
     }
 
@@ -712,6 +722,7 @@ mod time_arithmetic {
             grace_ms: grace,
             max_lifetime_ms: cap,
             keep_never_expires: keep,
+            quota: None,
         }
     }
 

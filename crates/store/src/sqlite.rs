@@ -6,8 +6,8 @@ use super::rows::{
 };
 use super::{
     now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
-    NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
-    TokenScope, UsageCount, User,
+    NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey, Store, StoreError,
+    Token, TokenScope, UsageCount, User,
 };
 use async_trait::async_trait;
 use keyward_core::limit::Limit;
@@ -230,8 +230,8 @@ impl SqliteStore {
         sqlx::query(
             "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
              created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only, rate_limit_per_ks, rate_limit_burst) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             read_only, rate_limit_per_ks, rate_limit_burst, quota_requests, quota_period) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.user_id)
         .bind(key_id)
@@ -247,6 +247,8 @@ impl SqliteStore {
         .bind(key.read_only)
         .bind(key.rate_limit.map(|l| l.per_kilosecond()))
         .bind(key.rate_limit.map(|l| i64::from(l.burst())))
+        .bind(key.quota.map(|q| q.requests() as i64))
+        .bind(key.quota.map(|q| q.period().as_str()))
         .execute(&mut **tx)
         .await?;
         Self::active_api_key(&mut **tx, key.user_id, key_id)
@@ -508,13 +510,17 @@ impl Store for SqliteStore {
         key_id: i64,
         valid_until_ms: i64,
         rate_limit: Option<Option<Limit>>,
+        quota: Option<Option<Quota>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let new_limit = rate_limit.flatten();
+        let new_quota = quota.flatten();
         let update = sqlx::query(
             "UPDATE api_keys SET valid_until_ms = ?, \
              rate_limit_per_ks = CASE WHEN ? THEN ? ELSE rate_limit_per_ks END, \
-             rate_limit_burst = CASE WHEN ? THEN ? ELSE rate_limit_burst END \
+             rate_limit_burst = CASE WHEN ? THEN ? ELSE rate_limit_burst END, \
+             quota_requests = CASE WHEN ? THEN ? ELSE quota_requests END, \
+             quota_period = CASE WHEN ? THEN ? ELSE quota_period END \
              WHERE user_id = ? AND key_id = ? AND revoked = 0",
         )
         .bind(valid_until_ms)
@@ -522,6 +528,10 @@ impl Store for SqliteStore {
         .bind(new_limit.map(|l| l.per_kilosecond()))
         .bind(rate_limit.is_some())
         .bind(new_limit.map(|l| i64::from(l.burst())))
+        .bind(quota.is_some())
+        .bind(new_quota.map(|q| q.requests() as i64))
+        .bind(quota.is_some())
+        .bind(new_quota.map(|q| q.period().as_str()))
         .bind(user_id)
         .bind(key_id);
         self.change_api_key(user_id, key_id, update, false, audit)
