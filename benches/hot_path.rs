@@ -63,6 +63,7 @@ fn hot_path(c: &mut Criterion) {
                         customers: vec![],
                         read_only: false,
                         rate_limit: None,
+                        quota: None,
                     },
                     local_audit("apikey.create", "bench"),
                 )

@@ -67,6 +67,7 @@ fn key_for(db: &Db, hasher: &KeyHasher, user: &str, valid_until_ms: i64) -> (Str
                         customers: vec![],
                         read_only: false,
                         rate_limit: None,
+                        quota: None,
                     },
                     local_audit("apikey.create", &name),
                 )

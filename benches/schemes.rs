@@ -108,6 +108,7 @@ fn schemes(c: &mut Criterion) {
                         customers: vec![],
                         read_only: false,
                         rate_limit: None,
+                        quota: None,
                     },
                     local_audit("apikey.create", "bench"),
                 )

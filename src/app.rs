@@ -5,6 +5,7 @@ use crate::audit::AuditLog;
 use crate::auth::api_key::{ApiKeyAuthenticator, KeyHasher};
 use crate::auth::basic::{BasicAuthenticator, ThrottleSettings};
 use crate::auth::password::PasswordHasher;
+use crate::auth::quota::QuotaCounter;
 use crate::auth::signature::SignatureAuthenticator;
 use crate::auth::token::TokenAuthenticator;
 use crate::auth::Authenticator;
@@ -21,7 +22,7 @@ use crate::proxy::upload::UploadSpool;
 use crate::proxy::{KeywardProxy, Listener, ProxyParts};
 use crate::ratelimit::RateLimiter;
 use crate::reload::{HangupReloader, LiveConfig, PidFile};
-use crate::store::{Db, StoreError, StoreHealth};
+use crate::store::{Db, Retention, StoreError, StoreHealth};
 use crate::tls::{CertificateExpiry, TlsCertificates};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
@@ -140,6 +141,7 @@ pub fn serve(
         KeyHasher::new(pepper.clone()),
         &key_cache,
     ));
+    let quotas = Arc::new(QuotaCounter::new(db.clone(), fleet.clone()));
     let signatures = Arc::new(
         SignatureAuthenticator::new(db.clone(), metrics.clone(), config.signatures.clone())
             .with_fleet(fleet),
@@ -149,6 +151,7 @@ pub fn serve(
         api_keys,
         signatures,
         tokens,
+        quotas,
         metrics.clone(),
     ));
     let audit = match &config.audit_path {
@@ -297,7 +300,10 @@ pub fn serve(
         metrics.clone(),
         config.cache.invalidation_poll,
         feed_start,
-        config.audit_retention,
+        Retention {
+            audit: config.audit_retention,
+            usage: config.usage_retention,
+        },
     );
 
     server.add_service(proxy_service);

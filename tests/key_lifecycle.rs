@@ -251,6 +251,7 @@ fn keys_issued_before_checksums_still_authenticate() {
                     customers: Vec::new(),
                     read_only: false,
                     rate_limit: None,
+                    quota: None,
                 },
                 AuditEvent {
                     seq: 0,

@@ -151,6 +151,7 @@ fn rolling_a_key_with_a_saturated_lifetime_stays_in_range() {
                     customers: Vec::new(),
                     read_only: false,
                     rate_limit: None,
+                    quota: None,
                 },
                 AuditEvent {
                     seq: 0,

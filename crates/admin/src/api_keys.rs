@@ -4,9 +4,10 @@ use crate::call::{authorize_manage, parse_body, AdminApi, Call, OneOrMany, POWER
 use crate::envelope::{AdminError, Reply};
 use keyward_auth::api_key::{generate_secret, Prefix};
 use keyward_auth::ratelimit::{Limit, LimitError};
+use keyward_core::quota::MAX_QUOTA_REQUESTS;
 use keyward_store::{
-    expiry_after_days, now_ms, ApiKey, ApiKeyRoll, NewApiKey, User, DAY_MS, MAX_LIFETIME_DAYS,
-    MAX_LIFETIME_MS,
+    expiry_after_days, now_ms, ApiKey, ApiKeyRoll, NewApiKey, Quota, QuotaPeriod, User, DAY_MS,
+    MAX_LIFETIME_DAYS, MAX_LIFETIME_MS,
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
@@ -22,6 +23,39 @@ struct CreateBody {
     disable_expiration: Option<bool>,
     session_constraints: Option<SessionConstraints>,
     rate_limit: Option<RateLimitBody>,
+    quota: Option<QuotaBody>,
+}
+
+/// `quota`: requests per UTC day or month, counted fleet-wide.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaBody {
+    requests: u64,
+    period: String,
+}
+
+impl QuotaBody {
+    fn quota(self) -> Result<Quota, AdminError> {
+        let period = QuotaPeriod::parse(&self.period).ok_or_else(|| {
+            AdminError::field("quota.period", "must be day or month", "validation.invalid")
+        })?;
+        Quota::new(self.requests, period).ok_or_else(|| {
+            AdminError::field(
+                "quota.requests",
+                format!("must be an integer from 1 to {MAX_QUOTA_REQUESTS}"),
+                "validation.range",
+            )
+        })
+    }
+}
+
+/// `quota` of a renew or roll: absent (`None`), `null` (`Some(None)`) or a quota.
+fn quota_change(body: Option<Option<QuotaBody>>) -> Result<Option<Option<Quota>>, AdminError> {
+    match body {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(body)) => Ok(Some(Some(body.quota()?))),
+    }
 }
 
 /// `rateLimit`: the key's own quota, instead of `rate_limits.per_credential`.
@@ -70,6 +104,9 @@ struct RenewBody {
     /// Absent: the key keeps its rate limit; `null`: it takes `per_credential` again.
     #[serde(default, deserialize_with = "present")]
     rate_limit: Option<Option<RateLimitBody>>,
+    /// Absent: the key keeps its quota; `null`: it has none.
+    #[serde(default, deserialize_with = "present")]
+    quota: Option<Option<QuotaBody>>,
 }
 
 /// Customer ids arrive as numbers (`[1]`) or strings.
@@ -182,7 +219,49 @@ fn check_rate_limit_change(
     }
 }
 
-pub fn descriptor(key: &ApiKey) -> Value {
+/// Limits are set from above (SPEC §15), for quotas: a caller without POWER-USER may give a
+/// key a quota no looser than the one it has (see [`Quota::no_looser_than`]) and never
+/// remove it (403).
+fn check_quota_change(
+    call: &Call<'_>,
+    current: Option<Quota>,
+    change: Option<Option<Quota>>,
+) -> Result<(), AdminError> {
+    if call.caller.has_function(POWER_USER) {
+        return Ok(());
+    }
+    match (change, current) {
+        (None, _) | (Some(_), None) => Ok(()),
+        (Some(None), Some(_)) => Err(AdminError::Forbidden(format!(
+            "only {POWER_USER} may remove a key's quota"
+        ))),
+        (Some(Some(asked)), Some(current)) if !asked.no_looser_than(&current) => {
+            Err(AdminError::Forbidden(format!(
+                "only {POWER_USER} may raise a key's quota (now {} requests per {})",
+                current.requests(),
+                current.period().as_str()
+            )))
+        }
+        (Some(Some(_)), Some(_)) => Ok(()),
+    }
+}
+
+/// [`descriptor`] with the key's `quotaRemaining` asked of the quota counter.
+pub async fn describe(api: &AdminApi, key: &ApiKey) -> Value {
+    let remaining = match key.quota {
+        Some(quota) => {
+            api.auth
+                .quotas
+                .remaining(key.user_id, key.key_id, quota, now_ms())
+                .await
+        }
+        None => None,
+    };
+    descriptor(key, remaining)
+}
+
+/// A key's descriptor (SPEC §2, §12); `remaining`: what is left of its quota this period.
+pub fn descriptor(key: &ApiKey, remaining: Option<u64>) -> Value {
     json!({
         "prefix": key.prefix(),
         "description": key.description,
@@ -201,6 +280,11 @@ pub fn descriptor(key: &ApiKey) -> Value {
             "requestsPerSecond": l.requests_per_second(),
             "burst": l.burst(),
         })),
+        "quota": key.quota.map(|q| json!({
+            "requests": q.requests(),
+            "period": q.period().as_str(),
+        })),
+        "quotaRemaining": key.quota.and(remaining),
     })
 }
 
@@ -211,9 +295,11 @@ pub async fn list(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Repl
         .db
         .call(move |store| async move { store.list_api_keys(user_id).await })
         .await?;
-    Ok(Reply::ok(Value::Array(
-        keys.iter().map(descriptor).collect(),
-    )))
+    let mut descriptors = Vec::with_capacity(keys.len());
+    for key in &keys {
+        descriptors.push(describe(api, key).await);
+    }
+    Ok(Reply::ok(Value::Array(descriptors)))
 }
 
 pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Reply, AdminError> {
@@ -239,6 +325,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
     if rate_limit.is_some() {
         check_rate_limit_change(call, None, Some(rate_limit))?;
     }
+    let quota = body.quota.map(QuotaBody::quota).transpose()?;
     let valid_until_ms = valid_until(
         call,
         body.expiration_days,
@@ -298,6 +385,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
         customers,
         read_only,
         rate_limit,
+        quota,
     };
     let audit = call.audit(201, &target.name, "");
     let key = api
@@ -308,7 +396,7 @@ pub async fn create(api: &AdminApi, call: &Call<'_>, target: &User) -> Result<Re
     api.auth.api_keys.invalidate_user(target.id);
     Ok(Reply::created(json!({
         "apiKeyString": format!("{}/{}", key.prefix(), secret),
-        "keyDescriptor": descriptor(&key),
+        "keyDescriptor": describe(api, &key).await,
     })))
 }
 
@@ -322,7 +410,11 @@ fn parse_optional_body<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn target_prefix(target: &User, user_hex: &str, key_id: &str) -> Result<Prefix, AdminError> {
+pub(crate) fn target_prefix(
+    target: &User,
+    user_hex: &str,
+    key_id: &str,
+) -> Result<Prefix, AdminError> {
     Prefix::parse(user_hex, key_id)
         .filter(|p| p.user_id == target.id)
         .ok_or_else(|| {
@@ -350,13 +442,15 @@ pub async fn renew(
         Some(None) => Some(None),
         Some(Some(body)) => Some(Some(body.limit()?)),
     };
-    if rate_limit.is_some() && !call.caller.has_function(POWER_USER) {
+    let quota = quota_change(body.quota)?;
+    if (rate_limit.is_some() || quota.is_some()) && !call.caller.has_function(POWER_USER) {
         let current = api
             .db
             .call(move |store| async move { store.api_key(prefix.user_id, prefix.key_id).await })
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
         check_rate_limit_change(call, current.rate_limit, rate_limit)?;
+        check_quota_change(call, current.quota, quota)?;
     }
     let audit = call.audit(200, &target.name, &prefix.to_string());
     let renewed = api
@@ -368,6 +462,7 @@ pub async fn renew(
                     prefix.key_id,
                     valid_until_ms,
                     rate_limit,
+                    quota,
                     audit,
                 )
                 .await
@@ -375,7 +470,9 @@ pub async fn renew(
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
     api.auth.api_keys.invalidate_user(target.id);
-    Ok(Reply::ok(json!({ "renewedKey": descriptor(&renewed) })))
+    Ok(Reply::ok(
+        json!({ "renewedKey": describe(api, &renewed).await }),
+    ))
 }
 
 /// Longest grace period of a roll: one day.
@@ -385,6 +482,9 @@ const MAX_GRACE_SECONDS: i64 = 86_400;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RollBody {
     grace_period_seconds: Option<i64>,
+    /// Absent: the new key gets the old key's quota; `null`: none; or this one.
+    #[serde(default, deserialize_with = "present")]
+    quota: Option<Option<QuotaBody>>,
 }
 
 /// `…/roll`: a new key with the old key's settings, shown once; the old key keeps working for
@@ -411,6 +511,15 @@ pub async fn roll(
             "validation.range",
         ));
     }
+    let quota = quota_change(body.quota)?;
+    if quota.is_some() && !call.caller.has_function(POWER_USER) {
+        let current = api
+            .db
+            .call(move |store| async move { store.api_key(prefix.user_id, prefix.key_id).await })
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
+        check_quota_change(call, current.quota, quota)?;
+    }
     let secret = generate_secret();
     let roll = ApiKeyRoll {
         secret_hash: api.auth.api_keys.hasher().hash(&secret),
@@ -420,6 +529,7 @@ pub async fn roll(
         grace_ms: grace * 1000,
         max_lifetime_ms: max_lifetime_ms(call),
         keep_never_expires: call.caller.has_function(POWER_USER),
+        quota,
     };
     let audit = call.audit(201, &target.name, &prefix.to_string());
     let (old, new) = api
@@ -434,8 +544,8 @@ pub async fn roll(
     api.auth.api_keys.invalidate_user(target.id);
     Ok(Reply::created(json!({
         "apiKeyString": format!("{}/{}", new.prefix(), secret),
-        "keyDescriptor": descriptor(&new),
-        "rolledKey": descriptor(&old),
+        "keyDescriptor": describe(api, &new).await,
+        "rolledKey": describe(api, &old).await,
     })))
 }
 
@@ -460,7 +570,9 @@ pub async fn revoke(
         .ok_or_else(|| AdminError::NotFound(format!("no key {prefix}")))?;
     // Effective on this instance before the call returns.
     api.auth.api_keys.invalidate_user(target.id);
-    Ok(Reply::ok(json!({ "revokedKey": descriptor(&revoked) })))
+    Ok(Reply::ok(
+        json!({ "revokedKey": descriptor(&revoked, None) }),
+    ))
 }
 
 #[cfg(test)]
@@ -537,6 +649,65 @@ mod tests {
         let set: RenewBody =
             parse_body(br#"{"rateLimit":{"requestsPerSecond":1,"burst":2}}"#).unwrap();
         assert!(matches!(set.rate_limit, Some(Some(_))));
+    }
+
+    #[test]
+    fn quota_bodies() {
+        let create: CreateBody = parse_body(br#"{"quota":{"requests":5,"period":"day"}}"#).unwrap();
+        let quota = create.quota.unwrap().quota().unwrap();
+        assert_eq!((quota.requests(), quota.period()), (5, QuotaPeriod::Day));
+        for (body, field) in [
+            (
+                r#"{"quota":{"requests":0,"period":"day"}}"#,
+                "quota.requests",
+            ),
+            (
+                r#"{"quota":{"requests":1000000000001,"period":"month"}}"#,
+                "quota.requests",
+            ),
+            (
+                r#"{"quota":{"requests":5,"period":"week"}}"#,
+                "quota.period",
+            ),
+            (r#"{"quota":{"requests":5,"period":"Day"}}"#, "quota.period"),
+        ] {
+            let parsed: CreateBody = parse_body(body.as_bytes()).unwrap();
+            let error = parsed.quota.unwrap().quota().unwrap_err();
+            assert_eq!(error.status(), 412, "{body}");
+            assert!(
+                matches!(&error, AdminError::Field { field: f, .. } if f == field),
+                "{body}: {error:?}"
+            );
+        }
+        for (body, field) in [
+            (
+                r#"{"quota":{"requests":-1,"period":"day"}}"#,
+                "quota.requests",
+            ),
+            (
+                r#"{"quota":{"requests":1.5,"period":"day"}}"#,
+                "quota.requests",
+            ),
+            (r#"{"quota":{"period":"day"}}"#, "quota"),
+            (
+                r#"{"quota":{"requests":1,"period":"day","x":1}}"#,
+                "quota.x",
+            ),
+            (r#"{"quota":5}"#, "quota"),
+        ] {
+            let error = parse_body::<CreateBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status(), 412, "{body}");
+            assert!(
+                matches!(&error, AdminError::Field { field: f, .. } if f == field),
+                "{body}: {error:?}"
+            );
+        }
+        let renew: RenewBody = parse_body(br#"{"quota":null}"#).unwrap();
+        assert!(matches!(quota_change(renew.quota), Ok(Some(None))));
+        let renew: RenewBody = parse_body(br#"{"expirationDays":3}"#).unwrap();
+        assert!(matches!(quota_change(renew.quota), Ok(None)));
+        let roll: RollBody = parse_body(br#"{"quota":{"requests":9,"period":"month"}}"#).unwrap();
+        assert!(matches!(quota_change(roll.quota), Ok(Some(Some(q))) if q.requests() == 9));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod call;
 pub mod envelope;
 pub mod guard;
+pub mod key_usage;
 pub mod openapi;
 pub mod routes;
 pub mod signatures;
@@ -272,6 +273,7 @@ impl AdminApi {
             Endpoint::OwnApiKeys
             | Endpoint::OwnApiKey
             | Endpoint::OwnApiKeyRoll
+            | Endpoint::OwnApiKeyUsage
             | Endpoint::OwnSignatureSession => self.resolve_caller(&caller).await?,
             _ => self.resolve_user(&user).await?,
         };
@@ -302,6 +304,17 @@ impl AdminApi {
             }
             (Endpoint::UserApiKeyRoll | Endpoint::OwnApiKeyRoll, &Method::POST) => {
                 api_keys::roll(self, &call, &target_user, &user_hex, &key_id).await
+            }
+            (Endpoint::UserApiKeyUsage | Endpoint::OwnApiKeyUsage, &Method::GET) => {
+                key_usage::usage(
+                    self,
+                    &call,
+                    &target_user,
+                    &user_hex,
+                    &key_id,
+                    query.as_deref(),
+                )
+                .await
             }
             (Endpoint::UserSignatures, &Method::GET) => {
                 signatures::list(self, &call, &target_user).await

@@ -7,7 +7,7 @@ use keyward_http::ctx::RequestCtx;
 
 /// Every admin path, as the router matches it (`{name}` is one path segment). The OpenAPI
 /// document (docs/openapi.json) is tested against this table.
-pub(crate) const ROUTES: [(&str, Endpoint); 15] = [
+pub(crate) const ROUTES: [(&str, Endpoint); 17] = [
     (
         "/authentication/v1/user/{user}/apikey",
         Endpoint::UserApiKeys,
@@ -20,7 +20,15 @@ pub(crate) const ROUTES: [(&str, Endpoint); 15] = [
         "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}/roll",
         Endpoint::UserApiKeyRoll,
     ),
+    (
+        "/authentication/v1/user/{user}/apikey/{user_hex}/{key_id}/usage",
+        Endpoint::UserApiKeyUsage,
+    ),
     ("/authentication/v1/apikey", Endpoint::OwnApiKeys),
+    (
+        "/authentication/v1/apikey/{user_hex}/{key_id}/usage",
+        Endpoint::OwnApiKeyUsage,
+    ),
     (
         "/authentication/v1/apikey/{user_hex}/{key_id}/roll",
         Endpoint::OwnApiKeyRoll,
@@ -84,9 +92,11 @@ pub(crate) enum Endpoint {
     UserApiKeys,
     UserApiKey,
     UserApiKeyRoll,
+    UserApiKeyUsage,
     OwnApiKeys,
     OwnApiKey,
     OwnApiKeyRoll,
+    OwnApiKeyUsage,
     UserSignatures,
     UserSignature,
     UserSignatureSession,
@@ -138,6 +148,9 @@ pub(crate) fn operation(endpoint: Endpoint, method: &Method) -> Option<&'static 
         (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::PUT) => Some("apikey.renew"),
         (Endpoint::UserApiKey | Endpoint::OwnApiKey, &Method::DELETE) => Some("apikey.revoke"),
         (Endpoint::UserApiKeyRoll | Endpoint::OwnApiKeyRoll, &Method::POST) => Some("apikey.roll"),
+        (Endpoint::UserApiKeyUsage | Endpoint::OwnApiKeyUsage, &Method::GET) => {
+            Some("apikey.usage")
+        }
         (Endpoint::UserSignatures, &Method::GET) => Some("signature.list"),
         (Endpoint::UserSignatures, &Method::POST) => Some("signature.enroll"),
         (Endpoint::UserSignature, &Method::DELETE) => Some("signature.delete"),

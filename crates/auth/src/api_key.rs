@@ -5,7 +5,7 @@
 //! remembered in a negative cache for a short TTL so a flood of random keys costs the store at
 //! most one query per prefix. Last use is recorded in memory and written in batches.
 
-use super::usage::UsageRecorder;
+use super::usage::{KeyOutcome, UsageCounter, UsageRecorder};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
 use crate::cache::{CacheSettings, CredentialCache};
 use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
@@ -240,6 +240,7 @@ impl CachedKey {
                         key_id: key.key_id,
                     },
                     own: key.rate_limit,
+                    quota: key.quota,
                 },
                 identity: Default::default(),
             }),
@@ -277,6 +278,8 @@ pub struct ApiKeyAuthenticator {
     dummy_hash: Vec<u8>,
     keys: CredentialCache<Prefix, CachedKey>,
     usage: UsageRecorder,
+    /// Requests per key and hour (`…/usage`).
+    counts: UsageCounter,
 }
 
 impl ApiKeyAuthenticator {
@@ -292,6 +295,7 @@ impl ApiKeyAuthenticator {
             hasher,
             keys: CredentialCache::new(metrics, CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
             usage: UsageRecorder::default(),
+            counts: UsageCounter::default(),
         }
     }
 
@@ -343,18 +347,39 @@ impl ApiKeyAuthenticator {
             .await
     }
 
-    /// Writes the recorded last uses to the store in one transaction.
+    /// Counts what became of a request `principal` made, when it authenticated with an API
+    /// key (anything else is not counted here).
+    pub fn count(&self, principal: &Principal, outcome: KeyOutcome) {
+        if let LimitKey::ApiKey { user_id, key_id } = principal.rate_limit.key {
+            self.counts.count(user_id, key_id, outcome);
+        }
+    }
+
+    /// Writes the recorded last uses, then the request counts, to the store (one transaction
+    /// each). Counts the store did not take are kept for the next flush.
     pub async fn flush_usage(&self) {
         let batch = self.usage.drain();
-        if batch.is_empty() {
+        if !batch.is_empty() {
+            if let Err(e) = self
+                .db
+                .call(move |store| async move { store.record_api_key_usage(&batch).await })
+                .await
+            {
+                tracing::debug!(error = %e, "cannot record API key usage");
+            }
+        }
+        let counts = self.counts.drain();
+        if counts.is_empty() {
             return;
         }
+        let written = counts.clone();
         if let Err(e) = self
             .db
-            .call(move |store| async move { store.record_api_key_usage(&batch).await })
+            .call(move |store| async move { store.add_api_key_usage(&written).await })
             .await
         {
-            tracing::debug!(error = %e, "cannot record API key usage");
+            tracing::debug!(error = %e, "cannot record API key request counts; kept for the next flush");
+            self.counts.restore(counts);
         }
     }
 
@@ -412,6 +437,7 @@ mod tests {
             last_used_at_ms: 0,
             last_used_ip: None,
             rate_limit: None,
+            quota: None,
         }
     }
 

@@ -66,6 +66,7 @@ pub fn principal_for(user: &User) -> Principal {
         rate_limit: CredentialLimit {
             key: LimitKey::Basic(user.id),
             own: None,
+            quota: None,
         },
         identity: Default::default(),
     }

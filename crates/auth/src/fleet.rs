@@ -63,6 +63,8 @@ pub enum ClaimKind {
     TotpFailures,
     /// The failed password logins of a (user name, client address) pair.
     PasswordFailures,
+    /// An API key's requests in one quota period (see `quota`).
+    Quota,
 }
 
 impl ClaimKind {
@@ -71,6 +73,7 @@ impl ClaimKind {
             ClaimKind::Signature => "keyward:replay:",
             ClaimKind::TotpCode => "keyward:totp:",
             ClaimKind::TotpFailures | ClaimKind::PasswordFailures => "keyward:throttle:",
+            ClaimKind::Quota => "keyward:quota:",
         }
     }
 
@@ -81,6 +84,7 @@ impl ClaimKind {
             ClaimKind::TotpCode => "totp",
             ClaimKind::TotpFailures => "totp_throttle",
             ClaimKind::PasswordFailures => "password_throttle",
+            ClaimKind::Quota => "quota",
         }
     }
 
@@ -310,6 +314,30 @@ impl FleetClaims {
                     .query_async(&mut connection)
                     .await?;
                 Ok(())
+            })
+            .await;
+        self.answer(kind, answer)
+    }
+
+    /// Runs `script` with the key of `claim` as `KEYS[1]` and `args` as `ARGV`, for a script
+    /// that answers one integer (a generic helper for counters kept elsewhere).
+    pub async fn eval_integer(
+        &self,
+        kind: ClaimKind,
+        claim: &[u8],
+        script: &redis::Script,
+        args: &[i64],
+    ) -> Result<Answer<i64>, FleetUnavailable> {
+        let key = self.key(kind, claim);
+        let script = script.clone();
+        let args = args.to_vec();
+        let answer = self
+            .call(move |mut connection| async move {
+                let mut invocation = script.key(key);
+                for arg in &args {
+                    invocation.arg(*arg);
+                }
+                invocation.invoke_async(&mut connection).await
             })
             .await;
         self.answer(kind, answer)

@@ -12,7 +12,7 @@
 use crate::Authenticator;
 use async_trait::async_trait;
 use keyward_metrics::Metrics;
-use keyward_store::{housekeep, now_ms, ChangeKind, Db, FeedSignal, Pruned};
+use keyward_store::{housekeep, now_ms, ChangeKind, Db, FeedSignal, Pruned, Retention};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -36,8 +36,9 @@ pub struct ChangeFollower {
     signal: Arc<FeedSignal>,
     /// `keyward_change_feed_applied_seq`: `last_seq`, for the CLI to wait on.
     applied: prometheus::IntGauge,
-    /// `audit.retention`: audit records older than this are deleted (kept forever when unset).
-    audit_retention: Option<Duration>,
+    /// `audit.retention` (audit records older than it are deleted; kept forever when unset)
+    /// and `usage.retention` (API key usage hours older than it are deleted).
+    retention: Retention,
 }
 
 impl ChangeFollower {
@@ -49,7 +50,7 @@ impl ChangeFollower {
         metrics: Arc<Metrics>,
         interval: Duration,
         start_seq: i64,
-        audit_retention: Option<Duration>,
+        retention: Retention,
     ) -> ChangeFollower {
         let signal = Arc::new(FeedSignal {
             wake: tokio::sync::Notify::new(),
@@ -65,7 +66,7 @@ impl ChangeFollower {
             last_seq: AtomicI64::new(start_seq),
             last_read: Mutex::new(Instant::now()),
             signal,
-            audit_retention,
+            retention,
         }
     }
 
@@ -134,7 +135,7 @@ impl ChangeFollower {
         {
             tracing::debug!(error = %e, "cannot prune the change feed");
         }
-        let retention = self.audit_retention;
+        let retention = self.retention;
         match self
             .db
             .call(move |store| async move { housekeep(store.as_ref(), now, retention).await })
@@ -143,7 +144,8 @@ impl ChangeFollower {
             Ok(pruned) if pruned != Pruned::default() => tracing::info!(
                 expired_tokens = pruned.tokens,
                 audit_records = pruned.audit,
-                "store housekeeping deleted expired tokens and audit records past their retention"
+                usage_hours = pruned.usage,
+                "store housekeeping deleted expired tokens, and audit records and API key usage past their retention"
             ),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "cannot run the store housekeeping"),

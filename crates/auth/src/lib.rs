@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod fleet;
 pub mod invalidation;
 pub mod password;
+pub mod quota;
 pub mod ratelimit;
 pub mod replay;
 pub mod signature;
@@ -117,6 +118,8 @@ pub struct Authenticator {
     pub api_keys: Arc<api_key::ApiKeyAuthenticator>,
     pub signatures: Arc<signature::SignatureAuthenticator>,
     pub tokens: Arc<token::TokenAuthenticator>,
+    /// API keys' quotas per day or month.
+    pub quotas: Arc<quota::QuotaCounter>,
     metrics: Arc<Metrics>,
 }
 
@@ -137,6 +140,7 @@ impl Authenticator {
         api_keys: Arc<api_key::ApiKeyAuthenticator>,
         signatures: Arc<signature::SignatureAuthenticator>,
         tokens: Arc<token::TokenAuthenticator>,
+        quotas: Arc<quota::QuotaCounter>,
         metrics: Arc<Metrics>,
     ) -> Authenticator {
         Authenticator {
@@ -144,7 +148,31 @@ impl Authenticator {
             api_keys,
             signatures,
             tokens,
+            quotas,
             metrics,
+        }
+    }
+
+    /// Counts a request of `principal` against its API key's quota, if it has one (checked
+    /// last, just before the request is forwarded). A refusal is counted in the metrics.
+    pub async fn take_quota(&self, principal: &Principal) -> Result<(), quota::QuotaRefusal> {
+        let (Some(quota), ratelimit::LimitKey::ApiKey { user_id, key_id }) =
+            (principal.rate_limit.quota, principal.rate_limit.key)
+        else {
+            return Ok(());
+        };
+        match self
+            .quotas
+            .take(user_id, key_id, quota, keyward_core::now_ms())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(refusal) => {
+                if let quota::QuotaRefusal::Exhausted(_) = refusal {
+                    self.metrics.rate_limited(ratelimit::LimitKind::Quota);
+                }
+                Err(refusal)
+            }
         }
     }
 

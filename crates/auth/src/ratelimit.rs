@@ -445,6 +445,7 @@ mod tests {
         let credential = CredentialLimit {
             key: KEY,
             own: None,
+            quota: None,
         };
         budget
             .settle(Some(AuthOutcome::Authenticated(credential)))
@@ -632,6 +633,7 @@ mod tests {
         let credential = CredentialLimit {
             key: KEY,
             own: None,
+            quota: None,
         };
         for _ in 0..10 {
             limiter
@@ -642,6 +644,7 @@ mod tests {
         let own = CredentialLimit {
             key: KEY,
             own: Some(limit(1.0, 1)),
+            quota: None,
         };
         limiter
             .after_authentication(&settings, ip, AuthOutcome::Authenticated(own), now)

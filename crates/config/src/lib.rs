@@ -26,6 +26,8 @@ use std::time::Duration;
 
 /// Shortest accepted `audit.retention`: records are evidence, not a cache.
 const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(86_400);
+/// Shortest accepted `usage.retention`: the counts are kept by the hour.
+const MIN_USAGE_RETENTION: Duration = Duration::from_secs(3600);
 /// Largest accepted `signatures.max_body` (1 GiB).
 pub const MAX_SIGNED_BODY: u64 = 1 << 30;
 
@@ -96,6 +98,8 @@ pub struct Config {
     /// `redis` (or its old aliases `replay.redis_*`): the fleet's shared Redis; `None`:
     /// each replica keeps its own replay window and counters.
     pub redis: Option<FleetSettings>,
+    /// `usage.retention`: how long the store keeps API key usage counts (default 90 days).
+    pub usage_retention: Duration,
     pub rate_limits: RateLimitSettings,
     /// What the file says that works but should change (an old key that has a new name):
     /// logged at start and on every reload, printed by `check-config`.
@@ -330,6 +334,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         signatures,
         audit,
         redis,
+        usage,
         replay,
         rate_limits,
     } = file;
@@ -537,6 +542,9 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             "must be at least 1 day (leave it out to keep every record)".into(),
         );
     }
+    if usage.retention.0 < MIN_USAGE_RETENTION {
+        problem("usage.retention".into(), "must be at least 1 hour".into());
+    }
     if cache.invalidation_poll.0.is_zero() {
         problem(
             "cache.invalidation_poll".into(),
@@ -664,6 +672,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
             negative_capacity: cache.negative_capacity,
         },
         audit_retention: audit.retention.map(|retention| retention.0),
+        usage_retention: usage.retention.0,
         audit_path: audit.path,
         redis,
         rate_limits,
@@ -1241,6 +1250,22 @@ routes:
         assert!(start.elapsed() < Duration::from_secs(2), "never blocks");
         assert_eq!(found[0].key, "listen.tls.cert", "{found:?}");
         assert!(found[0].message.contains("not a regular file"), "{found:?}");
+    }
+
+    #[test]
+    fn usage_retention_is_ninety_days_by_default_and_at_least_an_hour() {
+        assert_eq!(
+            Config::from_yaml(MINIMAL).unwrap().usage_retention,
+            Duration::from_secs(90 * 86_400)
+        );
+        let config = Config::from_yaml(&format!("{MINIMAL}usage: {{ retention: 7d }}\n")).unwrap();
+        assert_eq!(config.usage_retention, Duration::from_secs(7 * 86_400));
+        for short in ["59m", "0s"] {
+            let found = issues(&format!("{MINIMAL}usage: {{ retention: {short} }}\n"));
+            assert_eq!(found[0].key, "usage.retention", "{short}: {found:?}");
+        }
+        let found = issues(&format!("{MINIMAL}usage: {{ keep: 7d }}\n"));
+        assert!(found[0].key.starts_with("usage"), "{found:?}");
     }
 
     #[test]

@@ -188,6 +188,7 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(server => "server");
     keep!(audit_path => "audit.path");
     keep!(audit_retention => "audit.retention");
+    keep!(usage_retention => "usage.retention");
     keep!(redis => "redis");
     // The signature key cache's TTLs and capacity are copies of `cache.*`, reported there.
     let mut signatures = next.signatures.clone();

@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub signatures: SignaturesFile,
     #[serde(default)]
     pub audit: AuditFile,
+    #[serde(default)]
+    pub usage: UsageFile,
     /// The fleet's shared Redis. Absent: every replica keeps its own replay window and counters.
     #[serde(default)]
     pub redis: Option<RedisFile>,
@@ -149,6 +151,23 @@ pub struct AuditFile {
     /// Audit records older than this are deleted from the store; unset: kept forever.
     #[serde(default)]
     pub retention: Option<Seconds>,
+}
+
+/// `usage`: the per-key request counts of `…/apikey/{userIdHex}/{keyId}/usage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFile {
+    /// Hours of counts older than this are deleted from the store.
+    #[serde(default = "defaults::usage_retention")]
+    pub retention: Seconds,
+}
+
+impl Default for UsageFile {
+    fn default() -> Self {
+        UsageFile {
+            retention: defaults::usage_retention(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -558,6 +577,10 @@ impl<'de> Deserialize<'de> for Seconds {
 mod defaults {
     use super::Seconds;
     use std::time::Duration;
+
+    pub fn usage_retention() -> Seconds {
+        Seconds(Duration::from_secs(90 * 86_400))
+    }
 
     pub fn rate_limits_max_tracked() -> u64 {
         keyward_core::limit::DEFAULT_MAX_TRACKED

@@ -131,6 +131,8 @@ pub fn nat64_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
 pub struct CredentialLimit {
     pub key: LimitKey,
     pub own: Option<Limit>,
+    /// The credential's quota per day or month (an API key's `quota`), counted fleet-wide.
+    pub quota: Option<crate::quota::Quota>,
 }
 
 /// The configured quotas (`rate_limits`); `None` turns that limit off.
@@ -147,6 +149,8 @@ pub struct RateLimitSettings {
 pub enum LimitKind {
     Credential,
     Client,
+    /// An API key's `quota` per day or month is used up.
+    Quota,
 }
 
 impl LimitKind {
@@ -154,6 +158,7 @@ impl LimitKind {
         match self {
             LimitKind::Credential => "credential",
             LimitKind::Client => "client",
+            LimitKind::Quota => "quota",
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::target::TargetError;
 use bytes::Bytes;
 use keyward_config::policy::Decision;
 use keyward_core::limit::Limited;
+use keyward_core::quota::Exhausted;
 use keyward_core::AuthError;
 use keyward_metrics::Outcome;
 use pingora::http::ResponseHeader;
@@ -45,6 +46,9 @@ pub enum Refusal {
     },
     /// 429 with `Retry-After`, `RateLimit-Policy` and `RateLimit`: over a rate limit.
     RateLimited(Limited),
+    /// 429 `quota_exhausted` with `Retry-After` up to the period's end, `RateLimit-Policy`
+    /// and `RateLimit`: an API key's quota is used up for this day or month.
+    QuotaExhausted(Exhausted),
     /// 503 with `Retry-After`: keyward cannot decide right now (the store is down and nothing
     /// is cached, or the shared replay window cannot be reached).
     Unavailable(&'static str),
@@ -60,9 +64,10 @@ impl Refusal {
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
             Refusal::RequestTimeout | Refusal::BodyTimeout | Refusal::RequestBodyTimeout => 408,
-            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
-                429
-            }
+            Refusal::TooManyRequests(_)
+            | Refusal::RetryLater { .. }
+            | Refusal::RateLimited(_)
+            | Refusal::QuotaExhausted(_) => 429,
             Refusal::PayloadTooLarge => 413,
             Refusal::HeaderTooLarge => 431,
             Refusal::BadGateway(_) => 502,
@@ -82,6 +87,7 @@ impl Refusal {
             | Refusal::RetryLater { reason: r, .. } => r,
             Refusal::NotFound => "not_found",
             Refusal::RateLimited(_) => "rate_limited",
+            Refusal::QuotaExhausted(_) => "quota_exhausted",
             Refusal::RequestTimeout => "header_timeout",
             Refusal::BodyTimeout => "signed_body_timeout",
             Refusal::RequestBodyTimeout => "body_timeout",
@@ -102,9 +108,10 @@ impl Refusal {
             }
             Refusal::PayloadTooLarge => "payload_too_large",
             Refusal::HeaderTooLarge => "request_header_fields_too_large",
-            Refusal::TooManyRequests(_) | Refusal::RetryLater { .. } | Refusal::RateLimited(_) => {
-                "too_many_requests"
-            }
+            Refusal::TooManyRequests(_)
+            | Refusal::RetryLater { .. }
+            | Refusal::RateLimited(_)
+            | Refusal::QuotaExhausted(_) => "too_many_requests",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -124,7 +131,8 @@ impl Refusal {
             | Refusal::RequestBodyTimeout
             | Refusal::PayloadTooLarge
             | Refusal::HeaderTooLarge
-            | Refusal::RateLimited(_) => Outcome::Denied,
+            | Refusal::RateLimited(_)
+            | Refusal::QuotaExhausted(_) => Outcome::Denied,
             Refusal::BadGateway(_) | Refusal::Unavailable(_) | Refusal::GatewayTimeout => {
                 Outcome::Error
             }
@@ -168,6 +176,10 @@ impl Refusal {
         if let Refusal::RateLimited(limited) = self {
             rate_limit_headers(&mut header, &limited)?;
         }
+        if let Refusal::QuotaExhausted(exhausted) = self {
+            header.insert_header("ratelimit-policy", exhausted.policy_header())?;
+            header.insert_header("ratelimit", exhausted.limit_header())?;
+        }
         send(session, header, body).await
     }
 }
@@ -185,6 +197,7 @@ impl Refusal {
             } => Some(*retry_after_secs),
             Refusal::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             Refusal::RateLimited(limited) => Some(limited.retry_after_secs()),
+            Refusal::QuotaExhausted(exhausted) => Some(exhausted.retry_after_secs()),
             _ => None,
         }
     }

@@ -120,7 +120,13 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Credential methods, as the `method` label of the auth metrics.
 const AUTH_METHODS: [&str; 4] = ["apikey", "signature", "token", "basic"];
 /// The `claim` label of `keyward_replay_local_fallback_total` (see `keyward_auth::fleet::ClaimKind`).
-const FLEET_CLAIMS: [&str; 4] = ["signature", "totp", "totp_throttle", "password_throttle"];
+const FLEET_CLAIMS: [&str; 5] = [
+    "signature",
+    "totp",
+    "totp_throttle",
+    "password_throttle",
+    "quota",
+];
 /// The caches reported by `keyward_cache_*`.
 const CACHES: [&str; 9] = [
     cache_name::TOKEN,
@@ -582,7 +588,7 @@ impl Metrics {
         for claim in FLEET_CLAIMS {
             self.replay_local_fallbacks.with_label_values(&[claim]);
         }
-        for kind in [LimitKind::Credential, LimitKind::Client] {
+        for kind in [LimitKind::Credential, LimitKind::Client, LimitKind::Quota] {
             self.rate_limited.with_label_values(&[kind.as_str()]);
         }
         for cache in CACHES {

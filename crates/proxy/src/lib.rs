@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use ctx::RequestCtx;
 use forward::Forwarding;
 use ip_text::IpText;
+use keyward_auth::quota::QuotaRefusal;
 use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, Limited, RateLimiter};
+use keyward_auth::usage::KeyOutcome;
 use keyward_auth::{
     client_ip, signature, token, Authenticated, Authenticator, Credential, Principal,
 };
@@ -226,8 +228,36 @@ impl KeywardProxy {
             session.req_header(),
             &target,
         )?;
+        // Last, just before forwarding: only a request that would be forwarded spends its
+        // key's quota.
+        if let Some(principal) = ctx.principal.as_deref() {
+            self.auth
+                .take_quota(principal)
+                .await
+                .map_err(|refusal| match refusal {
+                    QuotaRefusal::Exhausted(exhausted) => Refusal::QuotaExhausted(exhausted),
+                    QuotaRefusal::Unavailable => Refusal::Unavailable("quota_unavailable"),
+                })?;
+        }
         ctx.target = Some(target);
         Ok(Admission::Upstream)
+    }
+
+    /// Counts a proxied request made with an API key for `…/usage`: forwarded, refused by the
+    /// route policy (403), or over its rate limit or quota (429). A request whose key did not check
+    /// out has no principal and is not counted (anyone can write a key's prefix); admin calls
+    /// are answered by keyward itself and are not counted either.
+    fn count_key_use(&self, ctx: &RequestCtx, admission: &Result<Admission, Refusal>) {
+        let Some(principal) = ctx.principal.as_deref() else {
+            return;
+        };
+        let outcome = match admission {
+            Ok(Admission::Upstream) => KeyOutcome::Accepted,
+            Err(Refusal::Forbidden(_)) => KeyOutcome::Refused,
+            Err(Refusal::RateLimited(_) | Refusal::QuotaExhausted(_)) => KeyOutcome::RateLimited,
+            Ok(Admission::Admin) | Err(_) => return,
+        };
+        self.auth.api_keys.count(principal, outcome);
     }
 
     /// `limits.body_timeout` (SPEC §15): a request with a body must have sent it whole within
@@ -594,7 +624,9 @@ impl ProxyHttp for KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        match self.admit(session, ctx).await {
+        let admission = self.admit(session, ctx).await;
+        self.count_key_use(ctx, &admission);
+        match admission {
             Ok(Admission::Upstream) => Ok(false),
             Ok(Admission::Admin) => {
                 // Boxed, as the signed-body path below: the future of every request holds the

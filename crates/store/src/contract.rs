@@ -85,6 +85,7 @@ fn new_key(user: &User, description: &str) -> NewApiKey {
         customers: vec![],
         read_only: true,
         rate_limit: None,
+        quota: None,
     }
 }
 
@@ -181,14 +182,14 @@ async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Stor
         .unwrap();
     assert_eq!(third.key_id, 3, "a revoked key's id is not reused");
     let renewed = store
-        .renew_api_key(bob.id, 1, 1234, None, a())
+        .renew_api_key(bob.id, 1, 1234, None, None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(renewed.valid_until_ms, 1234);
     assert_eq!(renewed.rate_limit, None);
     assert!(store
-        .renew_api_key(bob.id, 2, 1, None, a())
+        .renew_api_key(bob.id, 2, 1, None, None, a())
         .await
         .unwrap()
         .is_none());
@@ -214,24 +215,96 @@ async fn api_keys_get_increasing_ids_and_revocation_is_final(store: Arc<dyn Stor
     assert_eq!(read.rate_limit, Some(own), "read back exactly");
     assert_eq!(read.rate_limit.unwrap().requests_per_second(), 2.5);
     let kept = store
-        .renew_api_key(bob.id, limited.key_id, 99, None, a())
+        .renew_api_key(bob.id, limited.key_id, 99, None, None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!((kept.valid_until_ms, kept.rate_limit), (99, Some(own)));
     let other = Limit::new(1000.0, 1).unwrap();
     let replaced = store
-        .renew_api_key(bob.id, limited.key_id, 99, Some(Some(other)), a())
+        .renew_api_key(bob.id, limited.key_id, 99, Some(Some(other)), None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(replaced.rate_limit, Some(other));
     let removed = store
-        .renew_api_key(bob.id, limited.key_id, 99, Some(None), a())
+        .renew_api_key(bob.id, limited.key_id, 99, Some(None), None, a())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(removed.rate_limit, None);
+    // A quota likewise: stored at creation, kept by a renewal without one, replaced or removed
+    // by a renewal with one, and carried over (or replaced) by a roll.
+    let day = Quota::new(5, QuotaPeriod::Day).unwrap();
+    let month = Quota::new(1_000_000_000_000, QuotaPeriod::Month).unwrap();
+    let quoted = store
+        .create_api_key(
+            NewApiKey {
+                quota: Some(day),
+                ..new_key(&bob, "quoted")
+            },
+            a(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(quoted.quota, Some(day));
+    let read = store.api_key(bob.id, quoted.key_id).await.unwrap().unwrap();
+    assert_eq!(read.quota, Some(day), "read back exactly");
+    let renew = |quota| {
+        let store = store.clone();
+        async move {
+            store
+                .renew_api_key(bob.id, quoted.key_id, 0, None, quota, a())
+                .await
+                .unwrap()
+                .unwrap()
+                .quota
+        }
+    };
+    assert_eq!(renew(None).await, Some(day));
+    assert_eq!(renew(Some(Some(month))).await, Some(month));
+    assert_eq!(renew(Some(None)).await, None);
+    assert_eq!(renew(Some(Some(day))).await, Some(day));
+    let rolled = |quota| ApiKeyRoll {
+        secret_hash: vec![1; 32],
+        created_by_id: bob.id,
+        created_by_name: "bob".into(),
+        now_ms: now_ms(),
+        grace_ms: 60_000,
+        max_lifetime_ms: MAX_LIFETIME_MS,
+        keep_never_expires: true,
+        quota,
+    };
+    let (_, carried) = store
+        .roll_api_key(bob.id, quoted.key_id, rolled(None), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(carried.quota, Some(day), "a roll carries the quota over");
+    let (_, replaced) = store
+        .roll_api_key(bob.id, carried.key_id, rolled(Some(Some(month))), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.quota, Some(month));
+    let (_, cleared) = store
+        .roll_api_key(bob.id, replaced.key_id, rolled(Some(None)), a())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cleared.quota, None);
+    for key_id in [
+        quoted.key_id,
+        carried.key_id,
+        replaced.key_id,
+        cleared.key_id,
+    ] {
+        assert!(store
+            .revoke_api_key(bob.id, key_id, a())
+            .await
+            .unwrap()
+            .is_some());
+    }
     assert!(store
         .revoke_api_key(bob.id, limited.key_id, a())
         .await
@@ -425,10 +498,12 @@ async fn housekeeping_deletes_long_expired_tokens_and_old_audit_records(store: A
     // One batch is at most `limit` rows.
     assert_eq!(store.prune_expired_tokens(now - day, 1).await.unwrap(), 1);
     assert_eq!(
-        housekeep(store.as_ref(), now, None).await.unwrap(),
+        housekeep(store.as_ref(), now, keep_usage(None))
+            .await
+            .unwrap(),
         Pruned {
             tokens: 1,
-            audit: 0
+            ..Pruned::default()
         }
     );
     for gone in &long_expired {
@@ -459,17 +534,138 @@ async fn housekeeping_deletes_long_expired_tokens_and_old_audit_records(store: A
     let later = now_ms();
     let retention = std::time::Duration::from_millis((later - cut) as u64);
     assert_eq!(
-        housekeep(store.as_ref(), later, Some(retention))
+        housekeep(store.as_ref(), later, keep_usage(Some(retention)))
             .await
             .unwrap(),
         Pruned {
-            tokens: 0,
-            audit: 4
+            audit: 4,
+            ..Pruned::default()
         }
     );
     let left = store.audit_tail(100).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].operation, "apikey.list");
+}
+
+/// A housekeeping retention that keeps every usage row these tests write.
+fn keep_usage(audit: Option<std::time::Duration>) -> Retention {
+    Retention {
+        audit,
+        usage: std::time::Duration::from_secs(3650 * 86_400),
+    }
+}
+
+/// Usage counts are added to their (key, hour) rows: a second batch for the same hour adds to
+/// it, other hours and keys get rows of their own, concurrent batches (replicas flushing
+/// together) lose nothing, a range reads the hours in it oldest first, and housekeeping deletes
+/// hours older than the usage retention.
+async fn usage_counts_add_up_per_key_and_hour(store: Arc<dyn Store>) {
+    let hour = HOUR_MS;
+    let base = hour_start(now_ms()) - 10 * hour;
+    let count = |key_id, hour_ms, accepted, refused, rate_limited| UsageCount {
+        user_id: 7,
+        key_id,
+        hour_ms,
+        accepted,
+        refused,
+        rate_limited,
+    };
+    store
+        .add_api_key_usage(&[count(1, base, 3, 1, 0), count(1, base + hour, 1, 0, 0)])
+        .await
+        .unwrap();
+    store
+        .add_api_key_usage(&[count(1, base, 2, 0, 5), count(2, base, 9, 9, 9)])
+        .await
+        .unwrap();
+    store.add_api_key_usage(&[]).await.unwrap();
+    assert_eq!(
+        store
+            .api_key_usage(7, 1, base, base + 2 * hour)
+            .await
+            .unwrap(),
+        vec![count(1, base, 5, 1, 5), count(1, base + hour, 1, 0, 0)]
+    );
+    // The range is [from, to): the end excludes its own hour.
+    assert_eq!(
+        store
+            .api_key_usage(7, 1, base + hour, base + 2 * hour)
+            .await
+            .unwrap(),
+        vec![count(1, base + hour, 1, 0, 0)]
+    );
+    assert_eq!(
+        store.api_key_usage(7, 1, base, base + hour).await.unwrap(),
+        vec![count(1, base, 5, 1, 5)]
+    );
+    assert!(store
+        .api_key_usage(7, 3, base, base + hour)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .api_key_usage(8, 1, base, base + hour)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Sixteen writers adding to the same two rows at once, in opposite orders: every count
+    // arrives (no lost update, no deadlock).
+    let writers: Vec<_> = (0..16)
+        .map(|n| {
+            let store = store.clone();
+            let mut batch = vec![count(3, base, 1, 2, 3), count(3, base + hour, 1, 0, 0)];
+            if n % 2 == 1 {
+                batch.reverse();
+            }
+            tokio::spawn(async move { store.add_api_key_usage(&batch).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store
+            .api_key_usage(7, 3, base, base + 2 * hour)
+            .await
+            .unwrap(),
+        vec![count(3, base, 16, 32, 48), count(3, base + hour, 16, 0, 0)]
+    );
+
+    // Housekeeping at 10.5 hours after the first hour began: it ended 9.5 hours before, so a
+    // retention of 9.5 hours keeps it and one of 8.5 hours deletes it; the next hour stays.
+    let now = base + 10 * hour + hour / 2;
+    let retention = |hours_x2: u64| Retention {
+        audit: None,
+        usage: std::time::Duration::from_secs(hours_x2 * 1800),
+    };
+    assert_eq!(
+        housekeep(store.as_ref(), now, retention(19))
+            .await
+            .unwrap()
+            .usage,
+        0
+    );
+    assert_eq!(
+        store.prune_api_key_usage(base + 1, 1).await.unwrap(),
+        1,
+        "a batch is at most `limit` rows"
+    );
+    assert_eq!(
+        housekeep(store.as_ref(), now, retention(17))
+            .await
+            .unwrap()
+            .usage,
+        2,
+        "the other two rows of the first hour"
+    );
+    for key_id in [1, 2, 3] {
+        let left = store
+            .api_key_usage(7, key_id, base - hour, base + 2 * hour)
+            .await
+            .unwrap();
+        assert!(left.iter().all(|c| c.hour_ms == base + hour), "{left:?}");
+    }
 }
 
 /// Mints racing for the last slots under `limits.tokens_per_user` never pass it: the count
@@ -681,6 +877,7 @@ macro_rules! contract_tests {
 
 contract_tests!(sqlite:
     users_round_trip_and_feed_changes,
+    usage_counts_add_up_per_key_and_hour,
     api_keys_get_increasing_ids_and_revocation_is_final,
     signature_keys_enroll_and_delete,
     tokens_are_found_listed_counted_and_deleted,
@@ -694,6 +891,7 @@ contract_tests!(sqlite:
 
 contract_tests!(postgres:
     users_round_trip_and_feed_changes,
+    usage_counts_add_up_per_key_and_hour,
     api_keys_get_increasing_ids_and_revocation_is_final,
     signature_keys_enroll_and_delete,
     tokens_are_found_listed_counted_and_deleted,

@@ -133,27 +133,47 @@ const PRUNE_BATCH: i64 = 1000;
 pub struct Pruned {
     pub tokens: u64,
     pub audit: u64,
+    /// API key usage rows (hours) older than `usage.retention`.
+    pub usage: u64,
 }
 
-/// Deletes the tokens that expired more than [`EXPIRED_TOKEN_KEEP`] before `now_ms` and, with
-/// an `audit_retention`, the audit records older than it; in batches of [`PRUNE_BATCH`], so
-/// other writers get the store between them.
+/// How long housekeeping keeps what it prunes by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `audit.retention`; `None`: audit records are kept forever.
+    pub audit: Option<std::time::Duration>,
+    /// `usage.retention`: API key usage hours that ended longer ago than this are deleted.
+    pub usage: std::time::Duration,
+}
+
+/// Deletes the tokens that expired more than [`EXPIRED_TOKEN_KEEP`] before `now_ms`, with an
+/// audit retention the audit records older than it, and the API key usage hours that ended
+/// more than the usage retention ago; in batches of [`PRUNE_BATCH`], so other writers get the
+/// store between them.
 pub async fn housekeep(
     store: &dyn Store,
     now_ms: i64,
-    audit_retention: Option<std::time::Duration>,
+    retention: Retention,
 ) -> Result<Pruned, StoreError> {
     let tokens_before = now_ms.saturating_sub(EXPIRED_TOKEN_KEEP.as_millis() as i64);
     let mut pruned = Pruned {
         tokens: in_batches(|| store.prune_expired_tokens(tokens_before, PRUNE_BATCH)).await?,
-        audit: 0,
+        ..Pruned::default()
     };
-    if let Some(retention) = audit_retention {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let audit_before = now_ms.saturating_sub(retention_ms);
+    if let Some(audit) = retention.audit {
+        let audit_before = now_ms.saturating_sub(millis(audit));
         pruned.audit = in_batches(|| store.prune_audit(audit_before, PRUNE_BATCH)).await?;
     }
+    // An hour row goes once its whole hour is older than the retention.
+    let usage_before = now_ms
+        .saturating_sub(millis(retention.usage))
+        .saturating_sub(crate::HOUR_MS);
+    pruned.usage = in_batches(|| store.prune_api_key_usage(usage_before, PRUNE_BATCH)).await?;
     Ok(pruned)
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Runs one batched delete until a batch comes back short; returns how many rows went.

@@ -18,6 +18,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 pub use health::StoreHealth;
 use keyward_core::limit::Limit;
+pub use keyward_core::quota::{Quota, QuotaPeriod};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -344,6 +345,8 @@ pub struct ApiKey {
     pub last_used_ip: Option<String>,
     /// The key's own rate limit; `None`: `rate_limits.per_credential`.
     pub rate_limit: Option<Limit>,
+    /// Requests per UTC day or month, counted fleet-wide; `None`: no quota.
+    pub quota: Option<Quota>,
 }
 
 impl ApiKey {
@@ -366,6 +369,7 @@ pub struct NewApiKey {
     pub customers: Vec<String>,
     pub read_only: bool,
     pub rate_limit: Option<Limit>,
+    pub quota: Option<Quota>,
 }
 
 /// One day, in milliseconds.
@@ -404,6 +408,8 @@ pub struct ApiKeyRoll {
     pub max_lifetime_ms: i64,
     /// Whether a key that never expires is replaced by one that never expires.
     pub keep_never_expires: bool,
+    /// The new key's quota: `None` the old key's, `Some(None)` none, `Some(Some(q))` `q`.
+    pub quota: Option<Option<Quota>>,
 }
 
 impl ApiKeyRoll {
@@ -434,6 +440,7 @@ impl ApiKeyRoll {
             customers: old.customers.clone(),
             read_only: old.read_only,
             rate_limit: old.rate_limit,
+            quota: self.quota.unwrap_or(old.quota),
         }
     }
 
@@ -515,6 +522,33 @@ pub struct KeyUsage {
     pub key_id: i64,
     pub at_ms: i64,
     pub ip: String,
+}
+
+/// One hour of one API key's requests (`…/usage`): counted in memory on every replica and
+/// added to the stored hour in batches ([`Store::add_api_key_usage`]), never written on the
+/// request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UsageCount {
+    pub user_id: i64,
+    pub key_id: i64,
+    /// The start of the UTC hour, ms since the epoch (a multiple of [`HOUR_MS`]).
+    pub hour_ms: i64,
+    pub accepted: i64,
+    pub refused: i64,
+    pub rate_limited: i64,
+}
+
+/// One hour, in milliseconds.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The start of the UTC hour `at_ms` falls in.
+pub fn hour_start(at_ms: i64) -> i64 {
+    at_ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// The start of the UTC day `at_ms` falls in.
+pub fn day_start(at_ms: i64) -> i64 {
+    at_ms.div_euclid(DAY_MS) * DAY_MS
 }
 
 /// What a change-feed row says changed.
@@ -608,14 +642,16 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key(&self, user_id: i64, key_id: i64) -> Result<Option<ApiKey>, StoreError>;
     /// The user's active keys, oldest first.
     async fn list_api_keys(&self, user_id: i64) -> Result<Vec<ApiKey>, StoreError>;
-    /// Sets a new expiry on an active key, and its own rate limit when `rate_limit` is
-    /// `Some` (`Some(None)` removes it); `None` when there is no such key.
+    /// Sets a new expiry on an active key, its own rate limit when `rate_limit` is `Some`
+    /// (`Some(None)` removes it), and its quota when `quota` is `Some` (likewise); `None` when
+    /// there is no such key.
     async fn renew_api_key(
         &self,
         user_id: i64,
         key_id: i64,
         valid_until_ms: i64,
         rate_limit: Option<Option<Limit>>,
+        quota: Option<Option<Quota>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Revokes an active key; `None` when there is no such key.
@@ -627,6 +663,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ApiKey>, StoreError>;
     /// Records last uses, in one transaction.
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
+    /// Adds request counts to their (key, hour) rows, creating the rows that do not exist, in
+    /// one transaction: batches from several replicas, or several flushes, sum.
+    async fn add_api_key_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError>;
+    /// One key's hour rows with `from_ms <= hour_ms < to_ms`, oldest first.
+    async fn api_key_usage(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageCount>, StoreError>;
+    /// Deletes at most `limit` usage rows of hours that started before `before_ms`; returns
+    /// how many.
+    async fn prune_api_key_usage(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// Enrolls a key under the user's next key id.
     async fn create_signature_key(
@@ -695,7 +745,7 @@ pub trait Store: Send + Sync + 'static {
     fn listen(&self, signal: Arc<FeedSignal>) -> bool;
 }
 
-pub use db::{check_connection, connect, housekeep, Db, Pruned, EXPIRED_TOKEN_KEEP};
+pub use db::{check_connection, connect, housekeep, Db, Pruned, Retention, EXPIRED_TOKEN_KEEP};
 pub use keyward_core::time::now_ms;
 
 /// The time arithmetic of create, renew and roll, over edge values and pseudo-random ones (a
@@ -742,6 +792,7 @@ mod time_arithmetic {
             last_used_at_ms: 0,
             last_used_ip: None,
             rate_limit: None,
+            quota: None,
         }
     }
 
@@ -754,6 +805,7 @@ mod time_arithmetic {
             grace_ms: grace,
             max_lifetime_ms: cap,
             keep_never_expires: keep,
+            quota: None,
         }
     }
 

@@ -15,8 +15,8 @@ use super::rows::{
 };
 use super::{
     now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
-    NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
-    TokenScope, User,
+    NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey, Store, StoreError,
+    Token, TokenScope, UsageCount, User,
 };
 use async_trait::async_trait;
 use keyward_core::limit::Limit;
@@ -44,6 +44,9 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
         false => options,
     })
 }
+
+/// A renewal's new expiry, rate limit change and quota change (see `Store::renew_api_key`).
+type Renewal = (i64, Option<Option<Limit>>, Option<Option<Quota>>);
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -202,8 +205,8 @@ impl PostgresStore {
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
              created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only, rate_limit_per_ks, rate_limit_burst) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             read_only, rate_limit_per_ks, rate_limit_burst, quota_requests, quota_period) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              RETURNING {API_KEY_COLUMNS}"
         ))
         .bind(key.user_id)
@@ -220,6 +223,8 @@ impl PostgresStore {
         .bind(key.read_only)
         .bind(key.rate_limit.map(|l| l.per_kilosecond()))
         .bind(key.rate_limit.map(|l| i64::from(l.burst())))
+        .bind(key.quota.map(|q| q.requests() as i64))
+        .bind(key.quota.map(|q| q.period().as_str()))
         .fetch_one(&mut **tx)
         .await?;
         api_key_from_row(&row)
@@ -230,18 +235,22 @@ impl PostgresStore {
         user_id: i64,
         key_id: i64,
         update: &'static str,
-        renewal: Option<(i64, Option<Option<Limit>>)>,
+        renewal: Option<Renewal>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut query = sqlx::query(update).bind(user_id).bind(key_id);
-        if let Some((valid_until_ms, rate_limit)) = renewal {
+        if let Some((valid_until_ms, rate_limit, quota)) = renewal {
             let new_limit = rate_limit.flatten();
+            let new_quota = quota.flatten();
             query = query
                 .bind(valid_until_ms)
                 .bind(rate_limit.is_some())
                 .bind(new_limit.map(|l| l.per_kilosecond()))
-                .bind(new_limit.map(|l| i64::from(l.burst())));
+                .bind(new_limit.map(|l| i64::from(l.burst())))
+                .bind(quota.is_some())
+                .bind(new_quota.map(|q| q.requests() as i64))
+                .bind(new_quota.map(|q| q.period().as_str()));
         }
         if query.execute(&mut *tx).await?.rows_affected() == 0 {
             return Ok(None);
@@ -564,13 +573,16 @@ impl Store for PostgresStore {
         key_id: i64,
         valid_until_ms: i64,
         rate_limit: Option<Option<Limit>>,
+        quota: Option<Option<Quota>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let sql = "UPDATE api_keys SET valid_until_ms = $3, \
                    rate_limit_per_ks = CASE WHEN $4 THEN $5 ELSE rate_limit_per_ks END, \
-                   rate_limit_burst = CASE WHEN $4 THEN $6 ELSE rate_limit_burst END \
+                   rate_limit_burst = CASE WHEN $4 THEN $6 ELSE rate_limit_burst END, \
+                   quota_requests = CASE WHEN $7 THEN $8 ELSE quota_requests END, \
+                   quota_period = CASE WHEN $7 THEN $9 ELSE quota_period END \
                    WHERE user_id = $1 AND key_id = $2 AND NOT revoked";
-        let renewal = Some((valid_until_ms, rate_limit));
+        let renewal = Some((valid_until_ms, rate_limit, quota));
         self.change_api_key(user_id, key_id, sql, renewal, audit)
             .await
     }
@@ -588,6 +600,72 @@ impl Store for PostgresStore {
 
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
         self.record_usage("api_keys", usage).await
+    }
+
+    async fn add_api_key_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        // One order for every writer: two replicas adding to the same rows lock them in the
+        // same order, so they queue instead of deadlocking.
+        let mut counts = counts.to_vec();
+        counts.sort_by_key(|c| (c.user_id, c.key_id, c.hour_ms));
+        let mut tx = self.pool.begin().await?;
+        for c in &counts {
+            sqlx::query(
+                "INSERT INTO api_key_usage \
+                 (user_id, key_id, hour_ms, accepted, refused, rate_limited) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (user_id, key_id, hour_ms) DO UPDATE SET \
+                 accepted = api_key_usage.accepted + excluded.accepted, \
+                 refused = api_key_usage.refused + excluded.refused, \
+                 rate_limited = api_key_usage.rate_limited + excluded.rate_limited",
+            )
+            .bind(c.user_id)
+            .bind(c.key_id)
+            .bind(c.hour_ms)
+            .bind(c.accepted)
+            .bind(c.refused)
+            .bind(c.rate_limited)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn api_key_usage(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, key_id, hour_ms, accepted, refused, rate_limited \
+             FROM api_key_usage WHERE user_id = $1 AND key_id = $2 \
+             AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
+        )
+        .bind(user_id)
+        .bind(key_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageCount {
+                    user_id: row.try_get("user_id")?,
+                    key_id: row.try_get("key_id")?,
+                    hour_ms: row.try_get("hour_ms")?,
+                    accepted: row.try_get("accepted")?,
+                    refused: row.try_get("refused")?,
+                    rate_limited: row.try_get("rate_limited")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_api_key_usage(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        self.delete_oldest("api_key_usage", "ctid", "hour_ms", before_ms, limit)
+            .await
     }
 
     async fn create_signature_key(

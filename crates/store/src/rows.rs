@@ -4,7 +4,8 @@
 
 pub(super) const API_KEY_COLUMNS: &str = "user_id, key_id, secret_hash, description, \
     created_at_ms, created_by_id, created_by_name, valid_until_ms, valid_sources, functions, \
-    customers, read_only, last_used_at_ms, last_used_ip, rate_limit_per_ks, rate_limit_burst";
+    customers, read_only, last_used_at_ms, last_used_ip, rate_limit_per_ks, rate_limit_burst, \
+    quota_requests, quota_period";
 
 pub(super) const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, \
     password_hash, totp_secret, locked, created_at_ms";
@@ -44,6 +45,20 @@ macro_rules! row_decoders {
                 ),
                 _ => None,
             };
+            let quota_requests: Option<i64> = row.try_get("quota_requests")?;
+            let quota_period: Option<String> = row.try_get("quota_period")?;
+            let quota = match (quota_requests, quota_period) {
+                (Some(requests), Some(period)) => Some(
+                    keyward_core::quota::Quota::from_stored(requests, &period).ok_or_else(
+                        || {
+                            StoreError::Corrupt(format!(
+                                "api_keys.quota: {requests} per {period:?}"
+                            ))
+                        },
+                    )?,
+                ),
+                _ => None,
+            };
             Ok(ApiKey {
                 user_id: row.try_get("user_id")?,
                 key_id: row.try_get("key_id")?,
@@ -60,6 +75,7 @@ macro_rules! row_decoders {
                 last_used_at_ms: row.try_get("last_used_at_ms")?,
                 last_used_ip: row.try_get("last_used_ip")?,
                 rate_limit,
+                quota,
             })
         }
 

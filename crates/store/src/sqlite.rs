@@ -6,8 +6,8 @@ use super::rows::{
 };
 use super::{
     now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
-    NewSignatureKey, NewToken, NewUser, PoolSettings, SignatureKey, Store, StoreError, Token,
-    TokenScope, User,
+    NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey, Store, StoreError,
+    Token, TokenScope, UsageCount, User,
 };
 use async_trait::async_trait;
 use keyward_core::limit::Limit;
@@ -230,8 +230,8 @@ impl SqliteStore {
         sqlx::query(
             "INSERT INTO api_keys (user_id, key_id, secret_hash, description, created_at_ms, \
              created_by_id, created_by_name, valid_until_ms, valid_sources, functions, customers, \
-             read_only, rate_limit_per_ks, rate_limit_burst) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             read_only, rate_limit_per_ks, rate_limit_burst, quota_requests, quota_period) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.user_id)
         .bind(key_id)
@@ -247,6 +247,8 @@ impl SqliteStore {
         .bind(key.read_only)
         .bind(key.rate_limit.map(|l| l.per_kilosecond()))
         .bind(key.rate_limit.map(|l| i64::from(l.burst())))
+        .bind(key.quota.map(|q| q.requests() as i64))
+        .bind(key.quota.map(|q| q.period().as_str()))
         .execute(&mut **tx)
         .await?;
         Self::active_api_key(&mut **tx, key.user_id, key_id)
@@ -508,13 +510,17 @@ impl Store for SqliteStore {
         key_id: i64,
         valid_until_ms: i64,
         rate_limit: Option<Option<Limit>>,
+        quota: Option<Option<Quota>>,
         audit: AuditEvent,
     ) -> Result<Option<ApiKey>, StoreError> {
         let new_limit = rate_limit.flatten();
+        let new_quota = quota.flatten();
         let update = sqlx::query(
             "UPDATE api_keys SET valid_until_ms = ?, \
              rate_limit_per_ks = CASE WHEN ? THEN ? ELSE rate_limit_per_ks END, \
-             rate_limit_burst = CASE WHEN ? THEN ? ELSE rate_limit_burst END \
+             rate_limit_burst = CASE WHEN ? THEN ? ELSE rate_limit_burst END, \
+             quota_requests = CASE WHEN ? THEN ? ELSE quota_requests END, \
+             quota_period = CASE WHEN ? THEN ? ELSE quota_period END \
              WHERE user_id = ? AND key_id = ? AND revoked = 0",
         )
         .bind(valid_until_ms)
@@ -522,6 +528,10 @@ impl Store for SqliteStore {
         .bind(new_limit.map(|l| l.per_kilosecond()))
         .bind(rate_limit.is_some())
         .bind(new_limit.map(|l| i64::from(l.burst())))
+        .bind(quota.is_some())
+        .bind(new_quota.map(|q| q.requests() as i64))
+        .bind(quota.is_some())
+        .bind(new_quota.map(|q| q.period().as_str()))
         .bind(user_id)
         .bind(key_id);
         self.change_api_key(user_id, key_id, update, false, audit)
@@ -545,6 +555,72 @@ impl Store for SqliteStore {
 
     async fn record_api_key_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
         self.record_usage("api_keys", usage).await
+    }
+
+    async fn add_api_key_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        // One order for every writer: two replicas adding to the same rows lock them in the
+        // same order, so they queue instead of deadlocking.
+        let mut counts = counts.to_vec();
+        counts.sort_by_key(|c| (c.user_id, c.key_id, c.hour_ms));
+        let mut tx = self.write_transaction().await?;
+        for c in &counts {
+            sqlx::query(
+                "INSERT INTO api_key_usage \
+                 (user_id, key_id, hour_ms, accepted, refused, rate_limited) \
+                 VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (user_id, key_id, hour_ms) DO UPDATE SET \
+                 accepted = api_key_usage.accepted + excluded.accepted, \
+                 refused = api_key_usage.refused + excluded.refused, \
+                 rate_limited = api_key_usage.rate_limited + excluded.rate_limited",
+            )
+            .bind(c.user_id)
+            .bind(c.key_id)
+            .bind(c.hour_ms)
+            .bind(c.accepted)
+            .bind(c.refused)
+            .bind(c.rate_limited)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn api_key_usage(
+        &self,
+        user_id: i64,
+        key_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, key_id, hour_ms, accepted, refused, rate_limited \
+             FROM api_key_usage WHERE user_id = ? AND key_id = ? \
+             AND hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms",
+        )
+        .bind(user_id)
+        .bind(key_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageCount {
+                    user_id: row.try_get("user_id")?,
+                    key_id: row.try_get("key_id")?,
+                    hour_ms: row.try_get("hour_ms")?,
+                    accepted: row.try_get("accepted")?,
+                    refused: row.try_get("refused")?,
+                    rate_limited: row.try_get("rate_limited")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_api_key_usage(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        self.delete_oldest("api_key_usage", "rowid", "hour_ms", before_ms, limit)
+            .await
     }
 
     async fn create_signature_key(

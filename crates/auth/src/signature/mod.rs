@@ -110,6 +110,7 @@ impl CachedSigKey {
                         key_id: key.key_id,
                     },
                     own: None,
+                    quota: None,
                 },
                 identity: Default::default(),
             }),
