@@ -13,6 +13,7 @@ use crate::cache::LiveDuration;
 use crate::config::{BootstrapAdmin, Config};
 use crate::connection::ConnectionLimits;
 use crate::fleet::FleetClaims;
+use crate::fleet_limit::{FleetLimiter, Limits};
 use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
@@ -127,6 +128,14 @@ pub fn serve(
         KeyHasher::new(pepper.clone()),
         &key_cache,
     ));
+    // Rate-limit counters, shared by the proxy and the admin API and kept across reloads: the
+    // replica's own, and the fleet's leases when the fleet shares a Redis.
+    let limits = Arc::new(Limits::new(
+        Arc::new(RateLimiter::new(config.rate_limits.max_tracked)),
+        fleet.clone().map(|claims| {
+            FleetLimiter::new(claims, metrics.clone(), config.rate_limits.max_tracked)
+        }),
+    ));
     let signatures = Arc::new(
         SignatureAuthenticator::new(db.clone(), metrics.clone(), config.signatures.clone())
             .with_fleet(fleet),
@@ -143,14 +152,12 @@ pub fn serve(
             .with_context(|| format!("audit.path: cannot open {}", path.display()))?,
         None => AuditLog::tracing_only(),
     };
-    // Rate-limit counters, shared by the proxy and the admin API and kept across reloads.
-    let limiter = Arc::new(RateLimiter::new(config.rate_limits.max_tracked));
     let admin = Arc::new(AdminApi::new(
         db.clone(),
         auth.clone(),
         metrics.clone(),
         audit,
-        limiter.clone(),
+        limits.clone(),
     ));
 
     let server_conf = ServerConf {
@@ -187,7 +194,7 @@ pub fn serve(
             auth: auth.clone(),
             admin: admin.clone(),
             upstreams: upstreams.clone(),
-            limiter: limiter.clone(),
+            limits: limits.clone(),
             uploads: uploads.clone(),
         };
         KeywardProxy::new(live.clone(), listener, parts)

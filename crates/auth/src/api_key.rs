@@ -240,6 +240,7 @@ impl CachedKey {
                         key_id: key.key_id,
                     },
                     own: key.rate_limit,
+                    user_id: key.user_id,
                 },
                 identity: Default::default(),
             }),

@@ -66,6 +66,7 @@ pub fn principal_for(user: &User) -> Principal {
         rate_limit: CredentialLimit {
             key: LimitKey::Basic(user.id),
             own: None,
+            user_id: user.id,
         },
         identity: Default::default(),
     }

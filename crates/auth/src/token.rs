@@ -274,6 +274,7 @@ fn cached(token: &Token, user: &keyward_store::User) -> CachedToken {
             rate_limit: CredentialLimit {
                 key: LimitKey::Token(limit_key(&token.name)),
                 own: None,
+                user_id: user.id,
             },
             identity: Default::default(),
         }),

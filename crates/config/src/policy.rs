@@ -180,6 +180,7 @@ mod tests {
             rate_limit: keyward_core::limit::CredentialLimit {
                 key: keyward_core::limit::LimitKey::Basic(1),
                 own: None,
+                user_id: 1,
             },
             identity: Default::default(),
         }

@@ -110,6 +110,7 @@ impl CachedSigKey {
                         key_id: key.key_id,
                     },
                     own: None,
+                    user_id: user.id,
                 },
                 identity: Default::default(),
             }),
