@@ -52,15 +52,29 @@ def wait_port(p, timeout=30.0):
 
 
 def redis_commands(p):
+    """Calls per command (`INFO commandstats`), INFO itself left out."""
     out = subprocess.run(
         ["redis-cli", "-p", str(p), "INFO", "commandstats"],
         capture_output=True, text=True, check=True,
     ).stdout
-    total = 0
+    calls = {}
     for line in out.splitlines():
         if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
-            total += int(line.split("calls=", 1)[1].split(",", 1)[0])
-    return total
+            name, rest = line[len("cmdstat_"):].split(":", 1)
+            calls[name] = int(rest.split("calls=", 1)[1].split(",", 1)[0])
+    return calls
+
+
+def difference(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def metric(ops, name):
+    status, body = request(f"http://127.0.0.1:{ops}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def cpu_seconds(pid):
@@ -120,6 +134,7 @@ routes:
         request(url, {"Argus-API-Key": key})
         time.sleep(QUOTA_BURST / QUOTA_RPS)  # the bucket is whole again
         commands, cpu = redis_commands(redis_port), cpu_seconds(kw.pid)
+        leases = metric(ops, "keyward_rate_limit_redis_calls_total")
         statuses = {}
         start = time.monotonic()
         for i in range(REQUESTS):
@@ -129,14 +144,17 @@ routes:
             status, _ = request(url, {"Argus-API-Key": key})
             statuses[status] = statuses.get(status, 0) + 1
         took = time.monotonic() - start
-        commands = redis_commands(redis_port) - commands
+        commands = difference(redis_commands(redis_port), commands)
         cpu = cpu_seconds(kw.pid) - cpu
+        leases = metric(ops, "keyward_rate_limit_redis_calls_total") - leases
         return {
             "scope": scope,
             "requests": REQUESTS,
             "statuses": statuses,
             "seconds": round(took, 2),
-            "redis_commands_per_1000": round(commands * 1000 / REQUESTS, 1),
+            "redis_commands_per_1000": round(sum(commands.values()) * 1000 / REQUESTS, 1),
+            "redis_commands": commands,
+            "lease_calls": leases,
             "cpu_us_per_request": round(cpu * 1e6 / REQUESTS, 1),
         }
     finally:

@@ -350,9 +350,13 @@ fn redis_away_with_local_lets_each_replicas_own_bucket_decide() {
     );
     fleet[0].add_user("john", "john-password", &[]);
     let key = fleet[0].create_api_key("john", json!({ "description": "local" }));
-    redis.stop();
-    // Each replica's own bucket: a whole burst on each (the fleet's would be one burst).
-    for kw in &fleet {
+    // Hung for the first replica, stopped for the second: each replica's own bucket, a whole
+    // burst on each (the fleet's would be one burst for both).
+    redis.signal(nix::sys::signal::Signal::SIGSTOP);
+    for (i, kw) in fleet.iter().enumerate() {
+        if i == 1 {
+            redis.stop();
+        }
         let tally = run(60, |_| with_key(kw, &key));
         tally.assert_within(2.0, 20, 1);
         assert!(tally.accepted >= 20, "{tally:?}");

@@ -18,10 +18,11 @@
 //! `burst + W × rate + replicas × slice` ≤ `burst + W × rate` plus 10 % of the burst per
 //! replica: SPEC §12's bound for `W` = 10 s (and any other `W`).
 //!
-//! **The cost.** One script call (one `EVALSHA`) per slice: `1000 / slice` calls per 1 000
-//! requests of a key under its quota (50 for a burst of 200, 5 for a burst of 2 000; every
-//! request for a burst under 20, where a tenth of the burst is one request). A key over its
-//! quota costs one call per replica each time its bucket earns a token back.
+//! **The cost.** One round trip (one `EVALSHA`, which runs `TIME`, `GET` and `SET` inside
+//! Redis) per slice: `1000 / slice` calls per 1 000 requests of a key under its quota (50 for
+//! a burst of 200, 5 for a burst of 2 000; every request for a burst under 20, where a tenth
+//! of the burst is one request). A key over its quota costs one call per replica each time
+//! its bucket earns a token back.
 //!
 //! A slice does not expire: the tokens it holds were taken from the bucket when it was leased,
 //! and the bucket earns them back at its rate whether or not the replica uses them, so an idle

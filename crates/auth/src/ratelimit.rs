@@ -1,5 +1,6 @@
-//! Request rate limits: per credential, and per client address for requests that do not
-//! authenticate.
+//! Request rate limits: per credential, per user (`per_user`), and per client address for
+//! requests that do not authenticate — this replica's own counters. `scope: fleet` counts
+//! them for the whole fleet instead (`crate::fleet_limit`), and falls back to these.
 //!
 //! The algorithm is governor's GCRA (a token bucket without a refill timer): a key may send
 //! `burst` requests at once, then one every `1 / requests_per_second`. What governor keeps per
