@@ -239,6 +239,16 @@ fn one_keys_quota_holds_for_the_whole_fleet() {
     let tally = run(100, |_| with_key(&fleet[1], &other));
     tally.assert_within(2.0, 50, 1);
     assert!(tally.accepted >= 50, "{tally:?}");
+
+    // The case: a key's own quota of 2/s with a burst of 10, 90 requests round-robin
+    // (33 accepted per replica counts; 11 allowed). A slice is one request here.
+    let small = fleet[0].create_api_key(
+        "john",
+        json!({ "description": "small", "rateLimit": { "requestsPerSecond": 2, "burst": 10 } }),
+    );
+    let tally = run(90, |i| with_key(&fleet[i % 3], &small));
+    tally.assert_within(2.0, 10, 3);
+    assert!(tally.accepted >= 10, "{tally:?}");
 }
 
 #[test]
