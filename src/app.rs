@@ -14,6 +14,7 @@ use crate::cache::LiveDuration;
 use crate::config::{BootstrapAdmin, Config};
 use crate::connection::ConnectionLimits;
 use crate::fleet::FleetClaims;
+use crate::fleet_limit::{FleetLimiter, Limits};
 use crate::invalidation::{ChangeFollower, UsageFlusher};
 use crate::logging::LogFilterHandle;
 use crate::metrics::Metrics;
@@ -142,6 +143,14 @@ pub fn serve(
         &key_cache,
     ));
     let quotas = Arc::new(QuotaCounter::new(db.clone(), fleet.clone()));
+    // Rate-limit counters, shared by the proxy and the admin API and kept across reloads: the
+    // replica's own, and the fleet's leases when the fleet shares a Redis.
+    let limits = Arc::new(Limits::new(
+        Arc::new(RateLimiter::new(config.rate_limits.max_tracked)),
+        fleet.clone().map(|claims| {
+            FleetLimiter::new(claims, metrics.clone(), config.rate_limits.max_tracked)
+        }),
+    ));
     let signatures = Arc::new(
         SignatureAuthenticator::new(db.clone(), metrics.clone(), config.signatures.clone())
             .with_fleet(fleet),
@@ -159,14 +168,12 @@ pub fn serve(
             .with_context(|| format!("audit.path: cannot open {}", path.display()))?,
         None => AuditLog::tracing_only(),
     };
-    // Rate-limit counters, shared by the proxy and the admin API and kept across reloads.
-    let limiter = Arc::new(RateLimiter::new(config.rate_limits.max_tracked));
     let admin = Arc::new(AdminApi::new(
         db.clone(),
         auth.clone(),
         metrics.clone(),
         audit,
-        limiter.clone(),
+        limits.clone(),
     ));
 
     let server_conf = ServerConf {
@@ -203,7 +210,7 @@ pub fn serve(
             auth: auth.clone(),
             admin: admin.clone(),
             upstreams: upstreams.clone(),
-            limiter: limiter.clone(),
+            limits: limits.clone(),
             uploads: uploads.clone(),
         };
         KeywardProxy::new(live.clone(), listener, parts)

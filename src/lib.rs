@@ -12,7 +12,7 @@ pub mod ops;
 
 pub use keyward_admin as admin;
 pub use keyward_auth as auth;
-pub use keyward_auth::{cache, fleet, invalidation, ratelimit, users};
+pub use keyward_auth::{cache, fleet, fleet_limit, invalidation, ratelimit, users};
 pub use keyward_config as config;
 pub use keyward_config::{policy, reload, tls};
 /// The shared vocabulary (principals, refusals, quotas, the clock).

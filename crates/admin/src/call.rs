@@ -4,7 +4,7 @@
 use crate::envelope::AdminError;
 use crate::routes::Endpoint;
 use http::Method;
-use keyward_auth::ratelimit::RateLimiter;
+use keyward_auth::fleet_limit::Limits;
 use keyward_auth::{Authenticator, Principal, SecurityLevel};
 use keyward_config::Config;
 use keyward_metrics::Metrics;
@@ -37,7 +37,7 @@ pub struct AdminApi {
     pub(crate) audit: AuditLog,
     pub(crate) router: matchit::Router<Endpoint>,
     /// The proxy's rate-limit counters: admin calls count against the same quotas.
-    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) limits: Arc<Limits>,
 }
 
 /// One authenticated admin call.

@@ -19,7 +19,8 @@ pub use call::{authorize_manage, parse_body, parse_valid_sources, OneOrMany, POW
 use call::{AuditTarget, Call, MAX_BODY};
 use envelope::{AdminError, Reply};
 use http::Method;
-use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, RateLimiter};
+use keyward_auth::fleet_limit::{Limits, Refused};
+use keyward_auth::ratelimit::{AuthOutcome, CheckBudget};
 use keyward_auth::signature::RequestView;
 use keyward_auth::{token, Authenticated, Authenticator, Principal};
 use keyward_http::ctx::RequestCtx;
@@ -44,7 +45,7 @@ impl AdminApi {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         audit: AuditLog,
-        limiter: Arc<RateLimiter>,
+        limits: Arc<Limits>,
     ) -> AdminApi {
         let mut router = matchit::Router::new();
         for (path, endpoint) in ROUTES {
@@ -58,7 +59,7 @@ impl AdminApi {
             metrics,
             audit,
             router,
-            limiter,
+            limits,
         }
     }
 
@@ -356,7 +357,7 @@ impl AdminApi {
             body: Some(body),
             tls: ctx.tls,
         };
-        let budget = CheckBudget::new(&self.limiter, &limits, client_ip);
+        let budget = CheckBudget::new(self.limits.local(), &limits, client_ip);
         match self
             .auth
             .authenticate_request(&view, client_ip, &budget)
@@ -370,7 +371,8 @@ impl AdminApi {
                 self.settle(
                     &budget,
                     Some(AuthOutcome::Authenticated(principal.rate_limit)),
-                )?;
+                )
+                .await?;
                 Ok(principal)
             }
             Ok(Authenticated {
@@ -383,14 +385,15 @@ impl AdminApi {
                         true => AuthOutcome::Refused,
                         false => AuthOutcome::Anonymous,
                     }),
-                )?;
+                )
+                .await?;
                 Err(AdminError::Unauthenticated("credentials_required"))
             }
             Err(e) => {
                 let e = AdminError::from(e);
                 let outcome =
                     matches!(e, AdminError::Unauthenticated(_)).then_some(AuthOutcome::Refused);
-                self.settle(&budget, outcome)?;
+                self.settle(&budget, outcome).await?;
                 Err(e)
             }
         }
@@ -398,15 +401,21 @@ impl AdminApi {
 
     /// Counts an admin call against the rate limits, as the proxy counts its requests,
     /// minding what its credential check already charged (`None`: undecided, given back).
-    fn settle(
+    async fn settle(
         &self,
         budget: &CheckBudget<'_>,
         outcome: Option<AuthOutcome>,
     ) -> Result<(), AdminError> {
-        budget.settle(outcome).map_err(|limited| {
-            self.metrics.rate_limited(limited.kind);
-            AdminError::RateLimited(limited)
-        })
+        self.limits
+            .settle(budget, outcome)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Limited(limited) => {
+                    self.metrics.rate_limited(limited.kind);
+                    AdminError::RateLimited(limited)
+                }
+                Refused::Unavailable => AdminError::Unavailable,
+            })
     }
 
     /// `{user}`: a numeric id (all digits; names never are) or a user name.

@@ -241,6 +241,7 @@ impl CachedKey {
                     },
                     own: key.rate_limit,
                     quota: key.quota,
+                    user_id: key.user_id,
                 },
                 identity: Default::default(),
             }),

@@ -67,6 +67,7 @@ pub fn principal_for(user: &User) -> Principal {
             key: LimitKey::Basic(user.id),
             own: None,
             quota: None,
+            user_id: user.id,
         },
         identity: Default::default(),
     }

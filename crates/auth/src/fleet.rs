@@ -45,6 +45,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Separates the key of fleet claims from every other use of the store's pepper.
 const KEY_LABEL: &[u8] = b"keyward fleet claims in redis v1";
+/// The key prefix and hash label of fleet-scoped rate limits (`fleet_limit`).
+const LIMIT_PREFIX: &str = "keyward:limit:";
+const LIMIT_LABEL: &[u8] = b"rate_limit";
 
 /// How long [`check_tls`] waits for its connection (TLS handshake and `PING`).
 pub const TLS_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -207,6 +210,43 @@ impl FleetClaims {
         key.push_str(kind.prefix());
         key.push_str(&hex::encode(self.keys.hash32(input)));
         key
+    }
+
+    /// The Redis key of a fleet-scoped rate limit's bucket (`claim`: the limit key's bytes).
+    pub fn limit_key(&self, claim: &[u8]) -> String {
+        let mut input = Vec::with_capacity(LIMIT_LABEL.len() + 1 + claim.len());
+        input.extend_from_slice(LIMIT_LABEL);
+        input.push(0);
+        input.extend_from_slice(claim);
+        let mut key = String::with_capacity(LIMIT_PREFIX.len() + 64);
+        key.push_str(LIMIT_PREFIX);
+        key.push_str(&hex::encode(self.keys.hash32(input)));
+        key
+    }
+
+    /// `replay.on_redis_error`.
+    pub fn on_error(&self) -> OnRedisError {
+        self.on_error
+    }
+
+    /// Runs `script` on `key` with integer arguments and two integers back, like every other
+    /// call (on the Redis runtime, bounded by [`REDIS_TIMEOUT`], failing fast after a
+    /// failure); `None` when Redis did not answer. What that means is the caller's choice.
+    pub async fn script_pair(
+        &self,
+        script: &redis::Script,
+        key: String,
+        args: [i64; 3],
+    ) -> Option<(i64, i64)> {
+        let script = script.clone();
+        self.call(move |mut connection| async move {
+            let mut invocation = script.key(key);
+            for arg in args {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
     }
 
     /// Claims `claim` for `ttl`: `Fleet(true)` when this call was the first, `Fleet(false)`
@@ -391,8 +431,14 @@ impl FleetClaims {
         );
         if !self.down.swap(true, Ordering::AcqRel) {
             let fallback = match self.on_error {
-                OnRedisError::Refuse => "signed requests and TOTP logins get 503 until it is back",
-                OnRedisError::Local => "each replica's own replay window decides until it is back",
+                OnRedisError::Refuse => {
+                    "signed requests, TOTP logins and requests that need a fleet rate-limit \
+                     lease get 503 until it is back"
+                }
+                OnRedisError::Local => {
+                    "each replica's own replay window and rate-limit buckets decide until it is \
+                     back"
+                }
             };
             tracing::warn!(error = %error, "redis is unreachable: {fallback}");
         }

@@ -9,6 +9,7 @@ pub mod basic;
 pub mod cache;
 pub mod client_ip;
 pub mod fleet;
+pub mod fleet_limit;
 pub mod invalidation;
 pub mod password;
 pub mod quota;

@@ -1,5 +1,6 @@
-//! Request rate limits: per credential, and per client address for requests that do not
-//! authenticate.
+//! Request rate limits: per credential, per user (`per_user`), and per client address for
+//! requests that do not authenticate — this replica's own counters. `scope: fleet` counts
+//! them for the whole fleet instead (`crate::fleet_limit`), and falls back to these.
 //!
 //! The algorithm is governor's GCRA (a token bucket without a refill timer): a key may send
 //! `burst` requests at once, then one every `1 / requests_per_second`. What governor keeps per
@@ -149,11 +150,9 @@ impl RateLimiter {
         })
     }
 
-    /// The rate-limit step after authentication: an authenticated request counts against its
-    /// credential (its own quota, else `per_credential`); a refused credential counts against
-    /// the client network's failures and a request without one against its anonymous
-    /// requests (both `per_client_unauthenticated`, kept apart so that anonymous traffic from
-    /// a shared address never blocks the credentials used from it).
+    /// The rate-limit step after authentication (see [`checks`]), on this replica's own
+    /// counters. When the user's limit refuses, the credential's count is given back: a
+    /// refused request counts against neither.
     pub fn after_authentication(
         &self,
         settings: &RateLimitSettings,
@@ -161,33 +160,82 @@ impl RateLimiter {
         outcome: AuthOutcome,
         now: Instant,
     ) -> Result<(), Limited> {
-        let (key, limit, kind) = match outcome {
-            AuthOutcome::Authenticated(credential) => (
+        let [first, second] = checks(settings, client, outcome);
+        if let Some(first) = first {
+            self.check(first.key, first.limit, now)
+                .map_err(|wait| first.limited(wait))?;
+        }
+        if let Some(second) = second {
+            if let Err(wait) = self.check(second.key, second.limit, now) {
+                if let Some(first) = first {
+                    self.refund(first.key, first.limit, now);
+                }
+                return Err(second.limited(wait));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One count a request takes: whose, against which quota, and which limit it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    pub key: LimitKey,
+    pub limit: Limit,
+    pub kind: LimitKind,
+}
+
+impl Check {
+    pub fn limited(&self, retry_after: Duration) -> Limited {
+        Limited {
+            kind: self.kind,
+            limit: self.limit,
+            retry_after,
+        }
+    }
+}
+
+/// The counts the rate-limit step after authentication takes, in order; all must pass. An
+/// authenticated request counts against its credential (its own quota, else
+/// `per_credential`) and then its user (`per_user`, all the user's credentials together); a
+/// refused credential counts against the client network's failures and a request without one
+/// against its anonymous requests (both `per_client_unauthenticated`, kept apart so that
+/// anonymous traffic from a shared address never blocks the credentials used from it).
+pub fn checks(
+    settings: &RateLimitSettings,
+    client: IpAddr,
+    outcome: AuthOutcome,
+) -> [Option<Check>; 2] {
+    let check = |key, limit: Option<Limit>, kind| limit.map(|limit| Check { key, limit, kind });
+    match outcome {
+        AuthOutcome::Authenticated(credential) => [
+            check(
                 credential.key,
                 credential.own.or(settings.per_credential),
                 LimitKind::Credential,
             ),
-            AuthOutcome::Refused => (
+            check(
+                LimitKey::User(credential.user_id),
+                settings.per_user,
+                LimitKind::User,
+            ),
+        ],
+        AuthOutcome::Refused => [
+            check(
                 LimitKey::Failures(client_network(client)),
                 settings.per_client_unauthenticated,
                 LimitKind::Client,
             ),
-            AuthOutcome::Anonymous => (
+            None,
+        ],
+        AuthOutcome::Anonymous => [
+            check(
                 LimitKey::Anonymous(client_network(client)),
                 settings.per_client_unauthenticated,
                 LimitKind::Client,
             ),
-        };
-        let Some(limit) = limit else {
-            return Ok(());
-        };
-        self.check(key, limit, now)
-            .map(|_| ())
-            .map_err(|retry_after| Limited {
-                kind,
-                limit,
-                retry_after,
-            })
+            None,
+        ],
     }
 }
 
@@ -258,11 +306,29 @@ impl<'a> CheckBudget<'a> {
         self.charged.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The quotas this request is held to.
+    pub fn settings(&self) -> &RateLimitSettings {
+        &self.settings
+    }
+
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
     /// Ends the request's authentication. `None`: undecided (the store or Redis could not
     /// answer), so a charge is given back. Otherwise as [`RateLimiter::after_authentication`],
     /// except that a refused credential that was charged is not counted twice and an
     /// authenticated one gets its charge back first.
     pub fn settle(&self, outcome: Option<AuthOutcome>) -> Result<(), Limited> {
+        let (Some(limiter), Some(outcome)) = (self.limiter, self.release(outcome)) else {
+            return Ok(());
+        };
+        limiter.after_authentication(&self.settings, self.client, outcome, Instant::now())
+    }
+
+    /// The bookkeeping of [`CheckBudget::settle`] without the count: gives a charge back when
+    /// it must, and answers the outcome still to be counted (`None`: nothing to count).
+    pub fn release(&self, outcome: Option<AuthOutcome>) -> Option<AuthOutcome> {
         let charged = self
             .charged
             .swap(false, std::sync::atomic::Ordering::AcqRel);
@@ -271,20 +337,18 @@ impl<'a> CheckBudget<'a> {
                 limiter.refund(key, limit, Instant::now());
             }
         };
-        let Some(limiter) = self.limiter else {
-            return Ok(());
-        };
+        self.limiter?;
         match outcome {
             None => {
                 refund();
-                Ok(())
+                None
             }
-            Some(AuthOutcome::Refused) if charged => Ok(()),
+            Some(AuthOutcome::Refused) if charged => None,
             Some(outcome) => {
                 if matches!(outcome, AuthOutcome::Authenticated(_)) {
                     refund();
                 }
-                limiter.after_authentication(&self.settings, self.client, outcome, Instant::now())
+                Some(outcome)
             }
         }
     }
@@ -434,6 +498,7 @@ mod tests {
             per_credential: None,
             per_client_unauthenticated: Some(limit(0.001, 2)),
             max_tracked: 100,
+            ..Default::default()
         };
         let client: IpAddr = "10.0.0.1".parse().unwrap();
         let failures = LimitKey::Failures(client_network(client));
@@ -446,6 +511,7 @@ mod tests {
             key: KEY,
             own: None,
             quota: None,
+            user_id: 1,
         };
         budget
             .settle(Some(AuthOutcome::Authenticated(credential)))
@@ -614,6 +680,7 @@ mod tests {
             per_credential: None,
             per_client_unauthenticated: Some(limit(1.0, 2)),
             max_tracked: 100,
+            ..Default::default()
         };
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         for _ in 0..2 {
@@ -634,6 +701,7 @@ mod tests {
             key: KEY,
             own: None,
             quota: None,
+            user_id: 1,
         };
         for _ in 0..10 {
             limiter
@@ -645,6 +713,7 @@ mod tests {
             key: KEY,
             own: Some(limit(1.0, 1)),
             quota: None,
+            user_id: 1,
         };
         limiter
             .after_authentication(&settings, ip, AuthOutcome::Authenticated(own), now)
@@ -653,5 +722,53 @@ mod tests {
             .after_authentication(&settings, ip, AuthOutcome::Authenticated(own), now)
             .unwrap_err();
         assert_eq!(refused.kind, LimitKind::Credential);
+    }
+
+    #[test]
+    fn a_users_credentials_share_the_user_limit_and_both_must_pass() {
+        let limiter = RateLimiter::new(100);
+        let now = Instant::now();
+        let settings = RateLimitSettings {
+            per_credential: Some(limit(1.0, 2)),
+            per_user: Some(limit(1.0, 3)),
+            max_tracked: 100,
+            ..Default::default()
+        };
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let key = |key_id| {
+            AuthOutcome::Authenticated(CredentialLimit {
+                key: LimitKey::ApiKey { user_id: 7, key_id },
+                quota: None,
+                own: None,
+                user_id: 7,
+            })
+        };
+        let count = |outcome| limiter.after_authentication(&settings, ip, outcome, now);
+        count(key(1)).unwrap();
+        count(key(1)).unwrap();
+        assert_eq!(count(key(1)).unwrap_err().kind, LimitKind::Credential);
+        // The second key has its own credential bucket, but the user has one request left.
+        count(key(2)).unwrap();
+        assert_eq!(count(key(2)).unwrap_err().kind, LimitKind::User);
+        // The refusal by the user's limit gave the credential's count back.
+        assert_eq!(
+            limiter.check(
+                LimitKey::ApiKey {
+                    user_id: 7,
+                    key_id: 2
+                },
+                limit(1.0, 2),
+                now
+            ),
+            Ok(0)
+        );
+        // Another user is not affected.
+        let other = AuthOutcome::Authenticated(CredentialLimit {
+            key: LimitKey::Basic(8),
+            own: None,
+            user_id: 8,
+            quota: None,
+        });
+        count(other).unwrap();
     }
 }

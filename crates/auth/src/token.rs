@@ -275,6 +275,7 @@ fn cached(token: &Token, user: &keyward_store::User) -> CachedToken {
                 key: LimitKey::Token(limit_key(&token.name)),
                 own: None,
                 quota: None,
+                user_id: user.id,
             },
             identity: Default::default(),
         }),

@@ -14,7 +14,7 @@ use crate::fleet::{FleetSettings, OnRedisError};
 use crate::policy::{Requirement, Route};
 pub use crate::tls::TlsFiles;
 use ipnet::IpNet;
-use keyward_core::limit::{Limit, RateLimitSettings};
+use keyward_core::limit::{Limit, LimitScope, RateLimitSettings};
 use keyward_core::{CredentialKind, CredentialKinds, SecurityLevel};
 pub use keyward_store::{PoolSettings, StoreUrl};
 pub use schema::TrustedProxiesHeader;
@@ -629,7 +629,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     }
     let limits = validate_limits(limits, &mut problem);
     let redis = validate_redis(redis, replay, &mut problem, &mut warnings);
-    let rate_limits = validate_rate_limits(rate_limits, &mut problem);
+    let rate_limits = validate_rate_limits(rate_limits, redis.is_some(), &mut problem);
 
     Config {
         listen_proxy: listen.proxy,
@@ -793,15 +793,32 @@ fn validate_limits(limits: schema::LimitsFile, problem: &mut impl FnMut(String, 
     }
 }
 
+/// `shared_redis`: the fleet shares a Redis (`replay.redis_url`), which `scope: fleet` needs
+/// and makes the default.
 fn validate_rate_limits(
     rate_limits: schema::RateLimitsFile,
+    shared_redis: bool,
     problem: &mut impl FnMut(String, String),
 ) -> RateLimitSettings {
     let schema::RateLimitsFile {
+        scope,
         per_credential,
+        per_user,
         per_client_unauthenticated,
         max_tracked,
     } = rate_limits;
+    let scope = match (scope, shared_redis) {
+        (Some(schema::LimitScopeFile::Replica), _) | (None, false) => LimitScope::Replica,
+        (Some(schema::LimitScopeFile::Fleet), true) | (None, true) => LimitScope::Fleet,
+        (Some(schema::LimitScopeFile::Fleet), false) => {
+            problem(
+                "rate_limits.scope".into(),
+                "fleet needs the fleet's shared Redis: set replay.redis_url (or use scope: replica)"
+                    .into(),
+            );
+            LimitScope::Replica
+        }
+    };
     let mut quota = |name: &str, quota: Option<schema::QuotaFile>| {
         let schema::QuotaFile {
             requests_per_second,
@@ -820,6 +837,7 @@ fn validate_rate_limits(
         }
     };
     let per_credential = quota("per_credential", per_credential);
+    let per_user = quota("per_user", per_user);
     let per_client_unauthenticated =
         quota("per_client_unauthenticated", per_client_unauthenticated);
     if max_tracked < 1 {
@@ -830,8 +848,10 @@ fn validate_rate_limits(
     }
     RateLimitSettings {
         per_credential,
+        per_user,
         per_client_unauthenticated,
         max_tracked: max_tracked.max(1),
+        scope,
     }
 }
 
@@ -1407,12 +1427,37 @@ routes:
                 "rate_limits.per_credential.window",
             ),
             ("{ per_user: {} }", "rate_limits.per_user"),
+            (
+                "{ per_user: { requests_per_second: 1, burst: 0 } }",
+                "rate_limits.per_user.burst",
+            ),
+            ("{ per_tenant: {} }", "rate_limits.per_tenant"),
+            ("{ scope: fleet }", "rate_limits.scope"),
+            ("{ scope: global }", "rate_limits.scope"),
             ("{ max_tracked: 0 }", "rate_limits.max_tracked"),
         ] {
             let found = issues(&format!("{MINIMAL}rate_limits: {section}\n"));
             assert_eq!(found.len(), 1, "{section}: {found:?}");
             assert_eq!(found[0].key, key, "{section}: {found:?}");
         }
+    }
+
+    #[test]
+    fn the_scope_is_fleet_by_default_with_a_shared_redis() {
+        let scope = |yaml: &str| Config::from_yaml(yaml).unwrap().rate_limits.scope;
+        assert_eq!(scope(MINIMAL), LimitScope::Replica);
+        let redis = format!("{MINIMAL}replay: {{ redis_url: redis://127.0.0.1:6379 }}\n");
+        assert_eq!(scope(&redis), LimitScope::Fleet);
+        assert_eq!(
+            scope(&format!("{redis}rate_limits: {{ scope: replica }}\n")),
+            LimitScope::Replica
+        );
+        let both = format!(
+            "{redis}rate_limits:\n  scope: fleet\n  per_user: {{ requests_per_second: 3, burst: 6 }}\n"
+        );
+        let limits = Config::from_yaml(&both).unwrap().rate_limits;
+        assert_eq!(limits.scope, LimitScope::Fleet);
+        assert_eq!(limits.per_user.map(|l| l.burst()), Some(6));
     }
 
     #[test]

@@ -181,6 +181,7 @@ mod tests {
                 key: keyward_core::limit::LimitKey::Basic(1),
                 own: None,
                 quota: None,
+                user_id: 1,
             },
             identity: Default::default(),
         }

@@ -14,7 +14,8 @@
 //! reload that never sees it half-written.
 //!
 //! What a reload changes: everything read per request — routes, trusted proxies and their
-//! header, `limits` (except the connection limits), `rate_limits`, `tokens`, `api_keys` expiry
+//! header, `limits` (except the connection limits), `rate_limits` (`scope` included: a fleet
+//! scope without the Redis the replica started with counts per replica), `tokens`, `api_keys` expiry
 //! rules, `forward_credentials` — plus the cache TTLs and the log filter, which the hooks
 //! registered with [`LiveConfig::on_reload`] apply. Settings bound to what was built at start
 //! (listeners, store, upstreams, Redis, threads, audit file, signature windows, cache

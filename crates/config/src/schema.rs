@@ -61,8 +61,14 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsFile {
+    /// `fleet` or `replica`; unset: `fleet` when the fleet shares a Redis, else `replica`.
+    #[serde(default)]
+    pub scope: Option<LimitScopeFile>,
     #[serde(default)]
     pub per_credential: Option<QuotaFile>,
+    /// All credentials of one user together, besides `per_credential`.
+    #[serde(default)]
+    pub per_user: Option<QuotaFile>,
     #[serde(default)]
     pub per_client_unauthenticated: Option<QuotaFile>,
     /// How many keys (credentials and client networks) the limiter remembers at most.
@@ -73,11 +79,21 @@ pub struct RateLimitsFile {
 impl Default for RateLimitsFile {
     fn default() -> Self {
         RateLimitsFile {
+            scope: None,
             per_credential: None,
+            per_user: None,
             per_client_unauthenticated: None,
             max_tracked: defaults::rate_limits_max_tracked(),
         }
     }
+}
+
+/// `rate_limits.scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScopeFile {
+    Fleet,
+    Replica,
 }
 
 /// `{ requests_per_second, burst }`.

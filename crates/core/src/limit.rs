@@ -97,10 +97,37 @@ pub enum LimitKey {
     Token([u8; 16]),
     /// A password login, by user id.
     Basic(i64),
+    /// All credentials of one user together (`rate_limits.per_user`), by user id.
+    User(i64),
     /// Requests without a credential, by client network (see [`client_network`]).
     Anonymous(u128),
     /// Refused credentials, by client network.
     Failures(u128),
+}
+
+impl LimitKey {
+    /// A fixed-size encoding that tells every key apart (the input of a fleet limit's Redis
+    /// key name): a tag byte, then the key's fields.
+    pub fn encode(&self) -> [u8; 33] {
+        let mut out = [0u8; 33];
+        let (tag, a, b): (u8, [u8; 16], [u8; 16]) = match *self {
+            LimitKey::ApiKey { user_id, key_id } => (1, wide(user_id), wide(key_id)),
+            LimitKey::Signature { user_id, key_id } => (2, wide(user_id), wide(key_id)),
+            LimitKey::Token(name) => (3, name, [0; 16]),
+            LimitKey::Basic(user_id) => (4, wide(user_id), [0; 16]),
+            LimitKey::User(user_id) => (5, wide(user_id), [0; 16]),
+            LimitKey::Anonymous(network) => (6, network.to_be_bytes(), [0; 16]),
+            LimitKey::Failures(network) => (7, network.to_be_bytes(), [0; 16]),
+        };
+        out[0] = tag;
+        out[1..17].copy_from_slice(&a);
+        out[17..].copy_from_slice(&b);
+        out
+    }
+}
+
+fn wide(value: i64) -> [u8; 16] {
+    i128::from(value).to_be_bytes()
 }
 
 /// An IPv4 client by its address, an IPv6 client by its /64: one IPv6 host usually holds a
@@ -133,14 +160,39 @@ pub struct CredentialLimit {
     pub own: Option<Limit>,
     /// The credential's quota per day or month (an API key's `quota`), counted fleet-wide.
     pub quota: Option<crate::quota::Quota>,
+    /// The credential's user: `rate_limits.per_user` counts all of a user's credentials
+    /// together under [`LimitKey::User`].
+    pub user_id: i64,
 }
 
 /// The configured quotas (`rate_limits`); `None` turns that limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateLimitSettings {
     pub per_credential: Option<Limit>,
+    /// All credentials of one user together, besides `per_credential` (both must pass).
+    pub per_user: Option<Limit>,
     pub per_client_unauthenticated: Option<Limit>,
     pub max_tracked: u64,
+    pub scope: LimitScope,
+}
+
+/// `rate_limits.scope`: whose requests a quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitScope {
+    /// Each replica counts its own requests (a fleet of N accepts up to N times a quota).
+    #[default]
+    Replica,
+    /// The quota holds for the whole fleet, through leases from a bucket in the shared Redis.
+    Fleet,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Replica => "replica",
+            LimitScope::Fleet => "fleet",
+        }
+    }
 }
 
 /// Which limit refused a request: the label of `keyward_rate_limited_total{kind}` and the
@@ -148,15 +200,25 @@ pub struct RateLimitSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     Credential,
+    /// `rate_limits.per_user`: all credentials of the user together.
+    User,
     Client,
     /// An API key's `quota` per day or month is used up.
     Quota,
 }
 
 impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::Credential,
+        LimitKind::User,
+        LimitKind::Client,
+        LimitKind::Quota,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::Credential => "credential",
+            LimitKind::User => "user",
             LimitKind::Client => "client",
             LimitKind::Quota => "quota",
         }

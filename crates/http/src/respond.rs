@@ -301,6 +301,10 @@ fn explain(reason: &str) -> Option<&'static str> {
         "rate_limited" => "too many requests; see Retry-After and the RateLimit header",
         "expired" => "the credential has expired",
         "source_not_allowed" => "the credential may not be used from this address",
+        "rate_limit_unavailable" => {
+            "the fleet's shared rate-limit buckets cannot be reached right now; try again after \
+             Retry-After"
+        }
         "replay_window_unavailable" => {
             "the shared replay window (used signatures and TOTP codes) cannot be reached right \
              now; try again after Retry-After, with a new signature"

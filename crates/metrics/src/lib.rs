@@ -179,6 +179,8 @@ pub struct Metrics {
     replay_local_fallbacks: IntCounterVec,
     replay_window_full: IntCounter,
     rate_limited: IntCounterVec,
+    rate_limit_redis_calls: IntCounter,
+    rate_limit_local_fallbacks: IntCounter,
     request_duration_by_kind: Vec<Histogram>,
     upstream_duration: Histogram,
     in_flight: IntGauge,
@@ -485,7 +487,8 @@ impl Metrics {
             redis_errors: counter(
                 &registry,
                 "keyward_redis_errors_total",
-                "Redis calls of the shared replay window that failed or timed out.",
+                "Redis calls (replay window, TOTP claims, throttles, fleet rate limits) that failed \
+                 or timed out.",
             ),
             replay_local_fallbacks: counter_vec(
                 &registry,
@@ -504,8 +507,21 @@ impl Metrics {
                 &registry,
                 "keyward_rate_limited_total",
                 "Requests refused with 429 by a rate limit, by kind: credential (per_credential \
-                 or the key's own rateLimit) or client (per_client_unauthenticated).",
+                 or the key's own rateLimit), user (per_user) or client \
+                 (per_client_unauthenticated).",
                 &["kind"],
+            ),
+            rate_limit_redis_calls: counter(
+                &registry,
+                "keyward_rate_limit_redis_calls_total",
+                "Lease calls of fleet-scoped rate limits sent to Redis (one per slice of a \
+                 bucket, not one per request).",
+            ),
+            rate_limit_local_fallbacks: counter(
+                &registry,
+                "keyward_rate_limit_local_fallback_total",
+                "Requests decided by this replica's own rate-limit bucket because Redis could \
+                 not answer (replay.on_redis_error: local).",
             ),
             auth_duration,
             cache_entries,
@@ -588,7 +604,7 @@ impl Metrics {
         for claim in FLEET_CLAIMS {
             self.replay_local_fallbacks.with_label_values(&[claim]);
         }
-        for kind in [LimitKind::Credential, LimitKind::Client, LimitKind::Quota] {
+        for kind in LimitKind::ALL {
             self.rate_limited.with_label_values(&[kind.as_str()]);
         }
         for cache in CACHES {
@@ -729,6 +745,16 @@ impl Metrics {
     /// A signature was refused because the replay window is full of live ones.
     pub fn replay_window_full(&self) {
         self.replay_window_full.inc();
+    }
+
+    /// A fleet-scoped rate limit asked Redis for a lease.
+    pub fn rate_limit_redis_call(&self) {
+        self.rate_limit_redis_calls.inc();
+    }
+
+    /// A fleet-scoped rate limit was decided by the replica's own bucket (Redis away).
+    pub fn rate_limit_local_fallback(&self) {
+        self.rate_limit_local_fallbacks.inc();
     }
 
     /// A request was refused by a rate limit (on the refusal path only).

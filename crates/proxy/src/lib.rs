@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use ctx::RequestCtx;
 use forward::Forwarding;
 use ip_text::IpText;
+use keyward_auth::fleet_limit::{Limits, Refused};
 use keyward_auth::quota::QuotaRefusal;
-use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, Limited, RateLimiter};
+use keyward_auth::ratelimit::{AuthOutcome, CheckBudget, Limited};
 use keyward_auth::usage::KeyOutcome;
 use keyward_auth::{
     client_ip, signature, token, Authenticated, Authenticator, Credential, Principal,
@@ -52,8 +53,9 @@ pub struct KeywardProxy {
     /// (about 1 700 instructions, measured under callgrind). The set of backends is fixed
     /// at start (`upstream` needs a restart).
     single_upstream: Option<pingora::protocols::l4::socket::SocketAddr>,
-    /// Rate-limit counters: outside the config, so that a reload changes quotas, not counts.
-    limiter: Arc<RateLimiter>,
+    /// Rate-limit counters (the replica's own, and the fleet's leases): outside the config, so
+    /// that a reload changes quotas, not counts.
+    limits: Arc<Limits>,
     /// Signed bodies being checked, and the bound on them (shared by the listeners).
     uploads: Arc<UploadSpool>,
 }
@@ -64,7 +66,7 @@ pub struct ProxyParts {
     pub auth: Arc<Authenticator>,
     pub admin: Arc<dyn LocalService>,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
-    pub limiter: Arc<RateLimiter>,
+    pub limits: Arc<Limits>,
     pub uploads: Arc<UploadSpool>,
 }
 
@@ -108,7 +110,7 @@ impl KeywardProxy {
             auth,
             admin,
             upstreams,
-            limiter,
+            limits,
             uploads,
         } = parts;
         let backends = upstreams.backends().get_backend();
@@ -124,7 +126,7 @@ impl KeywardProxy {
             admin,
             upstreams,
             single_upstream,
-            limiter,
+            limits,
             uploads,
         }
     }
@@ -193,7 +195,7 @@ impl KeywardProxy {
         let client = ctx
             .client_ip
             .ok_or(Refusal::BadRequest("no_client_address"))?;
-        let budget = CheckBudget::new(&self.limiter, &ctx.config.rate_limits, client);
+        let budget = CheckBudget::new(self.limits.local(), &ctx.config.rate_limits, client);
         let decision = Decision {
             config: &config,
             route,
@@ -202,12 +204,12 @@ impl KeywardProxy {
         let authenticated = match self.authenticate(session, ctx, &budget, &decision).await {
             Ok(authenticated) => authenticated,
             Err(refusal @ Refusal::Unauthenticated(_)) => {
-                self.settle(&budget, Some(AuthOutcome::Refused))?;
+                self.settle(&budget, Some(AuthOutcome::Refused)).await?;
                 return Err(refusal);
             }
             Err(refusal) => {
                 // Undecided (503) or refused by a limit: a charge, if any, goes back.
-                self.settle(&budget, None)?;
+                self.settle(&budget, None).await?;
                 return Err(refusal);
             }
         };
@@ -219,7 +221,7 @@ impl KeywardProxy {
         ctx.principal = authenticated.principal;
         ctx.clear_token_cookie = authenticated.clear_token_cookie;
         if !authenticated.limit_counted {
-            self.settle(&budget, Some(outcome))?;
+            self.settle(&budget, Some(outcome)).await?;
         }
         self.decide(
             &config,
@@ -311,21 +313,29 @@ impl KeywardProxy {
         let client = ctx
             .client_ip
             .ok_or(Refusal::BadRequest("no_client_address"))?;
-        self.limiter
+        self.limits
+            .local()
             .before_authentication(&ctx.config.rate_limits, client, Instant::now())
             .map_err(|limited| self.limited(limited))
     }
 
-    /// Counts the request against its credential's quota, or its client network's, minding
-    /// what its credential check already charged (`None`: undecided, the charge goes back).
-    fn settle(
+    /// Counts the request against its credential's and its user's quotas, or its client
+    /// network's, minding what its credential check already charged (`None`: undecided, the
+    /// charge goes back). Under `rate_limits.scope: fleet` the counts are the fleet's (see
+    /// `keyward_auth::fleet_limit`): most take a token of the replica's lease, a few await a
+    /// Redis call.
+    async fn settle(
         &self,
         budget: &CheckBudget<'_>,
         outcome: Option<AuthOutcome>,
     ) -> Result<(), Refusal> {
-        budget
-            .settle(outcome)
-            .map_err(|limited| self.limited(limited))
+        self.limits
+            .settle(budget, outcome)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Limited(limited) => self.limited(limited),
+                Refused::Unavailable => Refusal::Unavailable("rate_limit_unavailable"),
+            })
     }
 
     fn limited(&self, limited: Limited) -> Refusal {
@@ -390,7 +400,8 @@ impl KeywardProxy {
             .verify_signature(&view, has_body, client_ip, budget)
             .await?;
         let credential = pending.principal().rate_limit;
-        self.settle(budget, Some(AuthOutcome::Authenticated(credential)))?;
+        self.settle(budget, Some(AuthOutcome::Authenticated(credential)))
+            .await?;
         self.decide(
             decision.config,
             decision.route,

@@ -111,6 +111,7 @@ impl CachedSigKey {
                     },
                     own: None,
                     quota: None,
+                    user_id: user.id,
                 },
                 identity: Default::default(),
             }),
