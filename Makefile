@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge compare check-deploy
+.PHONY: run test prereqs load load-postgres load-edge compare compare-builds check-deploy
 
 prereqs:
 	@scripts/prereqs.sh
@@ -36,3 +36,21 @@ load-edge: prereqs
 # throughput, CPU per request and open-loop latency added per hop (scripts/compare.sh).
 compare: prereqs
 	scripts/compare.sh 4 32 3 5
+
+# Two builds of keyward side by side (scripts/compare-builds.sh): CPU per request on the public
+# route, Basic, API key, token and signed requests, one thread each, the other paused while one
+# is measured; fails when the candidate is more than KEYWARD_COMPARE_MAX_WORSE % (default 3)
+# worse on a route. Both binaries are built beforehand, each in its own checkout and target
+# directory, the candidate with its examples:
+#   git worktree add /tmp/base BASE_COMMIT
+#   (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target cargo build --release --bin keyward)
+#   cargo build --release --bin keyward --example echo_upstream --example signed_load
+#   make compare-builds BASELINE=/tmp/base-target/release/keyward CANDIDATE=target/release/keyward
+# DURATION, CONNECTIONS and ROUNDS (5 32 5) set each measurement's length, wrk's connections and
+# the interleaved rounds.
+DURATION ?= 5
+CONNECTIONS ?= 32
+ROUNDS ?= 5
+compare-builds:
+	@test -n "$(BASELINE)" -a -n "$(CANDIDATE)" || { echo "usage: make compare-builds BASELINE=path/to/keyward CANDIDATE=path/to/keyward [DURATION=5 CONNECTIONS=32 ROUNDS=5]" >&2; exit 2; }
+	scripts/compare-builds.sh "$(BASELINE)" "$(CANDIDATE)" $(DURATION) $(CONNECTIONS) $(ROUNDS)

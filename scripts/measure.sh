@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Sourced by the measurement scripts (compare.sh, instructions.sh, load.sh, load-edge.sh): the
-# pieces they share — free ports, keyward's credentials for the load, and nginx as the reverse
-# proxy keyward is compared with, configured the same way in each.
+# Sourced by the measurement scripts (compare.sh, compare-builds.sh, instructions.sh, load.sh,
+# load-edge.sh): the pieces they share — free ports, a process's CPU time, keyward's
+# credentials for the load, and nginx as the reverse proxy keyward is compared with,
+# configured the same way in each.
 
 # Installs the Debian packages of the tools that are missing (as root or with sudo), as
 # prereqs.sh does; a script still checks afterwards that it has what it needs.
@@ -20,6 +21,11 @@ install_missing() {
     } || true
   fi
 }
+
+# The CPU time (user + system, in clock ticks of `getconf CLK_TCK`) process PID has used so far,
+# from /proc/PID/stat (fields 14 and 15; the command name in field 2 has no spaces here).
+# Usage: cpu_ticks PID
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
