@@ -24,9 +24,10 @@ load: prereqs
 	scripts/load.sh 4 32 7
 	scripts/load-edge.sh 4 32 5
 
-# The same comparison with a PostgreSQL store (a fresh database on KEYWARD_TEST_POSTGRES).
+# The same comparison as a fleet replica runs it: a PostgreSQL store (a fresh database on
+# KEYWARD_TEST_POSTGRES), the replay window in Redis and fleet-scoped rate limits.
 load-postgres: prereqs
-	KEYWARD_LOAD_STORE=postgres scripts/load.sh 4 32 7
+	KEYWARD_LOAD_STORE=postgres KEYWARD_LOAD_REDIS=$${KEYWARD_LOAD_REDIS:-redis://127.0.0.1:6379} KEYWARD_LOAD_LIMITS=fleet scripts/load.sh 4 32 7
 
 # keyward against nginx with the same certificate: HTTP/1.1, TLS, HTTP/2 (scripts/load-edge.sh).
 load-edge: prereqs

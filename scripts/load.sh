@@ -7,6 +7,10 @@
 # instead of a SQLite file: warm caches do no store I/O, whatever the backend.
 # KEYWARD_LOAD_REDIS=redis://127.0.0.1:6379 shares the replay window in that Redis
 # (redis.url): every signed request and cached Basic login then makes one Redis call.
+# KEYWARD_LOAD_LIMITS=fleet|replica adds a per-credential rate limit far above the load
+# (1 000 000/s, burst 2 000 000) in that scope: with fleet (needs KEYWARD_LOAD_REDIS) a key
+# under its quota is served from leased slices, so this measures what the fleet limiter costs
+# a key that is not limited.
 # Prints requests/s of each and the ratios. Figures vary by machine; the ratios are the result.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -45,6 +49,11 @@ if [ -n "${KEYWARD_LOAD_REDIS:-}" ]; then
   replay="redis: { url: \"$KEYWARD_LOAD_REDIS\" }"
   echo "replay window: redis" >&2
 fi
+limits=""
+if [ -n "${KEYWARD_LOAD_LIMITS:-}" ]; then
+  limits="rate_limits: { scope: $KEYWARD_LOAD_LIMITS, per_credential: { requests_per_second: 1000000, burst: 2000000 } }"
+  echo "rate limits: per credential, scope $KEYWARD_LOAD_LIMITS" >&2
+fi
 
 up="127.0.0.1:$(port)"; proxy="127.0.0.1:$(port)"; ops="127.0.0.1:$(port)"
 
@@ -63,6 +72,7 @@ routes:
   - path: /
     require: { min_security_level: EXTERNAL }
 $replay
+$limits
 YAML
 LOAD_ADMIN_PASSWORD=load-password "$bin"/keyward serve --config "$work/keyward.yaml" 2>"$work/stderr" &
 keyward_pid=$!; pids+=("$keyward_pid")

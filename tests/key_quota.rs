@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::{client, free_port, Keyward, Setup, ADMIN_PASSWORD};
+use common::{client, Keyward, Setup, ADMIN_PASSWORD};
 use keyward::store::scratch::ScratchDatabase;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const ADMIN: (&str, &str) = ("admin", ADMIN_PASSWORD);
@@ -267,53 +266,18 @@ fn quotas_are_validated_and_set_from_above() {
     assert_eq!(body["data"]["renewedKey"]["quotaRemaining"], Value::Null);
 }
 
-/// A `redis-server` of the test's own, on a free port, without persistence.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("this test needs redis-server on the PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Three replicas sharing one Redis and one PostgreSQL: a quota of 20 admits exactly 20 of
+/// Three replicas sharing one TLS Redis and one PostgreSQL: a quota of 20 admits exactly 20 of
 /// 64 concurrent requests spread over them, a quota of 3 admits 3 of requests taken in turn,
 /// and a replica restarted mid-period still refuses.
 #[test]
 fn a_quota_holds_for_the_whole_fleet() {
-    let redis = Redis::start();
+    let redis = common::redis::TestRedis::start_tls();
     let database = ScratchDatabase::create_blocking()
         .expect("this test needs PostgreSQL (KEYWARD_TEST_POSTGRES, default 127.0.0.1:5432)");
     let replica = || {
         Keyward::start_with(Setup {
             store_url: Some(database.url().to_owned()),
-            extra: format!(
-                "replay: {{ redis_url: \"redis://127.0.0.1:{}\" }}\n",
-                redis.port
-            ),
+            extra: redis.section("refuse"),
             ..Setup::default()
         })
     };

@@ -303,30 +303,60 @@ fn usage_is_authorized_as_the_key_list() {
     assert_eq!(call(&kw, ADMIN, "GET", &johns, None).0, 404);
 }
 
-/// Two replicas on one PostgreSQL database count separately and add to the same hour rows:
-/// the usage either answers is the sum of what both forwarded and refused.
+/// Three replicas on one PostgreSQL database and one TLS Redis (fleet-scoped limits and a
+/// quota) count separately and add to the same hour rows: the usage any of them answers is
+/// the sum of what the clients saw — forwarded, refused (403) and limited (429) — from all.
 #[test]
-fn two_replicas_on_one_postgres_sum() {
+fn three_replicas_on_one_postgres_sum() {
     let database = ScratchDatabase::create_blocking()
         .expect("this test needs PostgreSQL (KEYWARD_TEST_POSTGRES, default 127.0.0.1:5432)");
-    let a = Keyward::start_with(setup(Some(database.url().to_owned())));
-    let b = Keyward::start_with(setup(Some(database.url().to_owned())));
-    a.add_user("john", JOHN.1, &[]);
-    let key = create_key(&a, json!({ "description": "fleet" }));
+    let redis = common::redis::TestRedis::start_tls();
+    let replica = || {
+        Keyward::start_with(Setup {
+            extra: format!(
+                "{EXTRA}{}rate_limits:\n  per_credential: {{ requests_per_second: 100, burst: 200 }}\n",
+                redis.section("refuse")
+            ),
+            ..setup(Some(database.url().to_owned()))
+        })
+    };
+    let fleet = [replica(), replica(), replica()];
+    fleet[0].add_user("john", JOHN.1, &[]);
+    // The key's own limit, fleet-scoped (the administrator polling the usage below keeps the
+    // generous default).
+    let key = create_key(
+        &fleet[0],
+        json!({ "description": "fleet", "rateLimit": { "requestsPerSecond": 0.5, "burst": 10 } }),
+    );
+    let limited = create_key(
+        &fleet[0],
+        json!({ "description": "quota", "quota": { "requests": 4, "period": "day" } }),
+    );
     let mut seen = Vec::new();
-    for _ in 0..5 {
-        seen.push(get_with_key(&a, "/", &key));
+    let mut seen_quota = Vec::new();
+    for i in 0..30 {
+        seen.push(get_with_key(&fleet[i % 3], "/", &key));
+        seen_quota.push(get_with_key(&fleet[(i + 1) % 3], "/", &limited));
     }
-    for _ in 0..7 {
-        seen.push(get_with_key(&b, "/", &key));
+    for kw in &fleet {
+        seen.push(get_with_key(kw, "/ops", &key));
     }
-    seen.push(get_with_key(&b, "/ops", &key));
-    seen.push(get_with_key(&a, "/ops", &key));
-    seen.push(get_with_key(&b, "/ops", &key));
-    let count = |status| seen.iter().filter(|s| **s == status).count() as i64;
-    assert_eq!((count(200), count(403)), (12, 3), "{seen:?}");
+    let count = |seen: &[u16], status| seen.iter().filter(|s| **s == status).count() as i64;
+    let expected = (count(&seen, 200), count(&seen, 403), count(&seen, 429));
+    assert!(expected.0 >= 5 && expected.2 >= 10, "{seen:?}");
+    assert_eq!(expected.0 + expected.1 + expected.2, 33, "{seen:?}");
+    assert_eq!(
+        (count(&seen_quota, 200), count(&seen_quota, 429)),
+        (4, 26),
+        "{seen_quota:?}"
+    );
     let path = format!("/authentication/v1/user/john/apikey/{}/usage", prefix(&key));
-    for kw in [&a, &b] {
-        usage_once_flushed(kw, ADMIN, &path, (12, 3, 0));
+    let quota_path = format!(
+        "/authentication/v1/user/john/apikey/{}/usage",
+        prefix(&limited)
+    );
+    for kw in &fleet {
+        usage_once_flushed(kw, ADMIN, &path, expected);
+        usage_once_flushed(kw, ADMIN, &quota_path, (4, 0, 26));
     }
 }

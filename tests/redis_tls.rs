@@ -10,80 +10,17 @@
 mod common;
 
 use base64::Engine as _;
+use common::redis::TestRedis;
 use common::tls::TestPki;
 use common::{client, echoed, echoed_header, free_port, redis_address, Keyward, Setup};
 use ed25519_dalek::SigningKey;
 use keyward::auth::signature::sign;
 use keyward::store::scratch::ScratchDatabase;
 use serde_json::{json, Value};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const AUTHORITY: &str = "fleet.test";
-
-/// A `redis-server` that speaks TLS only, with a server certificate of `pki` for 127.0.0.1
-/// and localhost; it trusts `pki`'s CA for client certificates.
-struct TlsRedis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl TlsRedis {
-    fn start(pki: &TestPki, auth_clients: bool) -> TlsRedis {
-        TlsRedis::start_for(pki, auth_clients, &["127.0.0.1", "localhost"])
-    }
-
-    /// With a server certificate for `names` only.
-    fn start_for(pki: &TestPki, auth_clients: bool, names: &[&str]) -> TlsRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = pki.write_ca(dir.path());
-        let server = pki.leaf(dir.path(), "redis", names, "redis");
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--tls-cert-file")
-            .arg(&server.cert)
-            .arg("--tls-key-file")
-            .arg(&server.key)
-            .arg("--tls-ca-cert-file")
-            .arg(&ca)
-            .args([
-                "--tls-auth-clients",
-                if auth_clients { "yes" } else { "no" },
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("the test needs redis-server (built with TLS)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TlsRedis {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn now() -> i64 {
     SystemTime::now()
@@ -200,7 +137,7 @@ fn serve_expecting_exit(dir: &Path, config: &Path) -> (bool, String) {
 #[test]
 fn two_replicas_share_the_replay_window_through_a_tls_redis() {
     let pki = TestPki::new();
-    let redis = TlsRedis::start(&pki, false);
+    let redis = TestRedis::start_tls_with(&pki, false, &["127.0.0.1", "localhost"]);
     let dir = tempfile::tempdir().unwrap();
     let ca = pki.write_ca(dir.path());
     let db = ScratchDatabase::create_blocking()
@@ -237,7 +174,7 @@ fn two_replicas_share_the_replay_window_through_a_tls_redis() {
 #[test]
 fn a_certificate_that_does_not_verify_stops_keyward_naming_the_key() {
     let pki = TestPki::new();
-    let redis = TlsRedis::start(&pki, false);
+    let redis = TestRedis::start_tls_with(&pki, false, &["127.0.0.1", "localhost"]);
     let dir = tempfile::tempdir().unwrap();
 
     // A CA that did not sign the server's certificate.
@@ -253,7 +190,7 @@ fn a_certificate_that_does_not_verify_stops_keyward_naming_the_key() {
 
     // The right CA, but a certificate for another host than the URL's: the URL is at fault.
     let ca = pki.write_ca(dir.path());
-    let elsewhere = TlsRedis::start_for(&pki, false, &["redis.example"]);
+    let elsewhere = TestRedis::start_tls_with(&pki, false, &["redis.example"]);
     let config = write_config(dir.path(), &redis_section(&elsewhere.url(), &ca, None));
     let (ok, stderr) = serve_expecting_exit(dir.path(), &config);
     assert!(!ok, "{stderr}");
@@ -271,7 +208,7 @@ fn a_certificate_that_does_not_verify_stops_keyward_naming_the_key() {
 #[test]
 fn a_reload_with_a_ca_that_does_not_verify_is_refused_naming_the_key() {
     let pki = TestPki::new();
-    let redis = TlsRedis::start(&pki, false);
+    let redis = TestRedis::start_tls_with(&pki, false, &["127.0.0.1", "localhost"]);
     let files = tempfile::tempdir().unwrap();
     let ca = pki.write_ca(files.path());
     let kw = Keyward::start_with(Setup {
@@ -312,7 +249,7 @@ fn a_reload_with_a_ca_that_does_not_verify_is_refused_naming_the_key() {
 #[test]
 fn a_redis_that_authenticates_clients_needs_the_client_certificate() {
     let pki = TestPki::new();
-    let redis = TlsRedis::start(&pki, true);
+    let redis = TestRedis::start_tls_with(&pki, true, &["127.0.0.1", "localhost"]);
     let files = tempfile::tempdir().unwrap();
     let ca = pki.write_ca(files.path());
     let client_cert = pki.leaf(files.path(), "keyward-client", &[], "keyward");

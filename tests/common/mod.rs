@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod redis;
 pub mod tcp_cut;
 pub mod tls;
 

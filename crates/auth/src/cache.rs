@@ -139,8 +139,10 @@ where
             self.negative_hits.inc();
             return Err(AuthError::UnknownKey);
         }
-        self.misses.inc();
+        // Counted once paid for: a miss refused by the budget never reaches the store, and
+        // the metric promises one store query per miss.
         budget.charge().map_err(AuthError::ClientBudget)?;
+        self.misses.inc();
         let loaded = self
             .known
             .try_get_with(key, async move {
@@ -217,5 +219,45 @@ mod tests {
         // 1 is still cached (loaded again it would be 10); 2 expired and is loaded anew.
         assert_eq!(*cache.get_or_load(1, &budget, load(10)).await.unwrap(), 1);
         assert_eq!(*cache.get_or_load(2, &budget, load(20)).await.unwrap(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_miss_refused_by_the_budget_neither_reads_the_store_nor_counts() {
+        use crate::ratelimit::{RateLimitSettings, RateLimiter};
+        let metrics = Arc::new(Metrics::new());
+        let cache = CredentialCache::<u64, u64>::new(
+            metrics.clone(),
+            "apikey",
+            "apikey_negative",
+            &CacheSettings {
+                ttl: LiveDuration::new(Duration::from_secs(3600)),
+                capacity: 100,
+                negative_ttl: LiveDuration::new(Duration::from_secs(3600)),
+                negative_capacity: 100,
+            },
+        );
+        let limiter = RateLimiter::new(100);
+        let settings = RateLimitSettings {
+            per_client_unauthenticated: Some(keyward_core::limit::Limit::new(0.001, 2).unwrap()),
+            ..RateLimitSettings::default()
+        };
+        let client = std::net::Ipv4Addr::LOCALHOST.into();
+        let loads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut refused = 0;
+        for key in 0..5u64 {
+            let budget = CheckBudget::new(&limiter, &settings, client);
+            let loads = loads.clone();
+            let load = async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, String>(None)
+            };
+            if let Err(AuthError::ClientBudget(_)) = cache.get_or_load(key, &budget, load).await {
+                refused += 1;
+            }
+        }
+        let (_, misses) = metrics.cache_counters("apikey");
+        assert_eq!(refused, 3);
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(misses.get(), 2, "a miss is one store query");
     }
 }

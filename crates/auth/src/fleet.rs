@@ -91,7 +91,7 @@ impl ClaimKind {
         }
     }
 
-    /// Password logins are not refused when Redis is away, whatever `on_redis_error` says:
+    /// Password logins are not refused when Redis is away, whatever `redis.on_error` says:
     /// the throttle falls back to the replica's own count (the admin API stays reachable).
     fn always_falls_back(self) -> bool {
         self == ClaimKind::PasswordFailures
@@ -224,7 +224,7 @@ impl FleetClaims {
         key
     }
 
-    /// `replay.on_redis_error`.
+    /// `redis.on_error`.
     pub fn on_error(&self) -> OnRedisError {
         self.on_error
     }
@@ -455,7 +455,7 @@ impl FleetClaims {
         }
     }
 
-    /// What a failed call means for `kind`, by `on_redis_error`.
+    /// What a failed call means for `kind`, by `redis.on_error`.
     fn answer<T>(&self, kind: ClaimKind, answer: Option<T>) -> Result<Answer<T>, FleetUnavailable> {
         match answer {
             Some(value) => Ok(Answer::Fleet(value)),
@@ -471,7 +471,7 @@ impl FleetClaims {
 /// Warns, once at start, when Redis may evict claims: every claim has a TTL, so under a
 /// `volatile-*` or `allkeys-*` policy a Redis at `maxmemory` forgets live signatures and they
 /// replay on another replica. With `noeviction` (or no `maxmemory`) a full Redis refuses the
-/// write instead, which `on_redis_error` then decides like an outage. A Redis that does not
+/// write instead, which `redis.on_error` then decides like an outage. A Redis that does not
 /// answer `CONFIG GET` (managed services often refuse it) is not warned about.
 async fn check_eviction_policy(client: redis::Client) {
     let asked = async {

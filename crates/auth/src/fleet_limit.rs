@@ -31,7 +31,7 @@
 //! (a reload, an API key's new `rateLimit`), and when the key is forgotten (idle for
 //! [`crate::ratelimit::IDLE`], or evicted beyond `rate_limits.max_tracked`).
 //!
-//! **Redis away** (`replay.on_redis_error`): a replica still serves the slices it holds; a
+//! **Redis away** (`redis.on_error`): a replica still serves the slices it holds; a
 //! request that needs a lease gets, with `refuse`, 503 with `Retry-After`; with `local`, the
 //! replica's own bucket (the one `scope: replica` uses) decides, counted in
 //! `keyward_rate_limit_local_fallback_total` and logged once per outage.
@@ -188,9 +188,9 @@ pub enum Verdict {
     Pass,
     /// Over the quota; the next request conforms after this long.
     Over(Duration),
-    /// Redis could not lease and `on_redis_error` is `refuse`.
+    /// Redis could not lease and `redis.on_error` is `refuse`.
     Unavailable,
-    /// Redis could not lease and `on_redis_error` is `local`: the replica's own bucket
+    /// Redis could not lease and `redis.on_error` is `local`: the replica's own bucket
     /// decides (the fallback is counted).
     Local,
 }
@@ -271,7 +271,7 @@ impl FleetLimiter {
                 if !self.falling_back.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
                         "redis cannot lease rate-limit slices: each replica's own bucket decides \
-                         until it answers (replay.on_redis_error: local)"
+                         until it answers (redis.on_error: local)"
                     );
                 }
                 Verdict::Local
@@ -286,7 +286,7 @@ pub enum Refused {
     /// 429 with the `RateLimit` headers.
     Limited(Limited),
     /// 503 with `Retry-After`: a fleet-scoped limit needs Redis, which did not answer
-    /// (`on_redis_error: refuse`).
+    /// (`redis.on_error: refuse`).
     Unavailable,
 }
 

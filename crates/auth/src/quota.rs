@@ -1,11 +1,11 @@
 //! API keys' quotas (SPEC §12): `quota: {requests, period}` admits that many requests per UTC
 //! day or month, for the whole fleet.
 //!
-//! With Redis (`replay.redis_url`), each key and period has one counter, taken with `INCR`
+//! With Redis (the `redis` section), each key and period has one counter, taken with `INCR`
 //! and given the period's end with `PEXPIREAT` in one script, before the request is
 //! forwarded: the replicas together admit exactly `requests`, and the count survives a
 //! restart because it lives in Redis. A Redis that does not answer follows
-//! `replay.on_redis_error`: `refuse` → 503, `local` → the replica's own counter (counted in
+//! `redis.on_error`: `refuse` → 503, `local` → the replica's own counter (counted in
 //! `keyward_replay_local_fallback_total{claim="quota"}`).
 //!
 //! Without Redis (one replica), the counter is the replica's own, seeded when a key is first
@@ -34,7 +34,7 @@ const PEEK_SCRIPT: &str = "return tonumber(redis.call('GET', KEYS[1]) or '0')";
 pub enum QuotaRefusal {
     /// Used up for this period: 429 until the period ends.
     Exhausted(Exhausted),
-    /// Redis did not answer and `on_redis_error` is `refuse`: 503.
+    /// Redis did not answer and `redis.on_error` is `refuse`: 503.
     Unavailable,
 }
 
@@ -96,7 +96,7 @@ impl QuotaCounter {
     }
 
     /// What is left of `quota` in the current period (the descriptor's `quotaRemaining`);
-    /// `None` when Redis cannot say and `on_redis_error` is `refuse`.
+    /// `None` when Redis cannot say and `redis.on_error` is `refuse`.
     pub async fn remaining(
         &self,
         user_id: i64,

@@ -11,9 +11,9 @@
 //! Memory is bounded: entries are keyed by a keyed hash (32 bytes) of the pair, never by the
 //! attacker-chosen name itself, and the cache is bounded in bytes.
 //!
-//! With `replay.redis_url` the count is fleet-wide, kept in Redis (see `crate::fleet`), so
+//! With the `redis` section the count is fleet-wide, kept in Redis (see `crate::fleet`), so
 //! guesses spread over the replicas add up. When Redis cannot answer, this replica's own count
-//! decides, whatever `replay.on_redis_error` says: password logins (and so the admin API) stay
+//! decides, whatever `redis.on_error` says: password logins (and so the admin API) stay
 //! available through a Redis outage.
 
 use super::api_key::KeyHasher;
