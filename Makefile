@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge compare compare-builds check-deploy
+.PHONY: run test prereqs load load-postgres load-edge compare compare-authz compare-builds check-deploy
 
 prereqs:
 	@scripts/prereqs.sh
@@ -37,6 +37,11 @@ load-edge: prereqs
 # throughput, CPU per request and open-loop latency added per hop (scripts/compare.sh).
 compare: prereqs
 	scripts/compare.sh 4 32 3 5
+
+# External authorization (scripts/compare-authz.sh): nginx alone, nginx → keyward
+# (auth_request) → upstream, keyward inline, and the /auth/nginx check alone.
+compare-authz: prereqs
+	scripts/compare-authz.sh 4 32 3
 
 # Two builds of keyward side by side (scripts/compare-builds.sh): CPU per request on the public
 # route, Basic, API key, token and signed requests, one thread each, the other paused while one

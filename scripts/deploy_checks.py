@@ -126,7 +126,9 @@ def check_manifests(path, overlay):
         problem("expected one container named keyward")
         return
     keyward = keyward[0]
-    sidecar = overlay != "edge"
+    # authz-*: keyward as an edge's external-authorization service (its own pod, like edge).
+    authz = overlay.startswith("authz")
+    sidecar = overlay != "edge" and not authz
     if sidecar:
         if keyward not in init or keyward.get("restartPolicy") != "Always":
             problem("keyward is not a native sidecar (initContainer with restartPolicy: Always)")
@@ -240,7 +242,7 @@ def check_manifests(path, overlay):
     if not services or not policies or not by_kind.get("ServiceAccount"):
         problem("missing the Service, NetworkPolicy or ServiceAccount")
         return
-    proxy_port = ports.get("https", ports.get("http"))
+    proxy_port = ports.get("authz") if authz else ports.get("https", ports.get("http"))
     open_to_all, opened = set(), set()
     for policy in policies:
         for rule in policy["spec"].get("ingress", []):
@@ -248,7 +250,16 @@ def check_manifests(path, overlay):
                 opened.add(p.get("port"))
                 if not rule.get("from"):
                     open_to_all.add(p.get("port"))
-    if proxy_port not in open_to_all:
+    if authz:
+        # Only the edge asks: the authorization port is opened to selected pods only.
+        if proxy_port is None or proxy_port not in opened or proxy_port in open_to_all:
+            problem(f"the NetworkPolicy must open the authz port {proxy_port}, to the edge only")
+        listen = config.get("listen") or {}
+        if str(listen.get("authz", "")).rpartition(":")[2] != str(proxy_port):
+            problem(f"listen.authz {listen.get('authz')!r} is not the authz port {proxy_port}")
+        if not (config.get("external_authz") or {}).get("trusted_callers"):
+            problem("external_authz.trusted_callers is not set")
+    elif proxy_port not in open_to_all:
         problem(f"the NetworkPolicy does not open the proxy port {proxy_port}")
     if ports.get("ops") not in opened or ports.get("ops") in open_to_all or "ops" in open_to_all:
         problem("the NetworkPolicy must open the ops port, to selected clients only")

@@ -8,6 +8,10 @@ need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1"); }
 need cargo
 need cc
 need cmake   # pingora's zlib-ng build
+# The external-authorization tests start real edges in front of keyward: nginx
+# (`auth_request`, Debian's nginx-light) and Caddy (`forward_auth`).
+need nginx
+need caddy
 
 # The signature interoperability test signs with an independent RFC 9421 implementation.
 need python3
@@ -15,6 +19,15 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import http_message_signa
   echo "installing the Python RFC 9421 signer used by the interoperability test" >&2
   python3 -m pip install --quiet 'http-message-signatures>=3,<4' requests cryptography >&2 || {
     echo "keyward's tests need: python3 -m pip install http-message-signatures requests cryptography" >&2
+    exit 1
+  }
+fi
+
+# The gRPC external-authorization test asks keyward's Check from a real gRPC client.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import grpc; from envoy.service.auth.v3 import external_auth_pb2_grpc' 2>/dev/null; then
+  echo "installing Python grpcio and xds-protos for the gRPC ext_authz test" >&2
+  python3 -m pip install --quiet grpcio xds-protos >&2 || {
+    echo "keyward's tests need: python3 -m pip install grpcio xds-protos" >&2
     exit 1
   }
 fi
@@ -34,6 +47,8 @@ for tool in "${missing[@]}"; do
     cmake) packages+=(cmake) ;;
     cc) packages+=(gcc) ;;
     python3) packages+=(python3 python3-pip) ;;
+    nginx) packages+=(nginx-light) ;;
+    caddy) packages+=(caddy) ;;
   esac
 done
 

@@ -54,6 +54,7 @@ pub fn serve(
     for (key, address) in [
         ("listen.proxy", Some(&config.listen_proxy)),
         ("listen.admin", config.listen_admin.as_ref()),
+        ("listen.authz", config.listen_authz.as_ref()),
     ] {
         let Some(address) = address else { continue };
         let probe = bind_listener(key, address)?;
@@ -239,8 +240,12 @@ pub fn serve(
     // `connection`), on each listener.
     let network = config.limits.network;
     let service = |name: &str, proxy: KeywardProxy, tls: bool| -> anyhow::Result<_> {
+        let authz = proxy.listener() == Listener::Authz;
         let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
         let mut http_options = HttpServerOptions::default();
+        // `listen.authz` speaks HTTP/1.1 and h2c on one port (Envoy's HTTP service may
+        // use either).
+        http_options.h2c = authz;
         // An HTTP/2 connection with no request in progress is closed after the keep-alive
         // time of HTTP/1.1 (pingora's default keeps it forever, holding a connection permit).
         http_options.h2_idle_timeout = Some(crate::connection::KEEPALIVE);
@@ -253,10 +258,12 @@ pub fn serve(
         let trusted_live = live.clone();
         let trusted: crate::connection::TrustedPeer = Arc::new(move |peer| {
             let current = trusted_live.current();
-            current
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&peer))
+            // An edge asking `listen.authz` is one client with many connections.
+            let trusted = match authz {
+                true => &current.external_authz.trusted_callers,
+                false => &current.trusted_proxies,
+            };
+            trusted.iter().any(|net| net.contains(&peer))
         });
         let mut limits = ConnectionLimits::new(
             http,
@@ -290,6 +297,15 @@ pub fn serve(
         }
         None => None,
     };
+    // `listen.authz` (SPEC §13): plaintext, for the edges named in `external_authz`.
+    let authz_service = match config.listen_authz.as_ref() {
+        Some(address) => {
+            let mut authz_service = service("keyward authz", proxy_for(Listener::Authz), false)?;
+            authz_service.add_tcp(address);
+            Some(authz_service)
+        }
+        None => None,
+    };
 
     let ops_app = OpsApp::new(
         db.clone(),
@@ -317,6 +333,9 @@ pub fn serve(
     if let Some(admin_service) = admin_service {
         server.add_service(admin_service);
     }
+    if let Some(authz_service) = authz_service {
+        server.add_service(authz_service);
+    }
     server.add_service(background_service("keyward ops", ops));
     server.add_service(background_service(
         "config reload",
@@ -334,6 +353,7 @@ pub fn serve(
     tracing::info!(
         proxy = %config.listen_proxy,
         admin = config.listen_admin.as_deref().unwrap_or("(on the proxy listener)"),
+        authz = config.listen_authz.as_deref().unwrap_or("-"),
         tls = tls_certificates.is_some(),
         ops = %config.listen_ops,
         upstreams = ?config.upstream.addresses,

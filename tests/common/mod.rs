@@ -68,6 +68,9 @@ pub struct Setup {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `listen.proxy` on `[::]` (dual-stack); the tests still connect to 127.0.0.1.
     pub dual_stack: bool,
+    /// Open the external-authorization listener (`listen.authz`); the test's `extra` names
+    /// `external_authz.trusted_callers`.
+    pub authz_listener: bool,
 }
 
 impl Default for Setup {
@@ -91,6 +94,7 @@ impl Default for Setup {
             admin_listener: false,
             tls: None,
             dual_stack: false,
+            authz_listener: false,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Keyward {
     pub ops: SocketAddr,
     /// `listen.admin`, when the setup asked for it.
     pub admin: Option<SocketAddr>,
+    /// `listen.authz`, when the setup asked for it.
+    pub authz: Option<SocketAddr>,
     pub upstream: Option<Upstream>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -136,7 +142,13 @@ impl Keyward {
         let admin: Option<SocketAddr> = setup
             .admin_listener
             .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
-        let admin_line = admin.map_or(String::new(), |a| format!("\n  admin: {a}"));
+        let authz: Option<SocketAddr> = setup
+            .authz_listener
+            .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let mut admin_line = admin.map_or(String::new(), |a| format!("\n  admin: {a}"));
+        if let Some(authz) = authz {
+            admin_line.push_str(&format!("\n  authz: {authz}"));
+        }
         let tls_line = match &setup.tls {
             Some((cert, key)) => format!(
                 "  tls: {{ cert: {}, key: {} }}",
@@ -195,6 +207,7 @@ routes:{routes}
             proxy,
             ops,
             admin,
+            authz,
             upstream,
             dir,
             config_path,

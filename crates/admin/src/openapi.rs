@@ -31,18 +31,27 @@ mod tests {
         }
     }
 
-    /// path → methods, lower-case, as the document lists them.
-    fn documented(doc: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    /// The admin API's paths: those without a `servers` of their own (the external-authorization
+    /// paths name `listen.authz`).
+    fn admin_paths(doc: &Value) -> impl Iterator<Item = (&String, &Value)> {
         doc["paths"]
             .as_object()
             .expect("paths")
             .iter()
+            .filter(|(_, item)| item.get("servers").is_none())
+    }
+
+    /// path → methods, lower-case, as the document lists them.
+    fn documented(doc: &Value) -> BTreeMap<String, BTreeSet<String>> {
+        admin_paths(doc)
             .map(|(path, item)| {
                 let methods = item
                     .as_object()
                     .unwrap()
                     .keys()
-                    .filter(|k| *k != "parameters" && *k != "summary" && *k != "description")
+                    .filter(|k| {
+                        !["parameters", "summary", "description", "servers"].contains(&k.as_str())
+                    })
                     .cloned()
                     .collect();
                 (path.clone(), methods)
@@ -90,6 +99,9 @@ mod tests {
                 .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
                 .collect();
             for (method, operation) in item.as_object().unwrap() {
+                if method == "servers" {
+                    continue;
+                }
                 let declared: BTreeSet<&str> = operation["parameters"]
                     .as_array()
                     .map(Vec::as_slice)
@@ -113,7 +125,7 @@ mod tests {
         let common = [
             "400", "401", "403", "404", "405", "413", "429", "431", "503",
         ];
-        for (path, item) in doc["paths"].as_object().unwrap() {
+        for (path, item) in admin_paths(&doc) {
             for (method, operation) in item.as_object().unwrap() {
                 let responses = operation["responses"].as_object().unwrap();
                 for status in common {
@@ -137,6 +149,47 @@ mod tests {
                     "{method} {path}: no security"
                 );
             }
+        }
+    }
+
+    /// `listen.authz` (SPEC §13): its three HTTP conventions, on their own server; nginx's
+    /// answers are 200, 401 and 403 only.
+    #[test]
+    fn documents_the_external_authorization_paths() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let authz: BTreeSet<&str> = paths
+            .iter()
+            .filter(|(_, item)| item.get("servers").is_some())
+            .map(|(path, _)| path.as_str())
+            .collect();
+        assert_eq!(
+            authz,
+            BTreeSet::from(["/auth/nginx", "/auth/forward", "/auth/envoy/{path}"])
+        );
+        let statuses = |path: &str, method: &str| -> BTreeSet<String> {
+            paths[path][method]["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            statuses("/auth/nginx", "get"),
+            BTreeSet::from(["200".into(), "401".into(), "403".into()])
+        );
+        for status in ["200", "401", "403", "429", "503"] {
+            assert!(statuses("/auth/forward", "get").contains(status));
+            assert!(statuses("/auth/envoy/{path}", "post").contains(status));
+        }
+        let allowed = resolve(&doc, &paths["/auth/forward"]["get"]["responses"]["200"]);
+        for header in [
+            "X-Keyward-User",
+            "X-Keyward-Auth-Method",
+            "Gateway-Request-Id",
+        ] {
+            assert!(allowed["headers"][header].is_object(), "{header}");
         }
     }
 

@@ -76,6 +76,10 @@ pub struct Config {
     pub listen_admin: Option<String>,
     /// `listen.tls`: the proxy listener speaks TLS (HTTP/1.1 and HTTP/2 by ALPN).
     pub listen_tls: Option<TlsFiles>,
+    /// `listen.authz`: the external-authorization listener (SPEC §13); `None`: none.
+    pub listen_authz: Option<String>,
+    /// `external_authz`: who may ask `listen.authz`.
+    pub external_authz: ExternalAuthz,
     pub upstream: Upstream,
     pub store: StoreUrl,
     pub store_pool: PoolSettings,
@@ -104,6 +108,15 @@ pub struct Config {
     /// What the file says that works but should change (an old key that has a new name):
     /// logged at start and on every reload, printed by `check-config`.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `external_authz` (SPEC §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalAuthz {
+    /// The peers whose `X-Original-*` / `X-Forwarded-*` description of a request is believed.
+    pub trusted_callers: Vec<IpNet>,
+    /// The largest body a caller may forward for a `content-digest` check.
+    pub forward_body_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +322,50 @@ fn issue_from_serde(e: &serde_path_to_error::Error<serde_yaml::Error>) -> Config
     ConfigIssue { key, message }
 }
 
+/// `external_authz`: required (with at least one trusted caller) when `listen.authz` is set,
+/// since a caller's `X-Original-URI` is believed only from the edges named there.
+fn validate_external_authz(
+    file: Option<schema::ExternalAuthzFile>,
+    listener: bool,
+    max_body: u64,
+    problem: &mut impl FnMut(String, String),
+) -> ExternalAuthz {
+    let file = file.unwrap_or(schema::ExternalAuthzFile {
+        trusted_callers: Vec::new(),
+        forward_body_max: None,
+    });
+    let mut trusted_callers = Vec::with_capacity(file.trusted_callers.len());
+    for (i, text) in file.trusted_callers.iter().enumerate() {
+        match parse_cidr(text) {
+            Ok(net) => trusted_callers.push(net),
+            Err(message) => problem(format!("external_authz.trusted_callers[{i}]"), message),
+        }
+    }
+    if listener && file.trusted_callers.is_empty() {
+        problem(
+            "external_authz.trusted_callers".into(),
+            "is required with listen.authz: name the edges that may ask (any other caller gets 403)"
+                .into(),
+        );
+    }
+    let forward_body_max = match file.forward_body_max {
+        Some(explicit) => {
+            if explicit > max_body {
+                problem(
+                    "external_authz.forward_body_max".into(),
+                    "must be at most signatures.max_body".into(),
+                );
+            }
+            explicit
+        }
+        None => schema::defaults::forward_body_max().min(max_body),
+    };
+    ExternalAuthz {
+        trusted_callers,
+        forward_body_max,
+    }
+}
+
 /// Whether two listen addresses would take the same port.
 fn listeners_collide(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
@@ -337,15 +394,20 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         usage,
         replay,
         rate_limits,
+        external_authz,
     } = file;
     let mut warnings = Vec::new();
 
     let mut problem = |key: String, message: String| issues.push(ConfigIssue { key, message });
 
     let admin_address = listen.admin.clone().unwrap_or_default();
+    let authz_address = listen.authz.clone().unwrap_or_default();
     let mut listeners = vec![("listen.proxy", &listen.proxy), ("listen.ops", &listen.ops)];
     if listen.admin.is_some() {
         listeners.push(("listen.admin", &admin_address));
+    }
+    if listen.authz.is_some() {
+        listeners.push(("listen.authz", &authz_address));
     }
     let mut bound: Vec<(&str, std::net::SocketAddr)> = Vec::new();
     for (key, value) in listeners {
@@ -523,6 +585,13 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         }
     }
 
+    let external_authz = validate_external_authz(
+        external_authz,
+        listen.authz.is_some(),
+        signatures.max_body,
+        &mut problem,
+    );
+
     if let Some(level) = &logging.level {
         if tracing_subscriber::EnvFilter::try_new(level).is_err() {
             problem(
@@ -635,6 +704,8 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         listen_proxy: listen.proxy,
         listen_ops: listen.ops,
         listen_admin: listen.admin,
+        listen_authz: listen.authz,
+        external_authz,
         listen_tls,
         upstream: Upstream {
             addresses,
@@ -1196,6 +1267,59 @@ routes:
             Err(ConfigError::Invalid(issues)) => issues,
             other => panic!("expected invalid config, got {other:?}"),
         }
+    }
+
+    /// `listen.authz` needs `external_authz.trusted_callers` (SPEC §13); the callers are CIDRs,
+    /// the listener a port of its own, and a forwarded body at most `signatures.max_body`.
+    #[test]
+    fn external_authz_is_checked() {
+        let with = |listen: &str, rest: &str| {
+            MINIMAL.replace(
+                "listen: { proxy: 127.0.0.1:8080, ops: 127.0.0.1:9090 }",
+                &format!(
+                    "listen: {{ proxy: 127.0.0.1:8080, ops: 127.0.0.1:9090{listen} }}\n{rest}"
+                ),
+            )
+        };
+        let keys =
+            |yaml: &str| -> Vec<String> { issues(yaml).into_iter().map(|i| i.key).collect() };
+        assert_eq!(
+            keys(&with(", authz: 127.0.0.1:8082", "")),
+            ["external_authz.trusted_callers"]
+        );
+        assert_eq!(
+            keys(&with(
+                ", authz: 127.0.0.1:8082",
+                "external_authz: { trusted_callers: [10.0.0.0/8, 10.0.0.0/33] }"
+            )),
+            ["external_authz.trusted_callers[1]"]
+        );
+        assert_eq!(
+            keys(&with(
+                ", authz: 127.0.0.1:8080",
+                "external_authz: { trusted_callers: [10.0.0.0/8] }"
+            )),
+            ["listen.authz"]
+        );
+        assert_eq!(
+            keys(&with(
+                ", authz: 127.0.0.1:8082",
+                "external_authz: { trusted_callers: [10.0.0.0/8], forward_body_max: 2048 }\n\
+                 signatures: { max_body: 1024, body_in_memory: 1024, bodies_in_flight: 1048576 }"
+            )),
+            ["external_authz.forward_body_max"]
+        );
+        let config = Config::from_yaml(&with(
+            ", authz: 127.0.0.1:8082",
+            "external_authz: { trusted_callers: [10.0.0.0/8] }",
+        ))
+        .unwrap();
+        assert_eq!(config.listen_authz.as_deref(), Some("127.0.0.1:8082"));
+        assert_eq!(config.external_authz.forward_body_max, 1024 * 1024);
+        // Without the listener nothing is required.
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert!(config.listen_authz.is_none());
+        assert!(config.external_authz.trusted_callers.is_empty());
     }
 
     #[test]

@@ -183,6 +183,7 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(listen_proxy => "listen.proxy");
     keep!(listen_ops => "listen.ops");
     keep!(listen_admin => "listen.admin");
+    keep!(listen_authz => "listen.authz");
     keep!(store => "store.url");
     keep!(store_pool => "store.max_connections/connect_timeout");
     keep!(upstream => "upstream");

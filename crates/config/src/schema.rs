@@ -55,6 +55,22 @@ pub struct FileConfig {
     /// Absent (or a limit left out): not limited.
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    /// Who may ask `listen.authz`, and how much body they may forward (SPEC §13).
+    #[serde(default)]
+    pub external_authz: Option<ExternalAuthzFile>,
+}
+
+/// `external_authz`: the callers of `listen.authz`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthzFile {
+    /// The edges whose description of the original request is believed; anyone else: 403.
+    #[serde(default)]
+    pub trusted_callers: Vec<String>,
+    /// The largest body a caller may forward for a `content-digest` check; absent: 1 MiB, or
+    /// `signatures.max_body` when that is smaller.
+    #[serde(default)]
+    pub forward_body_max: Option<u64>,
 }
 
 /// `rate_limits`: request quotas per credential and per client address.
@@ -269,6 +285,9 @@ pub struct ListenFile {
     /// When set, the admin API is answered only on this address.
     #[serde(default)]
     pub admin: Option<String>,
+    /// The external-authorization listener (SPEC §13): edges ask it whether a request may pass.
+    #[serde(default)]
+    pub authz: Option<String>,
     /// TLS (and HTTP/2 by ALPN) on the proxy listener.
     #[serde(default)]
     pub tls: Option<ListenTlsFile>,
@@ -590,7 +609,7 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::Seconds;
     use std::time::Duration;
 
@@ -661,6 +680,9 @@ mod defaults {
     }
     pub fn max_body() -> u64 {
         8 * 1024 * 1024
+    }
+    pub(crate) fn forward_body_max() -> u64 {
+        1024 * 1024
     }
     pub fn body_in_memory() -> u64 {
         1024 * 1024

@@ -148,6 +148,17 @@ pub mod identity_header {
     pub const CREDENTIAL: HeaderName = HeaderName::from_static("x-keyward-credential");
     /// Only on requests authenticated by a tenant token (SPEC §4).
     pub const TENANT: HeaderName = HeaderName::from_static("x-keyward-tenant");
+    /// Every identity header, in the order they are set.
+    pub const ALL: [HeaderName; 8] = [
+        USER,
+        USER_ID,
+        CUSTOMER,
+        FUNCTIONS,
+        SECURITY_LEVEL,
+        AUTH_METHOD,
+        CREDENTIAL,
+        TENANT,
+    ];
 }
 
 impl Principal {

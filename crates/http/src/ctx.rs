@@ -43,6 +43,9 @@ pub struct RequestCtx {
     /// When the request body must be in whole (`limits.body_timeout` from the header); `None`
     /// for a request without a body.
     pub body_deadline: Option<Instant>,
+    /// `listen.authz` over gRPC: the body the caller forwarded inside its `CheckRequest`
+    /// (empty when none), read in place of the session's body.
+    pub described_body: Option<bytes::Bytes>,
     /// Counts the request in `keyward_requests_in_flight` while the context lives.
     _in_flight: InFlight,
 }
@@ -67,6 +70,7 @@ impl RequestCtx {
             upstream_address: None,
             upstream_seconds: None,
             body_deadline: None,
+            described_body: None,
             _in_flight: in_flight,
         }
     }

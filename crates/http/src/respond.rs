@@ -160,6 +160,17 @@ impl Refusal {
         request_id: &str,
         set_cookie: Option<&str>,
     ) -> pingora::Result<()> {
+        let (header, body) = self.response(request_id, set_cookie)?;
+        send(session, header, body).await
+    }
+
+    /// The whole response, header and body, for a caller that adds to it before sending
+    /// (the external-authorization conventions).
+    pub fn response(
+        self,
+        request_id: &str,
+        set_cookie: Option<&str>,
+    ) -> pingora::Result<(ResponseHeader, Bytes)> {
         let body = self.body(request_id);
         let mut header = json_header(
             self.status(),
@@ -180,7 +191,7 @@ impl Refusal {
             header.insert_header("ratelimit-policy", exhausted.policy_header())?;
             header.insert_header("ratelimit", exhausted.limit_header())?;
         }
-        send(session, header, body).await
+        Ok((header, body))
     }
 }
 

@@ -47,6 +47,8 @@ pub enum RouteKind {
     Admin,
     /// Refused before a route was chosen (malformed, limits, no route).
     Unrouted,
+    /// A question from an edge on `listen.authz` (SPEC §13): decided, never forwarded.
+    Authz,
 }
 
 impl RouteKind {
@@ -56,15 +58,17 @@ impl RouteKind {
             RouteKind::Protected => "protected",
             RouteKind::Admin => "admin",
             RouteKind::Unrouted => "none",
+            RouteKind::Authz => "authz",
         }
     }
 }
 
-const ROUTE_KINDS: [RouteKind; 4] = [
+const ROUTE_KINDS: [RouteKind; 5] = [
     RouteKind::Public,
     RouteKind::Protected,
     RouteKind::Admin,
     RouteKind::Unrouted,
+    RouteKind::Authz,
 ];
 
 /// `keyward_upstream_errors_total{reason}`: why a request could not be proxied.

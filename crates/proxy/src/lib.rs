@@ -2,6 +2,8 @@
 //! filter → authenticate → policy → forward, and anything refused is answered here, never
 //! forwarded.
 
+pub mod authz;
+pub mod authz_grpc;
 pub mod connection;
 pub mod forward;
 pub mod ip_text;
@@ -78,6 +80,9 @@ pub enum Listener {
     Proxy { serves_admin: bool },
     /// `listen.admin`: the admin API only; everything else is 404 and nothing is forwarded.
     Admin,
+    /// `listen.authz` (SPEC §13): answers edges whether the request they describe may pass;
+    /// decides it as the proxy listener would, forwards nothing, serves no admin API.
+    Authz,
 }
 
 impl Listener {
@@ -98,7 +103,7 @@ struct Decision<'a> {
 }
 
 /// Where an admitted request goes.
-enum Admission {
+pub(crate) enum Admission {
     Upstream,
     Admin,
 }
@@ -131,6 +136,11 @@ impl KeywardProxy {
         }
     }
 
+    /// The listener this proxy serves.
+    pub fn listener(&self) -> Listener {
+        self.listener
+    }
+
     /// Decides a request: to the upstream (with `ctx.principal` set), to the admin API, or
     /// refused. Each step either passes or refuses; nothing is forwarded before all passed.
     async fn admit(
@@ -138,7 +148,10 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Admission, Refusal> {
-        ctx.tls = is_tls(session);
+        if self.listener != Listener::Authz {
+            // On `listen.authz` the scheme is the described request's (see `authz`).
+            ctx.tls = is_tls(session);
+        }
         // A client that stops reading its answer (or keeps an HTTP/2 window closed) holds a
         // connection, its client slot and an upstream connection: each write may wait at most
         // `limits.send_timeout` (nginx's `send_timeout`), then the connection is closed.
@@ -175,6 +188,11 @@ impl KeywardProxy {
             false => namespace::is_reserved(path),
         };
         if reserved {
+            if self.listener == Listener::Authz {
+                // keyward's own paths are keyward's, never the upstream's: an edge asking about
+                // one is refused, and nothing of the admin API runs here.
+                return Err(Refusal::Forbidden("reserved_path"));
+            }
             if !self.listener.serves_admin() {
                 // `listen.admin` is set: the admin API is not on this listener at all.
                 return Err(Refusal::NotFound);
@@ -295,10 +313,24 @@ impl KeywardProxy {
             return Err(Refusal::BadRequest("no_client_address"));
         };
         let config = &ctx.config;
+        // On `listen.authz` the caller (a trusted edge) names the client as a trusted proxy
+        // would: the chain is read past it.
+        let callers;
+        let trusted = match self.listener {
+            Listener::Authz => {
+                callers = [
+                    &config.external_authz.trusted_callers[..],
+                    &config.trusted_proxies[..],
+                ]
+                .concat();
+                &callers[..]
+            }
+            _ => &config.trusted_proxies[..],
+        };
         let address = client_ip::resolve(
             peer,
             &session.req_header().headers,
-            &config.trusted_proxies,
+            trusted,
             config.trusted_proxies_header,
         );
         ctx.peer_trusted = config.trusted_proxies.iter().any(|net| net.contains(&peer));
@@ -355,7 +387,11 @@ impl KeywardProxy {
         budget: &CheckBudget<'_>,
         decision: &Decision<'_>,
     ) -> Result<Authenticated, Refusal> {
-        let has_body = !session.is_body_empty();
+        // A gRPC `Check` carries the described request's body in its message (see `authz_grpc`).
+        let has_body = match &ctx.described_body {
+            Some(body) => !body.is_empty(),
+            None => !session.is_body_empty(),
+        };
         let client_ip = ctx
             .client_ip
             .ok_or(Refusal::BadRequest("no_client_address"))?;
@@ -409,7 +445,13 @@ impl KeywardProxy {
             session.req_header(),
             decision.target,
         )?;
+        let authz = self.listener == Listener::Authz;
         if !has_body {
+            // An edge that did not forward the body cannot have a digest over it checked
+            // (SPEC §13): refused, never taken as the empty body.
+            if authz && covers_content_digest(session.req_header()) {
+                return Err(Refusal::Forbidden("body_not_forwarded"));
+            }
             let principal = self.auth.accept_signature(pending, None, client_ip).await?;
             return Ok(Authenticated {
                 principal: Some(principal),
@@ -421,19 +463,46 @@ impl KeywardProxy {
             .expected_body()
             .cloned()
             .ok_or(Refusal::BadRequest("unframed_body"))?;
-        let body = upload::read(
-            session,
-            &expected,
-            &ctx.config.signed_bodies,
-            &self.uploads,
-            pending.principal().user_id,
-        )
-        .await?;
+        let forward_body_max = ctx.config.external_authz.forward_body_max;
+        let (hasher, body) = match &ctx.described_body {
+            // A gRPC caller's forwarded body, already read with its message.
+            Some(described) => {
+                if described.len() as u64 > forward_body_max {
+                    return Err(Refusal::Forbidden("body_not_forwarded"));
+                }
+                let mut hasher = expected.hasher();
+                hasher.update(described);
+                (hasher, None)
+            }
+            None => {
+                let mut limits = std::borrow::Cow::Borrowed(&ctx.config.signed_bodies);
+                if authz {
+                    limits.to_mut().max_body = limits.max_body.min(forward_body_max);
+                }
+                let body = upload::read(
+                    session,
+                    &expected,
+                    &limits,
+                    &self.uploads,
+                    pending.principal().user_id,
+                )
+                .await
+                .map_err(|refusal| match refusal {
+                    // More than the caller may forward: the digest cannot be checked.
+                    Refusal::PayloadTooLarge if authz => Refusal::Forbidden("body_not_forwarded"),
+                    refusal => refusal,
+                })?;
+                (body.hasher.clone(), Some(body))
+            }
+        };
         let principal = self
             .auth
-            .accept_signature(pending, Some(body.hasher.clone()), client_ip)
+            .accept_signature(pending, Some(hasher), client_ip)
             .await?;
-        body.install(session).await?;
+        // An edge's question is answered, never forwarded: its body goes nowhere.
+        if let Some(body) = body.filter(|_| !authz) {
+            body.install(session).await?;
+        }
         crate::connection::body_done();
         Ok(Authenticated {
             principal: Some(principal),
@@ -474,6 +543,13 @@ impl KeywardProxy {
         }
         Ok(())
     }
+}
+
+/// Whether a signature covers `content-digest` (one that does not parse covers nothing; it
+/// was refused before this is asked).
+fn covers_content_digest(request: &RequestHeader) -> bool {
+    signature::parse_headers(request)
+        .is_ok_and(|signed| signed.components.iter().any(|c| c == "content-digest"))
 }
 
 /// Whether the request came over TLS: the connection's TLS digest, whatever the protocol.
@@ -635,6 +711,10 @@ impl ProxyHttp for KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        if self.listener == Listener::Authz {
+            Box::pin(self.answer_authz(session, ctx)).await?;
+            return Ok(true);
+        }
         let admission = self.admit(session, ctx).await;
         self.count_key_use(ctx, &admission);
         match admission {
