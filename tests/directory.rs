@@ -53,6 +53,11 @@ struct Slapd {
 
 impl Slapd {
     fn start() -> Slapd {
+        Slapd::start_with(0)
+    }
+
+    /// With `extra` more people, `p00000`… (password `<uid>-directory-pw`, in no group).
+    fn start_with(extra: usize) -> Slapd {
         let slapd = slapd_binary();
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new();
@@ -98,6 +103,10 @@ impl Slapd {
             ("lou", "cust-1"),
         ] {
             ldif.push_str(&person(uid, &format!("{uid}-directory-pw"), department));
+        }
+        for i in 0..extra {
+            let uid = format!("p{i:05}");
+            ldif.push_str(&person(&uid, &format!("{uid}-directory-pw"), "cust-m"));
         }
         ldif.push_str(&format!(
             "dn: {SECOPS}\nobjectClass: groupOfNames\ncn: secops\n\
@@ -645,4 +654,110 @@ fn directory_changes_reach_every_credential_on_two_replicas() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(get_basic(&a, "bob", "bob-directory-pw").status(), 401);
     assert_eq!(with_key(&b, &key).status(), 401);
+}
+
+/// Medians of `samples` timed runs of `f`, in milliseconds.
+fn median_ms(samples: usize, mut f: impl FnMut(usize)) -> f64 {
+    let mut times: Vec<f64> = (0..samples)
+        .map(|i| {
+            let started = Instant::now();
+            f(i);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[samples / 2]
+}
+
+fn histogram(kw: &Keyward, name: &str) -> (f64, u64) {
+    let text = kw.metrics();
+    let find = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or(0.0)
+    };
+    (find("sum"), find("count") as u64)
+}
+
+/// The cost of a directory login (cold and cached) next to a local one, and of one
+/// revalidation sweep of 10 000 directory users. A measurement, not a check:
+/// `cargo test -p keyward --test directory -- --ignored --nocapture measure` (release numbers
+/// with `--release`).
+#[test]
+#[ignore]
+fn measure_directory_logins_and_a_sweep_of_10000_users() {
+    const USERS: usize = 10_000;
+    let slapd = Slapd::start_with(USERS);
+    service_password_env();
+    let kw = Keyward::start_with(Setup {
+        extra: ldap_section(&slapd, &slapd.plain_url(), "30s"),
+        // Every login stays "seen" for the sweep however long logging in 10 000 users takes.
+        invalidation_poll: "5s\n  basic_ttl: 1h".into(),
+        ..Setup::default()
+    });
+    for i in 0..20 {
+        kw.add_user(&format!("local{i}"), "local-password", &[]);
+    }
+    let status = |user: &str, password: &str| get_basic(&kw, user, password).status().as_u16();
+    let local_cold = median_ms(20, |i| {
+        assert_eq!(status(&format!("local{i}"), "local-password"), 200)
+    });
+    let local_cached = median_ms(200, |_| assert_eq!(status("local0", "local-password"), 200));
+    let directory_cold = median_ms(200, |i| {
+        let uid = format!("p{i:05}");
+        assert_eq!(status(&uid, &format!("{uid}-directory-pw")), 200)
+    });
+    let directory_cached = median_ms(200, |_| {
+        assert_eq!(status("p00000", "p00000-directory-pw"), 200)
+    });
+    let public = median_ms(200, |_| {
+        client().get(kw.url("/public")).send().unwrap();
+    });
+    println!(
+        "median request time (ms), debug or release as built, client and server on one machine:"
+    );
+    println!("  public route (no credential) {public:.2}");
+    println!("  local Basic login, cold (argon2) {local_cold:.2}; cached {local_cached:.2}");
+    println!("  directory login, cold (search, bind, 2 group searches, store write) {directory_cold:.2}; cached {directory_cached:.2}");
+
+    // Log the rest in, 8 at a time, then time the next sweep.
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let kw = &kw;
+            scope.spawn(move || {
+                for i in (200 + t..USERS).step_by(8) {
+                    let uid = format!("p{i:05}");
+                    let resp = get_basic(kw, &uid, &format!("{uid}-directory-pw"));
+                    assert_eq!(resp.status(), 200);
+                }
+            });
+        }
+    });
+    println!(
+        "  {} more cold directory logins, 8 clients: {:.1} s",
+        USERS - 200,
+        started.elapsed().as_secs_f64()
+    );
+    // A sweep that started while users were still logging in counted fewer of them: the one
+    // after it is whole.
+    let next_sweep = |after: u64| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let (sum, count) = histogram(&kw, "keyward_directory_sweep_seconds");
+            if count > after {
+                return (sum, count);
+            }
+            assert!(Instant::now() < deadline, "no sweep");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (_, count) = histogram(&kw, "keyward_directory_sweep_seconds");
+    let (sum, count) = next_sweep(count);
+    let (whole, _) = next_sweep(count);
+    println!(
+        "  one revalidation sweep of {USERS} directory users: {:.2} s",
+        whole - sum
+    );
 }
