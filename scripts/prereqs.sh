@@ -12,6 +12,10 @@ need cmake   # pingora's zlib-ng build
 # (`auth_request`, Debian's nginx-light) and Caddy (`forward_auth`).
 need nginx
 need caddy
+# The directory tests (tests/directory.rs) start their own OpenLDAP slapd and change it with
+# ldapmodify.
+[ -x /usr/sbin/slapd ] || missing+=(slapd)
+need ldapmodify
 
 # The signature interoperability test signs with an independent RFC 9421 implementation.
 need python3
@@ -49,6 +53,8 @@ for tool in "${missing[@]}"; do
     python3) packages+=(python3 python3-pip) ;;
     nginx) packages+=(nginx-light) ;;
     caddy) packages+=(caddy) ;;
+    slapd) packages+=(slapd) ;;
+    ldapmodify) packages+=(ldap-utils) ;;
   esac
 done
 
@@ -58,8 +64,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
   echo "installing ${packages[*]} with apt-get" >&2
-  $sudo apt-get install -y "${packages[@]}" >/dev/null 2>&1 || {
-    $sudo apt-get update >/dev/null && $sudo apt-get install -y "${packages[@]}" >/dev/null
+  # slapd's package asks debconf questions and may start a system slapd: neither is wanted
+  # (the tests run their own, on ports of their own).
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}" >/dev/null 2>&1 || {
+    $sudo apt-get update >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}" >/dev/null
   }
 else
   echo "keyward needs: ${packages[*]} (install them with your package manager)" >&2

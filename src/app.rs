@@ -111,6 +111,19 @@ pub fn serve(
     if let Some(handle) = log_filter {
         live.on_reload(Box::new(move |next: &Config| handle.set(&next.logging)));
     }
+    // `identity.ldap`: the directory's runtime and series; it connects at the first login.
+    let directory = match &config.ldap {
+        Some(settings) => {
+            let series = metrics
+                .directory_series()
+                .ok_or_else(|| anyhow!("the directory's metrics are registered twice"))?;
+            let directory =
+                crate::auth::directory::Directory::start(settings.clone(), series.clone())
+                    .map_err(|e| anyhow!("identity.ldap: {e}"))?;
+            Some((directory, series))
+        }
+        None => None,
+    };
     let basic = Arc::new(
         BasicAuthenticator::new(
             db.clone(),
@@ -123,7 +136,8 @@ pub fn serve(
                 window: config.limits.password_failure_window,
             },
         )
-        .with_fleet(fleet.clone()),
+        .with_fleet(fleet.clone())
+        .with_directory(directory.as_ref().map(|(directory, _)| directory.clone())),
     );
     let key_cache = CacheSettings {
         ttl: key_ttl,
@@ -316,6 +330,15 @@ pub fn serve(
     );
     let ops = OpsListener::new(ops_listener, ops_app, proxy_listeners);
 
+    let sweeper = directory.map(|(directory, series)| {
+        crate::auth::revalidation::DirectorySweeper::new(
+            db.clone(),
+            directory,
+            auth.clone(),
+            series,
+            basic_ttl.clone(),
+        )
+    });
     let flusher = UsageFlusher::new(auth.clone(), config.api_keys.last_used_flush);
     let follower = ChangeFollower::new(
         db,
@@ -343,6 +366,9 @@ pub fn serve(
     ));
     server.add_service(background_service("change feed", follower));
     server.add_service(background_service("key usage", flusher));
+    if let Some(sweeper) = sweeper {
+        server.add_service(background_service("directory revalidation", sweeper));
+    }
     let _pid_file = match PidFile::write(&config.server.pid_file) {
         Ok(pid_file) => Some(pid_file),
         Err(e) => {

@@ -396,18 +396,19 @@ pub fn run_user_command(
         UserCommand::List => {
             let list = db.block_on(|store| async move { store.list_users().await })?;
             println!(
-                "{:<8} {:<32} {:<10} {:<8} {:<8} {:<6} FUNCTIONS",
-                "ID", "NAME", "CUSTOMER", "EXTERNAL", "LOCKED", "TOTP"
+                "{:<8} {:<32} {:<10} {:<8} {:<8} {:<6} {:<6} FUNCTIONS",
+                "ID", "NAME", "CUSTOMER", "EXTERNAL", "LOCKED", "TOTP", "SOURCE"
             );
             for u in list {
                 println!(
-                    "{:<8} {:<32} {:<10} {:<8} {:<8} {:<6} {}",
+                    "{:<8} {:<32} {:<10} {:<8} {:<8} {:<6} {:<6} {}",
                     format!("{:x}", u.id),
                     u.name,
                     u.customer.as_deref().unwrap_or("-"),
                     u.external,
                     u.locked,
                     u.totp_secret.is_some(),
+                    u.source.as_str(),
                     u.functions.join(",")
                 );
             }

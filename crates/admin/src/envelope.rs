@@ -117,6 +117,7 @@ impl From<keyward_auth::AuthError> for AdminError {
         use keyward_auth::AuthError;
         match e {
             AuthError::StoreUnavailable
+            | AuthError::DirectoryUnavailable
             | AuthError::ReplayWindowUnavailable
             | AuthError::ReplayWindowFull
             | AuthError::PasswordChecksBusy => AdminError::Unavailable,

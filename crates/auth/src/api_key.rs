@@ -418,6 +418,7 @@ mod tests {
             totp_secret: None,
             locked: false,
             created_at_ms: 0,
+            source: Default::default(),
         }
     }
 

@@ -12,11 +12,12 @@ use super::password::PasswordHasher;
 use super::throttle::PasswordThrottle;
 use super::totp::{TotpFailure, TotpVerifier};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
+use crate::directory::{Directory, Login};
 use crate::fleet::FleetClaims;
 use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use base64::Engine as _;
 use keyward_metrics::Metrics;
-use keyward_store::{Db, User};
+use keyward_store::{AuditEvent, Db, DirectoryLogin, User, UserSource};
 use rand::RngCore;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +74,24 @@ pub fn principal_for(user: &User) -> Principal {
     }
 }
 
+/// The audit record of a change the directory made: a login that created or updated a
+/// directory user, or a revalidation that updated or locked one (auth method `LDAP`).
+pub fn directory_audit(actor: &str, target_user: &str) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        time: keyward_store::audit::now_rfc3339(),
+        request_id: keyward_core::RequestId::random().as_str().to_owned(),
+        actor: actor.into(),
+        auth_method: "LDAP".into(),
+        operation: "user.update".into(),
+        target_user: target_user.into(),
+        target_credential: String::new(),
+        status: 200,
+        outcome: "ok".into(),
+        source_ip: None,
+    }
+}
+
 /// A password check that is not cached: refused, or verified but raced by an invalidation.
 #[derive(Debug)]
 enum Unverified {
@@ -98,6 +117,8 @@ pub struct BasicAuthenticator {
     generation: AtomicU64,
     totp: TotpVerifier,
     throttle: PasswordThrottle,
+    /// `identity.ldap`: names that are not local users are checked there.
+    directory: Option<Directory>,
 }
 
 /// How many failed logins a (user name, client address) pair may have, within what window.
@@ -133,7 +154,14 @@ impl BasicAuthenticator {
             generation: AtomicU64::new(0),
             totp: TotpVerifier::new(None),
             throttle: PasswordThrottle::new(throttle.failures, throttle.window),
+            directory: None,
         }
+    }
+
+    /// Checks names that are not local users against the directory (`identity.ldap`).
+    pub fn with_directory(mut self, directory: Option<Directory>) -> Self {
+        self.directory = directory;
+        self
     }
 
     /// Claims TOTP codes and counts TOTP and password failures fleet-wide, in Redis.
@@ -268,6 +296,15 @@ impl BasicAuthenticator {
                 return Err(AuthError::StoreUnavailable.into());
             }
         };
+        // A name that is not a local user with a password is the directory's, when there is
+        // one (SPEC §14); a local user is never checked against the directory.
+        if let Some(directory) = &self.directory {
+            if user.as_ref().is_none_or(|u| u.source == UserSource::Ldap) {
+                return self
+                    .verify_in_directory(directory, name, password, attempt, generation)
+                    .await;
+            }
+        }
         let Some(user) = user else {
             if let Err(busy) = self.hasher.verify(password, None, client_ip).await {
                 self.throttle.undecided(attempt).await;
@@ -295,6 +332,64 @@ impl BasicAuthenticator {
         if self.generation.load(Ordering::Acquire) != generation {
             // Invalidated while it was being checked (a lock, a password change): the
             // request is answered as it was decided, and nothing is cached.
+            return Err(Unverified::Raced(principal));
+        }
+        Ok(principal)
+    }
+
+    /// A directory login: the directory checks the password, then the user is created or
+    /// updated in the store (functions and customer as the directory says now).
+    async fn verify_in_directory(
+        &self,
+        directory: &Directory,
+        name: String,
+        password: String,
+        attempt: crate::throttle::Attempt,
+        generation: u64,
+    ) -> Result<Arc<Principal>, Unverified> {
+        // A name keyward could not hold is never sent to the directory.
+        if crate::users::validate_name(&name).is_err() {
+            return Err(AuthError::UnknownKey.into());
+        }
+        let entry = match directory.login(&name, &password).await {
+            Ok(Login::Accepted(entry)) => entry,
+            Ok(Login::NoSuchUser) => return Err(AuthError::UnknownKey.into()),
+            Ok(Login::BadPassword) => return Err(AuthError::BadSecret.into()),
+            Err(e) => {
+                // Counted and logged (once per outage) by the directory's health.
+                tracing::debug!(error = %e, "directory login not decided");
+                self.throttle.undecided(attempt).await;
+                return Err(AuthError::DirectoryUnavailable.into());
+            }
+        };
+        let login = DirectoryLogin {
+            name: name.clone(),
+            customer: entry.customer,
+            functions: entry.functions,
+            external: directory.settings().external,
+            seen_ms: Some(keyward_core::now_ms()),
+        };
+        let audit = directory_audit(&name, &name);
+        let user = match self
+            .db
+            .call(move |store| async move { store.upsert_directory_user(login, audit).await })
+            .await
+        {
+            Ok(Some(user)) => user,
+            // A local user took the name meanwhile: theirs, checked by their password.
+            Ok(None) => return Err(AuthError::UnknownKey.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "store write failed during a directory login");
+                self.throttle.undecided(attempt).await;
+                return Err(AuthError::StoreUnavailable.into());
+            }
+        };
+        if user.locked {
+            return Err(AuthError::Locked.into());
+        }
+        self.throttle.succeeded(attempt).await;
+        let principal = Arc::new(principal_for(&user));
+        if self.generation.load(Ordering::Acquire) != generation {
             return Err(Unverified::Raced(principal));
         }
         Ok(principal)

@@ -5,12 +5,14 @@
 
 pub mod file;
 pub mod fleet;
+pub mod identity;
 pub mod policy;
 pub mod reload;
 pub mod schema;
 pub mod tls;
 
 use crate::fleet::{FleetSettings, OnRedisError};
+pub use crate::identity::LdapSettings;
 use crate::policy::{Requirement, Route};
 pub use crate::tls::TlsFiles;
 use ipnet::IpNet;
@@ -105,6 +107,8 @@ pub struct Config {
     /// `usage.retention`: how long the store keeps API key usage counts (default 90 days).
     pub usage_retention: Duration,
     pub rate_limits: RateLimitSettings,
+    /// `identity.ldap`: directory users (SPEC §14); `None`: only keyward's own users.
+    pub ldap: Option<LdapSettings>,
     /// What the file says that works but should change (an old key that has a new name):
     /// logged at start and on every reload, printed by `check-config`.
     pub warnings: Vec<ConfigIssue>,
@@ -395,6 +399,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         replay,
         rate_limits,
         external_authz,
+        identity,
     } = file;
     let mut warnings = Vec::new();
 
@@ -699,6 +704,9 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     let limits = validate_limits(limits, &mut problem);
     let redis = validate_redis(redis, replay, &mut problem, &mut warnings);
     let rate_limits = validate_rate_limits(rate_limits, redis.is_some(), &mut problem);
+    let ldap = identity
+        .ldap
+        .and_then(|ldap| identity::validate_ldap(ldap, &mut problem));
 
     Config {
         listen_proxy: listen.proxy,
@@ -747,6 +755,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         audit_path: audit.path,
         redis,
         rate_limits,
+        ldap,
         warnings,
         signed_bodies: SignedBodies {
             max_body: signatures.max_body,

@@ -192,6 +192,7 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(audit_retention => "audit.retention");
     keep!(usage_retention => "usage.retention");
     keep!(redis => "redis");
+    keep!(ldap => "identity.ldap");
     // The signature key cache's TTLs and capacity are copies of `cache.*`, reported there.
     let mut signatures = next.signatures.clone();
     signatures.key_cache_ttl = running.signatures.key_cache_ttl;

@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// Who may ask `listen.authz`, and how much body they may forward (SPEC §13).
     #[serde(default)]
     pub external_authz: Option<ExternalAuthzFile>,
+    /// Users from a directory (`identity.ldap`).
+    #[serde(default)]
+    pub identity: IdentityFile,
 }
 
 /// `external_authz`: the callers of `listen.authz`.
@@ -118,6 +121,59 @@ pub enum LimitScopeFile {
 pub struct QuotaFile {
     pub requests_per_second: f64,
     pub burst: u64,
+}
+
+/// `identity`: where users come from besides keyward's own store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    #[serde(default)]
+    pub ldap: Option<LdapFile>,
+}
+
+/// `identity.ldap`, as the file says it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapFile {
+    pub url: String,
+    #[serde(default)]
+    pub start_tls: bool,
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    #[serde(default)]
+    pub bind_password_env: Option<String>,
+    pub user_base: String,
+    pub user_filter: String,
+    /// Group DN → the functions its members get.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub customer_attribute: Option<String>,
+    /// Directory users are external (customer) users.
+    #[serde(default)]
+    pub external: bool,
+    #[serde(default = "default_ldap_revalidate_every")]
+    pub revalidate_every: Seconds,
+    /// Bound on each directory operation (connect, TLS, bind, search).
+    #[serde(default = "default_ldap_timeout")]
+    pub timeout: Seconds,
+    /// Users searched again per batch of a revalidation sweep.
+    #[serde(default = "default_ldap_batch")]
+    pub revalidate_batch: usize,
+}
+
+fn default_ldap_revalidate_every() -> Seconds {
+    Seconds(Duration::from_secs(300))
+}
+
+fn default_ldap_timeout() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+
+fn default_ldap_batch() -> usize {
+    100
 }
 
 /// `redis`: the one Redis of the fleet (replay window, TOTP codes, throttles).

@@ -38,6 +38,10 @@ pub enum AuthError {
     /// The store could not be asked; the credential may well be valid (answered 503).
     #[error("the credential store is unavailable")]
     StoreUnavailable,
+    /// The directory (`identity.ldap`) could not be asked about a name that is not a local
+    /// user: the login may well be valid (answered 503 with `Retry-After`, never 401).
+    #[error("the directory is unavailable")]
+    DirectoryUnavailable,
     /// The shared replay window (Redis) could not answer and `replay.on_redis_error: refuse`
     /// holds: a signature or TOTP code cannot be known unused (answered 503).
     #[error("the shared replay window is unavailable")]
@@ -72,6 +76,7 @@ impl AuthError {
             AuthError::BadCredentials => "bad_credentials",
             AuthError::PasswordThrottled(_) => "too_many_failures",
             AuthError::StoreUnavailable => "store_unavailable",
+            AuthError::DirectoryUnavailable => "directory_unavailable",
             AuthError::ReplayWindowUnavailable => "replay_window_unavailable",
             AuthError::ReplayWindowFull => "replay_window_full",
             AuthError::PasswordChecksBusy => "password_checks_busy",

@@ -316,6 +316,10 @@ fn explain(reason: &str) -> Option<&'static str> {
             "the fleet's shared rate-limit buckets cannot be reached right now; try again after \
              Retry-After"
         }
+        "directory_unavailable" => {
+            "the directory that checks this user's password cannot be reached right now; try \
+             again after Retry-After"
+        }
         "replay_window_unavailable" => {
             "the shared replay window (used signatures and TOTP codes) cannot be reached right \
              now; try again after Retry-After, with a new signature"
@@ -328,6 +332,7 @@ impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::StoreUnavailable
+            | AuthError::DirectoryUnavailable
             | AuthError::ReplayWindowUnavailable
             | AuthError::ReplayWindowFull
             | AuthError::PasswordChecksBusy => Refusal::Unavailable(e.reason()),

@@ -158,6 +158,15 @@ pub mod cache_name {
     pub const SIGNATURE_SESSION: &str = "signature_session";
 }
 
+/// The directory's series (see [`Metrics::directory_series`]).
+#[derive(Clone)]
+pub struct DirectorySeries {
+    pub up: IntGauge,
+    pub errors: IntCounter,
+    pub locks: IntCounter,
+    pub sweep: prometheus::Histogram,
+}
+
 pub struct Metrics {
     /// Series of the request path resolved once: `with_label_values` hashes the labels and
     /// takes a lock on every call.
@@ -675,6 +684,48 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    /// The directory's series (`identity.ldap`), registered when a directory is configured
+    /// (a keyward without one exports none of them): `keyward_directory_up`,
+    /// `keyward_directory_errors_total` and `keyward_directory_locks_total`. Registered once;
+    /// `None` when they already are.
+    pub fn directory_series(&self) -> Option<DirectorySeries> {
+        let up = IntGauge::new(
+            "keyward_directory_up",
+            "1 while the directory (identity.ldap) answers, 0 from a failed connection or \
+             operation until it answers again.",
+        )
+        .ok()?;
+        let errors = IntCounter::new(
+            "keyward_directory_errors_total",
+            "Directory operations (connect, TLS, bind as the service account, search) that \
+             failed or timed out; refused logins are not errors.",
+        )
+        .ok()?;
+        let locks = IntCounter::new(
+            "keyward_directory_locks_total",
+            "Directory users locked in keyward because the directory no longer returns them.",
+        )
+        .ok()?;
+        let sweep = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "keyward_directory_sweep_seconds",
+                "Time one revalidation sweep of the directory users took.",
+            )
+            .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+        )
+        .ok()?;
+        self.registry.register(Box::new(up.clone())).ok()?;
+        self.registry.register(Box::new(errors.clone())).ok()?;
+        self.registry.register(Box::new(locks.clone())).ok()?;
+        self.registry.register(Box::new(sweep.clone())).ok()?;
+        Some(DirectorySeries {
+            up,
+            errors,
+            locks,
+            sweep,
+        })
     }
 
     /// `keyward_store_errors_total` and `keyward_store_up`, for the store's health tracker.

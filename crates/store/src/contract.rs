@@ -861,6 +861,151 @@ async fn races_have_one_winner(store: Arc<dyn Store>) {
     assert_eq!(distinct.len(), 1);
 }
 
+async fn directory_users_are_upserted_revalidated_and_swept_once(store: Arc<dyn Store>) {
+    let before = store.latest_change().await.unwrap();
+    let login = |functions: &[&str], customer: Option<&str>, seen: Option<i64>| DirectoryLogin {
+        name: "dora".into(),
+        customer: customer.map(str::to_owned),
+        functions: functions.iter().map(|f| f.to_string()).collect(),
+        external: false,
+        seen_ms: seen,
+    };
+    let now = now_ms();
+    let dora = store
+        .upsert_directory_user(login(&["A"], Some("c1"), Some(now)), audit("", "dora"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dora.source, UserSource::Ldap);
+    assert_eq!(dora.password_hash, "", "no local password");
+    assert_eq!(
+        (dora.functions.clone(), dora.customer.as_deref()),
+        (vec!["A".to_string()], Some("c1"))
+    );
+    // The same answer again: no change published, no audit record.
+    let again = store
+        .upsert_directory_user(login(&["A"], Some("c1"), Some(now + 1)), audit("", "dora"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.id, dora.id);
+    let changes = store.changes_since(before, 10).await.unwrap();
+    assert_eq!(changes.len(), 1, "created once");
+    // The directory changed the groups: updated, published.
+    let moved = store
+        .upsert_directory_user(login(&["B"], None, None), audit("", "dora"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (moved.functions, moved.customer),
+        (vec!["B".to_string()], None)
+    );
+    assert_eq!(store.changes_since(before, 10).await.unwrap().len(), 2);
+    let records = store.audit_tail(10).await.unwrap();
+    let operations: Vec<_> = records.iter().map(|r| r.operation.as_str()).collect();
+    assert!(
+        operations.ends_with(&["user.create", "user.update"]),
+        "{operations:?}"
+    );
+    // A local user's name is never taken over by the directory.
+    let local = user(store.as_ref(), "lou").await;
+    assert_eq!(local.source, UserSource::Local);
+    let taken = store
+        .upsert_directory_user(
+            DirectoryLogin {
+                name: "lou".into(),
+                ..login(&[], None, Some(now))
+            },
+            audit("", "lou"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, None);
+    assert_eq!(store.user_by_name("lou").await.unwrap().unwrap(), local);
+
+    // Revalidated: those seen lately, or holding live credentials; never local or locked ones.
+    let idle = store
+        .upsert_directory_user(
+            DirectoryLogin {
+                name: "idle".into(),
+                ..login(&[], None, Some(now - 3_600_000))
+            },
+            audit("", "idle"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = |users: Vec<User>| users.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    let due = store
+        .directory_users_to_revalidate(0, 10, now - 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(ids(due), vec![dora.id]);
+    store
+        .create_token(
+            new_token(9, idle.id, None, now + 60_000),
+            None,
+            audit("token.mint", "idle"),
+        )
+        .await
+        .unwrap();
+    let due = store
+        .directory_users_to_revalidate(0, 10, now - 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(ids(due), vec![dora.id, idle.id]);
+    // In batches, by id.
+    let first = store
+        .directory_users_to_revalidate(0, 1, now - 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(ids(first), vec![dora.id]);
+    let next = store
+        .directory_users_to_revalidate(dora.id, 1, now - 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(ids(next), vec![idle.id]);
+    store
+        .set_user_locked(dora.id, true, audit("user.lock", "dora"))
+        .await
+        .unwrap();
+    let due = store
+        .directory_users_to_revalidate(0, 10, now - 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(due),
+        vec![idle.id],
+        "locked users are not searched again"
+    );
+
+    // One sweep per period, whoever asks.
+    assert!(store.claim_directory_sweep(60_000, now).await.unwrap());
+    assert!(!store
+        .claim_directory_sweep(60_000, now + 1_000)
+        .await
+        .unwrap());
+    assert!(store
+        .claim_directory_sweep(60_000, now + 60_000)
+        .await
+        .unwrap());
+    let racing = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .claim_directory_sweep(60_000, now + 200_000)
+                .await
+                .unwrap()
+        })
+    });
+    let mut winners = 0;
+    for race in racing {
+        winners += usize::from(race.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
 macro_rules! contract_tests {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -887,6 +1032,7 @@ contract_tests!(sqlite:
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,
+    directory_users_are_upserted_revalidated_and_swept_once,
 );
 
 contract_tests!(postgres:
@@ -901,6 +1047,7 @@ contract_tests!(postgres:
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,
+    directory_users_are_upserted_revalidated_and_swept_once,
 );
 
 /// Replicas starting together against an empty database migrate it once, without racing.

@@ -305,6 +305,46 @@ pub struct User {
     pub totp_secret: Option<String>,
     pub locked: bool,
     pub created_at_ms: i64,
+    pub source: UserSource,
+}
+
+/// Where a user comes from (`keyward user list` shows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserSource {
+    /// Created with the CLI, the bootstrap or the admin API; checked against its password.
+    #[default]
+    Local,
+    /// Created and updated by directory logins (`identity.ldap`); no local password.
+    Ldap,
+}
+
+impl UserSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserSource::Local => "local",
+            UserSource::Ldap => "ldap",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UserSource> {
+        match s {
+            "local" => Some(UserSource::Local),
+            "ldap" => Some(UserSource::Ldap),
+            _ => None,
+        }
+    }
+}
+
+/// What a directory login (or a revalidation) says about a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryLogin {
+    pub name: String,
+    pub customer: Option<String>,
+    pub functions: Vec<String>,
+    pub external: bool,
+    /// A login's time (it counts as a cached login until the cache forgets it); `None` for a
+    /// revalidation, which only updates what the directory says.
+    pub seen_ms: Option<i64>,
 }
 
 impl User {
@@ -622,6 +662,29 @@ pub trait Store: Send + Sync + 'static {
         secret: Option<&str>,
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
+
+    /// Creates the directory user `login.name` (`source: ldap`, no password) or updates its
+    /// customer, functions and external flag; a change is published (ChangeKind::User) and
+    /// audited (`audit` with operation `user.create` or `user.update`), an unchanged user is
+    /// written only for `seen_ms`. `None`: a local user has that name (it is not touched).
+    async fn upsert_directory_user(
+        &self,
+        login: DirectoryLogin,
+        audit: AuditEvent,
+    ) -> Result<Option<User>, StoreError>;
+    /// Unlocked directory users with `id > after_id` that hold live credentials (an active API
+    /// key or signature key, an unexpired token) or logged in at or after `seen_since_ms`,
+    /// by id, at most `limit`.
+    async fn directory_users_to_revalidate(
+        &self,
+        after_id: i64,
+        limit: i64,
+        seen_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<User>, StoreError>;
+    /// Claims the next directory sweep for this process when none was claimed in the last
+    /// `every_ms` (one conditional write: of replicas asking together, one gets it).
+    async fn claim_directory_sweep(&self, every_ms: i64, now_ms: i64) -> Result<bool, StoreError>;
 
     /// The server-side key API key hashes are computed with; made on first use.
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError>;

@@ -14,9 +14,9 @@ use super::rows::{
     row_decoders, to_json, API_KEY_COLUMNS, SIGNATURE_KEY_COLUMNS, TOKEN_SELECT, USER_COLUMNS,
 };
 use super::{
-    now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
-    NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey, Store, StoreError,
-    Token, TokenScope, UsageCount, User,
+    now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, DirectoryLogin, FeedSignal,
+    KeyUsage, NewApiKey, NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey,
+    Store, StoreError, Token, TokenScope, UsageCount, User, UserSource,
 };
 use async_trait::async_trait;
 use keyward_core::limit::Limit;
@@ -465,6 +465,124 @@ impl Store for PostgresStore {
         let sql = "UPDATE users SET totp_secret = $2 WHERE id = $1";
         self.update_user(id, sql, secret.map(str::to_owned), audit)
             .await
+    }
+
+    async fn upsert_directory_user(
+        &self,
+        login: DirectoryLogin,
+        mut audit: AuditEvent,
+    ) -> Result<Option<User>, StoreError> {
+        let functions = to_json(&login.functions);
+        let mut tx = self.pool.begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE name = $1 FOR UPDATE"
+        ))
+        .bind(&login.name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| user_from_row(&row))
+        .transpose()?;
+        let id = match existing {
+            Some(user) if user.source != UserSource::Ldap => return Ok(None),
+            Some(user) => {
+                let changed = user.customer != login.customer
+                    || user.functions != login.functions
+                    || user.external != login.external;
+                if changed {
+                    sqlx::query(
+                        "UPDATE users SET customer = $1, functions = $2, external = $3 WHERE id = $4",
+                    )
+                    .bind(&login.customer)
+                    .bind(&functions)
+                    .bind(login.external)
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    audit.operation = "user.update".into();
+                    Self::record_change(&mut tx, ChangeKind::User, user.id, &audit).await?;
+                }
+                user.id
+            }
+            None => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO users (name, customer, functions, external, password_hash, \
+                     created_at_ms, source) VALUES ($1, $2, $3, $4, '', $5, 'ldap') \
+                     ON CONFLICT (name) DO NOTHING RETURNING id",
+                )
+                .bind(&login.name)
+                .bind(&login.customer)
+                .bind(&functions)
+                .bind(login.external)
+                .bind(now_ms())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!("{:?} was created meanwhile", login.name))
+                })?;
+                audit.operation = "user.create".into();
+                Self::record_change(&mut tx, ChangeKind::User, id, &audit).await?;
+                id
+            }
+        };
+        if let Some(seen) = login.seen_ms {
+            sqlx::query("UPDATE users SET directory_seen_ms = $1 WHERE id = $2")
+                .bind(seen)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn directory_users_to_revalidate(
+        &self,
+        after_id: i64,
+        limit: i64,
+        seen_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<User>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE source = 'ldap' AND NOT locked AND id > $1 \
+             AND (directory_seen_ms >= $2 \
+              OR EXISTS (SELECT 1 FROM api_keys k WHERE k.user_id = u.id AND NOT k.revoked \
+                         AND (k.valid_until_ms = 0 OR k.valid_until_ms > $3)) \
+              OR EXISTS (SELECT 1 FROM signature_keys s WHERE s.user_id = u.id AND NOT s.deleted \
+                         AND (s.valid_until_ms = 0 OR s.valid_until_ms > $3)) \
+              OR EXISTS (SELECT 1 FROM tokens t WHERE t.owner_id = u.id AND t.expires_at_ms > $3)) \
+             ORDER BY id LIMIT $4"
+        ))
+        .bind(after_id)
+        .bind(seen_since_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(user_from_row)
+        .collect()
+    }
+
+    async fn claim_directory_sweep(&self, every_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO directory_sweeps (id, last_ms) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET last_ms = excluded.last_ms \
+             WHERE directory_sweeps.last_ms <= $2",
+        )
+        .bind(now_ms)
+        .bind(now_ms - every_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError> {

@@ -8,7 +8,7 @@ pub(super) const API_KEY_COLUMNS: &str = "user_id, key_id, secret_hash, descript
     quota_requests, quota_period";
 
 pub(super) const USER_COLUMNS: &str = "id, name, domain, customer, functions, external, \
-    password_hash, totp_secret, locked, created_at_ms";
+    password_hash, totp_secret, locked, created_at_ms, source";
 
 pub(super) const SIGNATURE_KEY_COLUMNS: &str = "user_id, key_id, public_key, description, \
     created_at_ms, valid_until_ms, valid_sources, last_used_at_ms, last_used_ip";
@@ -121,6 +121,11 @@ macro_rules! row_decoders {
                 totp_secret: row.try_get("totp_secret")?,
                 locked: row.try_get("locked")?,
                 created_at_ms: row.try_get("created_at_ms")?,
+                source: {
+                    let source: String = row.try_get("source")?;
+                    UserSource::parse(&source)
+                        .ok_or_else(|| StoreError::Corrupt(format!("source: {source:?}")))?
+                },
             })
         }
     };

@@ -5,9 +5,9 @@ use super::rows::{
     row_decoders, to_json, API_KEY_COLUMNS, SIGNATURE_KEY_COLUMNS, TOKEN_SELECT, USER_COLUMNS,
 };
 use super::{
-    now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, FeedSignal, KeyUsage, NewApiKey,
-    NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey, Store, StoreError,
-    Token, TokenScope, UsageCount, User,
+    now_ms, ApiKey, ApiKeyRoll, AuditEvent, Change, ChangeKind, DirectoryLogin, FeedSignal,
+    KeyUsage, NewApiKey, NewSignatureKey, NewToken, NewUser, PoolSettings, Quota, SignatureKey,
+    Store, StoreError, Token, TokenScope, UsageCount, User, UserSource,
 };
 use async_trait::async_trait;
 use keyward_core::limit::Limit;
@@ -425,6 +425,120 @@ impl Store for SqliteStore {
             .bind(password_hash)
             .bind(id);
         self.update_user(id, update, audit).await
+    }
+
+    async fn upsert_directory_user(
+        &self,
+        login: DirectoryLogin,
+        mut audit: AuditEvent,
+    ) -> Result<Option<User>, StoreError> {
+        let functions = to_json(&login.functions);
+        let mut tx = self.write_transaction().await?;
+        let existing = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?"))
+            .bind(&login.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| user_from_row(&row))
+            .transpose()?;
+        let id = match existing {
+            Some(user) if user.source != UserSource::Ldap => return Ok(None),
+            Some(user) => {
+                let changed = user.customer != login.customer
+                    || user.functions != login.functions
+                    || user.external != login.external;
+                if changed {
+                    sqlx::query(
+                        "UPDATE users SET customer = ?, functions = ?, external = ? WHERE id = ?",
+                    )
+                    .bind(&login.customer)
+                    .bind(&functions)
+                    .bind(login.external)
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    audit.operation = "user.update".into();
+                    Self::record_change(&mut tx, ChangeKind::User, user.id, &audit).await?;
+                }
+                user.id
+            }
+            None => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO users (name, customer, functions, external, password_hash, \
+                     created_at_ms, source) VALUES (?, ?, ?, ?, '', ?, 'ldap') RETURNING id",
+                )
+                .bind(&login.name)
+                .bind(&login.customer)
+                .bind(&functions)
+                .bind(login.external)
+                .bind(now_ms())
+                .fetch_one(&mut *tx)
+                .await?;
+                audit.operation = "user.create".into();
+                Self::record_change(&mut tx, ChangeKind::User, id, &audit).await?;
+                id
+            }
+        };
+        if let Some(seen) = login.seen_ms {
+            sqlx::query("UPDATE users SET directory_seen_ms = ? WHERE id = ?")
+                .bind(seen)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn directory_users_to_revalidate(
+        &self,
+        after_id: i64,
+        limit: i64,
+        seen_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<User>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE source = 'ldap' AND locked = 0 AND id > ? \
+             AND (directory_seen_ms >= ? \
+              OR EXISTS (SELECT 1 FROM api_keys k WHERE k.user_id = u.id AND k.revoked = 0 \
+                         AND (k.valid_until_ms = 0 OR k.valid_until_ms > ?)) \
+              OR EXISTS (SELECT 1 FROM signature_keys s WHERE s.user_id = u.id AND s.deleted = 0 \
+                         AND (s.valid_until_ms = 0 OR s.valid_until_ms > ?)) \
+              OR EXISTS (SELECT 1 FROM tokens t WHERE t.owner_id = u.id AND t.expires_at_ms > ?)) \
+             ORDER BY id LIMIT ?"
+        ))
+        .bind(after_id)
+        .bind(seen_since_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(user_from_row)
+        .collect()
+    }
+
+    async fn claim_directory_sweep(&self, every_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO directory_sweeps (id, last_ms) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET last_ms = excluded.last_ms \
+             WHERE directory_sweeps.last_ms <= ?",
+        )
+        .bind(now_ms)
+        .bind(now_ms - every_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError> {
