@@ -15,9 +15,9 @@ use ipnet::IpNet;
 use keyward_metrics::Metrics;
 use keyward_store::{now_ms, ApiKey, Db, StoreError, User};
 use rand::RngCore;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
 pub const HEADER: &str = "argus-api-key";
@@ -188,9 +188,47 @@ impl KeyHasher {
     }
 }
 
+/// SHA-256 keyed by a random block drawn when keyward starts: the digest a cached key keeps
+/// of the one secret that has matched its stored hash, so that later requests with that
+/// secret compare one SHA-256 block instead of the two of HMAC. The key block is absorbed
+/// once (a 64-byte block is compressed as soon as it is complete), and a secret of either
+/// issued length (43 or 52 bytes) fits with SHA-256's padding in the one block left: one
+/// compression per request. Keyed by a chaining value that never leaves the process, one
+/// block of fixed-length input: a PRF under the assumption HMAC's own proof makes of
+/// SHA-256's compression function.
+#[derive(Clone)]
+pub struct SecretMemo {
+    keyed: Sha256,
+}
+
+impl SecretMemo {
+    pub fn new() -> SecretMemo {
+        let mut key = [0u8; 64];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let mut keyed = Sha256::new();
+        keyed.update(key);
+        SecretMemo { keyed }
+    }
+
+    pub fn digest(&self, secret: &str) -> [u8; 32] {
+        let mut sha = self.keyed.clone();
+        sha.update(secret.as_bytes());
+        sha.finalize().into()
+    }
+}
+
+impl Default for SecretMemo {
+    fn default() -> SecretMemo {
+        SecretMemo::new()
+    }
+}
+
 /// A key as the request path needs it: checked constraints pre-parsed, the principal built.
 pub struct CachedKey {
     secret_hash: Vec<u8>,
+    /// [`SecretMemo::digest`] of the secret that matched `secret_hash`, once one has. Kept
+    /// only as long as this entry: a changed, rolled or revoked key is a new entry (or none).
+    verified: OnceLock<[u8; 32]>,
     valid_until_ms: i64,
     valid_sources: Vec<IpNet>,
     locked: bool,
@@ -215,6 +253,7 @@ impl CachedKey {
         };
         CachedKey {
             secret_hash: key.secret_hash.clone(),
+            verified: OnceLock::new(),
             valid_until_ms: key.valid_until_ms,
             valid_sources: super::client_ip::stored_sources(&key.valid_sources),
             locked: user.locked,
@@ -248,15 +287,37 @@ impl CachedKey {
         }
     }
 
+    /// Whether `secret` is this key's. The secret that matched the stored hash once is
+    /// recognised afterwards by its memo digest alone (compared in constant time); any other
+    /// secret is compared with the stored hash, as the first one was. Every secret costs the
+    /// memo digest, so a wrong secret costs the same whether or not the key has a memo yet,
+    /// and the same as an unknown prefix (see [`ApiKeyAuthenticator::authenticate`]).
+    fn secret_matches(&self, hasher: &KeyHasher, memo: &SecretMemo, secret: &str) -> bool {
+        let presented = memo.digest(secret);
+        if let Some(verified) = self.verified.get() {
+            if bool::from(presented.ct_eq(verified)) {
+                return true;
+            }
+        }
+        if !hasher.matches(secret, &self.secret_hash) {
+            return false;
+        }
+        // Only a secret whose HMAC is the stored hash gets here, so only the key's own
+        // secret is ever remembered (a concurrent first use of it sets the same digest).
+        let _ = self.verified.set(presented);
+        true
+    }
+
     /// Every per-request check after the prefix was found.
     pub fn check(
         &self,
         hasher: &KeyHasher,
+        memo: &SecretMemo,
         secret: &str,
         client_ip: IpAddr,
         now_ms: i64,
     ) -> Result<Arc<Principal>, AuthError> {
-        if !hasher.matches(secret, &self.secret_hash) {
+        if !self.secret_matches(hasher, memo, secret) {
             return Err(AuthError::BadSecret);
         }
         if self.locked {
@@ -275,6 +336,8 @@ impl CachedKey {
 pub struct ApiKeyAuthenticator {
     db: Db,
     hasher: KeyHasher,
+    /// Warm-path digests of secrets that matched (see [`CachedKey`]).
+    memo: SecretMemo,
     /// What an unknown prefix's secret is compared with.
     dummy_hash: Vec<u8>,
     keys: CredentialCache<Prefix, CachedKey>,
@@ -294,6 +357,7 @@ impl ApiKeyAuthenticator {
             db,
             dummy_hash: hasher.hash("keyward: no key has this prefix"),
             hasher,
+            memo: SecretMemo::new(),
             keys: CredentialCache::new(metrics, CACHE_NAME, NEGATIVE_CACHE_NAME, settings),
             usage: UsageRecorder::default(),
             counts: UsageCounter::default(),
@@ -314,16 +378,20 @@ impl ApiKeyAuthenticator {
         let key = match self.lookup(prefix, budget).await {
             Ok(key) => key,
             Err(AuthError::UnknownKey) => {
-                // The work a known key costs (the keyed hash and a constant-time compare), so
-                // that an unknown prefix is refused in the time a wrong secret is, and timing
-                // does not tell which prefixes exist (benches/refusals.rs checks it).
+                // The work a wrong secret costs (the memo digest, the keyed hash and a
+                // constant-time compare), so that an unknown prefix is refused in the time a
+                // wrong secret is, and timing does not tell which prefixes exist
+                // (benches/refusals.rs checks it).
+                std::hint::black_box(self.memo.digest(secret));
                 std::hint::black_box(self.hasher.matches(secret, &self.dummy_hash));
                 return Err(AuthError::UnknownKey);
             }
             Err(e) => return Err(e),
         };
-        let principal = key.check(&self.hasher, secret, client_ip, now_ms())?;
-        self.usage.record(prefix.user_id, prefix.key_id, client_ip);
+        let now = now_ms();
+        let principal = key.check(&self.hasher, &self.memo, secret, client_ip, now)?;
+        self.usage
+            .record_at(prefix.user_id, prefix.key_id, client_ip, now);
         Ok(principal)
     }
 
@@ -608,24 +676,110 @@ mod tests {
         k.valid_until_ms = 1_000;
         k.functions = Some(vec!["A".into(), "NOT-HELD".into()]);
         let cached = CachedKey::new(&k, &user(true, &["A", "B"]));
-        let p = cached.check(&hasher, &secret, ip, 999).unwrap();
+        let memo = SecretMemo::new();
+        let p = cached.check(&hasher, &memo, &secret, ip, 999).unwrap();
         assert_eq!(p.functions, vec!["A".to_string()]);
         assert_eq!(p.level, SecurityLevel::External);
         assert_eq!(p.customers, vec!["7".to_string()]);
         assert_eq!(
-            cached.check(&hasher, &secret, ip, 1_000).unwrap_err(),
+            cached
+                .check(&hasher, &memo, &secret, ip, 1_000)
+                .unwrap_err(),
             AuthError::Expired
         );
         let outside: IpAddr = "94.127.57.1".parse().unwrap();
         assert_eq!(
-            cached.check(&hasher, &secret, outside, 0).unwrap_err(),
+            cached
+                .check(&hasher, &memo, &secret, outside, 0)
+                .unwrap_err(),
             AuthError::SourceNotAllowed
         );
         assert_eq!(
             cached
-                .check(&hasher, &generate_secret(), ip, 0)
+                .check(&hasher, &memo, &generate_secret(), ip, 0)
                 .unwrap_err(),
             AuthError::BadSecret
+        );
+    }
+
+    /// The warm path's memo: set only by the secret that matches the stored hash, then
+    /// recognising that secret alone; every other secret still goes to the stored hash and is
+    /// refused, before and after the memo exists, including secrets one byte away.
+    #[test]
+    fn the_memo_remembers_only_the_matching_secret() {
+        let hasher = KeyHasher::new(vec![7; 32]);
+        let memo = SecretMemo::new();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let secret = generate_secret();
+        let mut k = key(&hasher, &secret);
+        k.valid_until_ms = 1_000;
+        k.valid_sources = vec!["10.0.0.0/24".into()];
+        let cached = CachedKey::new(&k, &user(false, &[]));
+        let near = |secret: &str| {
+            let mut bytes = secret.as_bytes().to_vec();
+            bytes[10] ^= 1;
+            String::from_utf8(bytes).unwrap()
+        };
+        // Wrong secrets first: nothing remembered.
+        for wrong in [generate_secret(), near(&secret), String::new()] {
+            assert!(!cached.secret_matches(&hasher, &memo, &wrong));
+        }
+        assert!(cached.verified.get().is_none());
+        assert!(cached.check(&hasher, &memo, &secret, ip, 0).is_ok());
+        assert_eq!(cached.verified.get(), Some(&memo.digest(&secret)));
+        for _ in 0..3 {
+            assert!(cached.check(&hasher, &memo, &secret, ip, 0).is_ok());
+            for wrong in [
+                generate_secret(),
+                near(&secret),
+                secret[..secret.len() - 1].into(),
+            ] {
+                assert_eq!(
+                    cached.check(&hasher, &memo, &wrong, ip, 0).unwrap_err(),
+                    AuthError::BadSecret
+                );
+            }
+        }
+        // The memo never replaces the other checks.
+        assert_eq!(
+            cached
+                .check(&hasher, &memo, &secret, ip, 1_000)
+                .unwrap_err(),
+            AuthError::Expired
+        );
+        assert_eq!(
+            cached
+                .check(&hasher, &memo, &secret, "10.0.1.1".parse().unwrap(), 0)
+                .unwrap_err(),
+            AuthError::SourceNotAllowed
+        );
+        // A memo from another process (another random key) is not this one's.
+        let other = SecretMemo::new();
+        assert_ne!(other.digest(&secret), memo.digest(&secret));
+        // A stale or forged memo cannot admit a secret: only the stored hash decides for a
+        // secret the memo does not recognise, and the memo is set only from a match.
+        let fresh = CachedKey::new(&key(&hasher, &secret), &user(false, &[]));
+        let _ = fresh.verified.set(memo.digest("forged"));
+        assert!(!fresh.secret_matches(&hasher, &memo, "forged-but-not-the-secret"));
+        assert!(fresh.secret_matches(&hasher, &memo, &secret));
+    }
+
+    /// The memo digest is SHA-256 of the random key block followed by the secret.
+    #[test]
+    fn the_memo_is_sha256_of_its_key_block_and_the_secret() {
+        let memo = SecretMemo::new();
+        let a = memo.digest("a");
+        assert_eq!(memo.digest("a"), a);
+        assert_ne!(memo.digest("b"), a);
+        // The construction, on a known key block.
+        let mut keyed = Sha256::new();
+        keyed.update([9u8; 64]);
+        let known = SecretMemo { keyed };
+        let mut whole = [9u8; 64].to_vec();
+        whole.extend_from_slice(b"secret");
+        assert_eq!(
+            known.digest("secret"),
+            <[u8; 32]>::from(Sha256::digest(&whole))
         );
     }
 }
