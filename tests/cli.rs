@@ -112,7 +112,10 @@ fn check_config_accepts_the_configs_of_the_kubernetes_overlays() {
         checked.push(name);
     }
     checked.sort();
-    assert_eq!(checked, ["edge", "fleet", "sidecar-sqlite"]);
+    assert_eq!(
+        checked,
+        ["authz-ingress-nginx", "edge", "fleet", "sidecar-sqlite"]
+    );
 }
 
 #[test]
