@@ -5,21 +5,11 @@
 
 mod common;
 
-use common::{client, echoed, Keyward, Setup};
+use common::{client, client_from, echoed, Keyward, Setup};
 use serde_json::Value;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const OWN_KEYS: &str = "/authentication/v1/apikey";
-
-fn client_from(ip: &str) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .no_proxy()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
-}
 
 /// (status, reason in the body, Retry-After) of a Basic login at `path`.
 fn login(

@@ -15,7 +15,7 @@ use keyward::auth::replay::ENTRY_BYTES;
 use keyward::auth::signature::sign;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,12 +95,7 @@ fn metric(kw: &Keyward, series: &str) -> u64 {
 }
 
 fn client_from(address: &str) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .local_address(address.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
+    common::client_from_with_timeout(address, Duration::from_secs(60))
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -395,49 +390,17 @@ fn a_login_waits_its_turn_by_client_network_not_behind_a_flood() {
     assert!(busy > 0, "none refused as busy");
 }
 
-/// A Redis of the test's own, with the given eviction settings; killed on drop.
-struct OwnRedis(std::process::Child, u16);
-
-impl OwnRedis {
-    fn start(policy: &str) -> OwnRedis {
-        let port = common::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--maxmemory", "10mb"])
-            .args(["--maxmemory-policy", policy])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("the test needs redis-server");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        OwnRedis(child, port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_redis_that_may_evict_live_claims_is_named_at_start() {
     for (policy, warned) in [("volatile-lru", true), ("noeviction", false)] {
-        let redis = OwnRedis::start(policy);
+        let redis = common::redis::TestRedis::start_plain_with(&[
+            "--maxmemory",
+            "10mb",
+            "--maxmemory-policy",
+            policy,
+        ]);
         let kw = Keyward::start_with(Setup {
-            extra: format!("redis: {{ url: \"redis://127.0.0.1:{}\" }}", redis.1),
+            extra: format!("redis: {{ url: \"{}\" }}", redis.url()),
             ..Setup::default()
         });
         // The check runs once, in the background, right after start.

@@ -11,7 +11,7 @@
 mod common;
 
 use common::redis::{commands_in, TestRedis};
-use common::{client, Keyward, Setup};
+use common::{client, client_from, Keyward, Setup};
 use keyward::store::scratch::ScratchDatabase;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -52,16 +52,6 @@ fn replicas(
         })
         .collect();
     starting.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-/// A client whose connections come from another loopback address (its own anonymous budget).
-fn client_from(address: &str) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .no_proxy()
-        .local_address(address.parse::<std::net::IpAddr>().unwrap())
-        .build()
-        .unwrap()
 }
 
 /// What a run of requests got.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{client, raw_request, Keyward, Setup, ADMIN_PASSWORD};
+use common::{client, client_from, raw_request, Keyward, Setup, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -67,17 +67,6 @@ fn get(kw: &Keyward, path: &str, key: &str) -> reqwest::blocking::Response {
         .get(kw.url(path))
         .header("Argus-API-Key", key)
         .send()
-        .unwrap()
-}
-
-/// A client whose connections come from another loopback address: each address has its own
-/// per-client count (and the harness's readiness probe used 127.0.0.1's).
-fn client_from(address: &str) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .no_proxy()
-        .local_address(address.parse::<std::net::IpAddr>().unwrap())
-        .build()
         .unwrap()
 }
 

@@ -452,6 +452,21 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// A client whose connections come from `address` (another loopback address: its own client
+/// budgets and limits), with `client()`'s 20 s timeout.
+pub fn client_from(address: &str) -> reqwest::blocking::Client {
+    client_from_with_timeout(address, Duration::from_secs(20))
+}
+
+pub fn client_from_with_timeout(address: &str, timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .local_address(address.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 /// The upstream's echo of a forwarded request.
 pub fn echoed(resp: reqwest::blocking::Response) -> serde_json::Value {
     assert_eq!(resp.status(), 200, "expected the upstream's answer");

@@ -15,6 +15,8 @@ pub struct TestRedis {
     pub port: u16,
     /// `None`: plain `redis://`.
     tls: Option<RedisTls>,
+    /// More `redis-server` arguments (`--maxmemory`, …).
+    extra_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -47,6 +49,7 @@ impl TestRedis {
                 key: server.key,
                 auth_clients,
             }),
+            extra_args: Vec::new(),
             dir,
         };
         redis.spawn();
@@ -55,10 +58,16 @@ impl TestRedis {
 
     /// Plain TCP (`redis://`).
     pub fn start_plain() -> TestRedis {
+        TestRedis::start_plain_with(&[])
+    }
+
+    /// Plain TCP, with more `redis-server` arguments.
+    pub fn start_plain_with(extra_args: &[&str]) -> TestRedis {
         let mut redis = TestRedis {
             child: None,
             port: free_port(),
             tls: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             dir: tempfile::tempdir().unwrap(),
         };
         redis.spawn();
@@ -71,6 +80,7 @@ impl TestRedis {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         match &self.tls {
