@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge compare compare-authz compare-builds check-deploy
+.PHONY: run test prereqs load load-postgres load-edge compare compare-authz compare-builds check-deploy directory-bench
 
 prereqs:
 	@scripts/prereqs.sh
@@ -42,6 +42,12 @@ compare: prereqs
 # (auth_request) → upstream, keyward inline, and the /auth/nginx check alone.
 compare-authz: prereqs
 	scripts/compare-authz.sh 4 32 3
+
+# Directory users (scripts/directory-bench.sh): a directory login cold and cached next to a local
+# one, and one revalidation sweep of 10 000 directory users, against a slapd the script starts.
+directory-bench: prereqs
+	cargo build --release --bin keyward --example echo_upstream
+	scripts/directory-bench.sh 10000
 
 # Two builds of keyward side by side (scripts/compare-builds.sh): CPU per request on the public
 # route, Basic, API key, token and signed requests, one thread each, the other paused while one

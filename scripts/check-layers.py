@@ -32,7 +32,8 @@ FLOORS = {
     "keyward-http": 4,
     "keyward-admin": 5,
     "keyward-proxy": 5,
-    "keyward": 6,
+    "keyward-browser": 6,
+    "keyward": 7,
 }
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

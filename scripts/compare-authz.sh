@@ -26,14 +26,7 @@ done
 cargo build --release --bin keyward --example echo_upstream >&2
 work="$(mktemp -d)"
 pids=()
-cleanup() {
-  kill -CONT "${pids[@]}" 2>/dev/null || true
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ready() { for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
+trap stop_all EXIT
 
 up="127.0.0.1:$(port)"; ng="127.0.0.1:$(port)"; ng_authz="127.0.0.1:$(port)"
 kw="127.0.0.1:$(port)"; kw_ops="127.0.0.1:$(port)"; kw_authz="127.0.0.1:$(port)"
@@ -101,42 +94,19 @@ args() {
   echo "${url[$1]}"
 }
 all=("$ng_master" "$ng_pid" "$kw_pid")
-alone() {
-  local p keep=" $ng_master ${procs[$1]} "
-  for p in "${all[@]}"; do case $keep in *" $p "*) kill -CONT "$p" ;; *) kill -STOP "$p" ;; esac; done
-}
+alone() { pause_all_but "$ng_master ${procs[$1]}" "${all[@]}"; }
 for t in "${targets[@]}"; do
   mapfile -t a < <(args "$t")
   code=$(curl -s -o /dev/null -w '%{http_code}' "${a[@]}")
   [ "$code" = 200 ] || { echo "$t: ${url[$t]} answers $code" >&2; exit 1; }
   wrk -t1 -c4 -d1s "${a[@]}" >/dev/null
 done
-hz=$(getconf CLK_TCK)
-ticks_of() { local sum=0 p; for p in $1; do sum=$((sum + $(cpu_ticks "$p"))); done; echo "$sum"; }
 measure() {
-  local t=$1 before after out
-  mapfile -t a < <(args "$t")
-  before=$(ticks_of "${procs[$t]}")
-  out=$(wrk -t1 -c"$connections" -d"${duration}s" "${a[@]}")
-  after=$(ticks_of "${procs[$t]}")
-  echo "$out" | awk -v t=$((after - before)) -v hz="$hz" -v url="${url[$t]}" '
-    /requests in/ {n=$1} /Requests\/sec/ {r=$2} /Non-2xx/ {bad=$NF}
-    END {
-      if (bad > 0) {printf("%s: %d of %d answers not 2xx, counted as 0 req/s\n", url, bad, n) > "/dev/stderr"; r = 0}
-      printf "%s %.2f\n", r, t * 1000000 / hz / n
-    }'
+  mapfile -t a < <(args "$1")
+  wrk_cpu "$duration" "$connections" "${procs[$1]}" "${url[$1]}" "${a[@]}"
 }
-median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 declare -A rps cpu
-for round in $(seq "$rounds"); do
-  line="round $round:"
-  for t in "${targets[@]}"; do
-    alone "$t"
-    read -r "rps[$t,$round]" "cpu[$t,$round]" <<<"$(measure "$t")"
-    line+=" $t ${rps[$t,$round]} (${cpu[$t,$round]} µs)"
-  done
-  echo "$line" >&2
-done
+measure_rounds "$rounds" "${targets[@]}"
 kill -CONT "${all[@]}"
 echo
 echo "| path (API key, 1 nginx worker, keyward 1 thread) | requests/s | CPU µs per request |"

@@ -43,18 +43,11 @@ cargo build --release --bin keyward --example echo_upstream --example bare_pingo
   --example open_loop --example signed_load >&2
 work="$(mktemp -d)"
 pids=()
-cleanup() {
-  kill -CONT "${pids[@]}" 2>/dev/null || true   # a paused process would not act on SIGTERM
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_all EXIT
 
 up="127.0.0.1:$(port)"; ng="127.0.0.1:$(port)"; ng_log="127.0.0.1:$(port)"; bare="127.0.0.1:$(port)"
 kw="127.0.0.1:$(port)"; kw_ops="127.0.0.1:$(port)"; kw_log="127.0.0.1:$(port)"; kw_log_ops="127.0.0.1:$(port)"
 kw_ws="127.0.0.1:$(port)"; kw_ws_ops="127.0.0.1:$(port)"; kw_ps="127.0.0.1:$(port)"; kw_ps_ops="127.0.0.1:$(port)"
-ready() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 
 "$bin"/examples/echo_upstream "$up" 2>/dev/null & up_pid=$!; pids+=("$up_pid")
 ready "http://$up/public/fixed"
@@ -141,11 +134,9 @@ args() { if [ -n "${header[$1]}" ]; then echo "-H"; echo "${header[$1]}"; fi; ec
 proxies=("$ng_master" "$ng_pid" "$bare_pid" "$kw_pid" "$kw_log_pid" "$kw_ws_pid" "$kw_ps_pid")
 alone() {
   [ "${KEYWARD_COMPARE_ALONE:-1}" = 1 ] || return 0   # 0: every target runs all the time
-  local p keep=" ${pid[$1]:-all} "
-  case $1 in nginx | nginx_log) keep+=" $ng_master " ;; -) keep=" ${proxies[*]} " ;; esac
-  for p in "${proxies[@]}"; do
-    case $keep in *" $p "*) kill -CONT "$p" ;; *) kill -STOP "$p" ;; esac
-  done
+  local keep="${pid[$1]:-all}"
+  case $1 in nginx | nginx_log) keep+=" $ng_master" ;; -) keep="${proxies[*]}" ;; esac
+  pause_all_but "$keep" "${proxies[@]}"
 }
 
 for t in "${targets[@]}"; do
@@ -155,35 +146,13 @@ for t in "${targets[@]}"; do
   wrk -t1 -c4 -d1s "${a[@]}" >/dev/null   # warm-up: connection pools, caches
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
-# Prints "<req/s> <CPU µs per request of the target's process>" for one wrk run; a run with
-# answers other than 2xx counts 0 req/s (and says so).
+# Prints "<req/s> <CPU µs per request of the target's process>" for one wrk run.
 measure() {
-  local t=$1 before after out
-  mapfile -t a < <(args "$t")
-  before=$(ticks "${pid[$t]}")
-  out=$(wrk -t1 -c"$connections" -d"${duration}s" "${a[@]}")
-  after=$(ticks "${pid[$t]}")
-  echo "$out" | awk -v t=$((after - before)) -v hz="$hz" -v url="${url[$t]}" '
-    /requests in/ {n=$1} /Requests\/sec/ {r=$2} /Non-2xx/ {bad=$NF}
-    END {
-      if (bad > 0) {printf("%s: %d of %d answers not 2xx, counted as 0 req/s\n", url, bad, n) > "/dev/stderr"; r = 0}
-      printf "%s %.2f\n", r, t * 1000000 / hz / n
-    }'
+  mapfile -t a < <(args "$1")
+  wrk_cpu "$duration" "$connections" "${pid[$1]}" "${url[$1]}" "${a[@]}"
 }
-# The median of the numbers on stdin, one a line.
-median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 declare -A rps cpu
-for round in $(seq "$rounds"); do
-  line="round $round:"
-  for t in "${targets[@]}"; do
-    alone "$t"
-    read -r "rps[$t,$round]" "cpu[$t,$round]" <<<"$(measure "$t")"
-    line+=" $t ${rps[$t,$round]} (${cpu[$t,$round]} µs)"
-  done
-  echo "$line" >&2
-done
+measure_rounds "$rounds" "${targets[@]}"
 alone -
 # column T KIND [DEN]: the values of target T over the rounds (KIND rps or cpu), or the
 # per-round ratios T / DEN.

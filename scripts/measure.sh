@@ -1,8 +1,9 @@
 # shellcheck shell=bash
-# Sourced by the measurement scripts (compare.sh, compare-builds.sh, instructions.sh, load.sh,
-# load-edge.sh): the pieces they share — free ports, a process's CPU time, keyward's
-# credentials for the load, and nginx as the reverse proxy keyward is compared with,
-# configured the same way in each.
+# Sourced by the measurement scripts (compare.sh, compare-authz.sh, compare-builds.sh,
+# instructions.sh, load.sh, load-edge.sh): the pieces they share — free ports, a process's CPU
+# time, keyward's credentials for the load, nginx as the reverse proxy keyward is compared
+# with, configured the same way in each, and the measurement loop of compare.sh and
+# compare-authz.sh (each target measured by wrk alone, the other processes paused).
 
 # Installs the Debian packages of the tools that are missing (as root or with sudo), as
 # prereqs.sh does; a script still checks afterwards that it has what it needs.
@@ -80,5 +81,71 @@ NGINX
 $(nginx_proxy_location)
   }
 NGINX
+  done
+}
+
+# Waits until URL answers 2xx (10 s at most), or ends the script. Usage: ready URL
+ready() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
+
+# Ends the processes of the global array `pids` and removes the global `$work` directory, for
+# `trap stop_all EXIT`. A paused process would not act on SIGTERM: each is resumed first.
+# shellcheck disable=SC2154 # pids and work are the caller's
+stop_all() {
+  kill -CONT "${pids[@]}" 2>/dev/null || true
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# Resumes (SIGCONT) each PID among KEEP (space-separated) and pauses (SIGSTOP) every other, so
+# that the processes not measured take no core from the one measured.
+# Usage: pause_all_but "KEEP" PID...
+pause_all_but() {
+  local p keep=" $1 "
+  shift
+  for p in "$@"; do
+    case $keep in *" $p "*) kill -CONT "$p" ;; *) kill -STOP "$p" ;; esac
+  done
+}
+
+# One wrk run (wrk -t1 -cCONNECTIONS -dSECONDS WRK_ARGS...) and the CPU time the processes PIDS
+# (space-separated) spent meanwhile. Prints "<req/s> <CPU µs per request>"; a run with answers
+# other than 2xx counts 0 req/s, and says so on stderr naming URL.
+# Usage: wrk_cpu SECONDS CONNECTIONS "PIDS" URL WRK_ARGS...
+wrk_cpu() {
+  local duration=$1 connections=$2 measured=$3 url=$4 before=0 after=0 out p hz
+  shift 4
+  hz=$(getconf CLK_TCK)
+  for p in $measured; do before=$((before + $(cpu_ticks "$p"))); done
+  out=$(wrk -t1 -c"$connections" -d"${duration}s" "$@")
+  for p in $measured; do after=$((after + $(cpu_ticks "$p"))); done
+  echo "$out" | awk -v t=$((after - before)) -v hz="$hz" -v url="$url" '
+    /requests in/ {n=$1} /Requests\/sec/ {r=$2} /Non-2xx/ {bad=$NF}
+    END {
+      if (bad > 0) {printf("%s: %d of %d answers not 2xx, counted as 0 req/s\n", url, bad, n) > "/dev/stderr"; r = 0}
+      printf "%s %.2f\n", r, t * 1000000 / hz / n
+    }'
+}
+
+# The median of the numbers on stdin, one a line.
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+# ROUNDS interleaved rounds: in each, every TARGET in turn is left alone (the caller's
+# `alone TARGET` pauses what it does not need) and measured (the caller's `measure TARGET`
+# prints "<req/s> <CPU µs per request>"), into the caller's global associative arrays
+# rps[TARGET,ROUND] and cpu[TARGET,ROUND]; each round's figures go to stderr as one line.
+# Usage: measure_rounds ROUNDS TARGET...
+# shellcheck disable=SC2154 # rps and cpu are the caller's
+measure_rounds() {
+  local rounds=$1 round t line
+  shift
+  for round in $(seq "$rounds"); do
+    line="round $round:"
+    for t in "$@"; do
+      alone "$t"
+      read -r "rps[$t,$round]" "cpu[$t,$round]" <<<"$(measure "$t")"
+      line+=" $t ${rps[$t,$round]} (${cpu[$t,$round]} µs)"
+    done
+    echo "$line" >&2
   done
 }

@@ -36,6 +36,24 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import grpc; from envoy.s
   }
 fi
 
+# The browser tests (tests/browser.rs) drive Debian's Chromium through its own chromedriver
+# with Selenium, and sign in at a real OpenID provider: npm's oidc-provider (tests/oidc).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromedriver)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import selenium' 2>/dev/null; then
+  echo "installing Python selenium for the browser tests" >&2
+  python3 -m pip install --quiet 'selenium>=4.20' >&2 || {
+    echo "keyward's tests need: python3 -m pip install selenium" >&2
+    exit 1
+  }
+fi
+need node
+oidc_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/oidc"
+if command -v npm >/dev/null 2>&1 && [ ! -d "$oidc_dir/node_modules/oidc-provider" ]; then
+  echo "installing the test OpenID provider (npm ci in tests/oidc)" >&2
+  (cd "$oidc_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
@@ -55,6 +73,9 @@ for tool in "${missing[@]}"; do
     caddy) packages+=(caddy) ;;
     slapd) packages+=(slapd) ;;
     ldapmodify) packages+=(ldap-utils) ;;
+    chromium) packages+=(chromium) ;;
+    chromedriver) packages+=(chromium-driver) ;;
+    node) packages+=(nodejs npm) ;;
   esac
 done
 

@@ -190,6 +190,11 @@ pub fn serve(
         audit,
         limits.clone(),
     ));
+    // The browser pages make their admin calls in-process, through this same admin API.
+    let browser = Arc::new(
+        keyward_browser::BrowserPages::new(admin.clone(), db.clone(), config.oidc.clone())
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
 
     let server_conf = ServerConf {
         threads: config.server.threads,
@@ -224,6 +229,7 @@ pub fn serve(
             metrics: metrics.clone(),
             auth: auth.clone(),
             admin: admin.clone(),
+            browser: browser.clone(),
             upstreams: upstreams.clone(),
             limits: limits.clone(),
             uploads: uploads.clone(),

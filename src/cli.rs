@@ -1,6 +1,6 @@
 //! The command line (SPEC §5, §8).
 
-use crate::config::{Config, ConfigError, EMBEDDED_DEFAULT};
+use crate::config::{Config, ConfigError, Purpose, EMBEDDED_DEFAULT};
 use crate::store::{Db, StoreHealth};
 use crate::users::{self, UserSpec};
 use anyhow::{anyhow, Context};
@@ -213,10 +213,25 @@ pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
 
 /// Loads the config named on the command line; without `--config`, `config/keyward.yaml` if it
 /// exists, else the embedded default.
-pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+pub fn load_config(path: Option<&Path>, purpose: Purpose) -> Result<Config, ConfigError> {
     match config_path(path) {
-        Some(path) => Config::from_file(&path),
-        None => Config::from_yaml(EMBEDDED_DEFAULT),
+        Some(path) => Config::from_file_for(&path, purpose),
+        None => Config::from_yaml_for(EMBEDDED_DEFAULT, purpose),
+    }
+}
+
+/// What `command` needs of the configuration: `serve` and `check-config` everything serving
+/// needs (and `check-config` says what is missing); the commands that only work on the store
+/// (or signal the server, which reads the file itself) not the secrets only the server uses,
+/// such as the directory's bind password.
+pub fn purpose_of(command: &Command) -> Purpose {
+    match command {
+        Command::Serve | Command::CheckConfig => Purpose::Serve,
+        Command::Reload
+        | Command::User(_)
+        | Command::Audit(_)
+        | Command::Keygen { .. }
+        | Command::Sign(_) => Purpose::Store,
     }
 }
 

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         return exit(result);
     }
     let path = cli::config_path(config.as_deref());
-    let config = match cli::load_config(config.as_deref()) {
+    let config = match cli::load_config(config.as_deref(), cli::purpose_of(&command)) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("keyward: invalid configuration:\n{e}");

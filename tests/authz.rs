@@ -460,6 +460,13 @@ fn signed_headers(
     .unwrap()
 }
 
+/// Traefik's description of `POST http://app.example/upload`.
+const FORWARDED_UPLOAD: [(&str, &str); 3] = [
+    ("X-Forwarded-Method", "POST"),
+    ("X-Forwarded-Uri", "/upload"),
+    ("X-Forwarded-Host", "app.example"),
+];
+
 #[test]
 fn a_signed_body_is_accepted_only_when_forwarded_whole() {
     let kw = start("  forward_body_max: 64\n");
@@ -484,11 +491,7 @@ fn a_signed_body_is_accepted_only_when_forwarded_whole() {
         let path = match convention {
             "envoy" => "/auth/envoy/upload",
             "forward" => {
-                headers.extend([
-                    ("X-Forwarded-Method", "POST"),
-                    ("X-Forwarded-Uri", "/upload"),
-                    ("X-Forwarded-Host", "app.example"),
-                ]);
+                headers.extend(FORWARDED_UPLOAD);
                 "/auth/forward"
             }
             _ => {
@@ -502,18 +505,55 @@ fn a_signed_body_is_accepted_only_when_forwarded_whole() {
         assert_eq!(reason(&resp), "body_not_forwarded", "{convention}");
     }
 
-    // A forwarded body that does not match is the proxy's refusal.
+    // Forwarded whole through Traefik's `forwardBody`: accepted as through Envoy.
     let signed = signed_headers(&key, &keyid, "POST", "http://app.example/upload", body);
-    let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let resp = ask(
-        &kw,
-        "POST",
-        "/auth/envoy/upload",
-        &headers,
-        br#"{"case": 43}"#,
-    );
-    assert_eq!(resp.status, 401, "{resp:?}");
-    assert_eq!(resp.json()["reason"], "digest_mismatch");
+    let mut headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    headers.extend(FORWARDED_UPLOAD);
+    let resp = ask(&kw, "POST", "/auth/forward", &headers, body);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-keyward-auth-method"), Some("SIGNATURE"));
+
+    // A forwarded body that does not match: 403 digest_mismatch in every convention (SPEC
+    // §13), not the proxy's 401 — the edge's request may not pass.
+    for convention in ["envoy", "forward", "nginx"] {
+        let signed = signed_headers(&key, &keyid, "POST", "http://app.example/upload", body);
+        let mut headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let path = match convention {
+            "envoy" => "/auth/envoy/upload",
+            "forward" => {
+                headers.extend(FORWARDED_UPLOAD);
+                "/auth/forward"
+            }
+            _ => {
+                headers.extend([("X-Original-Method", "POST"), ("X-Original-URI", "/upload")]);
+                "/auth/nginx"
+            }
+        };
+        let resp = ask(&kw, "POST", path, &headers, br#"{"case": 43}"#);
+        assert_eq!(resp.status, 403, "{convention}: {resp:?}");
+        assert_eq!(reason(&resp), "digest_mismatch", "{convention}");
+        assert!(resp.header("x-keyward-user").is_none(), "{convention}");
+    }
+    // A body Envoy cut (`allow_partial_message`) is not the whole body: not forwarded.
+    let signed = signed_headers(&key, &keyid, "POST", "http://app.example/upload", body);
+    let mut headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    headers.push(("x-envoy-auth-partial-body", "true"));
+    let resp = ask(&kw, "POST", "/auth/envoy/upload", &headers, &body[..5]);
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(reason(&resp), "body_not_forwarded");
+
+    // The proxy itself still answers a client's mismatched body with its 401.
+    let signed = signed_headers(&key, &keyid, "POST", &kw.url("/upload"), body);
+    let mut upload = client()
+        .post(kw.url("/upload"))
+        .body(&br#"{"case": 43}"#[..]);
+    for (name, value) in &signed {
+        upload = upload.header(*name, value);
+    }
+    let resp = upload.send().unwrap();
+    assert_eq!(resp.status(), 401);
+    let refused: serde_json::Value = resp.json().unwrap();
+    assert_eq!(refused["reason"], "digest_mismatch");
 
     // Over `external_authz.forward_body_max`: cannot be checked.
     let big = vec![b'x'; 65];
@@ -651,17 +691,20 @@ fn grpc_check_from_a_real_grpc_client() {
     );
     let (signing, keyid) = enroll(&kw);
     let body = r#"{"case": 42}"#;
-    let signed = signed_headers(
-        &signing,
-        &keyid,
-        "POST",
-        "http://app.example/upload",
-        body.as_bytes(),
-    );
-    let headers: serde_json::Map<String, serde_json::Value> = signed
+    // A fresh signature for each call (a used one is a replay), as the JSON the client takes.
+    let signed_json = || -> serde_json::Map<String, serde_json::Value> {
+        signed_headers(
+            &signing,
+            &keyid,
+            "POST",
+            "http://app.example/upload",
+            body.as_bytes(),
+        )
         .iter()
         .map(|(n, v)| (n.to_string(), json!(v)))
-        .collect();
+        .collect()
+    };
+    let headers = signed_json();
     let answer = grpc_check(
         &kw,
         json!({"method": "POST", "path": "/upload", "headers": headers.clone(), "body": body}),
@@ -671,21 +714,471 @@ fn grpc_check_from_a_real_grpc_client() {
         "{answer}"
     );
     // Without the body: body_not_forwarded.
-    let signed = signed_headers(
-        &signing,
-        &keyid,
-        "POST",
-        "http://app.example/upload",
-        body.as_bytes(),
-    );
-    let headers: serde_json::Map<String, serde_json::Value> = signed
-        .iter()
-        .map(|(n, v)| (n.to_string(), json!(v)))
-        .collect();
+    let headers = signed_json();
     let answer = grpc_check(
         &kw,
         json!({"method": "POST", "path": "/upload", "headers": headers}),
     );
     assert_eq!(answer["status"], 403, "{answer}");
     assert_eq!(answer["headers"]["x-keyward-reason"], "body_not_forwarded");
+    // With a body that is not the one signed: 403 digest_mismatch.
+    let headers = signed_json();
+    let answer = grpc_check(
+        &kw,
+        json!({"method": "POST", "path": "/upload", "headers": headers, "body": r#"{"case": 43}"#}),
+    );
+    assert_eq!(answer["code"], 7, "{answer}");
+    assert_eq!(answer["status"], 403, "{answer}");
+    assert_eq!(answer["headers"]["x-keyward-reason"], "digest_mismatch");
+}
+
+/// One gRPC call over raw h2c (HTTP/2 by prior knowledge, no gRPC library): `body` as the
+/// DATA, `headers` added. Returns the HTTP status, the `grpc-status` (from the trailers, or from
+/// the header of a trailers-only answer) and the response's DATA. A stream that hangs fails.
+async fn h2c_call(
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Option<String>, Vec<u8>) {
+    h2c_call_ending(to, from, headers, body, true).await
+}
+
+/// [`h2c_call`], whose stream the caller may leave open after `body` (`end` false).
+async fn h2c_call_ending(
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    end: bool,
+) -> (u16, Option<String>, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(from) = from {
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+    }
+    let tcp = socket.connect(to).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{to}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, mut stream) = sender
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    stream.send_data(body.into(), end).unwrap();
+    let answer = async {
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let in_header = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let mut body = response.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.unwrap();
+        let in_trailers = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, in_trailers.or(in_header), data)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+        .await
+        .expect("the gRPC stream hung")
+}
+
+/// A gRPC message frame: uncompressed, then its length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// A `CheckRequest` asking about `GET /x` with `headers`, encoded by envoy-types.
+fn check_request(headers: &[(&str, &str)]) -> Vec<u8> {
+    use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+    use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeContext};
+    use prost::Message;
+    let http = attribute_context::HttpRequest {
+        method: "GET".into(),
+        path: "/x".into(),
+        host: "app.example".into(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+    .encode_to_vec()
+}
+
+fn check_response(data: &[u8]) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+    use prost::Message;
+    assert_eq!(data[0], 0, "uncompressed");
+    let length = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+    assert_eq!(data.len(), 5 + length, "one message");
+    envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(&data[5..]).unwrap()
+}
+
+/// A call's name, its extra headers, its DATA, and the `grpc-status` expected.
+type FramingCase<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<u8>, &'a str);
+
+/// gRPC framing that cannot be read is answered by tonic with a gRPC error status in the
+/// trailers (HTTP 200, never a 500 or a stream left open), and nothing is decided; a good call
+/// over the same raw h2c is answered with a `CheckResponse`.
+#[test]
+fn grpc_framing_errors_are_grpc_statuses() {
+    let kw = start("  forward_body_max: 64\n");
+    let key = key(&kw, json!({"description": "ci"}));
+    let to = authz(&kw);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // gRPC codes: 8 RESOURCE_EXHAUSTED, 11 OUT_OF_RANGE, 12 UNIMPLEMENTED, 13 INTERNAL.
+        let message = check_request(&[("argus-api-key", &key)]);
+        let mut truncated = grpc_frame(&message);
+        truncated.truncate(truncated.len() - 3);
+        let mut compressed = grpc_frame(&message);
+        compressed[0] = 1;
+        let cases: Vec<FramingCase> = vec![
+            ("truncated message", &[], truncated, "13"),
+            ("only part of the prefix", &[], vec![0, 0, 0], "13"),
+            ("no message", &[], Vec::new(), "13"),
+            (
+                "compressed flag, no grpc-encoding",
+                &[],
+                compressed.clone(),
+                "13",
+            ),
+            (
+                "an unknown flag",
+                &[],
+                [&[2u8][..], &grpc_frame(&message)[1..]].concat(),
+                "13",
+            ),
+            ("not a CheckRequest", &[], grpc_frame(b"\xff\xff\xff"), "13"),
+            (
+                "gzip, which is not accepted",
+                &[("grpc-encoding", "gzip")],
+                compressed,
+                "12",
+            ),
+            (
+                "a length over the limit",
+                &[],
+                vec![0, 0xff, 0xff, 0xff, 0xff],
+                "11",
+            ),
+            (
+                "a body over the limit",
+                &[],
+                grpc_frame(&vec![0x0a; 256 * 1024]),
+                "8",
+            ),
+        ];
+        for (case, headers, body, expected) in cases {
+            let (status, grpc_status, _) = h2c_call(to, None, headers, body).await;
+            assert_eq!(status, 200, "{case}");
+            assert_eq!(grpc_status.as_deref(), Some(expected), "{case}");
+        }
+
+        // The same key, well framed: allowed; no credential: denied with the proxy's 401.
+        let (status, grpc_status, data) = h2c_call(to, None, &[], grpc_frame(&message)).await;
+        assert_eq!((status, grpc_status.as_deref()), (200, Some("0")));
+        let answer = check_response(&data);
+        assert_eq!(answer.status.unwrap().code, 0);
+        let (_, grpc_status, data) = h2c_call(to, None, &[], grpc_frame(&check_request(&[]))).await;
+        assert_eq!(grpc_status.as_deref(), Some("0"));
+        let answer = check_response(&data);
+        assert_eq!(answer.status.unwrap().code, 16, "UNAUTHENTICATED");
+
+        // An untrusted caller: a CheckResponse denying (Envoy then refuses; a gRPC error
+        // would be let through by `failure_mode_allow`), its message unread.
+        let (_, grpc_status, data) = h2c_call(
+            to,
+            Some("127.0.0.3".parse().unwrap()),
+            &[],
+            grpc_frame(&message),
+        )
+        .await;
+        assert_eq!(grpc_status.as_deref(), Some("0"));
+        let answer = check_response(&data);
+        assert_eq!(answer.status.unwrap().code, 7, "PERMISSION_DENIED");
+        let Some(
+            envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(
+                denied,
+            ),
+        ) = answer.http_response
+        else {
+            panic!("not denied");
+        };
+        assert_eq!(denied.status.unwrap().code, 403);
+        assert!(denied.body.contains("untrusted_caller"), "{}", denied.body);
+    });
+}
+
+/// A call whose message never ends is answered at `limits.body_timeout` with
+/// DEADLINE_EXCEEDED (4), not left open.
+#[test]
+fn a_grpc_call_that_never_ends_gets_deadline_exceeded() {
+    let kw = start("limits: { body_timeout: 1s }\n");
+    let to = authz(&kw);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        let message = grpc_frame(&check_request(&[]));
+        let (status, grpc_status, _) =
+            h2c_call_ending(to, None, &[], message[..8].to_vec(), false).await;
+        assert_eq!((status, grpc_status.as_deref()), (200, Some("4")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    });
+}
+
+/// Raw bytes from a trusted caller (no client normalises names): a field of the description
+/// in an underscore spelling (which HTTP/1.1 parsers accept as another name, and nginx
+/// variables, CGI and WSGI read as the same), given twice, or in two cases is refused; it never
+/// makes keyward decide another path than the edge's.
+#[test]
+fn respelled_or_repeated_descriptions_are_refused_from_raw_bytes() {
+    let kw = start("");
+    let key = key(&kw, json!({"description": "ci"}));
+    let raw = |path: &str, lines: &[&str]| {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nArgus-API-Key: {key}\r\n"
+        );
+        for line in lines {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        raw_request(authz(&kw), request.as_bytes())
+    };
+    // The edge means /admin (a DEFAULT key may not); the client's forgery names /public.
+    let nginx_cases: [&[&str]; 8] = [
+        &[
+            "X-Original-Method: GET",
+            "X-Original-URI: /admin",
+            "X_Original_URI: /public/x",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X_Original_URI: /public/x",
+            "X-Original-URI: /admin",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X-Original-URI: /admin",
+            "x_original_uri: /public/x",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X-Original-URI: /admin",
+            "X_Original_URL: http://app.example/public/x",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X-Original-URI: /admin",
+            "x-original-uri: /public/x",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X-Original-URI: /admin",
+            "X-Original-URI: /public/x",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X_Original_Method: DELETE",
+            "X-Original-URI: /admin",
+        ],
+        &[
+            "X-Original-Method: GET",
+            "X-Original-URI: /admin",
+            "X-Forwarded-Proto: https",
+            "X_Forwarded_Proto: http",
+        ],
+    ];
+    for lines in nginx_cases {
+        let resp = raw("/auth/nginx", lines);
+        assert_eq!(resp.status, 403, "{lines:?}: {resp:?}");
+        assert_eq!(reason(&resp), "ambiguous_original_request", "{lines:?}");
+        assert!(resp.header("x-keyward-user").is_none(), "{lines:?}");
+    }
+    let forward_cases: [&[&str]; 5] = [
+        &[
+            "X-Forwarded-Method: GET",
+            "X-Forwarded-Uri: /admin",
+            "X_Forwarded_Uri: /public/x",
+            "X-Forwarded-Host: app.example",
+        ],
+        &[
+            "X-Forwarded-Method: GET",
+            "X_Forwarded_Uri: /public/x",
+            "X-Forwarded-Uri: /admin",
+            "X-Forwarded-Host: app.example",
+        ],
+        &[
+            "X-Forwarded-Method: DELETE",
+            "X_Forwarded_Method: GET",
+            "X-Forwarded-Uri: /admin",
+            "X-Forwarded-Host: app.example",
+        ],
+        &[
+            "X-Forwarded-Method: GET",
+            "X-Forwarded-Uri: /admin",
+            "X-Forwarded-Uri: /public/x",
+            "X-Forwarded-Host: app.example",
+        ],
+        &[
+            "X-Forwarded-Method: GET",
+            "X-Forwarded-Uri: /admin",
+            "X-Forwarded-Host: app.example",
+            "X_Forwarded_Host: other.example",
+        ],
+    ];
+    for lines in forward_cases {
+        let resp = raw("/auth/forward", lines);
+        assert_eq!(resp.status, 400, "{lines:?}: {resp:?}");
+        assert_eq!(reason(&resp), "ambiguous_original_request", "{lines:?}");
+    }
+    // Only the underscore spelling: never read as the field.
+    let resp = raw(
+        "/auth/nginx",
+        &["X_Original_Method: GET", "X_Original_URI: /public/x"],
+    );
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(resp.header("x-keyward-user").is_none());
+    // One value naming two targets, a folded line, a space before the colon: never /public.
+    for lines in [
+        &[
+            "X-Forwarded-Method: GET",
+            "X-Forwarded-Uri: /admin, /public/x",
+            "X-Forwarded-Host: app.example",
+        ][..],
+        &[
+            "X-Forwarded-Method: GET",
+            "X-Forwarded-Uri: /admin",
+            " /public/x",
+            "X-Forwarded-Host: app.example",
+        ],
+        &[
+            "X-Forwarded-Method: GET",
+            "X-Forwarded-Uri : /public/x",
+            "X-Forwarded-Uri: /admin",
+            "X-Forwarded-Host: app.example",
+        ],
+    ] {
+        let resp = raw("/auth/forward", lines);
+        assert!(matches!(resp.status, 400 | 403), "{lines:?}: {resp:?}");
+        assert!(resp.header("x-keyward-user").is_none(), "{lines:?}");
+    }
+    // The Envoy convention reads only X-Forwarded-Proto from headers.
+    let resp = raw(
+        "/auth/envoy/public/x",
+        &["X-Forwarded-Proto: https", "X_Forwarded_Proto: http"],
+    );
+    assert_eq!(resp.status, 400, "{resp:?}");
+    // The same descriptions spelled once, as edges send them: decided on the edge's path.
+    let resp = raw(
+        "/auth/nginx",
+        &["X-Original-Method: GET", "X-Original-URI: /admin"],
+    );
+    assert_eq!(resp.status, 403);
+    assert_eq!(reason(&resp), "security_level_too_low");
+    let resp = raw(
+        "/auth/nginx",
+        &["X-Original-Method: GET", "X-Original-URI: /public/x"],
+    );
+    assert_eq!(resp.status, 200);
+}
+
+/// Client-sent identity headers in underscore spellings are never believed and never come
+/// back in an allowed answer (an edge's `$upstream_http_x_keyward_user` reads `_` as `-`).
+#[test]
+fn underscore_identity_headers_never_come_back() {
+    let kw = start("");
+    let key = key(&kw, json!({"description": "ci"}));
+    let forged = [
+        "X_Keyward_User: mallory",
+        "X_Keyward_Functions: POWER-USER",
+        "x_keyward_security_level: ADMINISTRATIVE",
+        "X-Keyward_User_Id: 1",
+        "Gateway_Request_Id: forged",
+    ];
+    for (path, description) in [
+        (
+            "/auth/nginx",
+            &["X-Original-Method: GET", "X-Original-URI: /x"][..],
+        ),
+        (
+            "/auth/forward",
+            &[
+                "X-Forwarded-Method: GET",
+                "X-Forwarded-Uri: /x",
+                "X-Forwarded-Host: app.example",
+            ],
+        ),
+        ("/auth/envoy/x", &[]),
+    ] {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nArgus-API-Key: {key}\r\n"
+        );
+        for line in description.iter().chain(&forged) {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        let resp = raw_request(authz(&kw), request.as_bytes());
+        assert_allowed_as(&resp, "john", "APIKEY");
+        assert_eq!(
+            resp.header("x-keyward-functions"),
+            Some(""),
+            "{path}: {resp:?}"
+        );
+        assert!(
+            resp.headers.iter().all(|(name, value)| !name.contains('_')
+                && value != "mallory"
+                && value != "forged"
+                && value != "ADMINISTRATIVE"),
+            "{path}: {resp:?}"
+        );
+        if path.starts_with("/auth/envoy") {
+            // Named for Envoy to remove from the request it forwards.
+            let remove = resp.header("x-envoy-auth-headers-to-remove").unwrap();
+            for name in [
+                "x_keyward_functions",
+                "x_keyward_security_level",
+                "x_keyward_user",
+            ] {
+                assert!(remove.split(',').any(|n| n == name), "{name}: {remove}");
+            }
+        }
+        // A DEFAULT key claiming ADMINISTRATIVE in an underscore spelling is still DEFAULT.
+        let admin = request
+            .replace(": /x\r\n", ": /admin\r\n")
+            .replace("/auth/envoy/x ", "/auth/envoy/admin ");
+        let resp = raw_request(authz(&kw), admin.as_bytes());
+        assert_eq!(resp.status, 403, "{path}: {resp:?}");
+        assert_eq!(reason(&resp), "security_level_too_low", "{path}");
+    }
 }

@@ -220,6 +220,27 @@ fn the_edge_holds(kw: &Keyward, edge: &Edge, limited_status: u16) {
         );
     }
     assert_ne!(echo["headers"]["gateway-request-id"], json!(["forged"]));
+    // Nor in an underscore spelling, which CGI and WSGI applications read as the same header.
+    let request = format!(
+        "GET /public/x HTTP/1.1\r\nHost: {}\r\nX_Keyward_User: mallory\r\n\
+         x_keyward_functions: POWER-USER\r\nGateway_Request_Id: forged\r\nConnection: close\r\n\r\n",
+        edge.addr
+    );
+    let resp = raw_request(edge.addr, request.as_bytes());
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let echo: Value = resp.json();
+    for (name, value) in echo["headers"].as_object().unwrap() {
+        let folded = name.to_ascii_lowercase().replace('_', "-");
+        let keyward = folded.starts_with("x-keyward-") || folded == "gateway-request-id";
+        assert!(
+            !keyward || !name.contains('_'),
+            "{name} reached the upstream: {echo}"
+        );
+        assert!(
+            !["mallory", "POWER-USER", "forged"].contains(&value[0].as_str().unwrap_or("")),
+            "{name}: {echo}"
+        );
+    }
 
     // A DEFAULT key on every spelling of an admin-only path: 403, nothing proxied.
     let before = forwarded();

@@ -391,6 +391,94 @@ fn a_login_waits_its_turn_by_client_network_not_behind_a_flood() {
 }
 
 #[test]
+fn junk_from_many_networks_cannot_keep_a_known_users_right_password_out() {
+    let kw = Keyward::start_with(Setup {
+        extra: "limits: { password_hash_threads: 1 }".into(),
+        ..Setup::default()
+    });
+    // Users whose logins nothing has cached yet: each must be hashed.
+    kw.add_user("alice", "alice-password", &[]);
+    kw.add_user("bob", "bob-password", &[]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (unknown, known, hashed, flood_busy) = std::thread::scope(|scope| {
+        // 100 networks, one junk login waiting at a time each: the queue (64 for one hashing
+        // thread) stays full, and with one job per network there is no longest queue to push
+        // out, so a newcomer with a name that does not exist finds no place.
+        let flood: Vec<_> = (3..103)
+            .map(|n| {
+                let (kw, stop) = (&kw, &stop);
+                scope.spawn(move || {
+                    let http = common::client_from(&format!("127.0.0.{n}"));
+                    let mut busy = 0;
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let status = http
+                            .get(kw.url("/api/x"))
+                            .header("authorization", basic(&format!("flood{n}x{i}"), "guess"))
+                            .send()
+                            .unwrap()
+                            .status()
+                            .as_u16();
+                        if status == 503 {
+                            busy += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    busy
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        let unknown: Vec<u16> = (0..5)
+            .map(|i| {
+                common::client_from("127.0.0.200")
+                    .get(kw.url("/api/x"))
+                    .header("authorization", basic(&format!("nobody{i}"), "guess"))
+                    .send()
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+            .collect();
+        // Right passwords, from a network of their own and from one of the flood's: served
+        // from the lane of names that exist, however full the queue is.
+        let hashed_before = metric(&kw, "keyward_auth_duration_seconds_count{method=\"basic\"}");
+        let known: Vec<(&str, u16, String)> = [("127.0.0.201", "alice"), ("127.0.0.3", "bob")]
+            .into_iter()
+            .map(|(from, user)| {
+                let resp = common::client_from(from)
+                    .get(kw.url("/api/x"))
+                    .header("authorization", basic(user, &format!("{user}-password")))
+                    .send()
+                    .unwrap();
+                let status = resp.status().as_u16();
+                (user, status, resp.text().unwrap_or_default())
+            })
+            .collect();
+        let hashed =
+            metric(&kw, "keyward_auth_duration_seconds_count{method=\"basic\"}") - hashed_before;
+        // The flood stops before anything is asserted: a failure must not leave it running.
+        stop.store(true, Ordering::Relaxed);
+        let busy: usize = flood.into_iter().map(|t| t.join().unwrap()).sum();
+        (unknown, known, hashed, busy)
+    });
+    for (user, status, body) in &known {
+        assert_eq!(*status, 200, "{user}: {body}");
+    }
+    // Each waited for at most about one of the flood's checks (and the one being hashed).
+    assert!(
+        hashed <= 12,
+        "{hashed} hashes ran while two logins waited (a queue of 64 was full)"
+    );
+    assert!(flood_busy > 0, "the flood never filled the queue");
+    assert!(
+        unknown.contains(&503),
+        "a name that does not exist found a place every time: {unknown:?}"
+    );
+}
+
+#[test]
 fn a_redis_that_may_evict_live_claims_is_named_at_start() {
     for (policy, warned) in [("volatile-lru", true), ("noeviction", false)] {
         let redis = common::redis::TestRedis::start_plain_with(&[

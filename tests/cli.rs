@@ -315,6 +315,86 @@ fn serve_refuses_to_start_without_the_bootstrap_password() {
     let _ = child.wait();
 }
 
+/// The directory's bind password (`identity.ldap.bind_password_env`) is the server's: the
+/// commands that work on the store run without it, while `check-config` and `serve` name the
+/// missing variable.
+#[test]
+fn store_commands_run_without_the_directory_bind_password() {
+    const VAR: &str = "KEYWARD_TEST_CLI_LDAP_PASSWORD_NEVER_SET";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.yaml");
+    let yaml = VALID
+        .replace("18080", &common::free_port().to_string())
+        .replace("19090", &common::free_port().to_string())
+        .replace(
+            "sqlite://data/keyward.db",
+            &format!("sqlite://{}", dir.path().join("k.db").display()),
+        )
+        + &format!(
+            r#"server: {{ pid_file: {pid} }}
+identity:
+  ldap:
+    url: ldaps://ldap.example.com
+    bind_dn: cn=keyward,ou=services,dc=example,dc=com
+    bind_password_env: {VAR}
+    user_base: ou=people,dc=example,dc=com
+    user_filter: "(uid={{user}})"
+"#,
+            pid = dir.path().join("keyward.pid").display()
+        );
+    std::fs::write(&path, yaml).unwrap();
+    assert!(std::env::var_os(VAR).is_none());
+
+    let out = cli(
+        &path,
+        &["user", "add", "admin", "--password-stdin"],
+        Some("admin-password-1\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&path, &["user", "list"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin"));
+    let out = cli(&path, &["user", "lock", "admin"], None);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&path, &["audit", "tail"], None);
+    assert!(out.status.success(), "{out:?}");
+    // `reload` gets past the configuration (no server runs here, so it stops at the pid file).
+    let out = cli(&path, &["reload"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pid file") && !stderr.contains(VAR),
+        "{stderr}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("identity.ldap.bind_password_env") && stderr.contains(VAR),
+        "{stderr}"
+    );
+
+    let mut child = spawn_serve(&path, dir.path(), None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keyward started without the directory's bind password");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(stderr.contains(VAR), "{stderr}");
+}
+
 /// The README walk-through as a script: `keyward user lock john`, and the very next request
 /// with john's (cached) Basic login is refused. The CLI returns once the running keyward has
 /// applied the change feed up to the lock (`keyward_change_feed_applied_seq` on its ops

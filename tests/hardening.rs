@@ -112,6 +112,8 @@ fn no_spelling_of_a_protected_path_reaches_it_with_less_rights() {
         "/api/%ef%bc%8fadmin",
         "/api;x/admin",
         "/api/admin;x",
+        "/api/admin%3bx",
+        "/api%3Bx/admin",
         "/api/%2561dmin",
         "/api/admin?x=/../",
         "api/admin",

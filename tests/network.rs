@@ -779,3 +779,202 @@ fn an_idle_http2_connection_is_not_held_to_the_header_timeout() {
     });
     assert_eq!(kw.metric_value("keyward_header_timeouts_total"), 0);
 }
+
+/// The second review's flood, as it came: junk Basic logins on a hundred HTTP/2 streams of
+/// one TLS connection. Each pays the client's budget for refused credentials before argon2
+/// runs, so no more are hashed than the budget's burst, however many arrive at once.
+#[test]
+fn junk_logins_on_http2_streams_pay_their_budget_before_argon2() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::tls::TestPki::new();
+    let files = pki.server(dir.path(), "tls", 8);
+    let kw = Keyward::start_with(Setup {
+        extra: "limits: { max_h2_streams: 100 }\n\
+                rate_limits:\n  per_client_unauthenticated: { requests_per_second: 0.01, burst: 20 }\n"
+            .into(),
+        tls: Some(files.pair()),
+        dir: Some(dir),
+        ..Setup::default()
+    });
+    let hashes = r#"keyward_auth_duration_seconds_count{method="basic"}"#;
+    let before = kw.metric_value(hashes);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let statuses: Vec<u16> = runtime.block_on(async {
+        let (mut sender, _) = h2_connect(&kw, &pki).await;
+        let mut responses = Vec::new();
+        for i in 0..100 {
+            sender = sender.ready().await.unwrap();
+            let mut request = h2_request(&kw, "GET", "/api/x");
+            let junk = base64::engine::general_purpose::STANDARD.encode(format!("junk{i}:guess"));
+            request
+                .headers_mut()
+                .insert("authorization", format!("Basic {junk}").parse().unwrap());
+            let (response, _) = sender.send_request(request, true).unwrap();
+            responses.push(tokio::spawn(h2_answer(response)));
+        }
+        let mut statuses = Vec::new();
+        for response in responses {
+            statuses.push(response.await.unwrap().0);
+        }
+        statuses
+    });
+    let hashed = kw.metric_value(hashes) - before;
+    assert!(
+        hashed <= 20,
+        "{hashed} junk logins hashed past a burst of 20"
+    );
+    assert!(
+        statuses.iter().all(|s| [401, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    // The burst's 20 were checked (401) or found the hash queue full (503); the rest were
+    // refused for the budget before any check.
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 75,
+        "{statuses:?}"
+    );
+}
+
+/// An upstream that answers 101 to every `Upgrade` request — with RFC 6455's example accept
+/// value on `/public/ws`, without one elsewhere — and then echoes every byte it reads, as a
+/// framework that "upgrades" without switching would keep reading requests.
+fn upgrading_upstream() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let answer = match (head.contains("upgrade:"), head.starts_with("get /public/ws ")) {
+                    (true, true) => "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                    (true, false) => "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    (false, _) => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                };
+                let _ = stream.write_all(answer.as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Reads until the end of a response head; the head, or what came before the connection ended.
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(1) => raw.push(buf[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The red team's tunnel: an upstream that answers 101 without completing a WebSocket
+/// handshake would have had keyward relay the client's next bytes — a request for an admin
+/// path with forged identity headers — unchecked. Such a 101 is now a 502 and the connection
+/// closes; a completed handshake still opens the tunnel.
+#[test]
+fn only_a_completed_websocket_handshake_leaves_http() {
+    let kw = Keyward::start_with(Setup {
+        upstream_address: Some(upgrading_upstream().to_string()),
+        ..Setup::default()
+    });
+    let mut stream = kw.connect_raw(Duration::from_secs(10));
+    stream
+        .write_all(upgrade_request("/public/fake").as_bytes())
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // Whatever follows is not relayed: the connection ends (the 502's body, then EOF).
+    let smuggled = b"GET /api/admin HTTP/1.1\r\nHost: app\r\nX-Keyward-User: admin\r\n\r\n";
+    let _ = stream.write_all(smuggled);
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("/api/admin"), "relayed: {rest}");
+    assert!(!rest.contains("HTTP/1.1 200"), "answered: {rest}");
+
+    // A real handshake (RFC 6455's example key and accept) switches, and bytes flow both ways.
+    let mut stream = kw.connect_raw(Duration::from_secs(10));
+    stream
+        .write_all(upgrade_request("/public/ws").as_bytes())
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"\x81\x05hello").unwrap();
+    let mut echoed = [0u8; 7];
+    stream.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"\x81\x05hello");
+    // A protected path's upgrade still needs its credential.
+    let mut stream = kw.connect_raw(Duration::from_secs(10));
+    stream
+        .write_all(upgrade_request("/api/ws").as_bytes())
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+/// pingora made an HTTP/1.1 connection's idle time endless when the client named none: one
+/// request per connection slot held it for ever. An idle connection now ends after 60 s.
+#[test]
+fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_time() {
+    let kw = Keyward::start_with(Setup::default());
+    let mut stream = kw.connect_raw(Duration::from_secs(90));
+    stream
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    let idle = started.elapsed();
+    assert!(read.is_ok(), "still open after {idle:?}: {read:?}");
+    assert!(
+        (Duration::from_secs(55)..Duration::from_secs(75)).contains(&idle),
+        "closed after {idle:?}"
+    );
+}
+
+/// Headers some frameworks read in place of the request target never reach the upstream.
+#[test]
+fn target_override_headers_are_not_forwarded() {
+    let kw = Keyward::start_with(Setup::default());
+    let resp = raw_request(
+        kw.proxy,
+        b"GET /public/x HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Original-URL: /api/admin\r\n\
+          X-Rewrite-URL: /api/admin\r\nx-original-uri: /api/admin\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    let echo: Value = serde_json::from_slice(&resp.body).unwrap();
+    for name in ["x-original-url", "x-rewrite-url", "x-original-uri"] {
+        assert!(
+            echo["headers"].get(name).is_none(),
+            "{name} forwarded: {echo}"
+        );
+    }
+}

@@ -382,3 +382,94 @@ fn a_replica_recovers_when_redis_comes_back_and_a_hung_redis_costs_a_bounded_wai
     assert_eq!(log_lines(&kw, DOWN_LINE), 2, "{}", kw.stderr());
     assert_eq!(log_lines(&kw, UP_LINE), 2, "{}", kw.stderr());
 }
+
+/// A signed upload's head (`POST /x`, signed over `payload`) declaring `length` bytes.
+fn upload_head(key: &SigningKey, keyid: &str, length: u64) -> String {
+    let url: http::Uri = format!("http://{AUTHORITY}/x").parse().unwrap();
+    let nonce = format!("upload-{}-{length}-{}", now(), rand_suffix());
+    let headers = sign(key, keyid, "POST", &url, Some(b"payload"), now(), &nonce).unwrap();
+    let mut head = format!("POST /x HTTP/1.1\r\nHost: {AUTHORITY}\r\nContent-Length: {length}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Sends `head` on a raw connection; the status and head of the first answer, or `None` when
+/// none came within 5 s.
+fn raw_answer(kw: &Keyward, head: &str) -> (std::net::TcpStream, Option<(u16, String)>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(kw.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .map(|s| (s, text.clone()));
+    (stream, status)
+}
+
+#[test]
+fn a_signature_used_on_one_replica_costs_another_neither_its_body_nor_its_keys_limit() {
+    let db = ScratchDatabase::create_blocking().expect("these tests need PostgreSQL");
+    let replica = || {
+        let mut setup = config(&redis_url(), "refuse");
+        setup.extra.push_str(
+            "signatures: { max_body: 8388608 }\n\
+             rate_limits:\n  per_credential: { requests_per_second: 0.01, burst: 3 }\n",
+        );
+        Keyward::start_with(Setup {
+            store_url: Some(db.url().to_owned()),
+            ..setup
+        })
+    };
+    let (a, b) = (replica(), replica());
+    let (key, keyid) = john_with_key(&a, 13);
+
+    // Accepted on A (one of the key's three requests).
+    let head = upload_head(&key, &keyid, 7);
+    let (_, accepted) = raw_answer(&a, &format!("{head}payload"));
+    assert_eq!(accepted.map(|s| s.0), Some(200));
+    // Replayed on B, declaring 8 MiB and sending none of it: refused at once as a replay, its
+    // body never waited for and its key's limit never charged (B's local window has never
+    // seen it; Redis has).
+    let replayed = head.replace("Content-Length: 7", "Content-Length: 8388608");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let (stream, answer) = raw_answer(&b, &replayed);
+        let (status, text) = answer.expect("answered before the body");
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("replay"), "{text}");
+        held.push(stream);
+    }
+    // The key still has its other two requests, and the user's body share is free: a fresh
+    // upload and a fresh GET on B pass.
+    let (_, upload) = raw_answer(&b, &format!("{}payload", upload_head(&key, &keyid, 7)));
+    assert_eq!(upload.map(|s| s.0), Some(200));
+    echoed(send(&b, &signed(&key, &keyid)));
+    // The limit itself is there (the slices replicas lease may add a few requests to it).
+    assert!(
+        (0..10).any(|_| answer(send(&b, &signed(&key, &keyid))).0 == 429),
+        "the key's limit never answered 429"
+    );
+    drop(held);
+}

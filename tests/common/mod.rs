@@ -71,6 +71,9 @@ pub struct Setup {
     /// Open the external-authorization listener (`listen.authz`); the test's `extra` names
     /// `external_authz.trusted_callers`.
     pub authz_listener: bool,
+    /// `listen.proxy`'s port, chosen by the test (which had to name it elsewhere first, as an
+    /// OpenID provider's redirect URI); `None`: a free one.
+    pub proxy_port: Option<u16>,
 }
 
 impl Default for Setup {
@@ -95,6 +98,7 @@ impl Default for Setup {
             tls: None,
             dual_stack: false,
             authz_listener: false,
+            proxy_port: None,
         }
     }
 }
@@ -137,32 +141,38 @@ impl Keyward {
                 (Some(upstream), line)
             }
         };
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: Option<SocketAddr> = setup
-            .admin_listener
-            .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
-        let authz: Option<SocketAddr> = setup
-            .authz_listener
-            .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
-        let mut admin_line = admin.map_or(String::new(), |a| format!("\n  admin: {a}"));
-        if let Some(authz) = authz {
-            admin_line.push_str(&format!("\n  authz: {authz}"));
-        }
-        let tls_line = match &setup.tls {
-            Some((cert, key)) => format!(
-                "  tls: {{ cert: {}, key: {} }}",
-                cert.display(),
-                key.display()
-            ),
-            None => String::new(),
-        };
-        let proxy_listen = match setup.dual_stack {
-            true => format!("\"[::]:{}\"", proxy.port()),
-            false => proxy.to_string(),
-        };
-        let config = format!(
-            r#"
+        let mut dir = dir;
+        let mut upstream = upstream;
+        // A port found free may be taken by another test's process before keyward binds it:
+        // keyward then exits naming the address, and is started again on fresh ports.
+        for attempt in 1.. {
+            let proxy_port = setup.proxy_port.unwrap_or_else(free_port);
+            let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
+            let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: Option<SocketAddr> = setup
+                .admin_listener
+                .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            let authz: Option<SocketAddr> = setup
+                .authz_listener
+                .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            let mut admin_line = admin.map_or(String::new(), |a| format!("\n  admin: {a}"));
+            if let Some(authz) = authz {
+                admin_line.push_str(&format!("\n  authz: {authz}"));
+            }
+            let tls_line = match &setup.tls {
+                Some((cert, key)) => format!(
+                    "  tls: {{ cert: {}, key: {} }}",
+                    cert.display(),
+                    key.display()
+                ),
+                None => String::new(),
+            };
+            let proxy_listen = match setup.dual_stack {
+                true => format!("\"[::]:{}\"", proxy.port()),
+                false => proxy.to_string(),
+            };
+            let config = format!(
+                r#"
 listen:
   proxy: {proxy_listen}
   ops: {ops}{admin_line}
@@ -190,32 +200,42 @@ cache:
 routes:{routes}
 {extra}
 "#,
-            store_url = setup.store_url.clone().unwrap_or_else(|| format!(
-                "sqlite://{}",
-                dir.path().join(&setup.store_file).display()
-            )),
-            poll = setup.invalidation_poll,
-            pid_file = dir.path().join("keyward.pid").display(),
-            routes = setup.routes,
-            extra = setup.extra,
-        );
-        let config_path = dir.path().join("keyward.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let child = spawn_serve_with(&config_path, dir.path(), Some(ADMIN_PASSWORD), &setup.env);
-        let mut keyward = Keyward {
-            child,
-            proxy,
-            ops,
-            admin,
-            authz,
-            upstream,
-            dir,
-            config_path,
-            env: setup.env,
-            tls: setup.tls.is_some(),
-        };
-        keyward.wait_ready();
-        keyward
+                store_url = setup.store_url.clone().unwrap_or_else(|| format!(
+                    "sqlite://{}",
+                    dir.path().join(&setup.store_file).display()
+                )),
+                poll = setup.invalidation_poll,
+                pid_file = dir.path().join("keyward.pid").display(),
+                routes = &setup.routes,
+                extra = &setup.extra,
+            );
+            let config_path = dir.path().join("keyward.yaml");
+            std::fs::write(&config_path, config).unwrap();
+            let child =
+                spawn_serve_with(&config_path, dir.path(), Some(ADMIN_PASSWORD), &setup.env);
+            let mut keyward = Keyward {
+                child,
+                proxy,
+                ops,
+                admin,
+                authz,
+                upstream,
+                dir,
+                config_path,
+                env: setup.env.clone(),
+                tls: setup.tls.is_some(),
+            };
+            match keyward.try_ready() {
+                Ok(()) => return keyward,
+                Err(stderr) if attempt < 4 && stderr.contains("in use") => {
+                    upstream = keyward.upstream.take();
+                    dir = std::mem::replace(&mut keyward.dir, tempfile::tempdir().unwrap());
+                    drop(keyward);
+                }
+                Err(stderr) => panic!("{stderr}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Kills the process (as a crash would) and starts it again with the same config, on the
@@ -233,11 +253,21 @@ routes:{routes}
     }
 
     fn wait_ready(&mut self) {
+        if let Err(why) = self.try_ready() {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits until keyward answers; `Err`: why not (its stderr).
+    fn try_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = client();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("keyward exited early ({status}):\n{}", self.stderr());
+                return Err(format!(
+                    "keyward exited early ({status}):\n{}",
+                    self.stderr()
+                ));
             }
             let ready = client
                 .get(self.ops_url("/readyz"))
@@ -251,11 +281,11 @@ routes:{routes}
                     false => client.get(self.url("/public")).send().is_ok(),
                 };
                 if proxy_up {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                panic!("keyward not ready after 30s:\n{}", self.stderr());
+                return Err(format!("keyward not ready after 30s:\n{}", self.stderr()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

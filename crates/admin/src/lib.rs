@@ -31,11 +31,48 @@ use keyward_http::respond;
 use keyward_metrics::{Metrics, Outcome};
 use keyward_store::audit::{self, AuditLog};
 use keyward_store::{AuditEvent, Db, User};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 pub use routes::routes;
 use routes::{admin_path, operation, Endpoint, ROUTES};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Where an admin request comes from.
+enum Source<'s> {
+    /// A listener's connection: the body is read from it within `limits.body_timeout`.
+    Session(&'s mut Session),
+    /// Another room of keyward (see [`AdminApi::call`]); `caller`: already authenticated
+    /// there (an OpenID Connect sign-in, see [`AdminApi::call_as`]).
+    InProcess {
+        header: &'s RequestHeader,
+        body: Vec<u8>,
+        caller: Option<Arc<Principal>>,
+    },
+}
+
+/// An admin answer, before it is written (or handed to the room that called in-process).
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Besides `content-type`, the request id and the length: `set-cookie`, `retry-after`,
+    /// `allow`, the token API's own headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// A 401: the answer carries keyward's `WWW-Authenticate` challenge.
+    pub challenge: bool,
+    pub rate_limited: Option<keyward_auth::ratelimit::Limited>,
+}
+
+impl Answer {
+    /// The answer's first header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
 
 impl AdminApi {
     // The route table is a constant; a conflict in it fails every test that starts keyward.
@@ -65,16 +102,74 @@ impl AdminApi {
 
     /// Answers an admin request completely.
     pub async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        let path = admin_path(ctx).to_owned();
+        let answer = self.answer(Source::Session(session), &path, ctx).await;
+        let mut header = respond::json_header(
+            answer.status,
+            ctx.request_id.as_str(),
+            answer.body.len(),
+            answer.challenge,
+        );
+        header.insert_header("content-type", answer.content_type)?;
+        for (name, value) in answer.headers {
+            header.append_header(name, value)?;
+        }
+        if let Some(limited) = &answer.rate_limited {
+            respond::rate_limit_headers(&mut header, limited)?;
+        }
+        respond::send(session, header, bytes::Bytes::from(answer.body)).await
+    }
+
+    /// An admin request made in-process by another of keyward's rooms (the browser pages),
+    /// answered as if it had come over a listener: `header` carries its credentials (a Basic
+    /// password, the browser's `token` cookie), `path` is the endpoint's normalized path. The
+    /// same authentication, rate limits, guard, handler, metrics and audit record as every
+    /// other admin call; nothing is written to any connection.
+    pub async fn call(
+        &self,
+        header: &RequestHeader,
+        body: Vec<u8>,
+        ctx: &mut RequestCtx,
+    ) -> Answer {
+        let path = header.uri.path().to_owned();
+        let source = Source::InProcess {
+            header,
+            body,
+            caller: None,
+        };
+        self.answer(source, &path, ctx).await
+    }
+
+    /// [`AdminApi::call`] for a caller another room authenticated itself: a person who just
+    /// signed in at the OpenID provider, whose principal the browser pages built (method
+    /// `OIDC`, at most DEFAULT). Everything after authentication is the same.
+    pub async fn call_as(
+        &self,
+        caller: Arc<Principal>,
+        header: &RequestHeader,
+        body: Vec<u8>,
+        ctx: &mut RequestCtx,
+    ) -> Answer {
+        let path = header.uri.path().to_owned();
+        let source = Source::InProcess {
+            header,
+            body,
+            caller: Some(caller),
+        };
+        self.answer(source, &path, ctx).await
+    }
+
+    async fn answer(&self, source: Source<'_>, path: &str, ctx: &mut RequestCtx) -> Answer {
         let mut target = AuditTarget {
             operation: "unknown",
             ..AuditTarget::default()
         };
         // By namespace, not by route: a path under `/.TOKEN/` or `/_admin/` that names no
         // endpoint still answers in the token API's shape.
-        let token_api = is_token_path(admin_path(ctx));
+        let token_api = is_token_path(path);
         let audit_handed_over = AtomicBool::new(false);
         let result = self
-            .dispatch(session, ctx, &mut target, &audit_handed_over)
+            .dispatch(source, path, ctx, &mut target, &audit_handed_over)
             .await;
         let request_id = ctx.request_id.as_str().to_owned();
         let (status, outcome) = match &result {
@@ -141,7 +236,7 @@ impl AdminApi {
             Err(AdminError::MethodNotAllowed(allow)) => Some(allow.clone()),
             _ => None,
         };
-        let (content_type, body, extra) = match result {
+        let (content_type, body, mut headers) = match result {
             Ok(Reply { raw: Some(raw), .. }) => (raw.content_type, raw.body, raw.headers),
             Ok(reply) => (
                 "application/json",
@@ -159,38 +254,41 @@ impl AdminApi {
                 Vec::new(),
             ),
         };
-        let mut header = respond::json_header(status, &request_id, body.len(), challenge);
-        header.insert_header("content-type", content_type)?;
         if let Some(secs) = retry_after {
-            header.insert_header("retry-after", secs.to_string())?;
-        }
-        if let Some(limited) = &rate_limited {
-            respond::rate_limit_headers(&mut header, limited)?;
+            headers.push(("retry-after", secs.to_string()));
         }
         if let Some(allow) = allow {
-            header.insert_header("allow", allow)?;
+            headers.push(("allow", allow));
         }
-        let mut clears_cookie = false;
-        for (name, value) in extra {
-            clears_cookie |= name == "set-cookie" && value == token::CLEAR_COOKIE;
-            header.append_header(name, value)?;
-        }
+        let clears_cookie = headers
+            .iter()
+            .any(|(name, value)| *name == "set-cookie" && value == token::CLEAR_COOKIE);
         if ctx.clear_token_cookie && !clears_cookie {
-            header.append_header("set-cookie", token::CLEAR_COOKIE)?;
+            headers.push(("set-cookie", token::CLEAR_COOKIE.to_owned()));
         }
-        respond::send(session, header, bytes::Bytes::from(body)).await
+        Answer {
+            status,
+            content_type,
+            body,
+            headers,
+            challenge,
+            rate_limited,
+        }
     }
 
     async fn dispatch(
         &self,
-        session: &mut Session,
+        source: Source<'_>,
+        path: &str,
         ctx: &mut RequestCtx,
         target: &mut AuditTarget,
         audit_handed_over: &AtomicBool,
     ) -> Result<Reply, AdminError> {
-        let method = session.req_header().method.clone();
-        let path = admin_path(ctx).to_owned();
-        let Ok(found) = self.router.at(&path) else {
+        let method = match &source {
+            Source::Session(session) => session.req_header().method.clone(),
+            Source::InProcess { header, .. } => header.method.clone(),
+        };
+        let Ok(found) = self.router.at(path) else {
             return Err(AdminError::NotFound("no such endpoint".into()));
         };
         let endpoint = *found.value;
@@ -200,8 +298,24 @@ impl AdminApi {
         target.operation =
             operation(endpoint, &method).ok_or_else(|| endpoint.method_not_allowed())?;
 
-        let body = read_body(session, ctx.body_deadline).await?;
-        let caller = self.authenticate(session, ctx, &body).await?;
+        let (header, body, caller) = match source {
+            Source::Session(session) => {
+                let body = read_body(session, ctx.body_deadline).await?;
+                (session.req_header(), body, None)
+            }
+            Source::InProcess {
+                header,
+                body,
+                caller,
+            } => (header, body, caller),
+        };
+        let caller = match caller {
+            Some(caller) => {
+                ctx.principal = Some(caller.clone());
+                caller
+            }
+            None => self.authenticate(header, ctx, &body).await?,
+        };
         // Tenant tokens, credential kinds, security level, read-only and cross-site writes:
         // checked here once for every endpoint (crates/admin/src/guard.rs says why each rule exists).
         guard::admit(
@@ -209,8 +323,8 @@ impl AdminApi {
             &caller,
             &guard::Incoming {
                 method: &method,
-                uri: &session.req_header().uri,
-                headers: &session.req_header().headers,
+                uri: &header.uri,
+                headers: &header.headers,
                 body: &body,
                 tls: ctx.tls,
             },
@@ -229,7 +343,6 @@ impl AdminApi {
             audit_handed_over,
         };
         if endpoint.is_token_api() {
-            let header = session.req_header();
             let domain = header
                 .headers
                 .get(http::header::HOST)
@@ -284,7 +397,7 @@ impl AdminApi {
             (true, false) => format!("{}/{key_id}", target_user.name),
             _ => String::new(),
         };
-        let query = session.req_header().uri.query().map(str::to_owned);
+        let query = header.uri.query().map(str::to_owned);
         match (endpoint, &method) {
             (Endpoint::UserApiKeys | Endpoint::OwnApiKeys, &Method::GET) => {
                 api_keys::list(self, &call, &target_user).await
@@ -343,7 +456,7 @@ impl AdminApi {
 
     async fn authenticate(
         &self,
-        session: &Session,
+        header: &RequestHeader,
         ctx: &mut RequestCtx,
         body: &[u8],
     ) -> Result<Arc<Principal>, AdminError> {
@@ -353,7 +466,7 @@ impl AdminApi {
         // The quotas of this request's configuration snapshot; the counters are long-lived.
         let limits = ctx.config.rate_limits;
         let view = RequestView {
-            header: session.req_header(),
+            header,
             body: Some(body),
             tls: ctx.tls,
         };
@@ -418,6 +531,11 @@ impl AdminApi {
             })
     }
 
+    /// A token's public name (what listings show and `DELETE /.TOKEN/{name}` takes).
+    pub fn token_name(&self, token: &str) -> String {
+        token::name_for(&self.auth.tokens.hash(token))
+    }
+
     /// `{user}`: a numeric id (all digits; names never are) or a user name.
     pub(crate) async fn resolve_user(&self, user: &str) -> Result<User, AdminError> {
         let key = user.to_owned();
@@ -444,7 +562,7 @@ impl AdminApi {
 
 /// The request body, whole by `deadline` (`limits.body_timeout` from its header, before the
 /// caller is authenticated: an anonymous body trickled a byte at a time is cut off too).
-async fn read_body(
+pub async fn read_body(
     session: &mut Session,
     deadline: Option<std::time::Instant>,
 ) -> Result<Vec<u8>, AdminError> {

@@ -314,7 +314,11 @@ impl BasicAuthenticator {
         };
         match self
             .hasher
-            .verify(password, Some(user.password_hash.clone()), client_ip)
+            .verify(
+                password,
+                Some((user.id, user.password_hash.clone())),
+                client_ip,
+            )
             .await
         {
             Ok(true) => {}
@@ -324,11 +328,22 @@ impl BasicAuthenticator {
                 return Err(busy.into());
             }
         }
+        self.accepted(&user, attempt, generation).await
+    }
+
+    /// A user whose password was accepted (locally or by the directory): refused when locked,
+    /// else the throttle is told and the principal made.
+    async fn accepted(
+        &self,
+        user: &User,
+        attempt: crate::throttle::Attempt,
+        generation: u64,
+    ) -> Result<Arc<Principal>, Unverified> {
         if user.locked {
             return Err(AuthError::Locked.into());
         }
         self.throttle.succeeded(attempt).await;
-        let principal = Arc::new(principal_for(&user));
+        let principal = Arc::new(principal_for(user));
         if self.generation.load(Ordering::Acquire) != generation {
             // Invalidated while it was being checked (a lock, a password change): the
             // request is answered as it was decided, and nothing is cached.
@@ -363,6 +378,7 @@ impl BasicAuthenticator {
             }
         };
         let login = DirectoryLogin {
+            source: UserSource::Ldap,
             name: name.clone(),
             customer: entry.customer,
             functions: entry.functions,
@@ -384,15 +400,7 @@ impl BasicAuthenticator {
                 return Err(AuthError::StoreUnavailable.into());
             }
         };
-        if user.locked {
-            return Err(AuthError::Locked.into());
-        }
-        self.throttle.succeeded(attempt).await;
-        let principal = Arc::new(principal_for(&user));
-        if self.generation.load(Ordering::Acquire) != generation {
-            return Err(Unverified::Raced(principal));
-        }
-        Ok(principal)
+        self.accepted(&user, attempt, generation).await
     }
 
     /// Drops every cached login of `user_id` (lock, unlock, password change).

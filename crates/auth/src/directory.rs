@@ -8,7 +8,15 @@
 //! the group's DN, whether it names the entry (`member`, `uniqueMember`) or the name
 //! (`memberUid`); the server compares DNs by its own matching rules. An empty password never
 //! reaches the directory (RFC 4513 §5.1.2: a bind with a DN and no password is an anonymous
-//! bind, which succeeds without proving anything).
+//! bind, which succeeds without proving anything). A name the search does not find costs a
+//! bind all the same — with the password, as [`ABSENT_RDN`] under `user_base`, an entry that
+//! does not exist — so that an unknown name does the directory work of a wrong password and
+//! answers no faster.
+//!
+//! Revalidation reads each group's members once per sweep ([`Directory::group_members`]) and
+//! searches each user once, with `user_filter`; the groups are asked about the user the login's
+//! way (by the server's matching rules) only where the members read say something other than
+//! what keyward holds, so that a change is always decided by the directory itself.
 //!
 //! All directory I/O runs on a runtime of its own (one thread, like the store's), every
 //! operation bounded by `identity.ldap.timeout`: a slow or dead directory never holds a proxy
@@ -19,6 +27,7 @@
 use keyward_config::LdapSettings;
 use keyward_metrics::DirectorySeries;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, SearchOptions};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -32,6 +41,15 @@ const REFUSED_BIND: [u32; 5] = [
     50, // insufficientAccessRights
     53, // unwillingToPerform
 ];
+/// The entry, under `user_base`, that an unknown name's bind is made as: one that does not exist
+/// (see the module's notes).
+pub const ABSENT_RDN: &str = "cn=keyward-no-such-user";
+
+/// Attributes that name a group's members: DNs (`member`, `uniqueMember`) or login names
+/// (`memberUid`).
+const MEMBER_DN_ATTRIBUTES: [&str; 2] = ["member", "uniqueMember"];
+const MEMBER_NAME_ATTRIBUTE: &str = "memberUid";
+
 const SUCCESS: u32 = 0;
 const SIZE_LIMIT_EXCEEDED: u32 = 4;
 const NO_SUCH_OBJECT: u32 = 32;
@@ -55,6 +73,36 @@ pub enum Login {
     /// The entry refused the password (or the password is empty).
     BadPassword,
 }
+
+/// The members of one configured group, as read once for a revalidation sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Members {
+    /// Member DNs (ASCII lower-cased) and member login names.
+    Read {
+        dns: HashSet<String>,
+        names: HashSet<String>,
+    },
+    /// Not read whole (a server that hands out large groups in ranges, as Active Directory
+    /// does past 1 500 members): each user is asked about this group the login's way.
+    Unread,
+}
+
+impl Members {
+    fn names(&self, dn: &str, name: &str) -> Option<bool> {
+        match self {
+            Members::Read { dns, names } => {
+                Some(dns.contains(&dn.to_ascii_lowercase()) || names.contains(name))
+            }
+            Members::Unread => None,
+        }
+    }
+}
+
+/// The configured groups' members, read once for a revalidation sweep
+/// ([`Directory::group_members`]), in `identity.ldap.groups`' order; shared by the sweep's
+/// searches, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembers(Arc<Vec<Members>>);
 
 /// The directory could not answer (unreachable, TLS, timeout, the service account refused,
 /// a search that failed): new directory logins get 503, and nothing is locked.
@@ -115,6 +163,11 @@ impl Directory {
     /// Starts the directory's runtime; connects lazily (a directory down at start is an
     /// outage like any other, not a reason to stop keyward).
     pub fn start(settings: LdapSettings, series: DirectorySeries) -> Result<Directory, String> {
+        if let Some(var) = &settings.bind_password_unset {
+            return Err(format!(
+                "bind_password_env: the environment variable {var} is not set (or is empty)"
+            ));
+        }
         let tls = match &settings.ca_pem {
             Some(pem) => Some(Arc::new(client_config(pem)?)),
             None => {
@@ -186,19 +239,53 @@ impl Directory {
         .await
     }
 
-    /// What the directory says of `name` now; `None`: it no longer returns them.
-    pub async fn lookup(&self, name: &str) -> Result<Option<DirectoryEntry>, DirectoryUnavailable> {
+    /// Reads the members of every configured group (one base search each), for a sweep.
+    pub async fn group_members(&self) -> Result<GroupMembers, DirectoryUnavailable> {
+        self.on_runtime(move |inner| async move {
+            inner
+                .with_service(|inner, ldap| async move { inner.group_members(&ldap).await })
+                .await
+        })
+        .await
+    }
+
+    /// Revalidation's question: what the directory says of `name` now (`None`: it no longer
+    /// returns them through `user_filter`), one search for the entry. Functions come from
+    /// `groups` (read once per sweep; a group not read whole is asked about the entry alone).
+    /// Where they say something other than `known` (the functions keyward holds), or without
+    /// `groups`, every group is asked about the entry the login's way, so that only the
+    /// directory's own matching changes a user.
+    pub async fn revalidate(
+        &self,
+        name: &str,
+        groups: Option<&GroupMembers>,
+        known: &[String],
+    ) -> Result<Option<DirectoryEntry>, DirectoryUnavailable> {
         let name = name.to_owned();
+        let groups = groups.cloned();
+        let known = known.to_vec();
         self.on_runtime(move |inner| async move {
             inner
                 .with_service(|inner, ldap| {
-                    let name = name.clone();
+                    let (name, groups, known) = (name.clone(), groups.clone(), known.clone());
                     async move {
                         let mut searcher = ldap.clone();
-                        match inner.find(&mut searcher, &name).await? {
-                            None => Ok(None),
-                            Some(found) => Ok(Some(inner.entry(&ldap, &name, found).await?)),
-                        }
+                        let Some(found) = inner.find(&mut searcher, &name).await? else {
+                            return Ok(None);
+                        };
+                        let read = match &groups {
+                            Some(groups) => {
+                                inner
+                                    .functions_from(&ldap, &found.dn, &name, groups)
+                                    .await?
+                            }
+                            None => None,
+                        };
+                        let functions = match read {
+                            Some(functions) if functions == known => functions,
+                            _ => inner.functions(&ldap, &found.dn, &name).await?,
+                        };
+                        Ok(Some(inner.entry_with(found, functions)))
                     }
                 })
                 .await
@@ -368,13 +455,19 @@ impl Inner {
         Ok(found.pop().filter(|entry| !entry.dn.is_empty()))
     }
 
-    /// The entry's customer and functions.
+    /// The entry's customer and functions, the groups asked the login's way.
     async fn entry(
         &self,
         ldap: &Ldap,
         name: &str,
         found: SearchEntry,
     ) -> Result<DirectoryEntry, DirectoryUnavailable> {
+        let functions = self.functions(ldap, &found.dn, name).await?;
+        Ok(self.entry_with(found, functions))
+    }
+
+    /// The entry found with `functions`; the customer from `customer_attribute`.
+    fn entry_with(&self, found: SearchEntry, functions: Vec<String>) -> DirectoryEntry {
         let customer = self.settings.customer_attribute.as_ref().and_then(|a| {
             found
                 .attrs
@@ -382,12 +475,121 @@ impl Inner {
                 .find(|(key, _)| key.eq_ignore_ascii_case(a))
                 .and_then(|(_, values)| values.first().cloned())
         });
-        let functions = self.functions(ldap, &found.dn, name).await?;
-        Ok(DirectoryEntry {
+        DirectoryEntry {
             dn: found.dn,
             customer,
             functions,
-        })
+        }
+    }
+
+    /// Whether `group` names the entry (`filter`: its DN or login name as a member), by the
+    /// server's own matching: a base search on the group.
+    async fn is_member(
+        &self,
+        ldap: &Ldap,
+        group: &str,
+        filter: &str,
+    ) -> Result<bool, DirectoryUnavailable> {
+        let mut ldap = ldap.clone();
+        let answer = self
+            .bounded(ldap.with_timeout(self.timeout()).search(
+                group,
+                Scope::Base,
+                filter,
+                vec!["1.1"],
+            ))
+            .await?;
+        match answer.1.rc {
+            SUCCESS => Ok(!entries(answer.0).is_empty()),
+            // The group does not exist (any more): nobody is in it.
+            NO_SUCH_OBJECT => {
+                tracing::debug!(group, "identity.ldap.groups: no such group");
+                Ok(false)
+            }
+            rc => Err(DirectoryUnavailable(format!(
+                "the group search on {group} failed: rc {rc} {}",
+                answer.1.text
+            ))),
+        }
+    }
+
+    /// The filter that finds the entry (`dn`, login `name`) among a group's members.
+    fn member_filter(dn: &str, name: &str) -> String {
+        format!(
+            "(|(member={dn})(uniqueMember={dn})(memberUid={name}))",
+            dn = ldap3::ldap_escape(dn),
+            name = ldap3::ldap_escape(name),
+        )
+    }
+
+    /// Reads each configured group's members: one base search per group.
+    async fn group_members(&self, ldap: &Ldap) -> Result<GroupMembers, DirectoryUnavailable> {
+        let mut attributes: Vec<&str> = MEMBER_DN_ATTRIBUTES.to_vec();
+        attributes.push(MEMBER_NAME_ATTRIBUTE);
+        let reads = self.settings.groups.iter().map(|(group, _)| {
+            let mut ldap = ldap.clone();
+            let attributes = attributes.clone();
+            async move {
+                self.bounded(ldap.with_timeout(self.timeout()).search(
+                    group,
+                    Scope::Base,
+                    "(objectClass=*)",
+                    attributes,
+                ))
+                .await
+            }
+        });
+        let answers = futures::future::join_all(reads).await;
+        let mut groups = Vec::with_capacity(answers.len());
+        for ((group, _), answer) in self.settings.groups.iter().zip(answers) {
+            let answer = answer?;
+            let members = match answer.1.rc {
+                SUCCESS => members_of(entries(answer.0)),
+                NO_SUCH_OBJECT => Members::Read {
+                    dns: HashSet::new(),
+                    names: HashSet::new(),
+                },
+                rc => {
+                    return Err(DirectoryUnavailable(format!(
+                        "reading the group {group} failed: rc {rc} {}",
+                        answer.1.text
+                    )))
+                }
+            };
+            groups.push(members);
+        }
+        Ok(GroupMembers(Arc::new(groups)))
+    }
+
+    /// The functions `groups` (read for the sweep) give the entry; groups not read whole are
+    /// asked about it. `None` when `groups` was read for other settings (a reload changed
+    /// `identity.ldap.groups`).
+    async fn functions_from(
+        &self,
+        ldap: &Ldap,
+        dn: &str,
+        name: &str,
+        groups: &GroupMembers,
+    ) -> Result<Option<Vec<String>>, DirectoryUnavailable> {
+        if groups.0.len() != self.settings.groups.len() {
+            return Ok(None);
+        }
+        let mut functions = Vec::new();
+        for ((group, granted), members) in self.settings.groups.iter().zip(groups.0.iter()) {
+            let member = match members.names(dn, name) {
+                Some(member) => member,
+                None => {
+                    self.is_member(ldap, group, &Self::member_filter(dn, name))
+                        .await?
+                }
+            };
+            if member {
+                functions.extend(granted.iter().cloned());
+            }
+        }
+        functions.sort();
+        functions.dedup();
+        Ok(Some(functions))
     }
 
     /// The functions of the configured groups that name the entry, asked together.
@@ -397,49 +599,38 @@ impl Inner {
         dn: &str,
         name: &str,
     ) -> Result<Vec<String>, DirectoryUnavailable> {
-        let filter = format!(
-            "(|(member={dn})(uniqueMember={dn})(memberUid={name}))",
-            dn = ldap3::ldap_escape(dn),
-            name = ldap3::ldap_escape(name),
-        );
-        let checks = self.settings.groups.iter().map(|(group, _)| {
-            let mut ldap = ldap.clone();
-            let filter = filter.as_str();
-            async move {
-                self.bounded(ldap.with_timeout(self.timeout()).search(
-                    group,
-                    Scope::Base,
-                    filter,
-                    vec!["1.1"],
-                ))
-                .await
-            }
-        });
+        let filter = Self::member_filter(dn, name);
+        let checks = self
+            .settings
+            .groups
+            .iter()
+            .map(|(group, _)| self.is_member(ldap, group, &filter));
         let answers = futures::future::join_all(checks).await;
         let mut functions = Vec::new();
-        for ((group, granted), answer) in self.settings.groups.iter().zip(answers) {
-            let answer = answer?;
-            match answer.1.rc {
-                SUCCESS if !entries(answer.0).is_empty() => functions.extend(granted.clone()),
-                SUCCESS => {}
-                // The group does not exist (any more): nobody is in it.
-                NO_SUCH_OBJECT => {
-                    tracing::debug!(
-                        group = group.as_str(),
-                        "identity.ldap.groups: no such group"
-                    )
-                }
-                rc => {
-                    return Err(DirectoryUnavailable(format!(
-                        "the group search on {group} failed: rc {rc} {}",
-                        answer.1.text
-                    )))
-                }
+        for ((_, granted), answer) in self.settings.groups.iter().zip(answers) {
+            if answer? {
+                functions.extend(granted.iter().cloned());
             }
         }
         functions.sort();
         functions.dedup();
         Ok(functions)
+    }
+
+    /// A simple bind as `dn` with `password` on a connection of its own (a bind changes who a
+    /// connection is); the server's result code.
+    async fn bind_as(
+        &self,
+        dn: &str,
+        password: &str,
+    ) -> Result<(u32, String), DirectoryUnavailable> {
+        let mut own = self.connect().await?;
+        let bound = self
+            .bounded(own.with_timeout(self.timeout()).simple_bind(dn, password))
+            .await;
+        let _ = tokio::time::timeout(self.timeout(), own.unbind()).await;
+        let bound = bound?;
+        Ok((bound.rc, bound.text))
     }
 
     async fn login(
@@ -450,28 +641,105 @@ impl Inner {
     ) -> Result<Login, DirectoryUnavailable> {
         let mut searcher = ldap.clone();
         let Some(found) = self.find(&mut searcher, name).await? else {
+            // The directory work of a wrong password (a connection, a bind that fails), so
+            // that an unknown name answers no faster than a known one: with the password, as
+            // an entry that does not exist, so that no account's failed-bind count moves.
+            // Whatever it answers, the name is unknown.
+            let absent = format!("{ABSENT_RDN},{}", self.settings.user_base);
+            let _ = self.bind_as(&absent, password).await?;
             return Ok(Login::NoSuchUser);
         };
-        // The bind changes who a connection is, so it gets a connection of its own.
-        let mut own = self.connect().await?;
-        let bound = self
-            .bounded(
-                own.with_timeout(self.timeout())
-                    .simple_bind(&found.dn, password),
-            )
-            .await;
-        let _ = tokio::time::timeout(self.timeout(), own.unbind()).await;
-        let bound = bound?;
-        match bound.rc {
+        let (rc, text) = self.bind_as(&found.dn, password).await?;
+        match rc {
             SUCCESS => {}
             rc if REFUSED_BIND.contains(&rc) => return Ok(Login::BadPassword),
             rc => {
                 return Err(DirectoryUnavailable(format!(
-                    "the bind failed: rc {rc} {}",
-                    bound.text
+                    "the bind failed: rc {rc} {text}"
                 )))
             }
         }
         Ok(Login::Accepted(self.entry(&ldap, name, found).await?))
+    }
+}
+
+/// A group entry's members; a value handed out in ranges (`member;range=0-1499`) leaves the
+/// group unread.
+fn members_of(found: Vec<SearchEntry>) -> Members {
+    let mut dns = HashSet::new();
+    let mut names = HashSet::new();
+    for entry in found {
+        for (attribute, values) in entry.attrs {
+            let (base, options) = attribute
+                .split_once(';')
+                .map_or((attribute.as_str(), ""), |(b, o)| (b, o));
+            if options.to_ascii_lowercase().contains("range=") {
+                return Members::Unread;
+            }
+            if MEMBER_DN_ATTRIBUTES
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(base))
+            {
+                dns.extend(values.iter().map(|v| v.to_ascii_lowercase()));
+            } else if base.eq_ignore_ascii_case(MEMBER_NAME_ATTRIBUTE) {
+                names.extend(values);
+            }
+        }
+    }
+    Members::Read { dns, names }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn entry(attrs: &[(&str, &[&str])]) -> SearchEntry {
+        SearchEntry {
+            dn: "cn=g,ou=groups,dc=example,dc=com".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect::<HashMap<_, _>>(),
+            bin_attrs: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn members_are_read_from_dns_and_names() {
+        let members = members_of(vec![entry(&[
+            ("member", &["uid=Alice,ou=People,dc=example,dc=com"]),
+            ("uniquemember", &["uid=bob,ou=people,dc=example,dc=com"]),
+            ("memberUid", &["carol"]),
+        ])]);
+        assert_eq!(
+            members.names("uid=alice,ou=people,dc=example,dc=com", "alice"),
+            Some(true),
+            "DNs compared without regard to ASCII case"
+        );
+        assert_eq!(
+            members.names("uid=bob,ou=people,dc=example,dc=com", "bob"),
+            Some(true)
+        );
+        assert_eq!(
+            members.names("uid=carol,ou=people,dc=example,dc=com", "carol"),
+            Some(true)
+        );
+        assert_eq!(
+            members.names("uid=dave,ou=people,dc=example,dc=com", "dave"),
+            Some(false)
+        );
+        // A group without members names nobody.
+        assert_eq!(members_of(vec![]).names("uid=x", "x"), Some(false));
+    }
+
+    #[test]
+    fn a_group_handed_out_in_ranges_is_unread() {
+        let members = members_of(vec![entry(&[(
+            "member;range=0-1499",
+            &["CN=A,DC=corp,DC=example,DC=com"],
+        )])]);
+        assert_eq!(members, Members::Unread);
+        assert_eq!(members.names("CN=A,DC=corp,DC=example,DC=com", "a"), None);
     }
 }

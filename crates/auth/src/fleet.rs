@@ -275,6 +275,26 @@ impl FleetClaims {
         self.answer(kind, answer)
     }
 
+    /// Whether `claim` is held on any replica, without claiming it: a used signature is found
+    /// before its request costs its key's limit or a body read on this replica (SPEC §15).
+    pub async fn claimed(
+        &self,
+        kind: ClaimKind,
+        claim: &[u8],
+    ) -> Result<Answer<bool>, FleetUnavailable> {
+        let key = self.key(kind, claim);
+        let answer = self
+            .call(move |mut connection| async move {
+                let held: bool = redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await?;
+                Ok(held)
+            })
+            .await;
+        self.answer(kind, answer)
+    }
+
     /// Counts an attempt against `limit` (0: no limit) in a window of `window` that begins
     /// with the first count.
     pub async fn count(

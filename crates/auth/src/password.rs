@@ -87,21 +87,72 @@ struct Job {
     answer: oneshot::Sender<Option<bool>>,
 }
 
-/// Waiting verifications, one queue per client network, served round-robin: a flood from
-/// one network (or a few) waits behind itself, and a login from anywhere else is served
-/// after at most one job of each other waiting network, however long the flood's queue.
-/// Which user names exist plays no part, so waiting reveals none (SPEC §15).
+/// Waiting verifications, one queue per client (a network, or a user in the lane), served
+/// round-robin: a flood from one network (or a few) waits behind itself, and a login from
+/// anywhere else is served after at most one job of each other waiting network, however long
+/// the flood's queue.
 struct Waiting {
     by_client: HashMap<u128, VecDeque<Job>>,
-    /// Networks with waiting jobs, in the order they are served.
+    /// Clients with waiting jobs, in the order they are served.
     turns: VecDeque<u128>,
     len: usize,
     capacity: usize,
     per_client: usize,
+}
+
+/// The two places a check may wait. Every check first asks for a place in `by_network`
+/// (fair by client network, blind to which names exist); a check of a name that exists finds
+/// no place there only under a flood, and then waits in `known`, a small lane fair by user
+/// and served in alternation with the networks' queue: junk for names that do not exist,
+/// from however many networks, cannot keep a user's right password out (SPEC §15). The
+/// price: while the networks' queue is full, a name that exists is checked (401) where one
+/// that does not is told to come back (503), which says the name exists to a client who
+/// keeps the queue full — the documented trade-off (security model, "What a flood may cost").
+struct Queues {
+    by_network: Waiting,
+    known: Waiting,
+    /// Whether the next turn goes to the lane (it alternates while both have work).
+    known_next: bool,
     open: bool,
 }
 
+impl Queues {
+    fn push(&mut self, network: u128, user: Option<i64>, job: Job) -> Result<(), Job> {
+        let job = match self.by_network.push(network, job) {
+            Ok(()) => return Ok(()),
+            Err(job) => job,
+        };
+        match user {
+            // Ids are signed in the store; any injective map to the lane's key will do.
+            Some(user) => self.known.push(u128::from(user as u64), job),
+            None => Err(job),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let (first, second) = match self.known_next {
+            true => (&mut self.known, &mut self.by_network),
+            false => (&mut self.by_network, &mut self.known),
+        };
+        if let Some(job) = first.pop() {
+            self.known_next = !self.known_next;
+            return Some(job);
+        }
+        second.pop()
+    }
+}
+
 impl Waiting {
+    fn new(capacity: usize, per_client: usize) -> Waiting {
+        Waiting {
+            by_client: HashMap::new(),
+            turns: VecDeque::new(),
+            len: 0,
+            capacity,
+            per_client,
+        }
+    }
+
     /// Queues `job` in `client`'s turn. A full queue makes room by pushing out the newest job
     /// of the network with the most waiting, when that is more than this network's: however
     /// many networks flood, a network with nothing waiting always gets a place (longest
@@ -155,12 +206,12 @@ impl Waiting {
 }
 
 struct Pool {
-    waiting: Mutex<Waiting>,
+    waiting: Mutex<Queues>,
     ready: Condvar,
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -195,6 +246,10 @@ pub struct PasswordHasher {
 pub const QUEUE_PER_THREAD: usize = 64;
 /// Waiting verifications per hashing thread for one client network.
 pub const QUEUE_PER_CLIENT_PER_THREAD: usize = 8;
+/// Places per hashing thread in the lane of names that exist, all users together.
+pub const KNOWN_LANE_PER_THREAD: usize = 8;
+/// Places per hashing thread in that lane for one user.
+pub const KNOWN_LANE_PER_USER_PER_THREAD: usize = 2;
 
 impl PasswordHasher {
     /// Starts `threads` (at least 1) worker threads; they end when the last clone is dropped.
@@ -202,12 +257,16 @@ impl PasswordHasher {
         let threads = threads.max(1);
         let dummy = hash_password("keyward-dummy-password").unwrap_or_default();
         let pool = Arc::new(Pool {
-            waiting: Mutex::new(Waiting {
-                by_client: HashMap::new(),
-                turns: VecDeque::new(),
-                len: 0,
-                capacity: threads * QUEUE_PER_THREAD,
-                per_client: threads * QUEUE_PER_CLIENT_PER_THREAD,
+            waiting: Mutex::new(Queues {
+                by_network: Waiting::new(
+                    threads * QUEUE_PER_THREAD,
+                    threads * QUEUE_PER_CLIENT_PER_THREAD,
+                ),
+                known: Waiting::new(
+                    threads * KNOWN_LANE_PER_THREAD,
+                    threads * KNOWN_LANE_PER_USER_PER_THREAD,
+                ),
+                known_next: false,
                 open: true,
             }),
             ready: Condvar::new(),
@@ -247,16 +306,20 @@ impl PasswordHasher {
         }
     }
 
-    /// Verifies `password` against `phc`, or against the dummy hash when `phc` is `None`
-    /// (always false then), in `client`'s turn. `Err(PasswordChecksBusy)`: no place to wait.
+    /// Verifies `password` against `user`'s hash (`(user id, PHC string)`), or against the
+    /// dummy hash when the name is unknown (always false then), in `client`'s turn.
+    /// `Err(PasswordChecksBusy)`: no place to wait.
     pub async fn verify(
         &self,
         password: String,
-        phc: Option<String>,
+        user: Option<(i64, String)>,
         client: IpAddr,
     ) -> Result<bool, AuthError> {
-        let known = phc.is_some();
-        let phc = phc.map_or_else(|| self.dummy_hash.clone(), Arc::from);
+        let known = user.is_some();
+        let (user, phc) = match user {
+            Some((id, phc)) => (Some(id), Arc::from(phc)),
+            None => (None, self.dummy_hash.clone()),
+        };
         let (answer, answered) = oneshot::channel();
         let job = Job {
             password,
@@ -265,7 +328,7 @@ impl PasswordHasher {
         };
         self.pool
             .lock()
-            .push(client_network(client), job)
+            .push(client_network(client), user, job)
             .map_err(|_| AuthError::PasswordChecksBusy)?;
         self.pool.ready.notify_one();
         match answered.await {
@@ -315,7 +378,7 @@ mod tests {
                 hasher
                     .verify(
                         if i % 2 == 0 { "pw" } else { "no" }.into(),
-                        Some(phc),
+                        Some((1, phc)),
                         LOCAL,
                     )
                     .await
@@ -359,14 +422,7 @@ mod tests {
 
     #[test]
     fn waiting_checks_take_turns_by_client_and_are_bounded() {
-        let mut waiting = Waiting {
-            by_client: HashMap::new(),
-            turns: VecDeque::new(),
-            len: 0,
-            capacity: 6,
-            per_client: 4,
-            open: true,
-        };
+        let mut waiting = Waiting::new(6, 4);
         let mut receivers = Vec::new();
         // A flood from client 1 fills its share; client 2 still finds a place.
         for _ in 0..4 {
@@ -404,6 +460,53 @@ mod tests {
         assert!(waiting.by_client.is_empty() && waiting.turns.is_empty());
     }
 
+    #[test]
+    fn a_name_that_exists_waits_in_its_lane_when_the_networks_queue_is_full() {
+        let mut queues = Queues {
+            by_network: Waiting::new(4, 1),
+            known: Waiting::new(3, 2),
+            known_next: false,
+            open: true,
+        };
+        // Junk from four networks (one check each) fills the networks' queue; no longest queue
+        // to push out, so a fifth network's junk finds no place.
+        let mut flood = Vec::new();
+        for network in 10..14 {
+            let (job, rx) = job();
+            assert!(queues.push(network, None, job).is_ok());
+            flood.push(rx);
+        }
+        assert!(
+            queues.push(20, None, job().0).is_err(),
+            "unknown name: busy"
+        );
+        // A name that exists waits in the lane, two places per user, three in all.
+        let (known, mut known_rx) = job();
+        assert!(queues.push(20, Some(7), known).is_ok());
+        let (again, mut again_rx) = job();
+        assert!(queues.push(21, Some(7), again).is_ok());
+        assert!(
+            queues.push(22, Some(7), job().0).is_err(),
+            "per user in the lane"
+        );
+        assert!(queues.push(22, Some(8), job().0).is_ok());
+        // Full: a user with nothing waiting pushes out the newest of a user with more (the
+        // lane's longest queue drop), then every user holds one and the next finds no place.
+        assert!(queues.push(23, Some(9), job().0).is_ok());
+        assert!(queues.push(24, Some(10), job().0).is_err(), "lane full");
+        assert_eq!(again_rx.try_recv(), Ok(None), "pushed out");
+        // Served in alternation: a network's check, then the lane's first.
+        queues.pop().unwrap().answer.send(Some(false)).unwrap();
+        queues.pop().unwrap().answer.send(Some(true)).unwrap();
+        assert_eq!(known_rx.try_recv(), Ok(Some(true)));
+        assert_eq!(flood[0].try_recv(), Ok(Some(false)));
+        let mut served = 2;
+        while queues.pop().is_some() {
+            served += 1;
+        }
+        assert_eq!(served, 7);
+    }
+
     #[tokio::test]
     async fn a_full_queue_answers_busy_at_once() {
         let hasher = PasswordHasher::new(1);
@@ -412,7 +515,7 @@ mod tests {
             .map(|_| {
                 let hasher = hasher.clone();
                 let phc = phc.clone();
-                tokio::spawn(async move { hasher.verify("no".into(), Some(phc), LOCAL).await })
+                tokio::spawn(async move { hasher.verify("no".into(), Some((1, phc)), LOCAL).await })
             })
             .collect();
         let mut busy = 0;
@@ -421,7 +524,8 @@ mod tests {
                 busy += 1;
             }
         }
-        // One thread: at most 8 waiting for one client, plus those hashed meanwhile.
+        // One thread: at most 8 waiting for one client and 2 for the user in the lane, plus
+        // those hashed meanwhile.
         assert!(busy >= 150, "{busy}");
     }
 }

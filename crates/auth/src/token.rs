@@ -15,8 +15,12 @@ use std::sync::Arc;
 pub const COOKIE: &str = "token";
 pub const CACHE_NAME: &str = keyward_metrics::cache_name::TOKEN;
 pub const NEGATIVE_CACHE_NAME: &str = keyward_metrics::cache_name::TOKEN_NEGATIVE;
-/// The answer that makes a browser forget the cookie.
+/// The token API's answer that empties the cookie (the seed's exact shape, which programs
+/// compare): an empty `token` no longer authenticates.
 pub const CLEAR_COOKIE: &str = "token=; path=/";
+/// The browser pages' answer that makes a browser drop the cookie altogether (`Max-Age=0`),
+/// so that nothing of the session is left in the browser after signing out.
+pub const EXPIRE_COOKIE: &str = "token=; path=/; Max-Age=0";
 /// Longest `Cookie` header looked into.
 const MAX_COOKIE_HEADER: usize = 8192;
 
@@ -109,14 +113,29 @@ pub enum ForwardedCookie {
     Rewritten(String),
 }
 
-/// The `Cookie` header value without the `token` cookie. Values that never mention `token`
-/// are passed through untouched; one that does but is not UTF-8 is dropped whole, since what
-/// keyward cannot read it cannot promise to have cleaned.
+/// The cookies of keyward's browser pages (the CSRF token, the OpenID Connect flow), under
+/// their plain and their `__Host-` names: keyward's own, never the upstream's.
+pub const PAGE_COOKIE_MARK: &str = "keyward_";
+
+/// `token`, or a cookie of keyward's pages.
+fn is_keyward_cookie(name: &str) -> bool {
+    name == COOKIE
+        || name.starts_with(PAGE_COOKIE_MARK)
+        || name
+            .strip_prefix("__Host-")
+            .is_some_and(|rest| rest.starts_with(PAGE_COOKIE_MARK))
+}
+
+/// The `Cookie` header value without the `token` cookie and the cookies of keyward's pages.
+/// Values that mention neither `token` nor `keyward_` are passed through untouched; one that
+/// does but is not UTF-8 is dropped whole, since what keyward cannot read it cannot promise
+/// to have cleaned.
 pub fn forwarded_cookie(value: &[u8]) -> ForwardedCookie {
     if sole_token_cookie(value).is_some() {
         return ForwardedCookie::Dropped;
     }
-    if !value.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()) {
+    let mentions = |word: &str| value.windows(word.len()).any(|w| w == word.as_bytes());
+    if !mentions(COOKIE) && !mentions(PAGE_COOKIE_MARK) {
         return ForwardedCookie::Unchanged;
     }
     let Ok(text) = std::str::from_utf8(value) else {
@@ -125,7 +144,7 @@ pub fn forwarded_cookie(value: &[u8]) -> ForwardedCookie {
     let mut kept = String::with_capacity(text.len());
     let mut removed = false;
     for cookie in cookie::Cookie::split_parse(text).flatten() {
-        if cookie.name() == COOKIE {
+        if is_keyward_cookie(cookie.name()) {
             removed = true;
             continue;
         }
@@ -363,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_cookie_loses_only_the_token() {
+    fn forwarded_cookie_loses_only_keywards_cookies() {
         let t = "53dfb96dc6d5b9cacd174e3649cba6d5";
         assert_eq!(
             forwarded_cookie(format!("a=1; token={t}; b=2").as_bytes()),
@@ -382,6 +401,23 @@ mod tests {
         assert_eq!(
             forwarded_cookie(b"token=abc; x=\xff"),
             ForwardedCookie::Dropped
+        );
+    }
+
+    #[test]
+    fn the_cookies_of_keywards_pages_are_never_forwarded() {
+        assert_eq!(
+            forwarded_cookie(b"a=1; keyward_csrf=x; __Host-keyward_oidc=y; b=2"),
+            ForwardedCookie::Rewritten("a=1; b=2".into())
+        );
+        assert_eq!(
+            forwarded_cookie(b"__Host-keyward_csrf=x"),
+            ForwardedCookie::Dropped
+        );
+        // Other `__Host-` cookies, and names that merely contain the mark, are the upstream's.
+        assert_eq!(
+            forwarded_cookie(b"__Host-app=1; my_keyward_x=2"),
+            ForwardedCookie::Unchanged
         );
     }
 }

@@ -2,6 +2,7 @@
 //! `check-config` names a bad URL, a filter without `{user}`, an unreadable CA or a missing
 //! password variable before a start does.
 
+use crate::purpose::Purpose;
 use crate::schema::LdapFile;
 use std::time::Duration;
 
@@ -26,8 +27,13 @@ pub struct LdapSettings {
     pub start_tls: bool,
     /// PEM certificates the server's must chain to; `None`: the system's roots.
     pub ca_pem: Option<Vec<u8>>,
-    /// The service account searches are made as; `None`: anonymous searches.
+    /// The service account searches are made as; `None`: anonymous searches (or, with
+    /// `bind_password_unset`, a service account whose password was not read).
     pub bind: Option<(String, Secret)>,
+    /// Loaded for the store commands ([`Purpose::Store`]) where `bind_password_env` is not set:
+    /// the variable's name. Never set for [`Purpose::Serve`], where that is an error; a
+    /// directory is never started from such settings.
+    pub bind_password_unset: Option<String>,
     pub user_base: String,
     pub user_filter: String,
     /// (group DN, functions), in the file's order.
@@ -65,7 +71,7 @@ fn is_loopback_host(host: &url::Host<&str>) -> bool {
     }
 }
 
-fn valid_function(name: &str) -> bool {
+pub(crate) fn valid_function(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -85,6 +91,7 @@ fn valid_attribute(name: &str) -> bool {
 /// Checks `identity.ldap`; every problem names its key.
 pub fn validate_ldap(
     file: LdapFile,
+    purpose: Purpose,
     problem: &mut impl FnMut(String, String),
 ) -> Option<LdapSettings> {
     const K: &str = "identity.ldap";
@@ -151,9 +158,15 @@ pub fn validate_ldap(
         },
         None => None,
     };
+    let mut bind_password_unset = None;
     let bind = match (file.bind_dn, file.bind_password_env) {
         (Some(dn), Some(var)) => match std::env::var(&var) {
             Ok(password) if !password.is_empty() => Some((dn, Secret(password))),
+            // The store commands never talk to the directory.
+            _ if purpose == Purpose::Store => {
+                bind_password_unset = Some(var);
+                None
+            }
             _ => {
                 bad(
                     "bind_password_env",
@@ -247,6 +260,7 @@ pub fn validate_ldap(
         start_tls: file.start_tls,
         ca_pem,
         bind,
+        bind_password_unset,
         user_base: file.user_base,
         user_filter: file.user_filter,
         groups: file.groups.into_iter().collect(),
@@ -276,7 +290,7 @@ customer_attribute: departmentNumber
 
     fn problems(yaml: &str) -> Vec<(String, String)> {
         let mut found = Vec::new();
-        let settings = validate_ldap(file(yaml), &mut |k, m| found.push((k, m)));
+        let settings = validate_ldap(file(yaml), Purpose::Serve, &mut |k, m| found.push((k, m)));
         assert_eq!(settings.is_some(), found.is_empty(), "{found:?}");
         found
     }
@@ -351,6 +365,29 @@ customer_attribute: departmentNumber
     }
 
     #[test]
+    fn the_store_commands_need_no_bind_password() {
+        let yaml = format!(
+            "{GOOD}bind_dn: cn=keyward\nbind_password_env: KEYWARD_TEST_SURELY_UNSET_LDAP_PW\n"
+        );
+        let mut found = Vec::new();
+        let settings =
+            validate_ldap(file(&yaml), Purpose::Store, &mut |k, m| found.push((k, m))).unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(settings.bind, None);
+        assert_eq!(
+            settings.bind_password_unset.as_deref(),
+            Some("KEYWARD_TEST_SURELY_UNSET_LDAP_PW")
+        );
+        // Everything else is still checked.
+        let bad = yaml.replace("{user}", "john");
+        let mut found = Vec::new();
+        assert!(
+            validate_ldap(file(&bad), Purpose::Store, &mut |k, m| found.push((k, m))).is_none()
+        );
+        assert_eq!(found[0].0, "identity.ldap.user_filter");
+    }
+
+    #[test]
     fn the_book_examples_validate() {
         let ad = "(&(objectCategory=person)(objectClass=user)(sAMAccountName={user})(!(userAccountControl:1.2.840.113556.1.4.803:=2))(memberOf=CN=keyward-users,OU=Groups,DC=corp,DC=example,DC=com))";
         let yaml = GOOD.replace("(&(objectClass=inetOrgPerson)(uid={user}))", ad);
@@ -363,7 +400,8 @@ customer_attribute: departmentNumber
     #[test]
     fn names_are_escaped_per_rfc_4515() {
         let mut found = Vec::new();
-        let settings = validate_ldap(file(GOOD), &mut |k, m| found.push((k, m))).unwrap();
+        let settings =
+            validate_ldap(file(GOOD), Purpose::Serve, &mut |k, m| found.push((k, m))).unwrap();
         for (name, escaped) in [
             ("john", "john"),
             ("*", "\\2a"),

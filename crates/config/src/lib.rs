@@ -6,14 +6,18 @@
 pub mod file;
 pub mod fleet;
 pub mod identity;
+pub mod oidc;
 pub mod policy;
+pub mod purpose;
 pub mod reload;
 pub mod schema;
 pub mod tls;
 
 use crate::fleet::{FleetSettings, OnRedisError};
 pub use crate::identity::LdapSettings;
+pub use crate::oidc::OidcSettings;
 use crate::policy::{Requirement, Route};
+pub use crate::purpose::Purpose;
 pub use crate::tls::TlsFiles;
 use ipnet::IpNet;
 use keyward_core::limit::{Limit, LimitScope, RateLimitSettings};
@@ -109,9 +113,22 @@ pub struct Config {
     pub rate_limits: RateLimitSettings,
     /// `identity.ldap`: directory users (SPEC §14); `None`: only keyward's own users.
     pub ldap: Option<LdapSettings>,
+    /// `identity.oidc`: browsers sign in at an OpenID provider (SPEC §14).
+    pub oidc: Option<OidcSettings>,
+    /// `browser`: the sign-in, sign-out and account pages.
+    pub browser: Browser,
     /// What the file says that works but should change (an old key that has a new name):
     /// logged at start and on every reload, printed by `check-config`.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `browser` (SPEC §14).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Browser {
+    /// `/.keyward/…` is served, and browsers on protected routes are sent to the sign-in page.
+    pub sign_in: bool,
+    /// The name the pages show; `None`: "keyward".
+    pub title: Option<String>,
 }
 
 /// `external_authz` (SPEC §13).
@@ -263,16 +280,25 @@ pub struct ServerSettings {
 
 impl Config {
     /// Reads (a regular file, at most [`file::MAX_CONFIG_BYTES`], within
-    /// [`file::READ_TIMEOUT`]) and validates a file.
+    /// [`file::READ_TIMEOUT`]) and validates a file, for serving.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = file::read_bounded(path, file::MAX_CONFIG_BYTES)?;
-        Config::from_bytes(&bytes)
+        Config::from_file_for(path, Purpose::Serve)
     }
 
-    /// Validates the bytes of a configuration file, read once into memory.
+    /// [`Config::from_file`] for `purpose`.
+    pub fn from_file_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigError> {
+        let bytes = file::read_bounded(path, file::MAX_CONFIG_BYTES)?;
+        Config::from_bytes_for(&bytes, purpose)
+    }
+
+    /// Validates the bytes of a configuration file, read once into memory, for serving.
     pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::from_bytes_for(bytes, Purpose::Serve)
+    }
+
+    fn from_bytes_for(bytes: &[u8], purpose: Purpose) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) => Config::from_yaml(text),
+            Ok(text) => Config::from_yaml_for(text, purpose),
             Err(e) => Err(ConfigError::Invalid(vec![ConfigIssue {
                 key: String::new(),
                 message: format!("the file is not UTF-8 text: {e}"),
@@ -280,13 +306,18 @@ impl Config {
         }
     }
 
-    /// Parses and validates YAML text.
+    /// Parses and validates YAML text, for serving.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_for(text, Purpose::Serve)
+    }
+
+    /// [`Config::from_yaml`] for `purpose`.
+    pub fn from_yaml_for(text: &str, purpose: Purpose) -> Result<Config, ConfigError> {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let file: FileConfig = serde_path_to_error::deserialize(deserializer)
             .map_err(|e| ConfigError::Invalid(vec![issue_from_serde(&e)]))?;
         let mut issues = Vec::new();
-        let config = validate(file, &mut issues);
+        let config = validate(file, purpose, &mut issues);
         if issues.is_empty() {
             Ok(config)
         } else {
@@ -375,7 +406,7 @@ fn listeners_collide(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
+fn validate(file: FileConfig, purpose: Purpose, issues: &mut Vec<ConfigIssue>) -> Config {
     let FileConfig {
         listen,
         upstream,
@@ -400,6 +431,7 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         rate_limits,
         external_authz,
         identity,
+        browser,
     } = file;
     let mut warnings = Vec::new();
 
@@ -706,7 +738,29 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
     let rate_limits = validate_rate_limits(rate_limits, redis.is_some(), &mut problem);
     let ldap = identity
         .ldap
-        .and_then(|ldap| identity::validate_ldap(ldap, &mut problem));
+        .and_then(|ldap| identity::validate_ldap(ldap, purpose, &mut problem));
+    let oidc_set = identity.oidc.is_some();
+    let oidc = identity
+        .oidc
+        .and_then(|oidc| oidc::validate_oidc(oidc, purpose, &mut problem));
+    if oidc_set && !browser.sign_in {
+        problem(
+            "browser.sign_in".into(),
+            "identity.oidc signs people in through the browser pages: set browser.sign_in: true"
+                .into(),
+        );
+    }
+    if let Some(title) = &browser.title {
+        if title.trim().is_empty()
+            || title.chars().count() > 80
+            || title.chars().any(char::is_control)
+        {
+            problem(
+                "browser.title".into(),
+                "must be 1 to 80 characters without control characters".into(),
+            );
+        }
+    }
 
     Config {
         listen_proxy: listen.proxy,
@@ -756,6 +810,11 @@ fn validate(file: FileConfig, issues: &mut Vec<ConfigIssue>) -> Config {
         redis,
         rate_limits,
         ldap,
+        oidc,
+        browser: Browser {
+            sign_in: browser.sign_in,
+            title: browser.title,
+        },
         warnings,
         signed_bodies: SignedBodies {
             max_body: signatures.max_body,

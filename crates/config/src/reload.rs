@@ -108,9 +108,10 @@ impl LiveConfig {
     /// The file is read once into memory, when it has settled (not modified for a few hundred
     /// milliseconds, and unchanged from the start of the read to its end; see
     /// [`crate::file::read_stable`]), bounded in size and time, and only if it is a
-    /// regular file. That reading (and the certificate files the configuration names) happens
-    /// before the reload lock is taken, so a file that cannot be read never holds up the
-    /// reloads after it.
+    /// regular file. That reading, and the checks (the shared stores' certificate files),
+    /// happen before the reload lock is taken, so a file that cannot be read never holds up
+    /// the reloads after it. The listener's certificate and key are read by a hook, under the
+    /// lock, with the same bounds (regular files only, 1 MiB, 5 s each).
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let bytes = file::read_stable(path, file::MAX_CONFIG_BYTES).map_err(ConfigError::from)?;
@@ -193,6 +194,7 @@ fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<&'static str>
     keep!(usage_retention => "usage.retention");
     keep!(redis => "redis");
     keep!(ldap => "identity.ldap");
+    keep!(oidc => "identity.oidc");
     // The signature key cache's TTLs and capacity are copies of `cache.*`, reported there.
     let mut signatures = next.signatures.clone();
     signatures.key_cache_ttl = running.signatures.key_cache_ttl;

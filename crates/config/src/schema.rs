@@ -58,9 +58,24 @@ pub struct FileConfig {
     /// Who may ask `listen.authz`, and how much body they may forward (SPEC §13).
     #[serde(default)]
     pub external_authz: Option<ExternalAuthzFile>,
-    /// Users from a directory (`identity.ldap`).
+    /// Users from a directory (`identity.ldap`) or an OpenID provider (`identity.oidc`).
     #[serde(default)]
     pub identity: IdentityFile,
+    /// The sign-in, sign-out and account pages (`/.keyward/…`).
+    #[serde(default)]
+    pub browser: BrowserFile,
+}
+
+/// `browser`: the pages keyward serves to people (SPEC §14).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserFile {
+    /// Serve `/.keyward/…` and send browsers on protected routes to the sign-in page.
+    #[serde(default)]
+    pub sign_in: bool,
+    /// The name shown on the pages (an operator's product or company name).
+    #[serde(default)]
+    pub title: Option<String>,
 }
 
 /// `external_authz`: the callers of `listen.authz`.
@@ -129,6 +144,47 @@ pub struct QuotaFile {
 pub struct IdentityFile {
     #[serde(default)]
     pub ldap: Option<LdapFile>,
+    #[serde(default)]
+    pub oidc: Option<OidcFile>,
+}
+
+/// `identity.oidc`, as the file says it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_oidc_username_claim")]
+    pub username_claim: String,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Group name (as the claim carries it) → the functions its members get.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// PEM certificates the issuer's must chain to; absent: the system's roots.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// The name on the sign-in page's button ("Sign in with …"); absent: the issuer's host.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// OIDC users are external (customer) users.
+    #[serde(default)]
+    pub external: bool,
+    /// Bound on each call to the provider (discovery, keys, token exchange).
+    #[serde(default = "default_ldap_timeout")]
+    pub timeout: Seconds,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+
+fn default_oidc_username_claim() -> String {
+    "preferred_username".into()
 }
 
 /// `identity.ldap`, as the file says it.

@@ -37,6 +37,8 @@ pub enum AuthMethod {
     Token,
     Password,
     Totp,
+    /// A sign-in at the OpenID provider (`identity.oidc`), for the token it mints.
+    Oidc,
 }
 
 impl AuthMethod {
@@ -47,6 +49,7 @@ impl AuthMethod {
             AuthMethod::Token => "TOKEN",
             AuthMethod::Password => "PASSWORD",
             AuthMethod::Totp => "TOTP",
+            AuthMethod::Oidc => "OIDC",
         }
     }
 }

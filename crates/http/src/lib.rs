@@ -2,6 +2,7 @@
 //! target, keyward's own namespaces, how a refusal is written, and the service interface the
 //! proxy calls the admin API through.
 
+pub mod browser;
 pub mod ctx;
 pub mod namespace;
 pub mod respond;

@@ -280,6 +280,29 @@ pub async fn send_json(
     send(session, header, body).await
 }
 
+/// A 303 to `location` (a path on keyward's own origin), as the proxy sends a browser to the
+/// sign-in page: no body, never cached, and varying with `Accept` (the same URL gives a
+/// program its 401).
+// `build` refuses only a status outside 100..=999.
+#[allow(clippy::expect_used)]
+pub async fn send_redirect(
+    session: &mut Session,
+    location: &str,
+    request_id: &str,
+    set_cookie: Option<&str>,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(303, Some(6)).expect("303 is a valid status");
+    header.insert_header("location", location)?;
+    header.insert_header("content-length", "0")?;
+    header.insert_header("cache-control", "no-store")?;
+    header.insert_header("vary", "Accept")?;
+    header.insert_header(REQUEST_ID_HEADER, request_id)?;
+    if let Some(cookie) = set_cookie {
+        header.append_header("set-cookie", cookie)?;
+    }
+    send(session, header, Bytes::new()).await
+}
+
 /// Writes a complete response keyward built itself.
 pub async fn send(
     session: &mut Session,

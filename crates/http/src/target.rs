@@ -257,6 +257,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, TargetError> {
                     decoded.push(value);
                 } else if value == b'/' || value == b'\\' {
                     return Err(TargetError::Separator);
+                } else if value == b';' {
+                    // Servlet containers and some routers decode before they split off path
+                    // parameters: `%3B` must not pass where `;` does not.
+                    return Err(TargetError::PathParameter);
                 } else if value < 0x20 || value == 0x7f {
                     return Err(TargetError::ControlCharacter);
                 } else {
@@ -468,6 +472,8 @@ mod tests {
         for (raw, error) in [
             ("/a%2Fb", TargetError::Separator),
             ("/a%5cb", TargetError::Separator),
+            ("/api/admin%3bx", TargetError::PathParameter),
+            ("/api/admin%3B", TargetError::PathParameter),
             ("/a\\b", TargetError::Separator),
             ("/a%00b", TargetError::ControlCharacter),
             ("/a%0d%0ab", TargetError::ControlCharacter),

@@ -102,9 +102,10 @@ pub struct Original {
 /// request-target and `Host`. Framing headers are left alone, so the body (if the caller
 /// forwarded one) is read as the caller sent it. `caller_tls`: the caller's own connection.
 ///
-/// Each convention's fields are read once; a field given twice, two fields naming the target
-/// (`X-Original-URI` and `X-Original-URL`: one of them would be the client's), or a missing
-/// one refuses the request rather than picking.
+/// Each convention's fields are read once; a field given twice or also in an underscore
+/// spelling (`X_Original_URI`), two fields naming the target (`X-Original-URI` and
+/// `X-Original-URL`: one of them would be the client's), or a missing one refuses the request
+/// rather than picking.
 pub fn describe(
     convention: Convention,
     request: &mut RequestHeader,
@@ -183,8 +184,18 @@ fn scheme_is_tls(scheme: &[u8]) -> Result<bool, Refusal> {
     }
 }
 
-/// The one value of a field the convention reads; twice is refused.
+/// The one value of a field the convention reads. Twice is refused, and so is any other
+/// spelling of its name with `_` for `-` (`X_Original_URI`): HTTP/1.1 parsers here and in Go
+/// edges accept it as a distinct name, while nginx variables, CGI and WSGI read it as the same
+/// field, so one of the two would be the client's. Edges never send those spellings.
 fn single(request: &RequestHeader, name: &'static str) -> Result<Option<Vec<u8>>, Refusal> {
+    let respelled = request
+        .headers
+        .keys()
+        .any(|key| key.as_str() != name && same_field(key.as_str(), name));
+    if respelled {
+        return Err(Refusal::BadRequest("ambiguous_original_request"));
+    }
     let name = HeaderName::from_static(name);
     let mut values = request.headers.get_all(&name).iter();
     let Some(first) = values.next() else {
@@ -194,6 +205,15 @@ fn single(request: &RequestHeader, name: &'static str) -> Result<Option<Vec<u8>>
         return Err(Refusal::BadRequest("ambiguous_original_request"));
     }
     Ok(Some(first.as_bytes().to_vec()))
+}
+
+/// Whether header name `other` (lower-case, as stored) is `name` with any `-` spelled `_`.
+fn same_field(other: &str, name: &str) -> bool {
+    other.len() == name.len()
+        && other
+            .bytes()
+            .zip(name.bytes())
+            .all(|(o, n)| o == n || (o == b'_' && n == b'-'))
 }
 
 /// The caller is one of `external_authz.trusted_callers`: only then is its description of a
@@ -421,6 +441,65 @@ mod tests {
                 "{headers:?}"
             );
         }
+        // Underscore spellings of a field the convention reads, alone or beside it.
+        for (convention, headers) in [
+            (
+                Convention::Nginx,
+                &[("x-original-method", "GET"), ("x_original_uri", "/admin")][..],
+            ),
+            (
+                Convention::Nginx,
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/"),
+                    ("x_original_uri", "/admin"),
+                ],
+            ),
+            (
+                Convention::Nginx,
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/"),
+                    ("x-original_url", "http://h/admin"),
+                ],
+            ),
+            (
+                Convention::Forward,
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/"),
+                    ("x-forwarded-host", "h"),
+                    ("x_forwarded_method", "DELETE"),
+                ],
+            ),
+            (
+                Convention::Envoy,
+                &[
+                    ("x-forwarded-proto", "https"),
+                    ("x_forwarded_proto", "http"),
+                ],
+            ),
+        ] {
+            let mut r = request("GET", "/auth/envoy/x", headers);
+            assert_eq!(
+                describe(convention, &mut r, false),
+                Err(Refusal::BadRequest("ambiguous_original_request")),
+                "{headers:?}"
+            );
+        }
+        // Other names that only look alike are not the field.
+        let mut r = request(
+            "GET",
+            "/auth/nginx",
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/x"),
+                ("x-original-uri-", "/admin"),
+                ("x.original.uri", "/admin"),
+            ],
+        );
+        describe(Convention::Nginx, &mut r, false).unwrap();
+        assert_eq!(r.raw_path(), b"/x");
         let mut r = request(
             "GET",
             "/auth/forward",

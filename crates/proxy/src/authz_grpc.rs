@@ -4,180 +4,41 @@
 //! host, scheme, headers, body when Envoy forwards it); it becomes the session's request and
 //! goes through the proxy's one decision, as the HTTP conventions do (see `authz`).
 //!
-//! The messages are the subset of `envoy/service/auth/v3/external_auth.proto` and
-//! `attribute_context.proto` keyward reads and writes, with their field numbers: unknown fields
-//! are skipped by protobuf's rules, so Envoy's full messages decode into these. The tests ask
-//! with Python's `grpcio` and the `xds-protos` package's generated classes, the other side's
-//! own definitions.
+//! The messages and the service are the `envoy-types` crate's, generated from Envoy's
+//! data-plane-api protos; the gRPC protocol (message framing, compression flags, size limits,
+//! `grpc-status`) is tonic's. pingora owns the connection: the call's header and body, read
+//! here within the listener's limits, are handed to envoy-types' generated
+//! [`AuthorizationServer`] (a tower `Service`) in-process. Its `check` hands the decoded
+//! `CheckRequest` over to this handler, which owns the session and decides the described
+//! request exactly as the proxy would, and returns the `CheckResponse` it is given; tonic's
+//! HTTP response (header, message, trailers) is then written to the pingora session. A call
+//! tonic cannot read is answered by tonic with a gRPC error status, and nothing is decided.
+//! Why not a second port with tonic's own server: see docs/architecture.md.
 
 use crate::authz::{forged_headers, trusted_caller, REASON_HEADER};
 use crate::KeywardProxy;
-use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue, HOST};
+use bytes::{Bytes, BytesMut};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HeaderValue as HeaderField, HeaderValueOption, HttpResponse, HttpStatus,
+    OkHttpResponse,
+};
+use envoy_types::ext_authz::v3::CheckRequestExt;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use http::header::HOST;
+use http_body_util::{BodyExt, Full};
 use keyward_http::ctx::RequestCtx;
 use keyward_http::respond::{Refusal, REQUEST_ID_HEADER};
 use keyward_metrics::RouteKind;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use prost::Message;
-use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+use tonic::codegen::Service;
+use tonic::{Code, Status};
 
 /// The gRPC method's path.
-pub const CHECK_PATH: &[u8] = b"/envoy.service.auth.v3.Authorization/Check";
-
-/// `envoy.config.core.v3.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD`.
-const OVERWRITE_IF_EXISTS_OR_ADD: i32 = 2;
-/// gRPC status codes (`google.rpc.Code`).
-const GRPC_OK: i32 = 0;
-const GRPC_INVALID_ARGUMENT: i32 = 3;
-const GRPC_PERMISSION_DENIED: i32 = 7;
-const GRPC_UNAUTHENTICATED: i32 = 16;
-
-/// `envoy.service.auth.v3.CheckRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub struct CheckRequest {
-    #[prost(message, optional, tag = "1")]
-    pub attributes: Option<AttributeContext>,
-}
-
-/// `envoy.service.auth.v3.AttributeContext`.
-#[derive(Clone, PartialEq, Message)]
-pub struct AttributeContext {
-    #[prost(message, optional, tag = "1")]
-    pub source: Option<Peer>,
-    #[prost(message, optional, tag = "4")]
-    pub request: Option<AttributeRequest>,
-}
-
-/// `AttributeContext.Peer`.
-#[derive(Clone, PartialEq, Message)]
-pub struct Peer {
-    #[prost(message, optional, tag = "1")]
-    pub address: Option<Address>,
-}
-
-/// `envoy.config.core.v3.Address` (its `socket_address` member of the `address` oneof).
-#[derive(Clone, PartialEq, Message)]
-pub struct Address {
-    #[prost(message, optional, tag = "1")]
-    pub socket_address: Option<SocketAddress>,
-}
-
-/// `envoy.config.core.v3.SocketAddress`.
-#[derive(Clone, PartialEq, Message)]
-pub struct SocketAddress {
-    #[prost(string, tag = "2")]
-    pub address: String,
-}
-
-/// `AttributeContext.Request`.
-#[derive(Clone, PartialEq, Message)]
-pub struct AttributeRequest {
-    #[prost(message, optional, tag = "2")]
-    pub http: Option<HttpRequest>,
-}
-
-/// `AttributeContext.HttpRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub struct HttpRequest {
-    #[prost(string, tag = "2")]
-    pub method: String,
-    #[prost(map = "string, string", tag = "3")]
-    pub headers: HashMap<String, String>,
-    #[prost(string, tag = "4")]
-    pub path: String,
-    #[prost(string, tag = "5")]
-    pub host: String,
-    #[prost(string, tag = "6")]
-    pub scheme: String,
-    #[prost(string, tag = "11")]
-    pub body: String,
-    #[prost(bytes = "vec", tag = "12")]
-    pub raw_body: Vec<u8>,
-    #[prost(message, optional, tag = "13")]
-    pub header_map: Option<HeaderMapMessage>,
-}
-
-/// `envoy.config.core.v3.HeaderMap`.
-#[derive(Clone, PartialEq, Message)]
-pub struct HeaderMapMessage {
-    #[prost(message, repeated, tag = "1")]
-    pub headers: Vec<HeaderValueMessage>,
-}
-
-/// `envoy.config.core.v3.HeaderValue`.
-#[derive(Clone, PartialEq, Message)]
-pub struct HeaderValueMessage {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-    #[prost(bytes = "vec", tag = "3")]
-    pub raw_value: Vec<u8>,
-}
-
-/// `envoy.config.core.v3.HeaderValueOption`.
-#[derive(Clone, PartialEq, Message)]
-pub struct HeaderValueOption {
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<HeaderValueMessage>,
-    #[prost(int32, tag = "3")]
-    pub append_action: i32,
-}
-
-/// `envoy.service.auth.v3.CheckResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct CheckResponse {
-    #[prost(message, optional, tag = "1")]
-    pub status: Option<RpcStatus>,
-    #[prost(oneof = "HttpResponse", tags = "2, 3")]
-    pub http_response: Option<HttpResponse>,
-}
-
-/// `CheckResponse.http_response`.
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub enum HttpResponse {
-    #[prost(message, tag = "2")]
-    Denied(DeniedHttpResponse),
-    #[prost(message, tag = "3")]
-    Ok(OkHttpResponse),
-}
-
-/// `google.rpc.Status`.
-#[derive(Clone, PartialEq, Message)]
-pub struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    #[prost(string, tag = "2")]
-    pub message: String,
-}
-
-/// `envoy.service.auth.v3.OkHttpResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct OkHttpResponse {
-    #[prost(message, repeated, tag = "2")]
-    pub headers: Vec<HeaderValueOption>,
-    #[prost(string, repeated, tag = "5")]
-    pub headers_to_remove: Vec<String>,
-}
-
-/// `envoy.service.auth.v3.DeniedHttpResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct DeniedHttpResponse {
-    #[prost(message, optional, tag = "1")]
-    pub status: Option<HttpStatus>,
-    #[prost(message, repeated, tag = "2")]
-    pub headers: Vec<HeaderValueOption>,
-    #[prost(string, tag = "3")]
-    pub body: String,
-}
-
-/// `envoy.type.v3.HttpStatus` (its `StatusCode` enum's values are the HTTP statuses).
-#[derive(Clone, PartialEq, Message)]
-pub struct HttpStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-}
+pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// A gRPC `Check` call: `POST` on [`CHECK_PATH`] with a gRPC content type.
 pub fn is_check(request: &RequestHeader) -> bool {
@@ -185,49 +46,26 @@ pub fn is_check(request: &RequestHeader) -> bool {
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    grpc && request.method == http::Method::POST && request.raw_path() == CHECK_PATH
+    grpc && request.method == http::Method::POST && request.raw_path() == CHECK_PATH.as_bytes()
 }
 
-/// Why a call could not be read as one `CheckRequest` (a gRPC error, no decision).
-#[derive(Debug, PartialEq, Eq)]
-pub struct BadCall(pub &'static str);
+/// The one message of an untrusted caller's call as tonic is given it: a gRPC frame of an
+/// empty `CheckRequest` (uncompressed, length 0). The caller's own message is never read.
+const UNREAD: &[u8] = &[0; 5];
 
-/// The one message of a unary call: a 5-byte prefix (uncompressed), then exactly its length.
-pub fn unframe(body: &[u8]) -> Result<&[u8], BadCall> {
-    let (prefix, message) = body
-        .split_at_checked(5)
-        .ok_or(BadCall("truncated message"))?;
-    let [compressed, length @ ..] = prefix else {
-        return Err(BadCall("truncated message"));
-    };
-    if *compressed != 0 {
-        return Err(BadCall("compressed messages are not accepted"));
-    }
-    let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
-    if message.len() != length {
-        return Err(BadCall("one message per call"));
-    }
-    Ok(message)
-}
-
-fn frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut out = BytesMut::with_capacity(5 + len);
-    out.put_u8(0);
-    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    out.extend_from_slice(&message.encode_to_vec());
-    out.freeze()
-}
-
-/// What the `CheckRequest` describes: the request header (method, target, host, the client's
+/// What the description says: the request header (method, target, host, the client's
 /// headers, `X-Forwarded-For` ending with the source address), whether it was `https`, and
 /// the body Envoy forwarded (empty when none).
 pub fn describe(check: CheckRequest) -> Result<(RequestHeader, bool, Bytes), Refusal> {
     let invalid = || Refusal::BadRequest("invalid_original_request");
-    let attributes = check.attributes.unwrap_or_default();
-    let http = attributes
-        .request
-        .and_then(|r| r.http)
+    let source = check
+        .get_client_address()
+        .filter(|address| !address.is_empty())
+        .cloned();
+    let http = check
+        .attributes
+        .and_then(|attributes| attributes.request)
+        .and_then(|request| request.http)
         .ok_or(Refusal::BadRequest("original_request_missing"))?;
     if http.method.is_empty() || http.path.is_empty() {
         return Err(Refusal::BadRequest("original_request_missing"));
@@ -265,12 +103,6 @@ pub fn describe(check: CheckRequest) -> Result<(RequestHeader, bool, Bytes), Ref
             .insert_header(HOST, http.host)
             .map_err(|_| invalid())?;
     }
-    let source = attributes
-        .source
-        .and_then(|peer| peer.address)
-        .and_then(|address| address.socket_address)
-        .map(|socket| socket.address)
-        .filter(|address| !address.is_empty());
     if let Some(source) = source {
         // The source is the client Envoy saw: last in the chain, as a proxy appends it.
         let chain = match request.headers.get("x-forwarded-for") {
@@ -295,13 +127,22 @@ pub fn describe(check: CheckRequest) -> Result<(RequestHeader, bool, Bytes), Ref
 
 fn option(name: &str, value: &[u8]) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValueMessage {
+        header: Some(HeaderField {
             key: name.to_owned(),
             value: String::from_utf8_lossy(value).into_owned(),
             raw_value: Vec::new(),
         }),
-        append_action: OVERWRITE_IF_EXISTS_OR_ADD,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..HeaderValueOption::default()
     }
+}
+
+fn rpc_status(code: Code, message: &str) -> Option<RpcStatus> {
+    Some(RpcStatus {
+        code: code.into(),
+        message: message.to_owned(),
+        details: Vec::new(),
+    })
 }
 
 /// The allowed answer: the identity headers to set, the client's forged ones to remove.
@@ -328,18 +169,17 @@ fn allowed(ctx: &RequestCtx, request: &RequestHeader) -> CheckResponse {
         None => String::new(),
     };
     CheckResponse {
-        status: Some(RpcStatus {
-            code: GRPC_OK,
-            message: String::new(),
-        }),
-        http_response: Some(HttpResponse::Ok(OkHttpResponse {
+        status: rpc_status(Code::Ok, ""),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers,
             headers_to_remove: forged
                 .split(',')
                 .filter(|name| !name.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            ..OkHttpResponse::default()
         })),
+        ..CheckResponse::default()
     }
 }
 
@@ -354,22 +194,48 @@ fn denied(refusal: Refusal, ctx: &RequestCtx) -> pingora::Result<CheckResponse> 
         .map(|(name, value)| option(name.as_str(), value.as_bytes()))
         .collect();
     let code = match refusal {
-        Refusal::Unauthenticated(_) => GRPC_UNAUTHENTICATED,
-        _ => GRPC_PERMISSION_DENIED,
+        Refusal::Unauthenticated(_) => Code::Unauthenticated,
+        _ => Code::PermissionDenied,
     };
     Ok(CheckResponse {
-        status: Some(RpcStatus {
-            code,
-            message: refusal.reason().to_owned(),
-        }),
-        http_response: Some(HttpResponse::Denied(DeniedHttpResponse {
+        status: rpc_status(code, refusal.reason()),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: i32::from(refusal.status()),
             }),
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         })),
+        ..CheckResponse::default()
     })
+}
+
+/// The generated service's implementation: hands the `CheckRequest` tonic decoded to the
+/// handler that owns the session, and answers the `CheckResponse` it decides.
+struct Handoff {
+    check: Mutex<Option<oneshot::Sender<CheckRequest>>>,
+    answer: Mutex<Option<oneshot::Receiver<CheckResponse>>>,
+}
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().ok().and_then(|mut slot| slot.take())
+}
+
+#[async_trait::async_trait]
+impl Authorization for Handoff {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, Status> {
+        let (Some(check), Some(answer)) = (take(&self.check), take(&self.answer)) else {
+            return Err(Status::internal("one decision per call"));
+        };
+        check
+            .send(request.into_inner())
+            .map_err(|_| Status::internal("no decision"))?;
+        let response = answer.await.map_err(|_| Status::internal("no decision"))?;
+        Ok(tonic::Response::new(response))
+    }
 }
 
 impl KeywardProxy {
@@ -391,108 +257,200 @@ impl KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let decided = match trusted_caller(session, ctx) {
-            false => Ok(Err(Refusal::Forbidden("untrusted_caller"))),
-            true => self.decide_check(session, ctx).await,
+        let trusted = trusted_caller(session, ctx);
+        // The call's message: the description, the client's headers and a forwarded body of
+        // at most `forward_body_max` (a larger body is decided as not forwarded).
+        let limit = ctx.config.external_authz.forward_body_max
+            + ctx.config.limits.max_request_header_bytes as u64
+            + 4096;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let body = match trusted {
+            true => read_call(session, ctx, limit).await,
+            false => Ok(Bytes::from_static(UNREAD)),
+        };
+        let (response, asked) = match body {
+            Ok(body) => self.serve(session, ctx, body, limit, trusted).await,
+            Err(status) => (status.into_http(), false),
         };
         ctx.route_kind = RouteKind::Authz;
         crate::connection::body_done();
-        let response = match decided {
-            Err(BadCall(message)) => {
-                ctx.reason = Some("invalid_check_request");
-                return send(session, None, GRPC_INVALID_ARGUMENT, message).await;
-            }
-            Ok(Ok(())) => allowed(ctx, session.req_header()),
-            Ok(Err(refusal)) => {
-                ctx.outcome = Some(refusal.outcome());
-                ctx.reason = Some(refusal.reason());
-                denied(refusal, ctx)?
-            }
-        };
-        send(session, Some(&response), GRPC_OK, "").await
+        if !asked {
+            // Answered with a gRPC error, nothing decided: the call could not be read.
+            ctx.reason = Some("invalid_check_request");
+        }
+        write(session, response).await
     }
 
-    /// Reads the call's one message and decides the request it describes.
+    /// The call through envoy-types' generated service, its `check` answered here; whether
+    /// tonic asked (it read a `CheckRequest`).
+    async fn serve(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+        limit: usize,
+        trusted: bool,
+    ) -> (http::Response<tonic::body::Body>, bool) {
+        let (check_tx, check_rx) = oneshot::channel();
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let handoff = Handoff {
+            check: Mutex::new(Some(check_tx)),
+            answer: Mutex::new(Some(answer_rx)),
+        };
+        let mut call = http::Request::new(Full::new(body));
+        *call.method_mut() = http::Method::POST;
+        *call.uri_mut() = http::Uri::from_static(CHECK_PATH);
+        *call.version_mut() = http::Version::HTTP_2;
+        *call.headers_mut() = session.req_header().headers.clone();
+        // The server is a temporary: the call's future holds the one handoff, dropped with it
+        // when tonic answers without asking.
+        let mut call = AuthorizationServer::new(handoff)
+            .max_decoding_message_size(limit)
+            .call(call);
+        // tonic reads the call and asks `check`, which waits for this side's answer; or it
+        // answers by itself (a gRPC error) without asking.
+        let (answered, asked) = tokio::select! {
+            biased;
+            check = check_rx => match check {
+                Ok(check) => {
+                    match self.decide_check(session, ctx, check, trusted).await {
+                        Ok(response) => {
+                            let _ = answer_tx.send(response);
+                        }
+                        // tonic answers INTERNAL when no response comes.
+                        Err(e) => tracing::warn!(error = %e, "gRPC Check: no answer"),
+                    }
+                    (None, true)
+                }
+                Err(_) => (None, false),
+            },
+            response = &mut call => (Some(response), false),
+        };
+        let response = match answered {
+            Some(response) => response,
+            None => call.await,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        (response, asked)
+    }
+
+    /// The answer to one `CheckRequest`: the described request through the proxy's decision.
     async fn decide_check(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<Result<(), Refusal>, BadCall> {
-        // The description, the client's headers and a forwarded body of at most
-        // `forward_body_max` (a larger one is decided as not forwarded).
-        let limit = ctx.config.external_authz.forward_body_max
-            + ctx.config.limits.max_request_header_bytes as u64
-            + 4096;
-        let deadline = std::time::Instant::now() + ctx.config.limits.network.body_timeout;
-        let mut body = BytesMut::new();
-        loop {
-            let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body())
-                .await
-                .map_err(|_| BadCall("the message did not arrive in time"))?
-                .map_err(|_| BadCall("unreadable message"))?;
-            let Some(chunk) = chunk else { break };
-            if (body.len() + chunk.len()) as u64 > limit {
-                return Err(BadCall("message too large"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let check =
-            CheckRequest::decode(unframe(&body)?).map_err(|_| BadCall("not a CheckRequest"))?;
-        let (request, tls, described_body) = match describe(check) {
-            Ok(described) => described,
-            Err(refusal) => return Ok(Err(refusal)),
+        check: CheckRequest,
+        trusted: bool,
+    ) -> pingora::Result<CheckResponse> {
+        let decided = match trusted {
+            false => Err(Refusal::Forbidden("untrusted_caller")),
+            true => match describe(check) {
+                Err(refusal) => Err(refusal),
+                Ok((request, tls, described_body)) => {
+                    *session.req_header_mut() = request;
+                    ctx.tls = tls;
+                    ctx.described_body = Some(described_body);
+                    let decided = self.admit(session, ctx).await;
+                    self.count_key_use(ctx, &decided);
+                    decided.map(|_| ())
+                }
+            },
         };
-        *session.req_header_mut() = request;
-        ctx.tls = tls;
-        ctx.described_body = Some(described_body);
-        let decided = self.admit(session, ctx).await;
-        self.count_key_use(ctx, &decided);
-        Ok(decided.map(|_| ()))
+        match decided {
+            Ok(()) => Ok(allowed(ctx, session.req_header())),
+            Err(refusal) => {
+                ctx.outcome = Some(refusal.outcome());
+                ctx.reason = Some(refusal.reason());
+                denied(refusal, ctx)
+            }
+        }
     }
 }
 
-/// A unary gRPC answer: its message (if any), then `grpc-status` in the trailers.
-async fn send(
-    session: &mut Session,
-    response: Option<&CheckResponse>,
-    status: i32,
-    message: &str,
-) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(200, Some(2))?;
-    header.insert_header("content-type", "application/grpc")?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    if let Some(response) = response {
-        session
-            .write_response_body(Some(frame(response)), false)
-            .await?;
+/// The call's body, within the listener's deadline and `limit`; a failure is tonic's status.
+async fn read_call(session: &mut Session, ctx: &RequestCtx, limit: usize) -> Result<Bytes, Status> {
+    let deadline = std::time::Instant::now() + ctx.config.limits.network.body_timeout;
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body())
+            .await
+            .map_err(|_| Status::deadline_exceeded("the message did not arrive in time"))?
+            .map_err(|_| Status::cancelled("the message could not be read"))?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limit.saturating_add(5) {
+            return Err(Status::resource_exhausted("message too large"));
+        }
+        body.extend_from_slice(&chunk);
     }
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from(status));
-    if !message.is_empty() {
-        if let Ok(message) = HeaderValue::from_str(message) {
-            trailers.insert("grpc-message", message);
+    Ok(body.freeze())
+}
+
+/// Writes tonic's HTTP response to the session: its header, message, and trailers
+/// (`grpc-status`), or a trailers-only answer (the status in the header, nothing after it).
+async fn write(
+    session: &mut Session,
+    response: http::Response<tonic::body::Body>,
+) -> pingora::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let header = ResponseHeader::from(parts);
+    let end = tonic::codegen::Body::is_end_stream(&body);
+    session.write_response_header(Box::new(header), end).await?;
+    if end {
+        return Ok(());
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(status) => {
+                // An error while encoding: its status as the trailers.
+                let mut trailers = http::HeaderMap::new();
+                if status.add_header(&mut trailers).is_err() {
+                    let _ = Status::internal("").add_header(&mut trailers);
+                }
+                return session.write_response_trailers(trailers).await;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => session.write_response_body(Some(data), false).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return session.write_response_trailers(trailers).await;
+                }
+            }
         }
     }
-    session.write_response_trailers(trailers).await
+    session.write_response_body(None, true).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
     fn check(http: HttpRequest, source: Option<&str>) -> CheckRequest {
         CheckRequest {
             attributes: Some(AttributeContext {
-                source: source.map(|address| Peer {
+                source: source.map(|source| Peer {
                     address: Some(Address {
-                        socket_address: Some(SocketAddress {
-                            address: address.to_owned(),
-                        }),
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: source.to_owned(),
+                            ..SocketAddress::default()
+                        })),
                     }),
+                    ..Peer::default()
                 }),
-                request: Some(AttributeRequest { http: Some(http) }),
+                request: Some(Request {
+                    http: Some(http),
+                    ..Request::default()
+                }),
+                ..AttributeContext::default()
             }),
         }
     }
@@ -509,19 +467,6 @@ mod tests {
                 .collect(),
             ..HttpRequest::default()
         }
-    }
-
-    #[test]
-    fn frames_hold_exactly_one_uncompressed_message() {
-        let message = CheckRequest::default();
-        let framed = frame(&message);
-        assert_eq!(unframe(&framed).unwrap(), b"");
-        assert!(unframe(b"").is_err());
-        assert!(unframe(b"\0\0\0\0").is_err());
-        assert!(unframe(b"\x01\0\0\0\0").is_err());
-        assert!(unframe(b"\0\0\0\0\x02a").is_err());
-        assert!(unframe(b"\0\0\0\0\x01ab").is_err());
-        assert_eq!(unframe(b"\0\0\0\0\x02ab").unwrap(), b"ab");
     }
 
     #[test]
@@ -583,8 +528,11 @@ mod tests {
         );
         let ctx = RequestCtx::new(config, keyward_metrics::Metrics::new().request_started());
         let response = denied(Refusal::Unauthenticated("credentials_required"), &ctx).unwrap();
-        assert_eq!(response.status.as_ref().unwrap().code, GRPC_UNAUTHENTICATED);
-        let Some(HttpResponse::Denied(denied)) = response.http_response else {
+        assert_eq!(
+            response.status.as_ref().unwrap().code,
+            i32::from(Code::Unauthenticated)
+        );
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
             panic!("not denied");
         };
         assert_eq!(denied.status.unwrap().code, 401);
@@ -603,5 +551,19 @@ mod tests {
         }
         assert!(!names.contains(&"content-length"));
         assert!(denied.body.contains("credentials_required"));
+    }
+
+    #[test]
+    fn the_untrusted_callers_message_is_an_empty_check_request() {
+        use prost::Message;
+        let [compressed, length @ ..] = UNREAD else {
+            panic!("not a gRPC frame");
+        };
+        assert_eq!(*compressed, 0);
+        assert_eq!(length, [0; 4]);
+        assert_eq!(
+            CheckRequest::decode(&b""[..]).unwrap(),
+            CheckRequest::default()
+        );
     }
 }

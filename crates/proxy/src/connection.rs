@@ -57,7 +57,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 /// pingora's keep-alive timeout between requests on a connection (what its own HTTP app sets).
-const KEEPALIVE_SECONDS: u64 = 60;
+pub const KEEPALIVE_SECONDS: u64 = 60;
 /// The same, for the HTTP/2 idle timeout.
 pub const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 /// How long writing the 503 to a refused connection may take before it is just closed.

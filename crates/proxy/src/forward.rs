@@ -2,7 +2,9 @@
 //! target, without any `X-Keyward-*` or `Gateway-Request-Id` header the client sent, without
 //! any header whose name holds `_` (CGI/WSGI upstreams read `X_Keyward_User` as
 //! `X-Keyward-User`; nginx drops them too), without client-written forwarding headers
-//! (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) and, unless `forward_credentials` is set,
+//! (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`), without headers that frameworks read in place of
+//! the request target (`X-Original-URL`, `X-Rewrite-URL`, `X-Original-URI`) and, unless
+//! `forward_credentials` is set,
 //! without its credentials (`Authorization`, `Argus-API-Key`, `X-Totp-Code`, `Signature`,
 //! `Signature-Input`, the `token` cookie); then the identity keyward established, the
 //! forwarding headers keyward writes, and the request id.
@@ -34,6 +36,11 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const SIGNATURE: HeaderName = HeaderName::from_static("signature");
 const SIGNATURE_INPUT: HeaderName = HeaderName::from_static("signature-input");
+
+/// Headers some frameworks read in place of the request target (IIS URL Rewrite and ASP.NET,
+/// Symfony before CVE-2018-14773, Zend Framework 1, Magento 1): the route keyward decided on
+/// is the only target the upstream may see, so a client's copies never reach it.
+const TARGET_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-original-uri"];
 
 /// Room for the headers pingora may add after the filters (`Host`, framing) and the three
 /// forwarding headers.
@@ -108,7 +115,7 @@ pub fn upstream_request(
             }
             continue;
         }
-        if name == FORWARDED || name == X_REAL_IP {
+        if name == FORWARDED || name == X_REAL_IP || TARGET_OVERRIDES.contains(&text) {
             continue;
         }
         if name == HOST {
@@ -325,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn underscored_names_forwarding_headers_and_signatures_are_removed() {
+    fn underscored_names_forwarding_headers_target_overrides_and_signatures_are_removed() {
         let request = client(&[
             ("X_Keyward_User", "root"),
             ("Gateway_Request_Id", "FFFFFFFFFFFFFFFF"),
@@ -337,6 +344,9 @@ mod tests {
             ("X-Forwarded-Prefix", "/admin"),
             ("Forwarded", "for=6.6.6.6"),
             ("X-Real-IP", "6.6.6.6"),
+            ("X-Original-URL", "/api/admin"),
+            ("x-rewrite-url", "/api/admin"),
+            ("X-Original-URI", "/api/admin"),
             ("Signature", "sig1=:AAAA:"),
             ("Signature-Input", "sig1=();created=1"),
             ("Content-Length", "12, 12"),

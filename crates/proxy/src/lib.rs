@@ -9,6 +9,7 @@ pub mod forward;
 pub mod ip_text;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 pub mod upload;
 
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ use keyward_auth::{
 use keyward_config::policy::{self, Route};
 use keyward_config::reload::LiveConfig;
 use keyward_config::Config;
+use keyward_core::{AuthError, SignatureError};
 use keyward_http::namespace;
 use keyward_http::service::LocalService;
 use keyward_http::{ctx, respond, target};
@@ -49,6 +51,8 @@ pub struct KeywardProxy {
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
     admin: Arc<dyn LocalService>,
+    /// The browser pages (`/.keyward/…`, SPEC §14).
+    browser: Arc<dyn LocalService>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
     /// The upstream's address when there is only one (the sidecar case): chosen without the
     /// balancer, whose selection hashes the backend and looks its health up on every request
@@ -67,6 +71,7 @@ pub struct ProxyParts {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
     pub admin: Arc<dyn LocalService>,
+    pub browser: Arc<dyn LocalService>,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
     pub limits: Arc<Limits>,
     pub uploads: Arc<UploadSpool>,
@@ -106,6 +111,8 @@ struct Decision<'a> {
 pub(crate) enum Admission {
     Upstream,
     Admin,
+    /// The browser pages, answered by keyward (`/.keyward/…`).
+    Browser,
 }
 
 impl KeywardProxy {
@@ -114,6 +121,7 @@ impl KeywardProxy {
             metrics,
             auth,
             admin,
+            browser,
             upstreams,
             limits,
             uploads,
@@ -129,6 +137,7 @@ impl KeywardProxy {
             metrics,
             auth,
             admin,
+            browser,
             upstreams,
             single_upstream,
             limits,
@@ -183,15 +192,27 @@ impl KeywardProxy {
         if case_insensitive {
             target.check_windows_aliases()?;
         }
+        // The browser pages' namespace is new and keyward's alone: it is reserved in every
+        // case spelling whatever the routes do, so no spelling of it is ever forwarded.
         let reserved = match case_insensitive {
             true => namespace::is_reserved_in_any_case(path),
-            false => namespace::is_reserved(path),
+            false => namespace::is_reserved(path) || namespace::is_browser_path(path),
         };
         if reserved {
             if self.listener == Listener::Authz {
                 // keyward's own paths are keyward's, never the upstream's: an edge asking about
                 // one is refused, and nothing of the admin API runs here.
                 return Err(Refusal::Forbidden("reserved_path"));
+            }
+            if namespace::is_browser_path(path) {
+                // On the proxy listener only (where browsers come), and only when the operator
+                // turned the pages on; otherwise nothing answers there.
+                if !matches!(self.listener, Listener::Proxy { .. }) || !ctx.config.browser.sign_in {
+                    return Err(Refusal::NotFound);
+                }
+                ctx.target = Some(target);
+                ctx.route_kind = RouteKind::Admin;
+                return Ok(Admission::Browser);
             }
             if !self.listener.serves_admin() {
                 // `listen.admin` is set: the admin API is not on this listener at all.
@@ -275,7 +296,7 @@ impl KeywardProxy {
             Ok(Admission::Upstream) => KeyOutcome::Accepted,
             Err(Refusal::Forbidden(_)) => KeyOutcome::Refused,
             Err(Refusal::RateLimited(_) | Refusal::QuotaExhausted(_)) => KeyOutcome::RateLimited,
-            Ok(Admission::Admin) | Err(_) => return,
+            Ok(Admission::Admin | Admission::Browser) | Err(_) => return,
         };
         self.auth.api_keys.count(principal, outcome);
     }
@@ -463,6 +484,12 @@ impl KeywardProxy {
             .expected_body()
             .cloned()
             .ok_or(Refusal::BadRequest("unframed_body"))?;
+        // Envoy cut the body at `max_request_bytes` (`allow_partial_message`): not the whole
+        // body, so not forwarded (SPEC §13). Whoever sets the marker, a cut body never passes:
+        // without it, it is a digest mismatch.
+        if authz && partial_body(session.req_header()) {
+            return Err(Refusal::Forbidden("body_not_forwarded"));
+        }
         let forward_body_max = ctx.config.external_authz.forward_body_max;
         let (hasher, body) = match &ctx.described_body {
             // A gRPC caller's forwarded body, already read with its message.
@@ -498,7 +525,15 @@ impl KeywardProxy {
         let principal = self
             .auth
             .accept_signature(pending, Some(hasher), client_ip)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The edge forwarded a body that is not the one signed: the request it asks
+                // about may not pass (SPEC §13: 403); a client's own is the proxy's 401.
+                AuthError::Signature(SignatureError::DigestMismatch) if authz => {
+                    Refusal::Forbidden("digest_mismatch")
+                }
+                e => Refusal::from(e),
+            })?;
         // An edge's question is answered, never forwarded: its body goes nowhere.
         if let Some(body) = body.filter(|_| !authz) {
             body.install(session).await?;
@@ -550,6 +585,15 @@ impl KeywardProxy {
 fn covers_content_digest(request: &RequestHeader) -> bool {
     signature::parse_headers(request)
         .is_ok_and(|signed| signed.components.iter().any(|c| c == "content-digest"))
+}
+
+/// Envoy's mark on a check request whose body it cut (`x-envoy-auth-partial-body: true`).
+fn partial_body(request: &RequestHeader) -> bool {
+    request
+        .headers
+        .get_all("x-envoy-auth-partial-body")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
 }
 
 /// Whether the request came over TLS: the connection's TLS digest, whatever the protocol.
@@ -711,6 +755,15 @@ impl ProxyHttp for KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        // pingora makes an HTTP/1.1 connection's idle time endless when the client names none
+        // (`respect_keepalive`, after the request is read): every connection keyward keeps
+        // waits at most its keep-alive time for the next request.
+        if session
+            .get_keepalive()
+            .is_some_and(|idle| idle == 0 || idle > connection::KEEPALIVE_SECONDS)
+        {
+            session.set_keepalive(Some(connection::KEEPALIVE_SECONDS));
+        }
         if self.listener == Listener::Authz {
             Box::pin(self.answer_authz(session, ctx)).await?;
             return Ok(true);
@@ -719,10 +772,14 @@ impl ProxyHttp for KeywardProxy {
         self.count_key_use(ctx, &admission);
         match admission {
             Ok(Admission::Upstream) => Ok(false),
-            Ok(Admission::Admin) => {
+            Ok(admission @ (Admission::Admin | Admission::Browser)) => {
+                let service = match admission {
+                    Admission::Browser => &self.browser,
+                    _ => &self.admin,
+                };
                 // Boxed, as the signed-body path below: the future of every request holds the
                 // state of its largest path, and these two are rare and large.
-                let handled = Box::pin(self.admin.handle(session, ctx)).await;
+                let handled = Box::pin(service.handle(session, ctx)).await;
                 // The admin API read the body within the deadline, or never will; a body left
                 // unread is drained within `limits.body_timeout` (the drain timeout).
                 crate::connection::body_done();
@@ -734,6 +791,23 @@ impl ProxyHttp for KeywardProxy {
                 ctx.outcome = Some(refusal.outcome());
                 ctx.reason = Some(refusal.reason());
                 let clear = ctx.clear_token_cookie.then_some(token::CLEAR_COOKIE);
+                if ctx.config.browser.sign_in
+                    && matches!(refusal, Refusal::Unauthenticated(_))
+                    && self.listener != Listener::Authz
+                {
+                    if let Some(location) =
+                        keyward_http::browser::sign_in_redirect(session.req_header())
+                    {
+                        return respond::send_redirect(
+                            session,
+                            &location,
+                            ctx.request_id.as_str(),
+                            clear,
+                        )
+                        .await
+                        .map(|()| true);
+                    }
+                }
                 refusal
                     .send(session, ctx.request_id.as_str(), clear)
                     .await?;
@@ -831,11 +905,22 @@ impl ProxyHttp for KeywardProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         self.metrics.upstream_response(response.status.as_u16());
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !upgrade::websocket_accepted(&session.req_header().headers, &response.headers)
+        {
+            // What follows a 101 is relayed unseen: only a completed WebSocket handshake
+            // may open that tunnel (see `upgrade`). The error answers 502 and closes.
+            ctx.reason = Some("upstream_bad_upgrade");
+            return Err(pingora::Error::explain(
+                pingora::ErrorType::HTTPStatus(502),
+                "upstream answered 101 without completing a WebSocket handshake",
+            ));
+        }
         // Informational responses (100 Continue) come before the real one: time that.
         if !response.status.is_informational() {
             if let Some(started) = ctx.upstream_started {

@@ -861,9 +861,10 @@ async fn races_have_one_winner(store: Arc<dyn Store>) {
     assert_eq!(distinct.len(), 1);
 }
 
-async fn directory_users_are_upserted_revalidated_and_swept_once(store: Arc<dyn Store>) {
+async fn directory_users_are_upserted_and_revalidated(store: Arc<dyn Store>) {
     let before = store.latest_change().await.unwrap();
     let login = |functions: &[&str], customer: Option<&str>, seen: Option<i64>| DirectoryLogin {
+        source: UserSource::Ldap,
         name: "dora".into(),
         customer: customer.map(str::to_owned),
         functions: functions.iter().map(|f| f.to_string()).collect(),
@@ -980,30 +981,153 @@ async fn directory_users_are_upserted_revalidated_and_swept_once(store: Arc<dyn 
         "locked users are not searched again"
     );
 
-    // One sweep per period, whoever asks.
-    assert!(store.claim_directory_sweep(60_000, now).await.unwrap());
+    // OpenID Connect users: their own source; neither provider takes over the other's users,
+    // and the directory's sweep never searches for them.
+    let olga = store
+        .upsert_directory_user(
+            DirectoryLogin {
+                source: UserSource::Oidc,
+                name: "olga".into(),
+                ..login(&["A"], None, Some(now))
+            },
+            audit("", "olga"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (olga.source, olga.password_hash.as_str()),
+        (UserSource::Oidc, "")
+    );
+    for (source, name) in [(UserSource::Oidc, "idle"), (UserSource::Ldap, "olga")] {
+        let taken = store
+            .upsert_directory_user(
+                DirectoryLogin {
+                    source,
+                    name: name.into(),
+                    ..login(&["POWER-USER"], None, Some(now))
+                },
+                audit("", name),
+            )
+            .await
+            .unwrap();
+        assert_eq!(taken, None, "{source:?} took over {name}");
+    }
+    assert_eq!(store.user_by_name("olga").await.unwrap().unwrap(), olga);
+    let due = store
+        .directory_users_to_revalidate(0, 10, now - 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(due),
+        vec![idle.id],
+        "OIDC users are not the directory's"
+    );
+}
+
+/// The directory sweep is a lease held for the whole sweep: one holder at a time however long
+/// it sweeps, taken over only when it runs out, and the next sweep `every` after the last one
+/// finished.
+async fn the_directory_sweep_is_a_lease_held_for_the_whole_sweep(store: Arc<dyn Store>) {
+    const EVERY: i64 = 60_000;
+    const LEASE: i64 = 30_000;
+    let now = now_ms();
+    // Racers: exactly one holds it.
+    let racing = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let holder = format!("racer-{i}");
+            let won = store
+                .claim_directory_sweep(&holder, EVERY, LEASE, now)
+                .await
+                .unwrap();
+            won.then_some(holder)
+        })
+    });
+    let mut winners = Vec::new();
+    for race in racing {
+        winners.extend(race.await.unwrap());
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let holder = winners.remove(0);
+
+    // Held, and renewed between batches: nobody else gets it, not even long after `every`
+    // (a sweep slower than the period is not overlapped).
+    let mut at = now;
+    for _ in 0..10 {
+        at += LEASE / 2;
+        assert!(!store
+            .claim_directory_sweep("other", EVERY, LEASE, at)
+            .await
+            .unwrap());
+        assert!(store
+            .renew_directory_sweep(&holder, LEASE, at)
+            .await
+            .unwrap());
+    }
+    assert!(at - now > 2 * EVERY);
     assert!(!store
-        .claim_directory_sweep(60_000, now + 1_000)
+        .claim_directory_sweep("other", EVERY, LEASE, at + LEASE - 1)
+        .await
+        .unwrap());
+    // Only the holder renews or finishes it.
+    assert!(!store
+        .renew_directory_sweep("other", LEASE, at)
+        .await
+        .unwrap());
+    assert!(!store.finish_directory_sweep("other", at).await.unwrap());
+
+    // Not renewed (the replica crashed): once the lease ran out another replica takes over,
+    // and the crashed one can neither renew nor finish what it no longer holds.
+    let ran_out = at + LEASE;
+    let racing = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let holder = format!("successor-{i}");
+            let won = store
+                .claim_directory_sweep(&holder, EVERY, LEASE, ran_out)
+                .await
+                .unwrap();
+            won.then_some(holder)
+        })
+    });
+    let mut successors = Vec::new();
+    for race in racing {
+        successors.extend(race.await.unwrap());
+    }
+    assert_eq!(successors.len(), 1, "{successors:?}");
+    let successor = successors.remove(0);
+    assert!(!store
+        .renew_directory_sweep(&holder, LEASE, ran_out + 1)
+        .await
+        .unwrap());
+    assert!(!store
+        .finish_directory_sweep(&holder, ran_out + 1)
+        .await
+        .unwrap());
+
+    // Finished: the next sweep starts `every` after the finish, not after the claim.
+    let finished = ran_out + 5_000;
+    assert!(store
+        .finish_directory_sweep(&successor, finished)
+        .await
+        .unwrap());
+    assert!(!store
+        .renew_directory_sweep(&successor, LEASE, finished)
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_directory_sweep("next", EVERY, LEASE, finished + EVERY - 1)
         .await
         .unwrap());
     assert!(store
-        .claim_directory_sweep(60_000, now + 60_000)
+        .claim_directory_sweep("next", EVERY, LEASE, finished + EVERY)
         .await
         .unwrap());
-    let racing = (0..8).map(|_| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .claim_directory_sweep(60_000, now + 200_000)
-                .await
-                .unwrap()
-        })
-    });
-    let mut winners = 0;
-    for race in racing {
-        winners += usize::from(race.await.unwrap());
-    }
-    assert_eq!(winners, 1);
+    assert!(!store
+        .claim_directory_sweep("after", EVERY, LEASE, finished + EVERY + 1)
+        .await
+        .unwrap());
 }
 
 macro_rules! contract_tests {
@@ -1032,7 +1156,8 @@ contract_tests!(sqlite:
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,
-    directory_users_are_upserted_revalidated_and_swept_once,
+    directory_users_are_upserted_and_revalidated,
+    the_directory_sweep_is_a_lease_held_for_the_whole_sweep,
 );
 
 contract_tests!(postgres:
@@ -1047,7 +1172,8 @@ contract_tests!(postgres:
     concurrent_creates_get_distinct_ids,
     a_concurrent_follower_misses_no_change,
     races_have_one_winner,
-    directory_users_are_upserted_revalidated_and_swept_once,
+    directory_users_are_upserted_and_revalidated,
+    the_directory_sweep_is_a_lease_held_for_the_whole_sweep,
 );
 
 /// Replicas starting together against an empty database migrate it once, without racing.

@@ -316,6 +316,8 @@ pub enum UserSource {
     Local,
     /// Created and updated by directory logins (`identity.ldap`); no local password.
     Ldap,
+    /// Created and updated by OpenID Connect sign-ins (`identity.oidc`); no local password.
+    Oidc,
 }
 
 impl UserSource {
@@ -323,6 +325,7 @@ impl UserSource {
         match self {
             UserSource::Local => "local",
             UserSource::Ldap => "ldap",
+            UserSource::Oidc => "oidc",
         }
     }
 
@@ -330,6 +333,7 @@ impl UserSource {
         match s {
             "local" => Some(UserSource::Local),
             "ldap" => Some(UserSource::Ldap),
+            "oidc" => Some(UserSource::Oidc),
             _ => None,
         }
     }
@@ -338,6 +342,8 @@ impl UserSource {
 /// What a directory login (or a revalidation) says about a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryLogin {
+    /// `Ldap` or `Oidc`: a user of one source is never taken over by a login from another.
+    pub source: UserSource,
     pub name: String,
     pub customer: Option<String>,
     pub functions: Vec<String>,
@@ -663,10 +669,11 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// Creates the directory user `login.name` (`source: ldap`, no password) or updates its
-    /// customer, functions and external flag; a change is published (ChangeKind::User) and
+    /// Creates the directory user `login.name` (`source: login.source`, `ldap` or `oidc`, no
+    /// password) or updates its customer, functions and external flag; a change is published (ChangeKind::User) and
     /// audited (`audit` with operation `user.create` or `user.update`), an unchanged user is
-    /// written only for `seen_ms`. `None`: a local user has that name (it is not touched).
+    /// written only for `seen_ms`. `None`: a user of another source (local, or the other
+    /// provider) has that name (it is not touched).
     async fn upsert_directory_user(
         &self,
         login: DirectoryLogin,
@@ -682,9 +689,28 @@ pub trait Store: Send + Sync + 'static {
         seen_since_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<User>, StoreError>;
-    /// Claims the next directory sweep for this process when none was claimed in the last
-    /// `every_ms` (one conditional write: of replicas asking together, one gets it).
-    async fn claim_directory_sweep(&self, every_ms: i64, now_ms: i64) -> Result<bool, StoreError>;
+    /// Takes the directory sweep's lease for `holder` until `now_ms + lease_ms` when nobody
+    /// holds it and the last sweep finished at least `every_ms` ago, or when its holder's lease
+    /// ran out (a replica that crashed mid-sweep). One conditional write: of replicas asking
+    /// together, one gets it; a held lease is never taken however long its sweep runs.
+    async fn claim_directory_sweep(
+        &self,
+        holder: &str,
+        every_ms: i64,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Extends `holder`'s lease to `now_ms + lease_ms`; false when `holder` no longer holds
+    /// it (it ran out and another replica took it over): the sweep then stops.
+    async fn renew_directory_sweep(
+        &self,
+        holder: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Ends `holder`'s sweep at `now_ms`: the lease is released and the next sweep may start
+    /// `every_ms` after `now_ms`. False when `holder` no longer held the lease.
+    async fn finish_directory_sweep(&self, holder: &str, now_ms: i64) -> Result<bool, StoreError>;
 
     /// The server-side key API key hashes are computed with; made on first use.
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError>;

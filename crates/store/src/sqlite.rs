@@ -441,7 +441,7 @@ impl Store for SqliteStore {
             .map(|row| user_from_row(&row))
             .transpose()?;
         let id = match existing {
-            Some(user) if user.source != UserSource::Ldap => return Ok(None),
+            Some(user) if user.source != login.source => return Ok(None),
             Some(user) => {
                 let changed = user.customer != login.customer
                     || user.functions != login.functions
@@ -464,13 +464,14 @@ impl Store for SqliteStore {
             None => {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO users (name, customer, functions, external, password_hash, \
-                     created_at_ms, source) VALUES (?, ?, ?, ?, '', ?, 'ldap') RETURNING id",
+                     created_at_ms, source) VALUES (?, ?, ?, ?, '', ?, ?) RETURNING id",
                 )
                 .bind(&login.name)
                 .bind(&login.customer)
                 .bind(&functions)
                 .bind(login.external)
                 .bind(now_ms())
+                .bind(login.source.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
                 audit.operation = "user.create".into();
@@ -524,21 +525,61 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn claim_directory_sweep(&self, every_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+    async fn claim_directory_sweep(
+        &self,
+        holder: &str,
+        every_ms: i64,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write_transaction().await?;
         let claimed = sqlx::query(
-            "INSERT INTO directory_sweeps (id, last_ms) VALUES (1, ?) \
-             ON CONFLICT (id) DO UPDATE SET last_ms = excluded.last_ms \
-             WHERE directory_sweeps.last_ms <= ?",
+            "INSERT INTO directory_sweeps (id, last_ms, holder, lease_until_ms) VALUES (1, 0, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, \
+             lease_until_ms = excluded.lease_until_ms \
+             WHERE (directory_sweeps.holder IS NULL AND directory_sweeps.last_ms <= ?) \
+             OR (directory_sweeps.holder IS NOT NULL AND directory_sweeps.lease_until_ms <= ?)",
         )
+        .bind(holder)
+        .bind(now_ms.saturating_add(lease_ms))
+        .bind(now_ms.saturating_sub(every_ms))
         .bind(now_ms)
-        .bind(now_ms - every_ms)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    async fn renew_directory_sweep(
+        &self,
+        holder: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE directory_sweeps SET lease_until_ms = ? WHERE id = 1 AND holder = ?",
+        )
+        .bind(now_ms.saturating_add(lease_ms))
+        .bind(holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn finish_directory_sweep(&self, holder: &str, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE directory_sweeps SET holder = NULL, lease_until_ms = NULL, last_ms = ? \
+             WHERE id = 1 AND holder = ?",
+        )
+        .bind(now_ms)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     async fn api_key_pepper(&self) -> Result<Vec<u8>, StoreError> {

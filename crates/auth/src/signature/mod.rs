@@ -239,6 +239,16 @@ impl SignatureAuthenticator {
         if !super::client_ip::source_allowed(&key.valid_sources, client_ip) {
             return Err(AuthError::SourceNotAllowed);
         }
+        // Used on another replica: refused here too before it costs its key's limit or a
+        // body read (SPEC §15). Asked only for a signature that verified, so junk never
+        // costs a Redis round trip; the claim itself is still taken last, in `accept`.
+        if let Some(fleet) = &self.fleet {
+            match fleet.claimed(ClaimKind::Signature, &fingerprint).await {
+                Ok(Answer::Fleet(true)) => return Err(SignatureError::Replay.into()),
+                Ok(Answer::Fleet(false) | Answer::Local) => {}
+                Err(unavailable) => return Err(unavailable.into()),
+            }
+        }
         let body = match with_body {
             true => Some(ExpectedDigest::from_header(view.header)?),
             false => None,
