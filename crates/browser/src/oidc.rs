@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{RwLock, Semaphore};
 
-/// How long a started sign-in may take at the provider.
 /// Where the sign-in button starts the flow.
 pub const START_PATH: &str = "/.keyward/oidc/start";
 /// Where the provider sends the browser back (the registered redirect URI's path).
 pub const CALLBACK_PATH: &str = "/.keyward/oidc/callback";
 
+/// How long a started sign-in may take at the provider.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(600);
 /// The provider's keys are fetched again on an unknown `kid` at most this often (ID tokens
 /// come from the provider's own token endpoint, so only concurrent sign-ins across a rotation
