@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge compare compare-authz compare-builds check-deploy directory-bench
+.PHONY: run test prereqs load load-postgres load-edge compare compare-authz compare-builds check-deploy directory-bench scale
 
 prereqs:
 	@scripts/prereqs.sh
@@ -48,6 +48,12 @@ compare-authz: prereqs
 directory-bench: prereqs
 	cargo build --release --bin keyward --example echo_upstream
 	scripts/directory-bench.sh 10000
+
+# keyward at scale (scripts/scale.sh): memory per cached key and token with 10 k, 100 k and 1 M
+# keys, start-up with 1 M, memory under floods, cache misses on SQLite and PostgreSQL, memory
+# per kept-alive connection; the plot goes to docs/scale.png.
+scale: prereqs
+	scripts/scale.sh
 
 # Two builds of keyward side by side (scripts/compare-builds.sh): CPU per request on the public
 # route, Basic, API key, token and signed requests, one thread each, the other paused while one

@@ -3,7 +3,10 @@
 //! so a stall delays every request scheduled behind it and shows in the percentiles instead of
 //! pausing the client ("coordinated omission").
 //!
-//! `cargo run --release --example open_loop -- ADDR PATH RATE_PER_SEC SECONDS CONNECTIONS [-H 'Name: value']...`
+//! `cargo run --release --example open_loop -- ADDR PATH RATE_PER_SEC SECONDS CONNECTIONS [-H 'Name: value']... [-F 'Name: FILE']`
+//!
+//! `-F` sends, with request k, line k of FILE as the header Name (cycling when the file is
+//! shorter): distinct credentials per request, for cache misses (`scripts/scale.sh`).
 //!
 //! One thread keeps the schedule (request k is due at start + k / RATE) and hands each due
 //! request to connection k mod CONNECTIONS; every connection is a keep-alive HTTP/1.1
@@ -41,6 +44,8 @@ struct Target {
     addr: String,
     path: String,
     headers: Vec<(String, String)>,
+    /// `-F`: a header whose value is line k of a file for request k.
+    cycled: Option<(String, Vec<String>)>,
 }
 
 /// What one connection saw, for the requests scheduled in the measured window.
@@ -54,7 +59,7 @@ struct Tally {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: open_loop ADDR PATH RATE_PER_SEC SECONDS CONNECTIONS [-H 'Name: value']...");
+    eprintln!("usage: open_loop ADDR PATH RATE_PER_SEC SECONDS CONNECTIONS [-H 'Name: value']... [-F 'Name: FILE']");
     std::process::exit(2)
 }
 
@@ -77,10 +82,17 @@ enum Failure {
 }
 
 /// One request and its whole answer, a 2xx.
-async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> Result<(), Failure> {
+async fn exchange(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    target: &Target,
+    k: u64,
+) -> Result<(), Failure> {
     let mut request = Request::get(&target.path).header("host", &target.addr);
     for (name, value) in &target.headers {
         request = request.header(name, value);
+    }
+    if let Some((name, values)) = &target.cycled {
+        request = request.header(name, &values[(k % values.len() as u64) as usize]);
     }
     let request = request
         .body(Empty::new())
@@ -101,18 +113,18 @@ async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> Re
 async fn connection(
     target: Arc<Target>,
     mut sender: Option<SendRequest<Empty<Bytes>>>,
-    mut due: UnboundedReceiver<Instant>,
+    mut due: UnboundedReceiver<(Instant, u64)>,
     measured_from: Instant,
     give_up: Instant,
 ) -> Tally {
     let mut tally = Tally::default();
-    while let Some(intended) = due.recv().await {
+    while let Some((intended, k)) = due.recv().await {
         let counted = intended >= measured_from;
         if sender.as_ref().is_none_or(SendRequest::is_closed) {
             sender = connect(&target.addr).await;
         }
         let answered = match sender.as_mut() {
-            Some(s) => tokio::time::timeout_at(give_up.into(), exchange(s, &target)).await,
+            Some(s) => tokio::time::timeout_at(give_up.into(), exchange(s, &target, k)).await,
             None => Ok(Err(Failure::Transport("cannot connect".into()))),
         };
         let done = Instant::now();
@@ -160,7 +172,7 @@ async fn connection(
 /// Releases request k at `start + k / rate` to connection k mod n, until `end`; returns how
 /// late each counted release was, in µs.
 fn schedule(
-    queues: Vec<UnboundedSender<Instant>>,
+    queues: Vec<UnboundedSender<(Instant, u64)>>,
     rate: f64,
     start: Instant,
     measured_from: Instant,
@@ -183,7 +195,7 @@ fn schedule(
         }
         // A connection task that ended early (it cannot: it runs until its queue closes) would
         // only drop its requests.
-        let _ = queues[(k % queues.len() as u64) as usize].send(intended);
+        let _ = queues[(k % queues.len() as u64) as usize].send((intended, k));
         k += 1;
     }
 }
@@ -202,8 +214,21 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let mut positional = Vec::new();
     let mut headers = Vec::new();
+    let mut cycled = None;
     while let Some(arg) = args.next() {
-        if arg == "-H" {
+        if arg == "-F" {
+            let spec = args.next().unwrap_or_else(|| usage());
+            let (name, file) = spec.split_once(':').unwrap_or_else(|| usage());
+            let text = std::fs::read_to_string(file.trim()).unwrap_or_else(|e| {
+                eprintln!("open_loop: {}: {e}", file.trim());
+                std::process::exit(2)
+            });
+            let values: Vec<String> = text.lines().map(str::to_owned).collect();
+            if values.is_empty() {
+                usage();
+            }
+            cycled = Some((name.trim().to_owned(), values));
+        } else if arg == "-H" {
             let header = args.next().unwrap_or_else(|| usage());
             let (name, value) = header.split_once(':').unwrap_or_else(|| usage());
             headers.push((name.trim().to_owned(), value.trim().to_owned()));
@@ -223,6 +248,7 @@ async fn main() {
         addr,
         path,
         headers,
+        cycled,
     });
 
     // Connections are opened before the clock starts.

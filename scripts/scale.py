@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""keyward at scale (make scale; scripts/scale.sh builds the binaries, then runs this).
+
+One run, one machine, the release binary, real stores filled directly (examples/fill_store):
+
+1. memory: keyward's resident set right after start and after every stored key has been used
+   once (the key cache holding them all), for each store size; bytes per cached key and per
+   cached token; then a flood of more distinct keys than the cache holds (the resident set must
+   stay at the capacity's size) and of unknown keys (the negative cache's capacity);
+2. start-up: time from exec to /readyz with 1 M keys in the store;
+3. cache misses: first requests of distinct uncached keys at a fixed rate (open loop), p50/p99
+   latency and keyward CPU per request, next to the same keys again (cache hits), on SQLite and
+   on PostgreSQL;
+4. connections: resident memory per idle kept-alive connection, for 10 000 of them.
+
+Prints a Markdown table per part and writes docs/scale.png (matplotlib) with --plot.
+Usage: scripts/scale.py BIN_DIR [--sizes 10000,100000,1000000] [--plot PATH]
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HZ = os.sysconf("SC_CLK_TCK")
+PG_ADMIN = os.environ.get("KEYWARD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def metric(ops, name, labels=""):
+    text = urllib.request.urlopen(f"http://{ops}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Keyward:
+    """keyward serve on loopback ports in front of the echo upstream."""
+
+    def __init__(self, bins, work, store_url, extra=""):
+        self.bins, self.work = bins, work
+        self.proxy = f"127.0.0.1:{free_port()}"
+        self.ops = f"127.0.0.1:{free_port()}"
+        self.config = os.path.join(work, "keyward.yaml")
+        with open(self.config, "w") as f:
+            f.write(
+                f"""listen: {{ proxy: "{self.proxy}", ops: "{self.ops}" }}
+upstream: {{ address: "{UPSTREAM}" }}
+store: {{ url: "{store_url}" }}
+bootstrap:
+  admin: {{ name: admin, password_env: SCALE_ADMIN_PASSWORD, functions: [POWER-USER] }}
+server: {{ threads: 2 }}
+logging: {{ level: warn }}
+api_keys: {{ last_used_flush: 1h }}
+routes:
+  - path: /public
+    public: true
+  - path: /
+    require: {{ min_security_level: EXTERNAL }}
+{extra}
+"""
+            )
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, SCALE_ADMIN_PASSWORD="scale-password")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [os.path.join(self.bins, "keyward"), "serve", "--config", self.config],
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.work, "stderr.log"), "a"),
+        )
+        while True:
+            if self.proc.poll() is not None:
+                sys.exit(f"keyward exited: {open(os.path.join(self.work, 'stderr.log')).read()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"http://{self.ops}/readyz", timeout=1).read()
+                return time.monotonic() - started
+            except OSError:
+                time.sleep(0.01)
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+def open_loop(bins, kw, rate, seconds, header_file=None, header_name="Argus-API-Key", path="/x/fixed", connections=32):
+    """(parsed open_loop result, keyward CPU seconds per request)."""
+    args = [os.path.join(bins, "examples", "open_loop"), kw.proxy, path, str(rate), str(seconds), str(connections)]
+    if header_file:
+        args += ["-F", f"{header_name}: {header_file}"]
+    before = cpu_seconds(kw.pid)
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(kw.pid) - before
+    result = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out)}
+    # open_loop also sends a warm-up second, not counted in `sent`.
+    requests = result["sent"] + rate
+    return result, used / requests
+
+
+def fill(bins, store_url, keys, tokens, out):
+    subprocess.run(
+        [os.path.join(bins, "examples", "fill_store"), store_url, "admin", str(keys), str(tokens), out],
+        check=True,
+    )
+
+
+def lines_from(path, start, count, target, prefix=""):
+    with open(path) as src, open(target, "w") as dst:
+        for i, line in enumerate(src):
+            if i >= start + count:
+                break
+            if i >= start:
+                dst.write(prefix + line)
+    return target
+
+
+def drive_all(bins, kw, path, header_name="Argus-API-Key", rate=8000):
+    """Every line of `path` once, at `rate` per second (the first second is open_loop's warm-up)."""
+    n = sum(1 for _ in open(path))
+    seconds = max(1, (n - rate) // rate + 1)
+    result, _ = open_loop(bins, kw, rate, seconds, path, header_name)
+    return result
+
+
+def mib(b):
+    return f"{b / 1048576:.0f} MiB"
+
+
+def memory_part(bins, sizes, results):
+    print("\n## Memory and start-up (SQLite)\n")
+    print("| API keys in the store | start to ready | RSS after start | RSS, every key used once | bytes per cached key | load refused |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        work = tempfile.mkdtemp(prefix="keyward-scale-")
+        try:
+            store = f"sqlite://{work}/keyward.db"
+            extra = f"cache: {{ api_key_capacity: {n + 1000}, api_key_ttl: 1h, negative_capacity: 100000 }}"
+            kw = Keyward(bins, work, store, extra)
+            kw.start()
+            kw.stop()
+            fill(bins, store, n, 0, work)
+            ready = kw.start()
+            time.sleep(1)
+            idle = rss_bytes(kw.pid)
+            driven = drive_all(bins, kw, os.path.join(work, "api_keys.txt"))
+            time.sleep(1)
+            entries = metric(kw.ops, "keyward_cache_entries", 'cache="apikey"')
+            full = rss_bytes(kw.pid)
+            per_key = (full - idle) / max(entries, 1)
+            print(f"| {n:,} | {ready:.2f} s | {mib(idle)} | {mib(full)} | {per_key:,.0f} | {driven['errors'] + driven['late']} of {driven['sent']} |")
+            results["memory"].append({"keys": n, "ready_s": ready, "rss_idle": idle, "rss_full": full, "entries": entries, "per_key": per_key})
+            kw.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bounds_part(bins, capacity, results):
+    """More distinct keys than the cache holds, then unknown keys: memory stays bounded."""
+    print("\n## Bounded under a flood of distinct keys (SQLite)\n")
+    work = tempfile.mkdtemp(prefix="keyward-scale-")
+    try:
+        store = f"sqlite://{work}/keyward.db"
+        extra = f"cache: {{ api_key_capacity: {capacity}, api_key_ttl: 1h, negative_capacity: {capacity}, negative_ttl: 1h }}"
+        kw = Keyward(bins, work, store, extra)
+        kw.start()
+        kw.stop()
+        fill(bins, store, 4 * capacity, capacity, work)
+        kw.start()
+        time.sleep(1)
+        idle = rss_bytes(kw.pid)
+        keys = os.path.join(work, "api_keys.txt")
+        first = lines_from(keys, 0, capacity, os.path.join(work, "first.txt"))
+        drive_all(bins, kw, first)
+        time.sleep(1)
+        at_capacity = rss_bytes(kw.pid)
+        drive_all(bins, kw, keys)
+        time.sleep(1)
+        flooded = rss_bytes(kw.pid)
+        entries = metric(kw.ops, "keyward_cache_entries", 'cache="apikey"')
+        # Unknown keys: right prefix shape and checksum, secrets keyward never issued.
+        unknown = os.path.join(work, "unknown.txt")
+        with open(keys) as src, open(unknown, "w") as dst:
+            for i, line in enumerate(src):
+                if i >= 2 * capacity:
+                    break
+                user, _, secret = line.strip().split("/")
+                dst.write(f"{user}/{9_000_000 + i}/{secret}\n")
+        drive_all(bins, kw, unknown)
+        time.sleep(1)
+        after_unknown = rss_bytes(kw.pid)
+        negative = metric(kw.ops, "keyward_cache_entries", 'cache="apikey_negative"')
+        # Tokens, for bytes per cached token.
+        tokens = lines_from(os.path.join(work, "tokens.txt"), 0, capacity, os.path.join(work, "cookies.txt"), "token=")
+        before_tokens = rss_bytes(kw.pid)
+        drive_all(bins, kw, tokens, "Cookie")
+        time.sleep(1)
+        token_entries = metric(kw.ops, "keyward_cache_entries", 'cache="token"')
+        per_token = (rss_bytes(kw.pid) - before_tokens) / max(token_entries, 1)
+        print(f"api_key_capacity {capacity:,}: RSS {mib(idle)} at start, {mib(at_capacity)} with {capacity:,} keys used, "
+              f"{mib(flooded)} after {4 * capacity:,} distinct keys ({entries:,.0f} cached); "
+              f"{mib(after_unknown)} after {2 * capacity:,} unknown keys ({negative:,.0f} in the negative cache, capacity {capacity:,}); "
+              f"{per_token:,.0f} bytes per cached token ({token_entries:,.0f} tokens)")
+        results["bounds"] = {"capacity": capacity, "idle": idle, "at_capacity": at_capacity, "flooded": flooded,
+                             "entries": entries, "after_unknown": after_unknown, "negative": negative, "per_token": per_token}
+        kw.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def misses_part(bins, backends, n, rate, seconds, results):
+    print(f"\n## Cache misses: distinct uncached keys at {rate}/s ({n:,} keys in the store)\n")
+    print("| store | requests | miss p50 | miss p99 | miss CPU/req | hit p50 | hit p99 | hit CPU/req | store queries |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for backend in backends:
+        work = tempfile.mkdtemp(prefix="keyward-scale-")
+        db = None
+        try:
+            if backend == "sqlite":
+                store = f"sqlite://{work}/keyward.db"
+            else:
+                db = f"keyward_scale_{os.getpid()}"
+                subprocess.run(["psql", PG_ADMIN, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
+                store = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+            extra = f"cache: {{ api_key_capacity: {n + 1000}, api_key_ttl: 1h }}"
+            kw = Keyward(bins, work, store, extra)
+            kw.start()
+            kw.stop()
+            fill(bins, store, n, 0, work)
+            kw.start()
+            count = rate * (seconds + 1)
+            # Keys spread over the whole store, not its first rows.
+            keys = os.path.join(work, "api_keys.txt")
+            step = max(1, n // count)
+            sample = os.path.join(work, "sample.txt")
+            with open(keys) as src, open(sample, "w") as dst:
+                for i, line in enumerate(src):
+                    if i % step == 0:
+                        dst.write(line)
+            # Warm the path (connections, the public route), not the keys.
+            open_loop(bins, kw, 500, 1, path="/public/fixed")
+            loads_before = metric(kw.ops, "keyward_cache_misses_total", 'cache="apikey"')
+            miss, miss_cpu = open_loop(bins, kw, rate, seconds, sample)
+            loads = metric(kw.ops, "keyward_cache_misses_total", 'cache="apikey"') - loads_before
+            hit, hit_cpu = open_loop(bins, kw, rate, seconds, sample)
+            us = lambda v: f"{v / 1000:.2f} ms" if v >= 1000 else f"{v} µs"
+            print(f"| {backend} | {miss['sent']:,} | {us(miss['p50_us'])} | {us(miss['p99_us'])} | {miss_cpu * 1e6:.0f} µs | "
+                  f"{us(hit['p50_us'])} | {us(hit['p99_us'])} | {hit_cpu * 1e6:.0f} µs | {loads:,.0f} |")
+            if miss["errors"] or miss["late"]:
+                print(f"  ({backend}: {miss['errors']} errors, {miss['late']} late among the misses)")
+            results["misses"].append({"store": backend, "miss": miss, "miss_cpu": miss_cpu, "hit": hit, "hit_cpu": hit_cpu, "loads": loads})
+            kw.stop()
+        finally:
+            if db:
+                subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def connections_part(bins, count, results):
+    print(f"\n## Idle kept-alive connections ({count:,})\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * count + 1024), hard))
+    work = tempfile.mkdtemp(prefix="keyward-scale-")
+    try:
+        extra = f"limits: {{ max_connections: {2 * count}, max_connections_per_client: 0 }}"
+        kw = Keyward(bins, work, f"sqlite://{work}/keyward.db", extra)
+        kw.start()
+        time.sleep(1)
+        idle = rss_bytes(kw.pid)
+        host, port = kw.proxy.split(":")
+        socks = []
+        request = f"GET /public/fixed HTTP/1.1\r\nHost: {kw.proxy}\r\n\r\n".encode()
+        for _ in range(count):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(request)
+            socks.append(s)
+        answered = 0
+        for s in socks:
+            s.settimeout(10)
+            if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                answered += 1
+        time.sleep(1)
+        held = rss_bytes(kw.pid)
+        per_connection = (held - idle) / count
+        print(f"{answered:,} of {count:,} answered and kept open: RSS {mib(idle)} → {mib(held)}, {per_connection:,.0f} bytes per connection")
+        results["connections"] = {"count": count, "answered": answered, "idle": idle, "held": held, "per_connection": per_connection}
+        for s in socks:
+            s.close()
+        kw.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    mem = results["memory"]
+    if mem:
+        keys = [m["keys"] for m in mem]
+        left.plot(keys, [m["rss_full"] / 1048576 for m in mem], "o-", label="RSS, every key cached")
+        left.plot(keys, [m["rss_idle"] / 1048576 for m in mem], "s--", label="RSS after start")
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.set_xlabel("API keys in the store (and in the cache)")
+        left.set_ylabel("MiB")
+        left.set_title("keyward memory against keys held")
+        for m in mem:
+            left.annotate(f"{m['per_key']:,.0f} B/key", (m["keys"], m["rss_full"] / 1048576), textcoords="offset points", xytext=(-30, 8), fontsize=8)
+        left.legend(fontsize=8)
+    miss = results["misses"]
+    if miss:
+        labels = []
+        values = []
+        for m in miss:
+            labels += [f"{m['store']}\nmiss", f"{m['store']}\nhit"]
+            values += [(m["miss"]["p50_us"], m["miss"]["p99_us"]), (m["hit"]["p50_us"], m["hit"]["p99_us"])]
+        xs = range(len(labels))
+        right.bar([x - 0.2 for x in xs], [v[0] / 1000 for v in values], 0.4, label="p50")
+        right.bar([x + 0.2 for x in xs], [v[1] / 1000 for v in values], 0.4, label="p99")
+        right.set_xticks(list(xs))
+        right.set_xticklabels(labels, fontsize=8)
+        right.set_ylabel("ms (open loop, from the intended send time)")
+        right.set_title("first requests of uncached keys vs the same keys cached")
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
+
+
+UPSTREAM = None
+
+
+def main():
+    global UPSTREAM
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bins")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--miss-keys", type=int, default=100_000)
+    parser.add_argument("--miss-rate", type=int, default=2000)
+    parser.add_argument("--miss-seconds", type=int, default=4)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--capacity", type=int, default=50_000, help="the cache capacity of the flood part (0: skip it)")
+    parser.add_argument("--plot")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    bins = os.path.abspath(args.bins)
+    UPSTREAM = f"127.0.0.1:{free_port()}"
+    upstream = subprocess.Popen([os.path.join(bins, "examples", "echo_upstream"), UPSTREAM], stderr=subprocess.DEVNULL)
+    results = {"memory": [], "misses": []}
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s]
+        memory_part(bins, sizes, results)
+        if args.capacity:
+            bounds_part(bins, args.capacity, results)
+        if args.miss_keys:
+            misses_part(bins, [b for b in args.backends.split(",") if b], args.miss_keys, args.miss_rate, args.miss_seconds, results)
+        if args.connections:
+            connections_part(bins, args.connections, results)
+    finally:
+        upstream.terminate()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
