@@ -292,39 +292,101 @@ def misses_part(bins, backends, n, rate, seconds, results):
             shutil.rmtree(work, ignore_errors=True)
 
 
+def hold(addr, count):
+    """`count` kept-alive connections to `addr`, each having had one answered request."""
+    host, port = addr.split(":")
+    socks = []
+    request = f"GET /public/fixed HTTP/1.1\r\nHost: {addr}\r\n\r\n".encode()
+    for _ in range(count):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(request)
+        socks.append(s)
+    answered = 0
+    for s in socks:
+        s.settimeout(10)
+        if s.recv(4096).startswith(b"HTTP/1.1 200"):
+            answered += 1
+    return socks, answered
+
+
+def measured_connections(name, pid, addr, count):
+    time.sleep(1)
+    idle = rss_bytes(pid)
+    socks, answered = hold(addr, count)
+    time.sleep(1)
+    held = rss_bytes(pid)
+    for s in socks:
+        s.close()
+    per_connection = (held - idle) / count
+    print(f"| {name} | {answered:,} of {count:,} | {mib(idle)} | {mib(held)} | {per_connection:,.0f} |")
+    return {"answered": answered, "idle": idle, "held": held, "per_connection": per_connection}
+
+
 def connections_part(bins, count, results):
-    print(f"\n## Idle kept-alive connections ({count:,})\n")
+    """Idle kept-alive connections: keyward next to a bare pingora and nginx, same upstream."""
+    print(f"\n## Idle kept-alive connections ({count:,}, one request answered on each)\n")
+    print("| server | answered and held | RSS before | RSS holding them | bytes per connection |")
+    print("|---|---:|---:|---:|---:|")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * count + 1024), hard))
+    results["connections"] = {}
     work = tempfile.mkdtemp(prefix="keyward-scale-")
     try:
         extra = f"limits: {{ max_connections: {2 * count}, max_connections_per_client: 0 }}"
         kw = Keyward(bins, work, f"sqlite://{work}/keyward.db", extra)
         kw.start()
-        time.sleep(1)
-        idle = rss_bytes(kw.pid)
-        host, port = kw.proxy.split(":")
-        socks = []
-        request = f"GET /public/fixed HTTP/1.1\r\nHost: {kw.proxy}\r\n\r\n".encode()
-        for _ in range(count):
-            s = socket.create_connection((host, int(port)))
-            s.sendall(request)
-            socks.append(s)
-        answered = 0
-        for s in socks:
-            s.settimeout(10)
-            if s.recv(4096).startswith(b"HTTP/1.1 200"):
-                answered += 1
-        time.sleep(1)
-        held = rss_bytes(kw.pid)
-        per_connection = (held - idle) / count
-        print(f"{answered:,} of {count:,} answered and kept open: RSS {mib(idle)} → {mib(held)}, {per_connection:,.0f} bytes per connection")
-        results["connections"] = {"count": count, "answered": answered, "idle": idle, "held": held, "per_connection": per_connection}
-        for s in socks:
-            s.close()
+        results["connections"]["keyward"] = measured_connections("keyward", kw.pid, kw.proxy, count)
         kw.stop()
+        bare_bin = os.path.join(bins, "examples", "bare_pingora")
+        if os.path.exists(bare_bin):
+            addr = f"127.0.0.1:{free_port()}"
+            bare = subprocess.Popen([bare_bin, addr, UPSTREAM, "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for_port(addr)
+            results["connections"]["bare pingora"] = measured_connections("bare pingora (same pingora, no keyward)", bare.pid, addr, count)
+            bare.terminate()
+            bare.wait()
+        if shutil.which("nginx"):
+            addr = f"127.0.0.1:{free_port()}"
+            conf = os.path.join(work, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(f"""worker_processes 1;
+worker_rlimit_nofile {4 * count + 1024};
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections {2 * count + 64}; }}
+http {{
+  access_log off;
+  keepalive_requests 100000;
+  keepalive_timeout 120s;
+  upstream app {{ server {UPSTREAM}; keepalive 32; }}
+  server {{
+    listen {addr};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+            master = subprocess.Popen(["nginx", "-c", conf, "-p", work], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for_port(addr)
+            time.sleep(0.5)
+            workers = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
+            if workers:
+                results["connections"]["nginx"] = measured_connections("nginx (one worker)", int(workers[0]), addr, count)
+            master.terminate()
+            master.wait()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def wait_for_port(addr):
+    host, port = addr.split(":")
+    for _ in range(200):
+        try:
+            socket.create_connection((host, int(port)), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {addr}")
 
 
 def plot(results, path):

@@ -17,7 +17,7 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
   echo "installing matplotlib for the plot" >&2
   python3 -m pip install --quiet matplotlib >&2
 fi
-cargo build --release --bin keyward --example echo_upstream --example open_loop --example fill_store >&2
+cargo build --release --bin keyward --example echo_upstream --example open_loop --example fill_store --example bare_pingora >&2
 target="${CARGO_TARGET_DIR:-target}/release"
 plot=(--plot docs/scale.png)
 for arg in "$@"; do [ "$arg" = --plot ] && plot=(); done

@@ -307,12 +307,15 @@ pub fn serve(
         true,
     )?;
     // Plain TCP even with TLS: `ConnectionLimits` makes the handshake.
-    proxy_service.add_tcp(&config.listen_proxy);
+    proxy_service.add_listener(crate::connection::listener_config(
+        &config.listen_proxy,
+        config.listen_tls.is_some(),
+    ));
     // The admin listener is plaintext: it belongs on a private address (see the book's admin API chapter, "The admin listener").
     let admin_service = match config.listen_admin.as_ref() {
         Some(address) => {
             let mut admin_service = service("keyward admin", proxy_for(Listener::Admin), false)?;
-            admin_service.add_tcp(address);
+            admin_service.add_listener(crate::connection::listener_config(address, false));
             Some(admin_service)
         }
         None => None,
@@ -321,7 +324,7 @@ pub fn serve(
     let authz_service = match config.listen_authz.as_ref() {
         Some(address) => {
             let mut authz_service = service("keyward authz", proxy_for(Listener::Authz), false)?;
-            authz_service.add_tcp(address);
+            authz_service.add_listener(crate::connection::listener_config(address, false));
             Some(authz_service)
         }
         None => None,

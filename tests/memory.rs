@@ -242,3 +242,54 @@ fn oversized_credential_fields_are_refused_before_any_look_up() {
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["reason"], "malformed");
 }
+
+/// Idle kept-alive connections (issue #26's scale harness found pingora's default: a 64 KiB
+/// read buffer for every connection's whole life, ~105 KiB a connection in all, where nginx
+/// holds under 1 KiB). keyward's listeners use a 4 KiB buffer (16 KiB with TLS): measured
+/// ~44 KiB a connection in a release build (`make scale`). A debug build's futures are larger;
+/// the bound still sits below the 64 KiB that the old buffer alone would add.
+#[test]
+fn an_idle_kept_alive_connection_holds_less_than_pingoras_default_read_buffer() {
+    use std::io::{Read, Write};
+    const CONNECTIONS: usize = 1_000;
+    let kw = Keyward::start_with(Setup {
+        extra: "limits: { max_connections_per_client: 0 }".into(),
+        ..Setup::default()
+    });
+    let pid = kw.child.id();
+    // Warm-up: the runtime's threads, the upstream pool, the allocator's first pages.
+    let mut warm: Vec<std::net::TcpStream> = Vec::new();
+    let request = b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let open = |count: usize, into: &mut Vec<std::net::TcpStream>| {
+        for _ in 0..count {
+            let mut stream = std::net::TcpStream::connect(kw.proxy).unwrap();
+            stream.write_all(request).unwrap();
+            into.push(stream);
+        }
+        for stream in into.iter_mut() {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+        }
+    };
+    open(100, &mut warm);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    open(CONNECTIONS, &mut held);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    let per_connection = (after.saturating_sub(before)) as f64 / CONNECTIONS as f64;
+    eprintln!(
+        "VmRSS KiB {before} → {after} for {CONNECTIONS} connections: {per_connection:.1} KiB each"
+    );
+    assert!(
+        per_connection < 64.0,
+        "{per_connection:.1} KiB per idle connection"
+    );
+    drop(held);
+    drop(warm);
+}
