@@ -51,7 +51,7 @@ directory-bench: prereqs
 
 # keyward at scale (scripts/scale.sh): memory per cached key and token with 10 k, 100 k and 1 M
 # keys, start-up with 1 M, memory under floods, cache misses on SQLite and PostgreSQL, memory
-# per kept-alive connection; the plot goes to docs/scale.png.
+# per kept-alive connection; the plot goes to docs/src/images/scale.png.
 scale: prereqs
 	scripts/scale.sh
 

@@ -13,7 +13,7 @@ One run, one machine, the release binary, real stores filled directly (examples/
    on PostgreSQL;
 4. connections: resident memory per idle kept-alive connection, for 10 000 of them.
 
-Prints a Markdown table per part and writes docs/scale.png (matplotlib) with --plot.
+Prints a Markdown table per part and, with --plot PATH, the plot (matplotlib).
 Usage: scripts/scale.py BIN_DIR [--sizes 10000,100000,1000000] [--plot PATH]
 """
 
@@ -126,9 +126,10 @@ def open_loop(bins, kw, rate, seconds, header_file=None, header_name="Argus-API-
     if header_file:
         args += ["-F", f"{header_name}: {header_file}"]
     before = cpu_seconds(kw.pid)
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    run = subprocess.run(args, capture_output=True, text=True, check=True)
     used = cpu_seconds(kw.pid) - before
-    result = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out)}
+    result = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", run.stdout)}
+    result["first_failure"] = run.stderr.strip().splitlines()[0] if run.stderr.strip() else ""
     # open_loop also sends a warm-up second, not counted in `sent`.
     requests = result["sent"] + rate
     return result, used / requests
@@ -165,7 +166,7 @@ def mib(b):
 
 def memory_part(bins, sizes, results):
     print("\n## Memory and start-up (SQLite)\n")
-    print("| API keys in the store | start to ready | RSS after start | RSS, every key used once | bytes per cached key | load refused |")
+    print("| API keys in the store | start to ready | RSS after start | RSS, every key used once | bytes per cached key | first uses not answered 2xx in time |")
     print("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         work = tempfile.mkdtemp(prefix="keyward-scale-")
@@ -184,7 +185,9 @@ def memory_part(bins, sizes, results):
             entries = metric(kw.ops, "keyward_cache_entries", 'cache="apikey"')
             full = rss_bytes(kw.pid)
             per_key = (full - idle) / max(entries, 1)
-            print(f"| {n:,} | {ready:.2f} s | {mib(idle)} | {mib(full)} | {per_key:,.0f} | {driven['errors'] + driven['late']} of {driven['sent']} |")
+            failed = driven["errors"] + driven["late"]
+            why = f" ({driven['first_failure'].removeprefix('open_loop: ')}; {driven['late']} late)" if failed else ""
+            print(f"| {n:,} | {ready:.2f} s | {mib(idle)} | {mib(full)} | {per_key:,.0f} | {failed:,} of {driven['sent']:,}{why} |")
             results["memory"].append({"keys": n, "ready_s": ready, "rss_idle": idle, "rss_full": full, "entries": entries, "per_key": per_key})
             kw.stop()
         finally:

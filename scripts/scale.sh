@@ -5,9 +5,10 @@
 # filled directly by examples/fill_store (scripts/scale.py says how each figure is taken).
 #
 # Usage: scripts/scale.sh [scale.py options]   e.g. --sizes 10000,100000 --connections 0
-# Writes docs/scale.png (the plot) unless --plot names another file; KEYWARD_TEST_POSTGRES names
-# the PostgreSQL server (default postgres://postgres@127.0.0.1:5432/test; a database of the
-# run's own is made and dropped). Figures vary by machine; each table is one run.
+# Writes docs/src/images/scale.png (the plot, shown in the book's Scale chapter) unless --plot
+# names another file. KEYWARD_TEST_POSTGRES names the PostgreSQL server (default
+# postgres://postgres@127.0.0.1:5432/test; a database of the run's own is made and dropped).
+# Figures vary by machine; each table is one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/measure.sh
@@ -19,6 +20,6 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 cargo build --release --bin keyward --example echo_upstream --example open_loop --example fill_store --example bare_pingora >&2
 target="${CARGO_TARGET_DIR:-target}/release"
-plot=(--plot docs/scale.png)
+plot=(--plot docs/src/images/scale.png)
 for arg in "$@"; do [ "$arg" = --plot ] && plot=(); done
 exec python3 scripts/scale.py "$target" "${plot[@]}" "$@"
