@@ -385,6 +385,8 @@ fn the_return_path_never_leaves_the_origin() {
         "/\t/evil.example",
         "javascript:alert(1)",
         "/.keyward/sign-out",
+        "/.//evil.example",
+        "/a/..//evil.example",
     ] {
         let resp = post_sign_in(
             &kw,
@@ -818,13 +820,17 @@ impl Drop for OpenIdProvider {
 }
 
 fn oidc_keyward(issuer: &str, proxy_port: u16) -> Keyward {
+    oidc_keyward_with(issuer, proxy_port, "")
+}
+
+fn oidc_keyward_with(issuer: &str, proxy_port: u16, extra: &str) -> Keyward {
     Keyward::start_with(Setup {
         proxy_port: Some(proxy_port),
         env: vec![("KEYWARD_TEST_OIDC_SECRET".into(), "oidc-secret:/+x".into())],
         extra: format!(
             "browser:\n  sign_in: true\nidentity:\n  oidc:\n    issuer: {issuer}\n    client_id: keyward\n    \
              client_secret_env: KEYWARD_TEST_OIDC_SECRET\n    display_name: Test IdP\n    groups_claim: groups\n    \
-             groups: {{ secops: [CASE-SECMON-RO], admins: [POWER-USER] }}\n"
+             groups: {{ secops: [CASE-SECMON-RO], admins: [POWER-USER] }}\n{extra}"
         ),
         ..Setup::default()
     })
@@ -994,4 +1000,131 @@ fn a_provider_that_cannot_be_reached_gets_a_503_page_and_keyward_still_starts() 
     kw.add_user("alice", "alice-password", &[]);
     let (token, _) = signed_in(&kw);
     assert!(!token.is_empty());
+}
+
+/// A provider's user named like the token administrator (who may mint tokens for anyone) is not
+/// signed in, and no user of that name is made.
+#[test]
+fn a_provider_cannot_hand_out_the_token_administrators_name() {
+    let port = free_port();
+    let provider = OpenIdProvider::start(
+        &format!("http://127.0.0.1:{port}/.keyward/oidc/callback"),
+        r#"{"Admin":["admins"]}"#,
+        &[],
+    );
+    // The harness names `admin` the token administrator (and the bootstrap administrator).
+    let kw = oidc_keyward(&provider.issuer, port);
+    let (flow, callback) = provider_answer(&kw, "Admin");
+    let resp = no_redirects()
+        .get(&callback)
+        .header("cookie", &flow)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(token_of(&resp).is_none());
+    let users = kw.cli(&["user", "list"], None);
+    let users = String::from_utf8_lossy(&users.stdout).to_lowercase();
+    assert!(!users.lines().any(|l| l.contains("oidc")), "{users}");
+}
+
+/// Behind a TLS proxy (`tokens.secure_cookie`) the browser's origin is https: the pages' cookies
+/// are `__Host-` and `Secure` (no sibling site can plant them), and signing out — an admin call
+/// with the browser's https `Origin` — really ends the token.
+#[test]
+fn behind_a_tls_proxy_the_cookies_are_host_only_and_signing_out_ends_the_token() {
+    let kw = Keyward::start_with(Setup {
+        extra: "browser:\n  sign_in: true\n".into(),
+        secure_cookie: true,
+        ..Setup::default()
+    });
+    kw.add_user("alice", "alice-password", &[]);
+    let origin = format!("https://127.0.0.1:{}", kw.proxy.port());
+    let page = no_redirects()
+        .get(kw.url("/.keyward/sign-in"))
+        .header("accept", CHROME_ACCEPT)
+        .send()
+        .unwrap();
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("__Host-keyward_csrf=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    let csrf = cookie
+        .strip_prefix("__Host-keyward_csrf=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A cookie of the plain name (as a sibling site could set) is not the page's.
+    let planted = no_redirects()
+        .post(kw.url("/.keyward/sign-in"))
+        .header("cookie", format!("keyward_csrf={csrf}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &origin)
+        .body(form(&[
+            ("csrf", &csrf),
+            ("name", "alice"),
+            ("password", "alice-password"),
+        ]))
+        .send()
+        .unwrap();
+    assert_eq!(planted.status(), 403);
+    assert!(token_of(&planted).is_none());
+    let signed_in = no_redirects()
+        .post(kw.url("/.keyward/sign-in"))
+        .header("cookie", format!("__Host-keyward_csrf={csrf}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &origin)
+        .body(form(&[
+            ("csrf", &csrf),
+            ("name", "alice"),
+            ("password", "alice-password"),
+        ]))
+        .send()
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let token = token_of(&signed_in).unwrap();
+    let out = no_redirects()
+        .post(kw.url("/.keyward/sign-out"))
+        .header(
+            "cookie",
+            format!("token={token}; __Host-keyward_csrf={csrf}"),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &origin)
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    let after = client()
+        .get(kw.url("/app"))
+        .header("cookie", format!("token={token}"))
+        .send()
+        .unwrap();
+    assert_eq!(after.status(), 401, "the token no longer works");
+}
+
+/// An authenticator code that is not six digits is a wrong code: the form again, nothing sent on.
+#[test]
+fn a_malformed_authenticator_code_is_a_wrong_code() {
+    let kw = pages("");
+    let csrf = csrf(&kw);
+    for code in ["١٢٣٤٥٦", "12345\r\nX-Injected: 1", "1234567", "abcdef"] {
+        let resp = post_sign_in(
+            &kw,
+            &csrf,
+            &[
+                ("name", "alice"),
+                ("password", "alice-password"),
+                ("totp", code),
+            ],
+        );
+        assert_eq!(resp.status(), 401, "{code:?}");
+        assert!(token_of(&resp).is_none());
+        assert!(resp
+            .text()
+            .unwrap()
+            .contains("That name, password or code is not right."));
+    }
 }

@@ -828,10 +828,15 @@ fn junk_logins_on_http2_streams_pay_their_budget_before_argon2() {
         statuses.iter().all(|s| [401, 429, 503].contains(s)),
         "{statuses:?}"
     );
-    // The burst's 20 were checked (401) or found the hash queue full (503); the rest were
-    // refused for the budget before any check.
+    // Each 401 is one check: at most the burst's 20. A 503 (the hash queue full) decided
+    // nothing, so its budget slot goes back and a later login may take it: on a loaded machine
+    // more 503s mean fewer 429s, never more checks.
     assert!(
-        statuses.iter().filter(|s| **s == 429).count() >= 75,
+        statuses.iter().filter(|s| **s == 401).count() <= 20,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| [429, 503].contains(*s)).count() >= 80,
         "{statuses:?}"
     );
 }

@@ -71,6 +71,8 @@ pub struct Setup {
     /// Open the external-authorization listener (`listen.authz`); the test's `extra` names
     /// `external_authz.trusted_callers`.
     pub authz_listener: bool,
+    /// `tokens.secure_cookie` (keyward behind a TLS proxy).
+    pub secure_cookie: bool,
     /// `listen.proxy`'s port, chosen by the test (which had to name it elsewhere first, as an
     /// OpenID provider's redirect URI); `None`: a free one.
     pub proxy_port: Option<u16>,
@@ -99,6 +101,7 @@ impl Default for Setup {
             dual_stack: false,
             authz_listener: false,
             proxy_port: None,
+            secure_cookie: false,
         }
     }
 }
@@ -190,6 +193,7 @@ bootstrap:
     functions: [POWER-USER]
 tokens:
   administrator: admin
+  secure_cookie: {secure_cookie}
 server:
   threads: 2
   grace_period: 2s
@@ -200,6 +204,7 @@ cache:
 routes:{routes}
 {extra}
 "#,
+                secure_cookie = setup.secure_cookie,
                 store_url = setup.store_url.clone().unwrap_or_else(|| format!(
                     "sqlite://{}",
                     dir.path().join(&setup.store_file).display()

@@ -37,7 +37,8 @@ pub struct Incoming<'a> {
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
-    /// The request came over TLS: keyward's own origin is `https://…`.
+    /// keyward's own origin is `https://…`: the request came over TLS, or through a TLS proxy
+    /// (`tokens.secure_cookie`).
     pub tls: bool,
 }
 

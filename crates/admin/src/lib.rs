@@ -326,7 +326,9 @@ impl AdminApi {
                 uri: &header.uri,
                 headers: &header.headers,
                 body: &body,
-                tls: ctx.tls,
+                // Behind a TLS proxy (`tokens.secure_cookie`) browsers address keyward over
+                // https, and their `Origin` says so.
+                tls: ctx.tls || ctx.config.tokens.secure_cookie,
             },
         )?;
         let request_id = ctx.request_id.as_str().to_owned();

@@ -249,7 +249,18 @@ impl BrowserPages {
         let rd = safe_return_path(form.get("rd")).into_owned();
         let name = form.get("name").unwrap_or("").trim().to_owned();
         let password = form.get("password").unwrap_or("");
-        let code = form.text("totp");
+        // An authenticator code is six digits (spaces, as some apps show it, are dropped);
+        // anything else is a wrong code — and never reaches a header.
+        let code: Option<String> = form.text("totp").map(|c| c.replace(' ', ""));
+        if code
+            .as_deref()
+            .is_some_and(|c| c.len() != 6 || !c.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return self
+                .sign_in_form(session, visit, &rd, &name, Some(WRONG_CREDENTIALS), 401)
+                .await;
+        }
+        let code = code.as_deref();
         if name.is_empty() || password.is_empty() {
             return self
                 .sign_in_form(
@@ -322,12 +333,29 @@ impl BrowserPages {
                 false,
             )?;
             let answer = self.admin.call(&request, Vec::new(), ctx).await;
-            if answer.status != 200 {
-                // Already gone (expired, deleted elsewhere): signed out all the same.
-                tracing::debug!(
+            match answer.status {
+                200 => {}
+                // Already gone (expired, deleted elsewhere: the cookie no longer
+                // authenticates): signed out all the same.
+                401 | 404 => tracing::debug!(
                     status = answer.status,
-                    "sign-out: the token was not deleted"
-                );
+                    "sign-out: the token was already gone"
+                ),
+                // Refused or undecided (a limit, the store away): the token still works, so
+                // the page must not say otherwise; the cookie stays for another try.
+                status => {
+                    tracing::info!(status, "sign-out: the token could not be deleted");
+                    return self
+                        .message(
+                            session,
+                            visit,
+                            status,
+                            "Not signed out",
+                            "Your session could not be ended right now, and it still works. Try again shortly.",
+                            Some((ACCOUNT_PATH, "Back to your account")),
+                        )
+                        .await;
+                }
             }
         }
         let html = render(&page::SignedOut {
@@ -779,6 +807,23 @@ impl BrowserPages {
                     .await;
             }
         };
+        // The names keyward's configuration gives powers of their own (the token administrator,
+        // the bootstrap administrator) are never a provider's to hand out, whether or not their
+        // user exists yet.
+        let config = &ctx.config;
+        let reserved = config
+            .tokens
+            .administrator
+            .iter()
+            .chain(config.bootstrap_admin.iter().map(|b| &b.name))
+            .any(|reserved| reserved.eq_ignore_ascii_case(&identity.name));
+        if reserved {
+            tracing::warn!(user = %identity.name, "OpenID Connect sign-in refused: a name reserved by the configuration");
+            let text = "That name belongs to another account here. Ask an administrator.";
+            return self
+                .message_with(session, visit, 403, "Not signed in", text, back, &clear)
+                .await;
+        }
         let settings = provider.settings();
         let login = DirectoryLogin {
             source: UserSource::Oidc,
@@ -898,13 +943,11 @@ struct Visit {
 
 impl Visit {
     fn of(header: &RequestHeader, ctx: &RequestCtx) -> Visit {
-        let tls = ctx.tls;
-        // Behind a TLS proxy (`tokens.secure_cookie`) the browser's origin is https too.
-        let scheme = if tls || ctx.config.tokens.secure_cookie {
-            "https"
-        } else {
-            "http"
-        };
+        // Behind a TLS proxy (`tokens.secure_cookie`) the browser's origin is https too: the
+        // pages' cookies are then `Secure` and `__Host-` prefixed as over TLS, so that no
+        // sibling site can plant them (login CSRF), and the OIDC redirect URI is https.
+        let tls = ctx.tls || ctx.config.tokens.secure_cookie;
+        let scheme = if tls { "https" } else { "http" };
         let origin = request_host(header)
             .filter(|h| h.parse::<http::uri::Authority>().is_ok() && !h.contains('@'))
             .map(|h| format!("{scheme}://{}", h.to_ascii_lowercase()));

@@ -267,10 +267,12 @@ impl Provider {
             ));
         }
         let code = code.ok_or_else(|| OidcError::Refused("the answer has no code".into()))?;
-        let _turn = self
-            .exchanges
-            .try_acquire()
-            .map_err(|_| OidcError::Unavailable("too many sign-ins at once".into()))?;
+        // Waits its turn (bounded by the provider timeout) rather than failing at once, so that
+        // a burst of junk callbacks delays genuine sign-ins instead of refusing them outright.
+        let _turn = tokio::time::timeout(self.settings.timeout, self.exchanges.acquire())
+            .await
+            .map_err(|_| OidcError::Unavailable("too many sign-ins at once".into()))?
+            .map_err(|_| OidcError::Unavailable("closed".into()))?;
         let discovered = self.discovered().await?;
         let client = self.client(&discovered, origin)?;
         let response = client
@@ -374,6 +376,12 @@ impl Provider {
                 "the ID token's {claim} is not a name keyward can hold"
             ))
         })?;
+        // An address the provider has not verified is whatever its user typed: it names no one.
+        if claim == "email" && claims.get("email_verified").and_then(Value::as_bool) != Some(true) {
+            return Err(OidcError::Refused(
+                "the ID token's email is not verified (email_verified)".into(),
+            ));
+        }
         let groups = match self
             .settings
             .groups_claim
@@ -455,6 +463,7 @@ pub fn clear_cookie(tls: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn provider(secret: Option<&str>) -> Provider {
         Provider::new(OidcSettings {
@@ -471,6 +480,36 @@ mod tests {
             timeout: Duration::from_secs(1),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn an_email_names_a_user_only_when_the_provider_verified_it() {
+        let mut by_email = provider(None);
+        by_email.settings.username_claim = "email".into();
+        let unverified = json!({"email": "olga@example.com"});
+        assert!(matches!(
+            by_email.identity(&unverified),
+            Err(OidcError::Refused(_))
+        ));
+        let said_false = json!({"email": "olga@example.com", "email_verified": false});
+        assert!(matches!(
+            by_email.identity(&said_false),
+            Err(OidcError::Refused(_))
+        ));
+        let verified = json!({"email": "olga@example.com", "email_verified": true});
+        assert_eq!(
+            by_email.identity(&verified).unwrap().name,
+            "olga@example.com"
+        );
+        // Another claim needs no such flag.
+        let by_name = provider(None);
+        assert_eq!(
+            by_name
+                .identity(&json!({"preferred_username": "olga"}))
+                .unwrap()
+                .name,
+            "olga"
+        );
     }
 
     #[test]

@@ -102,8 +102,8 @@ fn parse_qvalue(text: &str) -> Option<u16> {
 /// anything else — another origin (`https://evil.example/`, `//evil.example`, `/\evil.example`),
 /// a scheme (`javascript:`), control characters or spaces — gives `/`. Decided by the WHATWG
 /// URL parser, the one browsers use: `rd` resolved against a placeholder origin must stay on
-/// it, and the page returned is that parser's serialization (so what the browser is sent to
-/// is what was checked).
+/// it, and the page returned is that parser's serialization, checked again (so what the
+/// browser is sent to is what was checked).
 pub fn safe_return_path(rd: Option<&str>) -> Cow<'static, str> {
     const HOME: Cow<'static, str> = Cow::Borrowed("/");
     let Some(rd) = rd else {
@@ -127,6 +127,12 @@ pub fn safe_return_path(rd: Option<&str>) -> Cow<'static, str> {
         return HOME;
     }
     let mut path = resolved.path().to_owned();
+    // The parser's output is checked again, not only its input: dot segments can leave an
+    // empty first segment (`/.//evil.example` resolves to `//evil.example`), which a browser
+    // reads as another host.
+    if path.starts_with("//") {
+        return HOME;
+    }
     // The sign-in pages themselves are no place to return to (a loop, or a sign-out).
     if crate::namespace::is_browser_path(&path) {
         return HOME;
@@ -231,6 +237,10 @@ mod tests {
             "evil.example",
             "/.keyward/sign-out",
             "/.KEYWARD/sign-in",
+            "/.//evil.example",
+            "/a/..//evil.example",
+            "/%2e//evil.example",
+            "/././/evil.example/x?y=1",
         ] {
             assert_eq!(safe_return_path(Some(evil)), "/", "{evil:?}");
         }
