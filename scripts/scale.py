@@ -11,7 +11,10 @@ One run, one machine, the release binary, real stores filled directly (examples/
 3. cache misses: first requests of distinct uncached keys at a fixed rate (open loop), p50/p99
    latency and keyward CPU per request, next to the same keys again (cache hits), on SQLite and
    on PostgreSQL;
-4. connections: resident memory per idle kept-alive connection, for 10 000 of them.
+4. connections: resident memory per idle kept-alive connection, for 10 000 of them, next to a
+   bare pingora and nginx;
+5. HTTP/2: keyward CPU per request with 100 streams on one TLS connection against as many
+   connections (h2load).
 
 Prints a Markdown table per part and, with --plot PATH, the plot (matplotlib).
 Usage: scripts/scale.py BIN_DIR [--sizes 10000,100000,1000000] [--plot PATH]
@@ -392,7 +395,56 @@ def wait_for_port(addr):
     sys.exit(f"nothing listens on {addr}")
 
 
+def streams_part(bins, streams, results):
+    """Many h2 streams on one TLS connection against as many HTTP/2 connections of one stream:
+    keyward's CPU per request and throughput (h2load), and its memory with the streams open."""
+    if not shutil.which("h2load") or not shutil.which("openssl"):
+        print("\n(h2 streams: h2load or openssl missing, skipped)")
+        return
+    print(f"\n## HTTP/2: {streams} concurrent streams on one TLS connection\n")
+    work = tempfile.mkdtemp(prefix="keyward-scale-")
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", f"{work}/tls.key", "-out", f"{work}/tls.crt"],
+            check=True, capture_output=True)
+        extra = f"limits: {{ max_h2_streams: {streams}, max_connections_per_client: 0 }}"
+        kw = Keyward(bins, work, f"sqlite://{work}/keyward.db", extra)
+        # listen.tls belongs to the listen section.
+        text = open(kw.config).read().replace(
+            f'listen: {{ proxy: "{kw.proxy}", ops: "{kw.ops}" }}',
+            f'listen: {{ proxy: "{kw.proxy}", ops: "{kw.ops}", tls: {{ cert: "{work}/tls.crt", key: "{work}/tls.key" }} }}')
+        open(kw.config, "w").write(text)
+        kw.start()
+        url = f"https://{kw.proxy}/public/fixed"
+        print("| shape | requests/s | keyward CPU/request |")
+        print("|---|---:|---:|")
+        rows = {}
+        for name, args in ((f"1 connection × {streams} streams", ["-c1", f"-m{streams}"]),
+                           (f"{streams} connections × 1 stream", [f"-c{streams}", "-m1"]),
+                           ("32 connections × 1 stream", ["-c32", "-m1"])):
+            subprocess.run(["h2load", "-D", "1", "-t1", *args, url], capture_output=True)
+            before = cpu_seconds(kw.pid)
+            out = subprocess.run(["h2load", "-D", "5", "-t1", *args, url], capture_output=True, text=True).stdout
+            used = cpu_seconds(kw.pid) - before
+            done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+            rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+            ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+            if ok != done:
+                print(f"  ({name}: {done - ok} of {done} answers were not 2xx)")
+            rows[name] = {"rps": rps, "cpu_us": used / max(done, 1) * 1e6}
+            print(f"| {name} | {rps:,.0f} | {used / max(done, 1) * 1e6:.0f} µs |")
+        results["streams"] = rows
+        kw.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def plot(results, path):
+    if not results["memory"] and not results["misses"]:
+        print("\n(no memory or cache-miss figures in this run: the plot is left as it is)")
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -445,6 +497,7 @@ def main():
     parser.add_argument("--miss-seconds", type=int, default=4)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--streams", type=int, default=100, help="h2 streams on one connection (0: skip)")
     parser.add_argument("--capacity", type=int, default=50_000, help="the cache capacity of the flood part (0: skip it)")
     parser.add_argument("--plot")
     parser.add_argument("--json")
@@ -462,6 +515,8 @@ def main():
             misses_part(bins, [b for b in args.backends.split(",") if b], args.miss_keys, args.miss_rate, args.miss_seconds, results)
         if args.connections:
             connections_part(bins, args.connections, results)
+        if args.streams:
+            streams_part(bins, args.streams, results)
     finally:
         upstream.terminate()
     if args.json:

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/measure.sh
 . scripts/measure.sh
-install_missing psql=postgresql-client
+install_missing psql=postgresql-client h2load=nghttp2-client openssl=openssl
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
   echo "installing matplotlib for the plot" >&2
   python3 -m pip install --quiet matplotlib >&2
