@@ -527,10 +527,8 @@ impl BrowserPages {
                     match days.parse::<i64>() {
                         Ok(days) => body["expirationDays"] = json!(days),
                         Err(_) => {
-                            let error = Some("Expiry must be a whole number of days.".to_owned());
-                            return self
-                                .account(session, ctx, visit, None, error, None, 400)
-                                .await;
+                            let error = "Expiry must be a whole number of days.";
+                            return self.refused(session, ctx, visit, error, 400).await;
                         }
                     }
                 }
@@ -546,17 +544,7 @@ impl BrowserPages {
             }
             "/.keyward/account/keys/roll" => {
                 let Some(key) = key_path("key") else {
-                    return self
-                        .account(
-                            session,
-                            ctx,
-                            visit,
-                            None,
-                            Some("No such key.".into()),
-                            None,
-                            404,
-                        )
-                        .await;
+                    return self.refused(session, ctx, visit, "No such key.", 404).await;
                 };
                 let grace = form
                     .text("grace")
@@ -572,17 +560,7 @@ impl BrowserPages {
             }
             "/.keyward/account/keys/revoke" => {
                 let Some(key) = key_path("key") else {
-                    return self
-                        .account(
-                            session,
-                            ctx,
-                            visit,
-                            None,
-                            Some("No such key.".into()),
-                            None,
-                            404,
-                        )
-                        .await;
+                    return self.refused(session, ctx, visit, "No such key.", 404).await;
                 };
                 (
                     Method::DELETE,
@@ -595,15 +573,7 @@ impl BrowserPages {
                 let name = form.text("name").filter(|n| token::is_token(n));
                 let Some(name) = name else {
                     return self
-                        .account(
-                            session,
-                            ctx,
-                            visit,
-                            None,
-                            Some("No such token.".into()),
-                            None,
-                            404,
-                        )
+                        .refused(session, ctx, visit, "No such token.", 404)
                         .await;
                 };
                 (
@@ -622,15 +592,7 @@ impl BrowserPages {
                 let (Some(key_id), Some(principal)) = (key_id, self.whoami(&header, ctx).await?)
                 else {
                     return self
-                        .account(
-                            session,
-                            ctx,
-                            visit,
-                            None,
-                            Some("No such signature key.".into()),
-                            None,
-                            404,
-                        )
+                        .refused(session, ctx, visit, "No such signature key.", 404)
                         .await;
                 };
                 let user: String =
@@ -681,6 +643,20 @@ impl BrowserPages {
         }
         let location = format!("{ACCOUNT_PATH}?done={done}");
         page::redirect(session, &location, &visit.request_id, &[]).await
+    }
+
+    /// The account page again with `error` for an action that named nothing it can act on.
+    async fn refused(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        visit: &Visit,
+        error: &str,
+        status: u16,
+    ) -> pingora::Result<()> {
+        let error = Some(error.to_owned());
+        self.account(session, ctx, visit, None, error, None, status)
+            .await
     }
 
     /// The name of the user this browser's token belongs to (asked of the admin API).
