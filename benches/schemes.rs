@@ -181,10 +181,11 @@ fn schemes(c: &mut Criterion) {
     });
 
     // Basic, cached and the argon2id miss.
+    let metrics = Arc::new(Metrics::new());
     let basic = BasicAuthenticator::new(
         bench.db.clone(),
-        PasswordHasher::new(1),
-        Arc::new(Metrics::new()),
+        PasswordHasher::new(1, metrics.password_checks_waiting()),
+        metrics,
         LiveDuration::new(Duration::from_secs(3600)),
         10_000,
         ThrottleSettings {

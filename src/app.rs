@@ -93,7 +93,10 @@ pub fn serve(
         }
         check_store_tls(&next.store)
     }));
-    let hasher = PasswordHasher::new(config.limits.password_hash_threads);
+    let hasher = PasswordHasher::new(
+        config.limits.password_hash_threads,
+        metrics.password_checks_waiting(),
+    );
     // Cache TTLs follow reloads (for entries stored after them).
     let basic_ttl = LiveDuration::new(config.cache.basic_ttl);
     let key_ttl = LiveDuration::new(config.cache.api_key_ttl);

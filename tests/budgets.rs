@@ -364,9 +364,28 @@ fn a_login_waits_its_turn_by_client_network_not_behind_a_flood() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        // Until every flood request has arrived: refused as busy, waiting, or hashed (one
+        // may be on the hashing thread and one answered but not yet counted). A fixed sleep
+        // here was too short on a loaded machine.
+        let arrived = |kw: &Keyward| {
+            metric(
+                kw,
+                "keyward_auth_failures_total{method=\"basic\",reason=\"password_checks_busy\"}",
+            ) + metric(kw, "keyward_password_checks_waiting")
+                + hashed(kw)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while arrived(&kw) + 2 < 48 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flood never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Built before counting, so that only the login's own trip is in the window.
+        let login = client_from("127.0.0.2");
         let before = hashed(&kw);
-        let resp = client_from("127.0.0.2")
+        let resp = login
             .get(kw.url("/api/x"))
             .header("authorization", basic("admin", ADMIN_PASSWORD))
             .send()
@@ -379,11 +398,13 @@ fn a_login_waits_its_turn_by_client_network_not_behind_a_flood() {
             during <= 8,
             "{during} hashes ran before the login was served"
         );
-        flood
+        let busy = flood
             .into_iter()
             .map(|t| t.join().unwrap())
             .filter(|s| *s == 503)
-            .count()
+            .count();
+        assert_eq!(metric(&kw, "keyward_password_checks_waiting"), 0);
+        busy
     });
     // Each network may hold at most 8 waiting checks per hashing thread: the rest were told
     // to come back, at once.

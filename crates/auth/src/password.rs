@@ -10,6 +10,7 @@ use crate::ratelimit::client_network;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use prometheus::IntGauge;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -208,11 +209,19 @@ impl Waiting {
 struct Pool {
     waiting: Mutex<Queues>,
     ready: Condvar,
+    /// `keyward_password_checks_waiting`: checks queued, not yet on a hashing thread.
+    waiting_gauge: IntGauge,
 }
 
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called with the lock held, after every change of the queues, so the gauge is exact.
+    fn report(&self, queues: &Queues) {
+        self.waiting_gauge
+            .set((queues.by_network.len + queues.known.len) as i64);
     }
 }
 
@@ -253,7 +262,8 @@ pub const KNOWN_LANE_PER_USER_PER_THREAD: usize = 2;
 
 impl PasswordHasher {
     /// Starts `threads` (at least 1) worker threads; they end when the last clone is dropped.
-    pub fn new(threads: usize) -> PasswordHasher {
+    /// `waiting` follows how many checks are queued (`keyward_password_checks_waiting`).
+    pub fn new(threads: usize, waiting: IntGauge) -> PasswordHasher {
         let threads = threads.max(1);
         let dummy = hash_password("keyward-dummy-password").unwrap_or_default();
         let pool = Arc::new(Pool {
@@ -270,6 +280,7 @@ impl PasswordHasher {
                 open: true,
             }),
             ready: Condvar::new(),
+            waiting_gauge: waiting,
         });
         for i in 0..threads {
             let pool = pool.clone();
@@ -282,6 +293,7 @@ impl PasswordHasher {
                             let mut waiting = pool.lock();
                             loop {
                                 if let Some(job) = waiting.pop() {
+                                    pool.report(&waiting);
                                     break job;
                                 }
                                 if !waiting.open {
@@ -326,10 +338,12 @@ impl PasswordHasher {
             phc,
             answer,
         };
-        self.pool
-            .lock()
-            .push(client_network(client), user, job)
-            .map_err(|_| AuthError::PasswordChecksBusy)?;
+        {
+            let mut queues = self.pool.lock();
+            let pushed = queues.push(client_network(client), user, job);
+            self.pool.report(&queues);
+            pushed.map_err(|_| AuthError::PasswordChecksBusy)?;
+        }
         self.pool.ready.notify_one();
         match answered.await {
             Ok(Some(matched)) => Ok(known && matched),
@@ -369,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn pool_verifies() {
-        let hasher = PasswordHasher::new(2);
+        let hasher = PasswordHasher::new(2, unregistered_gauge());
         let phc = hash_password("pw").unwrap();
         let checks = (0..6).map(|i| {
             let hasher = hasher.clone();
@@ -399,13 +413,48 @@ mod tests {
         out
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_waiting_gauge_counts_queued_checks_and_returns_to_zero() {
+        let gauge = unregistered_gauge();
+        let hasher = PasswordHasher::new(1, gauge.clone());
+        let phc = hash_password("pw").unwrap();
+        // Ten networks, one check each, one hashing thread: nine wait while one is hashed.
+        let checks: Vec<_> = (0..10u8)
+            .map(|n| {
+                let (hasher, phc) = (hasher.clone(), phc.clone());
+                tokio::spawn(async move {
+                    let client = IpAddr::V4(std::net::Ipv4Addr::new(10, n, 0, 1));
+                    hasher.verify("no".into(), Some((1, phc)), client).await
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut most = 0;
+        while most < 5 && std::time::Instant::now() < deadline {
+            most = most.max(gauge.get());
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(
+            most >= 5,
+            "the gauge peaked at {most} with ten checks queued"
+        );
+        for check in checks {
+            assert_eq!(check.await.unwrap(), Ok(false));
+        }
+        assert_eq!(gauge.get(), 0);
+    }
+
     #[tokio::test]
     async fn unknown_user_never_verifies() {
-        let hasher = PasswordHasher::new(1);
+        let hasher = PasswordHasher::new(1, unregistered_gauge());
         assert!(!hasher
             .verify("keyward-dummy-password".into(), None, LOCAL)
             .await
             .unwrap());
+    }
+
+    fn unregistered_gauge() -> IntGauge {
+        IntGauge::new("waiting", "checks waiting").unwrap()
     }
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -509,7 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_answers_busy_at_once() {
-        let hasher = PasswordHasher::new(1);
+        let hasher = PasswordHasher::new(1, unregistered_gauge());
         let phc = hash_password("pw").unwrap();
         let checks: Vec<_> = (0..200)
             .map(|_| {

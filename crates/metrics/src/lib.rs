@@ -197,6 +197,7 @@ pub struct Metrics {
     request_duration_by_kind: Vec<Histogram>,
     upstream_duration: Histogram,
     in_flight: IntGauge,
+    password_checks_waiting: IntGauge,
     upstream_errors_by_reason: Vec<IntCounter>,
     upstream_healthy: IntGaugeVec,
     tls_certificate_expiry: IntGauge,
@@ -421,6 +422,16 @@ impl Metrics {
                 IntGauge::new(
                     "keyward_requests_in_flight",
                     "Requests on the proxy and admin listeners being handled now.",
+                )
+                .expect("valid metric"),
+            ),
+            password_checks_waiting: register(
+                &registry,
+                IntGauge::new(
+                    "keyward_password_checks_waiting",
+                    "Password checks (Basic, sign-in) queued for a hashing thread, not yet \
+                     started; bounded by limits.password_hash_threads × 64 plus the lane of \
+                     names that exist.",
                 )
                 .expect("valid metric"),
             ),
@@ -773,6 +784,11 @@ impl Metrics {
     /// `keyward_tls_certificate_expiry_timestamp_seconds`: the served certificate's notAfter.
     pub fn set_tls_certificate_expiry(&self, not_after: i64) {
         self.tls_certificate_expiry.set(not_after);
+    }
+
+    /// `keyward_password_checks_waiting`, for the password hasher to keep up to date.
+    pub fn password_checks_waiting(&self) -> IntGauge {
+        self.password_checks_waiting.clone()
     }
 
     /// `keyward_change_feed_listening`.
