@@ -1,7 +1,7 @@
 # The two commands of a fresh machine:
 #   KEYWARD_ADMIN_PASSWORD=choose-one make run   # keyward with the embedded default config
 #   make test                                    # the whole test suite
-.PHONY: run test prereqs load load-postgres load-edge compare compare-authz compare-builds check-deploy directory-bench scale
+.PHONY: run test prereqs cpu-fallback load load-postgres load-edge compare compare-authz compare-builds check-deploy directory-bench scale
 
 prereqs:
 	@scripts/prereqs.sh
@@ -48,6 +48,11 @@ compare-authz: prereqs
 directory-bench: prereqs
 	cargo build --release --bin keyward --example echo_upstream
 	scripts/directory-bench.sh 10000
+
+# The release build on emulated older CPUs (QEMU user mode: Westmere without AVX2, Haswell
+# without AVX-512): signatures still verify with the backend curve25519-dalek picks at run time.
+cpu-fallback: prereqs
+	scripts/cpu-fallback.sh
 
 # keyward at scale (scripts/scale.sh): memory per cached key and token with 10 k, 100 k and 1 M
 # keys, start-up with 1 M, memory under floods, cache misses on SQLite and PostgreSQL, memory

@@ -211,5 +211,25 @@ fn signature_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path, signature_path);
+/// The floor of a signed request: one strict Ed25519 verification of a signature base of the
+/// size keyward builds, nothing else (docs/performance.md, "Signatures at Ed25519's floor").
+fn ed25519_floor(c: &mut Criterion) {
+    use ed25519_dalek::Signer as _;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let verifying = signing.verifying_key();
+    let base = b"\"@method\": GET\n\"@authority\": 127.0.0.1:8080\n\"@path\": /x/fixed\n\
+\"@signature-params\": (\"@method\" \"@authority\" \"@path\");created=1733300000;\
+keyid=\"loader/0123456789abcdef\";alg=\"ed25519\";nonce=\"b3k2pp5k7z-50gnwp.yemd\"";
+    let signature = signing.sign(base);
+    assert!(verifying.verify_strict(base, &signature).is_ok());
+    c.bench_function("ed25519/verify_strict", |b| {
+        b.iter(|| {
+            black_box(&verifying)
+                .verify_strict(black_box(base), black_box(&signature))
+                .is_ok()
+        })
+    });
+}
+
+criterion_group!(benches, hot_path, signature_path, ed25519_floor);
 criterion_main!(benches);

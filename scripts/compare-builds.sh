@@ -19,7 +19,9 @@
 # taken per measurement; while one keyward is measured the other is paused (SIGSTOP), as in
 # scripts/compare.sh.
 # Prints per route the median CPU µs/request and req/s of each binary and the candidate ÷
-# baseline CPU ratio (the median of the per-round ratios: each pair ran in the same minute).
+# baseline CPU ratio (the median of the per-round ratios: each pair ran in the same minute),
+# then, per binary, the signed route's CPU minus the public route's measured by the same client
+# (signed_load) just before it: what a signature costs above an anonymous request.
 # Exits 1 when a route's ratio is above 1 + KEYWARD_COMPARE_MAX_WORSE/100 (percent, default 3).
 # Nothing is built: examples/echo_upstream and examples/signed_load are taken from
 # KEYWARD_COMPARE_EXAMPLES (default: the examples/ directory beside CANDIDATE_BIN, i.e.
@@ -136,7 +138,8 @@ measure() {
     "$examples"/signed_load "${addr[$b]}" "$work/client.pem" "loader/${keyid[$b]}" "${kpid[$b]}" \
       "$signed_requests" "$connections" 1 2>"$work/signed.err" >/dev/null \
       || { cat "$work/signed.err" >&2; exit 1; }
-    sed -n 's/.*| signed \([0-9.]*\) req\/s (\([0-9.]*\) µs CPU\/req).*/\1 \2/p' "$work/signed.err"
+    # A third figure: the public route's CPU per request with the same client, just before.
+    sed -n 's/.*public [0-9.]* req\/s (\([0-9.]*\) µs CPU\/req) | signed \([0-9.]*\) req\/s (\([0-9.]*\) µs CPU\/req).*/\2 \3 \1/p' "$work/signed.err"
     return
   fi
   mapfile -t a < <(args "$r" "$b")
@@ -163,7 +166,7 @@ for b in "${builds[@]}"; do
 done
 
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-declare -A rps cpu
+declare -A rps cpu same_client_public
 for round in $(seq "$rounds"); do
   order=(baseline candidate)
   [ $((round % 2)) = 1 ] || order=(candidate baseline)
@@ -173,7 +176,7 @@ for round in $(seq "$rounds"); do
     for b in "${order[@]}"; do
       alone "$b"
       out=$(measure "$r" "$b")
-      read -r "rps[$r,$b,$round]" "cpu[$r,$b,$round]" <<<"$out"
+      read -r "rps[$r,$b,$round]" "cpu[$r,$b,$round]" "same_client_public[$r,$b,$round]" <<<"$out"
       [ -n "${cpu[$r,$b,$round]}" ] || { echo "$b $r: no measurement" >&2; exit 1; }
       line+=" $b ${rps[$r,$b,$round]}/s ${cpu[$r,$b,$round]}µs"
     done
@@ -203,6 +206,11 @@ for r in "${routes[@]}"; do
   if [ "$(echo "$ratio > $limit" | bc -l)" = 1 ]; then flag="  > +$max_worse %"; worse+=("$r"); fi
   printf '%-18s %14.1f %14.1f %9.3f %10s %14.0f %14.0f%s\n' "${label[$r]}" "$base_cpu" "$cand_cpu" \
     "$ratio" "$range" "$base_rps" "$cand_rps" "$flag"
+done
+# What a signature costs above the public route, both measured by signed_load's one client.
+for b in "${builds[@]}"; do
+  extra=$(for round in $(seq "$rounds"); do echo "${cpu[signed,$b,$round]} - ${same_client_public[signed,$b,$round]}" | bc -l; done | median)
+  printf 'signed minus public route (same client), %-9s %6.1f µs CPU/request\n' "$b:" "$extra"
 done
 if [ "${#worse[@]}" -gt 0 ]; then
   echo "candidate more than $max_worse % worse in CPU per request on: ${worse[*]}"

@@ -11,9 +11,11 @@ One run, one machine, the release binary, real stores filled directly (examples/
 3. cache misses: first requests of distinct uncached keys at a fixed rate (open loop), p50/p99
    latency and keyward CPU per request, next to the same keys again (cache hits), on SQLite and
    on PostgreSQL;
-4. connections: resident memory per idle kept-alive connection, for 10 000 of them, next to a
+4. revocation: latency between two replicas on PostgreSQL, idle and while each serves API-key
+   load;
+5. connections: resident memory per idle kept-alive connection, for 10 000 of them, next to a
    bare pingora and nginx;
-5. HTTP/2: keyward CPU per request with 100 streams on one TLS connection against as many
+6. HTTP/2: keyward CPU per request with 100 streams on one TLS connection against as many
    connections (h2load).
 
 Prints a Markdown table per part and, with --plot PATH, the plot (matplotlib).
@@ -22,6 +24,7 @@ Usage: scripts/scale.py BIN_DIR [--sizes 10000,100000,1000000] [--plot PATH]
 
 import argparse
 import json
+import math
 import os
 import re
 import resource
@@ -298,6 +301,136 @@ def misses_part(bins, backends, n, rate, seconds, results):
             shutil.rmtree(work, ignore_errors=True)
 
 
+def limits_part(bins, n, results):
+    """Bytes per tracked rate-limit key: the same store and the same keys used once each, by a
+    keyward without rate limits and by one with a per-credential limit (every key tracked);
+    the difference in growth divided by the keys."""
+    print(f"\n## Rate-limit keys ({n:,} distinct API keys, each used once, SQLite)\n")
+    work = tempfile.mkdtemp(prefix="keyward-scale-")
+    try:
+        store = f"sqlite://{work}/keyward.db"
+        cache = f"cache: {{ api_key_capacity: {n + 1000}, api_key_ttl: 1h }}"
+        limited = cache + f"\nrate_limits: {{ per_credential: {{ requests_per_second: 100, burst: 100 }}, max_tracked: {2 * n} }}"
+        growth = {}
+        for name, extra in (("without", cache), ("with", limited)):
+            kw = Keyward(bins, work, store, extra)
+            kw.start()
+            if name == "without":
+                kw.stop()
+                fill(bins, store, n, 0, work)
+                kw.start()
+            time.sleep(1)
+            idle = rss_bytes(kw.pid)
+            drive_all(bins, kw, os.path.join(work, "api_keys.txt"))
+            time.sleep(1)
+            growth[name] = rss_bytes(kw.pid) - idle
+            kw.stop()
+        per_key = (growth["with"] - growth["without"]) / n
+        print(f"RSS growth with every key used once: {mib(growth['without'])} without rate limits, "
+              f"{mib(growth['with'])} with rate_limits.per_credential: {per_key:,.0f} bytes per tracked key "
+              f"(rate_limits.max_tracked bounds them; 100 000 by default: ~{per_key * 100_000 / 1048576:.0f} MiB)")
+        results["limits"] = {"keys": n, "growth": growth, "per_key": per_key}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def revocation_part(bins, revocations, rates, results):
+    """Two replicas on one PostgreSQL database, each serving API-key load from its own open-loop
+    client at each of `rates` (0: no load); keys are revoked through A's admin API and, from the
+    moment A answered, requested through B every millisecond until B refuses them."""
+    print(f"\n## Revocation between two replicas (PostgreSQL), {revocations} revocations at each load\n")
+    work = tempfile.mkdtemp(prefix="keyward-scale-")
+    db = f"keyward_scale_revoke_{os.getpid()}"
+    replicas = []
+    try:
+        subprocess.run(["psql", PG_ADMIN, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
+        store = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+        load_keys = 10_000
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(work, name))
+            replicas.append(Keyward(bins, os.path.join(work, name), store, "cache: { api_key_ttl: 1h }"))
+        a, b = replicas
+        a.start()
+        fill(bins, store, load_keys + len(rates) * revocations, 0, work)
+        b.start()
+        keys = [line.strip() for line in open(os.path.join(work, "api_keys.txt"))]
+        load_file = lines_from(os.path.join(work, "api_keys.txt"), 0, load_keys, os.path.join(work, "load.txt"))
+        import base64
+        import http.client
+
+        basic = "Basic " + base64.b64encode(b"admin:scale-password").decode()
+
+        def connect(kw):
+            host, port = kw.proxy.split(":")
+            return http.client.HTTPConnection(host, int(port), timeout=10)
+
+        def status(conn, method, path, headers):
+            conn.request(method, path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+
+        def measure(to_revoke):
+            admin_a, probe_b = connect(a), connect(b)
+            # Each key cached on B (and the admin's login on A) before the clock starts.
+            for key in to_revoke:
+                assert status(probe_b, "GET", "/x/fixed", {"Argus-API-Key": key}) == 200
+            status(admin_a, "GET", "/authentication/v1/user/admin/apikey", {"Authorization": basic})
+            latencies = []
+            for key in to_revoke:
+                user, prefix, _ = key.split("/")
+                answer = status(admin_a, "DELETE", f"/authentication/v1/user/{user}/apikey/{user}/{prefix}",
+                                {"Authorization": basic})
+                if answer != 200:
+                    sys.exit(f"revoking through A answered {answer}")
+                revoked = time.monotonic()
+                while status(probe_b, "GET", "/x/fixed", {"Argus-API-Key": key}) != 401:
+                    if time.monotonic() - revoked > 10:
+                        sys.exit("B still accepted a key 10 s after A revoked it")
+                    time.sleep(0.001)
+                latencies.append(time.monotonic() - revoked)
+            latencies.sort()
+            at = lambda q: latencies[max(0, math.ceil(len(latencies) * q) - 1)]
+            return {"p50": at(0.5), "p99": at(0.99), "max": latencies[-1]}
+
+        # Every load key cached on both replicas first.
+        for kw in replicas:
+            drive_all(bins, kw, load_file)
+        ms = lambda v: f"{v * 1000:.1f} ms"
+        print("| API-key load on each replica | p50 | p99 | max | load answered late or not 2xx |")
+        print("|---|---:|---:|---:|---:|")
+        rows = []
+        for i, rate in enumerate(rates):
+            batch = keys[load_keys + i * revocations:load_keys + (i + 1) * revocations]
+            loads = []
+            if rate:
+                seconds = 4 + revocations // 40
+                loads = [subprocess.Popen([os.path.join(bins, "examples", "open_loop"), kw.proxy, "/x/fixed", str(rate), str(seconds),
+                                           "32", "-F", f"Argus-API-Key: {load_file}"], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True) for kw in replicas]
+                time.sleep(2)
+            measured = measure(batch)
+            driven = []
+            for proc in loads:
+                out, _ = proc.communicate()
+                driven.append({k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out)})
+            bad = sum(d.get("errors", 0) + d.get("late", 0) for d in driven)
+            sent = sum(d.get("sent", 0) for d in driven)
+            label = f"{rate:,} requests/s ({load_keys:,} keys)" if rate else "none"
+            print(f"| {label} | {ms(measured['p50'])} | {ms(measured['p99'])} | {ms(measured['max'])} | "
+                  f"{f'{bad:,} of {sent:,}' if rate else '—'} |")
+            rows.append({"rate": rate, **measured, "load": driven})
+        print("\nAnchors (defaults, not measured here): Kong in database mode polls for changes every "
+              "db_update_frequency (5 s); Tyk keeps a key's session in each gateway's local cache for "
+              "cached_session_timeout (10 s).")
+        results["revocation"] = rows
+    finally:
+        for kw in replicas:
+            kw.stop()
+        subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def hold(addr, count):
     """`count` kept-alive connections to `addr`, each having had one answered request."""
     host, port = addr.split(":")
@@ -442,15 +575,15 @@ def streams_part(bins, streams, results):
 
 
 def plot(results, path):
-    if not results["memory"] and not results["misses"]:
-        print("\n(no memory or cache-miss figures in this run: the plot is left as it is)")
+    if not results["memory"] or not results["misses"] or not results.get("revocation"):
+        print("\n(not every part of the plot ran: the plot is left as it is)")
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(15, 4))
     mem = results["memory"]
     if mem:
         keys = [m["keys"] for m in mem]
@@ -479,6 +612,14 @@ def plot(results, path):
         right.set_ylabel("ms (open loop, from the intended send time)")
         right.set_title("first requests of uncached keys vs the same keys cached")
         right.legend(fontsize=8)
+    rows = results["revocation"]
+    rates = [r["rate"] for r in rows]
+    third.plot(rates, [r["p50"] * 1000 for r in rows], "o-", label="p50")
+    third.plot(rates, [r["p99"] * 1000 for r in rows], "s--", label="p99")
+    third.set_xlabel("API-key requests/s on each replica (2 replicas, 2 cores shared with the clients)")
+    third.set_ylabel("ms from A's answer to B's first 401")
+    third.set_title("revocation between two replicas (PostgreSQL)")
+    third.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"\nplot: {path}")
@@ -499,6 +640,9 @@ def main():
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--streams", type=int, default=100, help="h2 streams on one connection (0: skip)")
     parser.add_argument("--capacity", type=int, default=50_000, help="the cache capacity of the flood part (0: skip it)")
+    parser.add_argument("--limit-keys", type=int, default=100_000, help="keys of the rate-limit part (0: skip it)")
+    parser.add_argument("--revocations", type=int, default=200, help="revocations between two replicas (0: skip)")
+    parser.add_argument("--revocation-rates", default="0,500,1000,2000", help="API-key requests/s on each replica meanwhile")
     parser.add_argument("--plot")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -513,6 +657,10 @@ def main():
             bounds_part(bins, args.capacity, results)
         if args.miss_keys:
             misses_part(bins, [b for b in args.backends.split(",") if b], args.miss_keys, args.miss_rate, args.miss_seconds, results)
+        if args.limit_keys:
+            limits_part(bins, args.limit_keys, results)
+        if args.revocations:
+            revocation_part(bins, args.revocations, [int(r) for r in args.revocation_rates.split(",") if r], results)
         if args.connections:
             connections_part(bins, args.connections, results)
         if args.streams:

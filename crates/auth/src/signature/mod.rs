@@ -472,6 +472,37 @@ mod tests {
         );
     }
 
+    /// Whichever curve25519 backend the CPU selects (AVX-512 IFMA, AVX2 or the portable one:
+    /// scripts/cpu-fallback.sh runs this on emulated CPUs without the first two), the RFC's
+    /// example verifies and every one-bit change of the signature or of the signed base fails.
+    #[test]
+    fn the_selected_ed25519_backend_refuses_every_one_bit_change() {
+        let header = b26_request();
+        let signed = parse_headers(&header).unwrap();
+        let view = RequestView {
+            header: &header,
+            body: Some(br#"{"hello": "world"}"#),
+            tls: false,
+        };
+        let base = signature_base(&view, &signed.components, &signed.params).unwrap();
+        let key = parse_public_key(B14_PUBLIC).unwrap();
+        let verifies = |message: &[u8], signature: &[u8; 64]| {
+            key.verify_strict(message, &Signature::from_bytes(signature))
+                .is_ok()
+        };
+        assert!(verifies(base.as_bytes(), &signed.signature));
+        for bit in 0..512 {
+            let mut changed = signed.signature;
+            changed[bit / 8] ^= 1 << (bit % 8);
+            assert!(!verifies(base.as_bytes(), &changed), "signature bit {bit}");
+        }
+        for bit in (0..base.len() * 8).step_by(7) {
+            let mut changed = base.clone().into_bytes();
+            changed[bit / 8] ^= 1 << (bit % 8);
+            assert!(!verifies(&changed, &signed.signature), "base bit {bit}");
+        }
+    }
+
     #[test]
     fn sign_then_verify_round_trip() {
         let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
