@@ -14,74 +14,97 @@ pub struct RequestView<'a> {
     pub tls: bool,
 }
 
-/// `@authority`: the host, lower-cased, without the scheme's default port.
-fn authority(view: &RequestView<'_>) -> Result<String, SignatureError> {
+/// Appends `@authority`: the host, lower-cased, without the scheme's default port.
+fn push_authority(view: &RequestView<'_>, base: &mut String) -> Result<(), SignatureError> {
     let raw = match view.header.uri.authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => single_header(view.header, "host")?.to_owned(),
+        Some(authority) => authority.as_str(),
+        None => single_header(view.header, "host")?,
     };
-    let mut authority = raw.trim().to_ascii_lowercase();
+    let raw = raw.trim();
     let default_port = if view.tls { ":443" } else { ":80" };
-    if let Some(stripped) = authority.strip_suffix(default_port) {
-        authority = stripped.to_owned();
-    }
-    Ok(authority)
+    let start = base.len();
+    base.push_str(raw.strip_suffix(default_port).unwrap_or(raw));
+    base[start..].make_ascii_lowercase();
+    Ok(())
 }
 
-/// The value of one covered component (RFC 9421 §2.1, §2.2).
-fn component_value(view: &RequestView<'_>, name: &str) -> Result<String, SignatureError> {
+/// Appends the value of one covered component (RFC 9421 §2.1, §2.2).
+fn push_component(
+    view: &RequestView<'_>,
+    name: &str,
+    base: &mut String,
+) -> Result<(), SignatureError> {
     let uri = &view.header.uri;
-    let path = || {
-        let path = uri.path();
-        if path.is_empty() { "/" } else { path }.to_owned()
+    let path = match uri.path() {
+        "" => "/",
+        path => path,
     };
-    let query = || format!("?{}", uri.query().unwrap_or(""));
     let scheme = if view.tls { "https" } else { "http" };
-    Ok(match name {
-        "@method" => view.header.method.as_str().to_owned(),
-        "@authority" => authority(view)?,
-        "@path" => path(),
-        "@query" => query(),
-        "@scheme" => scheme.to_owned(),
-        "@target-uri" => {
-            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            format!("{scheme}://{}{}{query}", authority(view)?, path())
+    match name {
+        "@method" => base.push_str(view.header.method.as_str()),
+        "@authority" => push_authority(view, base)?,
+        "@path" => base.push_str(path),
+        "@query" => {
+            base.push('?');
+            base.push_str(uri.query().unwrap_or(""));
         }
-        "@request-target" => match uri.query() {
-            Some(q) => format!("{}?{q}", path()),
-            None => path(),
-        },
+        "@scheme" => base.push_str(scheme),
+        "@target-uri" => {
+            base.push_str(scheme);
+            base.push_str("://");
+            push_authority(view, base)?;
+            base.push_str(path);
+            if let Some(query) = uri.query() {
+                base.push('?');
+                base.push_str(query);
+            }
+        }
+        "@request-target" => {
+            base.push_str(path);
+            if let Some(query) = uri.query() {
+                base.push('?');
+                base.push_str(query);
+            }
+        }
         derived if derived.starts_with('@') => return Err(SignatureError::Malformed),
         field => {
             let mut values = view.header.headers.get_all(field).iter().peekable();
             if values.peek().is_none() {
                 return Err(SignatureError::MissingComponent);
             }
-            let mut parts = Vec::new();
-            for value in values {
+            for (i, value) in values.enumerate() {
+                if i > 0 {
+                    base.push_str(", ");
+                }
                 let text = value.to_str().map_err(|_| SignatureError::Malformed)?;
-                parts.push(text.trim().to_owned());
+                base.push_str(text.trim());
             }
-            parts.join(", ")
         }
-    })
+    }
+    Ok(())
 }
 
-/// The signature base (RFC 9421 §2.5).
+/// The signature base (RFC 9421 §2.5), written into one string.
 pub fn signature_base(
     view: &RequestView<'_>,
-    components: &[String],
+    components: &[impl AsRef<str>],
     params: &str,
 ) -> Result<String, SignatureError> {
-    let mut base = String::with_capacity(256);
+    let mut base = String::with_capacity(256 + params.len());
     for name in components {
-        let value = component_value(view, name)?;
-        if value.contains('\n') {
+        let name = name.as_ref();
+        base.push('"');
+        base.push_str(name);
+        base.push_str("\": ");
+        let start = base.len();
+        push_component(view, name, &mut base)?;
+        if base[start..].contains('\n') {
             return Err(SignatureError::Malformed);
         }
-        base.push_str(&format!("\"{name}\": {value}\n"));
+        base.push('\n');
     }
-    base.push_str(&format!("\"@signature-params\": {params}"));
+    base.push_str("\"@signature-params\": ");
+    base.push_str(params);
     Ok(base)
 }
 

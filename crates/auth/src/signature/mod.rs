@@ -587,6 +587,88 @@ mod tests {
         }
     }
 
+    /// Whatever `Signature-Input` says twice, or says with a shape keyward does not sign
+    /// for, is refused before any key is looked up: no reading picks one of two meanings.
+    #[test]
+    fn anything_said_twice_or_out_of_shape_is_malformed() {
+        let sig = "sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==:";
+        let many = (0..=parse::MAX_COMPONENTS)
+            .map(|i| format!("\"h{i}\""))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cases = [
+            ("sig-b26=(\"@method\");created=1;keyid=\"k\", sig-b26=(\"@path\");created=1;keyid=\"k\"", sig, "the label twice"),
+            ("sig-b26=(\"@method\");created=1;created=2;keyid=\"k\"", sig, "a parameter twice"),
+            ("sig-b26=(\"@method\");created=1;keyid=\"k\";keyid=\"j\"", sig, "keyid twice"),
+            ("sig-b26=(\"@method\" \"@method\");created=1;keyid=\"k\"", sig, "a component twice"),
+            ("sig-b26=(\"@method\";req);created=1;keyid=\"k\"", sig, "a component parameter"),
+            ("sig-b26=(\"Host\");created=1;keyid=\"k\"", sig, "an upper-case component"),
+            ("sig-b26=(@method);created=1;keyid=\"k\"", sig, "a token, not a string"),
+            ("sig-b26=\"@method\";created=1;keyid=\"k\"", sig, "an item, not an inner list"),
+            ("sig-b26=(\"@method\");created=\"1\";keyid=\"k\"", sig, "created as a string"),
+            ("sig-b26=(\"@method\");created=1;keyid=k", sig, "keyid as a token"),
+            ("sig-b26=(\"@method\");created=1;keyid=\"k\";alg=\"rsa-pss-sha512\"", sig, "another algorithm"),
+            ("sig-b26=(\"@method\");created=1;keyid=\"k\"", &format!("{sig}, {sig}"), "the signature twice"),
+            ("sig-b26=(\"@method\");created=1;keyid=\"k\"", "other=:AAAA:", "no signature under the label"),
+            ("sig-b26=(\"@method\");created=1;keyid=\"k\"", "sig-b26=(:AAAA:)", "a signature in a list"),
+        ];
+        for (input, signature, what) in cases {
+            let mut header = b26_request();
+            header.insert_header("signature-input", input).unwrap();
+            header.insert_header("signature", signature).unwrap();
+            assert_eq!(
+                parse_headers(&header).unwrap_err(),
+                SignatureError::Malformed,
+                "{what}"
+            );
+        }
+        let mut header = b26_request();
+        header
+            .insert_header(
+                "signature-input",
+                format!("s=({many});created=1;keyid=\"k\""),
+            )
+            .unwrap();
+        header
+            .insert_header("signature", sig.replace("sig-b26", "s"))
+            .unwrap();
+        assert_eq!(
+            parse_headers(&header).unwrap_err(),
+            SignatureError::Malformed,
+            "more than {} components",
+            parse::MAX_COMPONENTS
+        );
+    }
+
+    /// `@signature-params` is the member as RFC 9651 serialises it, whatever spacing the client
+    /// used; parameters keep their order, unknown ones included, and other `Signature` members
+    /// are not read.
+    #[test]
+    fn signature_params_are_reserialised_canonically() {
+        let mut header = b26_request();
+        header
+            .insert_header(
+                "signature-input",
+                "sig-b26=(  \"@method\"   \"@path\" );tag=\"app\";created=1618884473;keyid=\"a\\\\b/1\";nonce=\"n\";expires=1618884999;x=?1;y=:AQI=:;z=tok;w=1.5",
+            )
+            .unwrap();
+        let other = "other=:AAAA:, ";
+        let value = header.headers.get("signature").unwrap().to_str().unwrap();
+        header
+            .insert_header("signature", format!("{other}{value}"))
+            .unwrap();
+        let signed = parse_headers(&header).unwrap();
+        assert_eq!(signed.components, ["@method", "@path"]);
+        assert_eq!(
+            signed.params,
+            "(\"@method\" \"@path\");tag=\"app\";created=1618884473;keyid=\"a\\\\b/1\";nonce=\"n\";expires=1618884999;x;y=:AQI=:;z=tok;w=1.5"
+        );
+        assert_eq!(signed.keyid, "a\\b/1");
+        assert_eq!(signed.nonce.as_deref(), Some("n"));
+        assert_eq!(signed.expires, Some(1618884999));
+        assert_eq!(signed.created, 1618884473);
+    }
+
     #[test]
     fn keyids_and_public_keys() {
         assert_eq!(parse_keyid("john/3"), Some(("john".into(), 3)));
