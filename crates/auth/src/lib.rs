@@ -25,8 +25,8 @@ pub mod usage;
 pub mod users;
 
 pub use keyward_core::{
-    identity_header, AuthError, AuthMethod, CredentialKind, CredentialKinds, Principal,
-    SecurityLevel,
+    identity_header, AuthError, AuthMethod, CredentialKind, CredentialKinds, IdentityHeaders,
+    Principal, SecurityLevel,
 };
 
 use crate::ratelimit::CheckBudget;

@@ -17,7 +17,8 @@ pub mod time;
 
 pub use limit::{CredentialLimit, Limit, LimitKey, Limited};
 pub use principal::{
-    identity_header, AuthMethod, CredentialKind, CredentialKinds, Principal, SecurityLevel,
+    identity_header, AuthMethod, CredentialKind, CredentialKinds, IdentityHeaders, Principal,
+    SecurityLevel,
 };
 pub use quota::{Quota, QuotaPeriod};
 pub use refusal::{AuthError, FleetUnavailable, SignatureError};

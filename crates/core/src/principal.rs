@@ -136,7 +136,56 @@ pub struct Principal {
     pub rate_limit: CredentialLimit,
     /// The `X-Keyward-*` headers for this principal, built on first use. Principals live in the
     /// credential caches, so a warm request forwards them without formatting anything.
-    pub identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
+    pub identity: OnceLock<IdentityHeaders>,
+}
+
+/// A principal's identity headers (SPEC §6), one optional value per name of
+/// [`identity_header::ALL`], the values slices of one shared buffer: a cached key holds a
+/// million of these at scale, so they are kept to one allocation of text (plus its shared
+/// count) beside the fixed array, instead of a name, a value and one or two allocations per
+/// header (~800 bytes a key, measured by `examples/key_memory.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdentityHeaders {
+    values: [Option<http::HeaderValue>; 8],
+}
+
+/// [`identity_header::ALL`] at a fixed address, so iteration hands out `&'static` names.
+static IDENTITY_NAMES: [http::HeaderName; 8] = identity_header::ALL;
+
+impl IdentityHeaders {
+    /// The headers that have a value, in [`identity_header::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static http::HeaderName, &http::HeaderValue)> {
+        IDENTITY_NAMES
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+
+    /// How many headers have a value.
+    pub fn len(&self) -> usize {
+        self.values.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sets `name`'s value; false (and nothing set) when `name` is not an identity header.
+    pub fn set(&mut self, name: &http::HeaderName, value: http::HeaderValue) -> bool {
+        match IDENTITY_NAMES.iter().position(|known| known == name) {
+            Some(at) => {
+                self.values[at] = Some(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The value set for `name`, if it is an identity header with one.
+    pub fn get(&self, name: &http::HeaderName) -> Option<&http::HeaderValue> {
+        let at = IDENTITY_NAMES.iter().position(|known| known == name)?;
+        self.values[at].as_ref()
+    }
 }
 
 /// The identity headers keyward sets on forwarded requests (SPEC §6), parsed at compile time.
@@ -166,40 +215,136 @@ pub mod identity_header {
 
 impl Principal {
     /// The identity headers forwarded upstream (SPEC §6). A value that cannot be a header
-    /// (a control character in a stored name) is left out rather than failing the request.
-    pub fn identity_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+    /// (a control character in a stored name) is left out rather than failing the request,
+    /// as is an empty one, but for `X-Keyward-Functions` (a principal without functions).
+    pub fn identity_headers(&self) -> &IdentityHeaders {
         self.identity.get_or_init(|| {
             let mut customers = self.customers.join(",");
             if customers.is_empty() {
                 customers = self.customer.clone().unwrap_or_default();
             }
-            [
-                (identity_header::USER, self.user_name.clone()),
-                (identity_header::USER_ID, self.user_id.to_string()),
-                (identity_header::CUSTOMER, customers),
-                (identity_header::FUNCTIONS, self.functions.join(",")),
-                (
-                    identity_header::SECURITY_LEVEL,
-                    self.level.as_str().to_owned(),
-                ),
-                (
-                    identity_header::AUTH_METHOD,
-                    self.method.as_str().to_owned(),
-                ),
-                (identity_header::CREDENTIAL, self.credential_id.clone()),
-                (
-                    identity_header::TENANT,
-                    self.tenant.clone().unwrap_or_default(),
-                ),
-            ]
-            .into_iter()
-            .filter(|(name, value)| !value.is_empty() || *name == identity_header::FUNCTIONS)
-            .filter_map(|(name, value)| Some((name, http::HeaderValue::try_from(value).ok()?)))
-            .collect()
+            let user_id = self.user_id.to_string();
+            let functions = self.functions.join(",");
+            // In `identity_header::ALL`'s order.
+            let texts: [&str; 8] = [
+                &self.user_name,
+                &user_id,
+                &customers,
+                &functions,
+                self.level.as_str(),
+                self.method.as_str(),
+                &self.credential_id,
+                self.tenant.as_deref().unwrap_or_default(),
+            ];
+            let buffer = bytes::Bytes::from(texts.concat());
+            let mut values: [Option<http::HeaderValue>; 8] = Default::default();
+            let mut start = 0;
+            for ((value, text), name) in values.iter_mut().zip(texts).zip(&IDENTITY_NAMES) {
+                let end = start + text.len();
+                if !text.is_empty() || *name == identity_header::FUNCTIONS {
+                    *value = http::HeaderValue::from_maybe_shared(buffer.slice(start..end)).ok();
+                }
+                start = end;
+            }
+            IdentityHeaders { values }
         })
     }
 
     pub fn has_function(&self, function: &str) -> bool {
         self.functions.iter().any(|f| f == function)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::LimitKey;
+
+    fn principal() -> Principal {
+        Principal {
+            user_id: 0x15a6,
+            user_name: "john".into(),
+            customer: Some("acme".into()),
+            functions: vec!["argus.read".into(), "argus.write".into()],
+            level: SecurityLevel::Default,
+            method: AuthMethod::ApiKey,
+            kind: CredentialKind::ApiKey,
+            credential_id: "15a6/1".into(),
+            read_only: false,
+            customers: Vec::new(),
+            tenant: None,
+            rate_limit: CredentialLimit {
+                key: LimitKey::ApiKey {
+                    user_id: 0x15a6,
+                    key_id: 1,
+                },
+                own: None,
+                quota: None,
+                user_id: 0x15a6,
+            },
+            identity: OnceLock::new(),
+        }
+    }
+
+    fn pairs(principal: &Principal) -> Vec<(&'static str, String)> {
+        principal
+            .identity_headers()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn identity_headers_hold_each_value_in_order_and_leave_out_empty_ones() {
+        let john = principal();
+        assert_eq!(
+            pairs(&john),
+            [
+                ("x-keyward-user", "john".to_owned()),
+                ("x-keyward-user-id", "5542".to_owned()),
+                ("x-keyward-customer", "acme".to_owned()),
+                ("x-keyward-functions", "argus.read,argus.write".to_owned()),
+                ("x-keyward-security-level", "DEFAULT".to_owned()),
+                ("x-keyward-auth-method", "APIKEY".to_owned()),
+                ("x-keyward-credential", "15a6/1".to_owned()),
+            ]
+        );
+        let headers = john.identity_headers();
+        assert_eq!(headers.len(), 7);
+        assert_eq!(headers.get(&identity_header::USER).unwrap(), "john");
+        assert_eq!(headers.get(&identity_header::TENANT), None);
+        assert_eq!(headers.get(&http::HeaderName::from_static("x-other")), None);
+
+        // A key's customers win over the user's; a tenant is named; no functions is an
+        // empty `X-Keyward-Functions`, and a customer-less user has no customer header.
+        let tenant = Principal {
+            customers: vec!["a".into(), "b".into()],
+            tenant: Some("app".into()),
+            ..principal()
+        };
+        let got = pairs(&tenant);
+        assert!(got.contains(&("x-keyward-customer", "a,b".to_owned())));
+        assert!(got.contains(&("x-keyward-tenant", "app".to_owned())));
+        let bare = Principal {
+            customer: None,
+            functions: Vec::new(),
+            ..principal()
+        };
+        let got = pairs(&bare);
+        assert!(got.contains(&("x-keyward-functions", String::new())));
+        assert!(!got.iter().any(|(name, _)| *name == "x-keyward-customer"));
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_a_header_is_left_out_alone() {
+        let odd = Principal {
+            user_name: "jo\nhn".into(),
+            ..principal()
+        };
+        let got = pairs(&odd);
+        assert!(!got.iter().any(|(name, _)| *name == "x-keyward-user"));
+        // The values after it are cut from the same buffer at the right places.
+        assert!(got.contains(&("x-keyward-user-id", "5542".to_owned())));
+        assert!(got.contains(&("x-keyward-credential", "15a6/1".to_owned())));
     }
 }

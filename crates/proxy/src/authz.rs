@@ -12,6 +12,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::Method;
 use keyward_auth::token;
 use keyward_core::principal::identity_header;
+use keyward_core::Principal;
 use keyward_http::ctx::RequestCtx;
 use keyward_http::respond::{self, Refusal, REQUEST_ID_HEADER};
 use keyward_metrics::RouteKind;
@@ -261,16 +262,11 @@ impl KeywardProxy {
                 // them from the answer overwrites whatever the client sent under those names,
                 // and one that substitutes a missing header literally (Caddy 2.6) has none.
                 let mut header = ResponseHeader::build(200, Some(12))?;
-                let identity = ctx
-                    .principal
-                    .as_deref()
-                    .map(|p| p.identity_headers())
-                    .unwrap_or_default();
+                let identity = ctx.principal.as_deref().map(Principal::identity_headers);
                 for name in identity_header::ALL {
                     let value = identity
-                        .iter()
-                        .find(|(known, _)| *known == name)
-                        .map_or(HeaderValue::from_static(""), |(_, value)| value.clone());
+                        .and_then(|identity| identity.get(&name))
+                        .map_or(HeaderValue::from_static(""), HeaderValue::clone);
                     header.insert_header(name, value)?;
                 }
                 header.insert_header(REQUEST_ID_HEADER, request_id)?;

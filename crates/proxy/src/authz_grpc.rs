@@ -150,7 +150,7 @@ fn allowed(ctx: &RequestCtx, request: &RequestHeader) -> CheckResponse {
     let mut answer = ResponseHeader::build(200, None).ok();
     let mut headers = Vec::new();
     if let Some(principal) = ctx.principal.as_deref() {
-        for (name, value) in principal.identity_headers() {
+        for (name, value) in principal.identity_headers().iter() {
             headers.push(option(name.as_str(), value.as_bytes()));
             if let Some(answer) = answer.as_mut() {
                 let _ = answer.insert_header(name.clone(), value.clone());

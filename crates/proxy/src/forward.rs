@@ -20,7 +20,7 @@ use crate::ip_text::IpText;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, COOKIE, FORWARDED, HOST,
 };
-use keyward_auth::{api_key, token, totp};
+use keyward_auth::{api_key, token, totp, IdentityHeaders};
 use keyward_http::respond::REQUEST_ID_HEADER;
 use pingora::http::RequestHeader;
 
@@ -48,8 +48,8 @@ const HEADROOM: usize = 5;
 
 /// What keyward adds to a forwarded request.
 pub struct Identity<'a> {
-    /// The principal's `X-Keyward-*` headers; empty for an anonymous request.
-    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// The principal's `X-Keyward-*` headers; none for an anonymous request.
+    pub headers: Option<&'a IdentityHeaders>,
     pub request_id: &'a str,
 }
 
@@ -93,8 +93,9 @@ pub fn upstream_request(
     forwarding: Forwarding<'_>,
     forward_credentials: bool,
 ) -> pingora::Result<RequestHeader> {
-    let mut headers =
-        HeaderMap::with_capacity(client.headers.len() + identity.headers.len() + 1 + HEADROOM);
+    let mut headers = HeaderMap::with_capacity(
+        client.headers.len() + identity.headers.map_or(0, IdentityHeaders::len) + 1 + HEADROOM,
+    );
     let mut content_length_seen = false;
     let (mut proto_kept, mut host_kept) = (false, false);
     let mut host = None;
@@ -191,7 +192,7 @@ pub fn upstream_request(
     if let (false, Some(host)) = (host_kept, host) {
         headers.append(X_FORWARDED_HOST, host);
     }
-    for (name, value) in identity.headers {
+    for (name, value) in identity.headers.iter().flat_map(|h| h.iter()) {
         headers.append(name.clone(), value.clone());
     }
     let request_id = HeaderValue::from_str(identity.request_id).map_err(|_| {
@@ -251,7 +252,7 @@ mod tests {
     /// Forwarded with no principal.
     fn anonymous(request: &RequestHeader, forward_credentials: bool) -> RequestHeader {
         let identity = Identity {
-            headers: &[],
+            headers: None,
             request_id: "0123456789ABCDEF",
         };
         upstream_request(request, identity, direct(), forward_credentials).unwrap()
@@ -276,14 +277,15 @@ mod tests {
             ("Cookie", &cookie),
             ("X-Other", "kept"),
         ]);
-        let identity = [(
-            keyward_auth::identity_header::USER,
+        let mut identity = keyward_auth::IdentityHeaders::default();
+        identity.set(
+            &keyward_auth::identity_header::USER,
             HeaderValue::from_static("john"),
-        )];
+        );
         let forwarded = upstream_request(
             &request,
             Identity {
-                headers: &identity,
+                headers: Some(&identity),
                 request_id: "0123456789ABCDEF",
             },
             direct(),
@@ -406,7 +408,7 @@ mod tests {
             ..direct()
         };
         let identity = Identity {
-            headers: &[],
+            headers: None,
             request_id: "0123456789ABCDEF",
         };
         let forwarded = upstream_request(&request, identity, forwarding, false).unwrap();
@@ -434,7 +436,7 @@ mod tests {
             ..direct()
         };
         let identity = Identity {
-            headers: &[],
+            headers: None,
             request_id: "0123456789ABCDEF",
         };
         let forwarded = upstream_request(&request, identity, forwarding, false).unwrap();

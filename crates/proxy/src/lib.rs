@@ -876,11 +876,7 @@ impl ProxyHttp for KeywardProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         let identity = forward::Identity {
-            headers: ctx
-                .principal
-                .as_deref()
-                .map(|p| p.identity_headers())
-                .unwrap_or_default(),
+            headers: ctx.principal.as_deref().map(Principal::identity_headers),
             request_id: ctx.request_id.as_str(),
         };
         let target = ctx.target.as_ref();

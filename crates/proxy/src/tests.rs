@@ -39,7 +39,7 @@ fn forwarded(raw: &[u8]) -> Result<RequestHeader, Refusal> {
         tls: false,
     };
     let identity = Identity {
-        headers: &[],
+        headers: None,
         request_id: "0123456789ABCDEF",
     };
     Ok(forward::upstream_request(&header, identity, forwarding, false).unwrap())
@@ -229,7 +229,7 @@ fn h2_targets_are_their_path_normalized_as_over_http1() {
             tls: true,
         };
         let identity = Identity {
-            headers: &[],
+            headers: None,
             request_id: "0123456789ABCDEF",
         };
         let mut client = request.clone();
