@@ -153,12 +153,19 @@ pub struct IdentityHeaders {
 static IDENTITY_NAMES: [http::HeaderName; 8] = identity_header::ALL;
 
 impl IdentityHeaders {
-    /// The headers that have a value, in [`identity_header::ALL`]'s order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static http::HeaderName, &http::HeaderValue)> {
+    /// Every identity header name, in [`identity_header::ALL`]'s order, with its value if it
+    /// has one.
+    pub fn all(
+        &self,
+    ) -> impl Iterator<Item = (&'static http::HeaderName, Option<&http::HeaderValue>)> {
         IDENTITY_NAMES
             .iter()
-            .zip(&self.values)
-            .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+            .zip(self.values.iter().map(Option::as_ref))
+    }
+
+    /// The headers that have a value, in [`identity_header::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static http::HeaderName, &http::HeaderValue)> {
+        self.all().filter_map(|(name, value)| Some((name, value?)))
     }
 
     /// How many headers have a value.
@@ -172,20 +179,22 @@ impl IdentityHeaders {
 
     /// Sets `name`'s value; false (and nothing set) when `name` is not an identity header.
     pub fn set(&mut self, name: &http::HeaderName, value: http::HeaderValue) -> bool {
-        match IDENTITY_NAMES.iter().position(|known| known == name) {
-            Some(at) => {
-                self.values[at] = Some(value);
-                true
-            }
-            None => false,
-        }
+        let Some(at) = slot(name) else {
+            return false;
+        };
+        self.values[at] = Some(value);
+        true
     }
 
     /// The value set for `name`, if it is an identity header with one.
     pub fn get(&self, name: &http::HeaderName) -> Option<&http::HeaderValue> {
-        let at = IDENTITY_NAMES.iter().position(|known| known == name)?;
-        self.values[at].as_ref()
+        self.values[slot(name)?].as_ref()
     }
+}
+
+/// Where `name`'s value is kept, if it is an identity header.
+fn slot(name: &http::HeaderName) -> Option<usize> {
+    IDENTITY_NAMES.iter().position(|known| known == name)
 }
 
 /// The identity headers keyward sets on forwarded requests (SPEC §6), parsed at compile time.

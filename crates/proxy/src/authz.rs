@@ -11,8 +11,7 @@ use crate::{is_tls, KeywardProxy};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::Method;
 use keyward_auth::token;
-use keyward_core::principal::identity_header;
-use keyward_core::Principal;
+use keyward_core::{IdentityHeaders, Principal};
 use keyward_http::ctx::RequestCtx;
 use keyward_http::respond::{self, Refusal, REQUEST_ID_HEADER};
 use keyward_metrics::RouteKind;
@@ -262,12 +261,14 @@ impl KeywardProxy {
                 // them from the answer overwrites whatever the client sent under those names,
                 // and one that substitutes a missing header literally (Caddy 2.6) has none.
                 let mut header = ResponseHeader::build(200, Some(12))?;
-                let identity = ctx.principal.as_deref().map(Principal::identity_headers);
-                for name in identity_header::ALL {
-                    let value = identity
-                        .and_then(|identity| identity.get(&name))
-                        .map_or(HeaderValue::from_static(""), HeaderValue::clone);
-                    header.insert_header(name, value)?;
+                let anonymous = IdentityHeaders::default();
+                let identity = ctx
+                    .principal
+                    .as_deref()
+                    .map_or(&anonymous, Principal::identity_headers);
+                for (name, value) in identity.all() {
+                    let value = value.map_or(HeaderValue::from_static(""), HeaderValue::clone);
+                    header.insert_header(name.clone(), value)?;
                 }
                 header.insert_header(REQUEST_ID_HEADER, request_id)?;
                 if convention == Some(Convention::Envoy) {
