@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keyward_alloc::Allocator = keyward_alloc::Allocator;
 
 /// Runs a check that completes without waiting (a warm check does no I/O) by polling it once,
 /// as pingora's task polls keyward's filter, instead of entering the runtime's scheduler

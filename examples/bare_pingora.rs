@@ -20,7 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keyward_alloc::Allocator = keyward_alloc::Allocator;
 
 /// Every request goes to one fixed upstream, in plaintext.
 struct Passthrough {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// keyward's allocator, so the sizes are the shipped binary's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keyward_alloc::Allocator = keyward_alloc::Allocator;
 
 fn resident_bytes() -> i64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

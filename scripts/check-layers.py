@@ -25,6 +25,7 @@ from pathlib import Path
 # Lowest first. A crate may depend on crates of lower floors only.
 FLOORS = {
     "keyward-core": 0,
+    "keyward-alloc": 0,
     "keyward-metrics": 1,
     "keyward-store": 1,
     "keyward-config": 2,
