@@ -49,24 +49,35 @@ impl<'a> Credential<'a> {
     /// Finds the one credential of a request. Several explicit credentials are refused rather
     /// than guessed between: a proxy that picks one silently can be talked into the wrong one.
     pub fn find(headers: &'a http::HeaderMap) -> Result<Credential<'a>, AuthError> {
-        // Looked up by pre-parsed names: a `&str` name is re-hashed on every look-up.
         const SIGNATURE_INPUT: http::HeaderName = http::HeaderName::from_static("signature-input");
         const SIGNATURE: http::HeaderName = http::HeaderName::from_static("signature");
-        let basic = match single(headers, &http::header::AUTHORIZATION)
-            .map_err(|()| AuthError::Ambiguous)?
-        {
-            Some(value) if basic::is_basic(value) => Some(Credential::Basic(value)),
+        // One pass over the headers rather than four look-ups, each hashing its name: this
+        // runs on every request, and requests carry few headers.
+        let (mut authorization, mut api_key, mut signed) = (Seen::None, Seen::None, false);
+        for (name, value) in headers {
+            if name == http::header::AUTHORIZATION {
+                authorization.add(value.as_bytes());
+            } else if name == api_key::HEADER_NAME {
+                api_key.add(value.as_bytes());
+            } else if name == SIGNATURE_INPUT || name == SIGNATURE {
+                signed = true;
+            }
+        }
+        let basic = match authorization {
+            Seen::Several => return Err(AuthError::Ambiguous),
+            Seen::Once(value) if basic::is_basic(value) => Some(Credential::Basic(value)),
             // An Authorization scheme keyward does not know is not a credential for it; refuse
             // rather than forward something the upstream might honour.
-            Some(_) => return Err(AuthError::Malformed),
-            None => None,
+            Seen::Once(_) => return Err(AuthError::Malformed),
+            Seen::None => None,
         };
         // Several keys in one request cannot be told apart: malformed, not ambiguous.
-        let api_key = single(headers, &api_key::HEADER_NAME)
-            .map_err(|()| AuthError::Malformed)?
-            .map(Credential::ApiKey);
-        let signed = (headers.contains_key(&SIGNATURE_INPUT) || headers.contains_key(&SIGNATURE))
-            .then_some(Credential::Signature);
+        let api_key = match api_key {
+            Seen::Several => return Err(AuthError::Malformed),
+            Seen::Once(value) => Some(Credential::ApiKey(value)),
+            Seen::None => None,
+        };
+        let signed = signed.then_some(Credential::Signature);
         let mut found = [basic, api_key, signed].into_iter().flatten();
         match (found.next(), found.next()) {
             (Some(_), Some(_)) => Err(AuthError::Ambiguous),
@@ -85,17 +96,20 @@ impl<'a> Credential<'a> {
     }
 }
 
-/// The value of a header that may appear at most once; `Err` when it appears several times.
-fn single<'a>(
-    headers: &'a http::HeaderMap,
-    name: &http::HeaderName,
-) -> Result<Option<&'a [u8]>, ()> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(());
+/// The values of a header that may appear at most once, as far as seen.
+enum Seen<'a> {
+    None,
+    Once(&'a [u8]),
+    Several,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        *self = match self {
+            Seen::None => Seen::Once(value),
+            _ => Seen::Several,
+        };
     }
-    Ok(first.map(|v| v.as_bytes()))
 }
 
 /// A signature whose headers verified, waiting for its body.
@@ -444,6 +458,31 @@ mod tests {
         headers.remove("authorization");
         headers.append("argus-api-key", "a/2/x".parse().unwrap());
         assert_eq!(Credential::find(&headers), Err(AuthError::Malformed));
+    }
+
+    /// Either signature header alone makes a signed request; with another credential it is
+    /// ambiguous, in whatever order the headers came.
+    #[test]
+    fn signature_headers_and_other_credentials() {
+        for name in ["signature-input", "signature"] {
+            let mut headers = http::HeaderMap::new();
+            headers.append("x-other", "1".parse().unwrap());
+            headers.append(name, "sig=:AA==:".parse().unwrap());
+            assert!(matches!(
+                Credential::find(&headers),
+                Ok(Credential::Signature)
+            ));
+            headers.append("argus-api-key", "a/1/x".parse().unwrap());
+            assert_eq!(Credential::find(&headers), Err(AuthError::Ambiguous));
+            let mut first_key = http::HeaderMap::new();
+            first_key.append("argus-api-key", "a/1/x".parse().unwrap());
+            first_key.append(name, "sig=:AA==:".parse().unwrap());
+            assert_eq!(Credential::find(&first_key), Err(AuthError::Ambiguous));
+        }
+        assert!(matches!(
+            Credential::find(&http::HeaderMap::new()),
+            Ok(Credential::None)
+        ));
     }
 
     #[test]

@@ -849,23 +849,37 @@ impl H2Frames {
 }
 
 /// Scans newly read bytes for the end of a request header; returns whether it was found.
+/// The end is two line feeds with nothing but carriage returns between them (CRLF CRLF or
+/// LF LF), after a byte other than CR or LF (empty lines before a request are not its end).
+/// Line by line with `memchr` rather than byte by byte: this runs on every request, and a
+/// header line's first byte decides whether the line is empty.
 fn header_ends(bytes: &[u8], newlines: &mut u8, started: &mut bool) -> bool {
-    for &byte in bytes {
-        match byte {
-            b'\n' if *started => {
-                *newlines += 1;
-                if *newlines == 2 {
-                    return true;
-                }
-            }
-            b'\n' | b'\r' => {}
-            _ => {
-                *started = true;
-                *newlines = 0;
-            }
-        }
+    let mut rest = bytes;
+    if !*started {
+        let Some(first) = rest.iter().position(|&b| b != b'\n' && b != b'\r') else {
+            return false;
+        };
+        *started = true;
+        *newlines = 0;
+        rest = &rest[first..];
     }
-    false
+    loop {
+        let line_end = memchr::memchr(b'\n', rest);
+        // A byte other than CR before the next LF (or in the unfinished line) ends the run of
+        // empty lines.
+        let line = &rest[..line_end.unwrap_or(rest.len())];
+        if line.iter().any(|&b| b != b'\r') {
+            *newlines = 0;
+        }
+        let Some(at) = line_end else {
+            return false;
+        };
+        *newlines += 1;
+        if *newlines == 2 {
+            return true;
+        }
+        rest = &rest[at + 1..];
+    }
 }
 
 impl AsyncRead for HeaderDeadline {
@@ -1049,6 +1063,61 @@ mod tests {
         chunks
             .iter()
             .position(|chunk| header_ends(chunk, &mut newlines, &mut started))
+    }
+
+    /// The byte-by-byte scan `header_ends` replaced: the model it must agree with.
+    fn model_ends(bytes: &[u8], newlines: &mut u8, started: &mut bool) -> bool {
+        for &byte in bytes {
+            match byte {
+                b'\n' if *started => {
+                    *newlines += 1;
+                    if *newlines == 2 {
+                        return true;
+                    }
+                }
+                b'\n' | b'\r' => {}
+                _ => {
+                    *started = true;
+                    *newlines = 0;
+                }
+            }
+        }
+        false
+    }
+
+    /// Random mixes of CR, LF, a letter and a space, cut into random reads: the line-by-line
+    /// scan finds the end in the same read as the byte-by-byte model, or neither does.
+    #[test]
+    fn agrees_with_the_byte_by_byte_scan() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(26);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..40);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| [b'\r', b'\n', b'a', b' '][rng.gen_range(0..4)])
+                .collect();
+            let mut cuts: Vec<usize> = (0..rng.gen_range(0..4))
+                .map(|_| rng.gen_range(0..=len))
+                .collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([len]) {
+                chunks.push(&bytes[from..cut]);
+                from = cut;
+            }
+            let (mut n, mut s) = (0, false);
+            let ours = chunks.iter().position(|c| header_ends(c, &mut n, &mut s));
+            let (mut n, mut s) = (0, false);
+            let model = chunks.iter().position(|c| model_ends(c, &mut n, &mut s));
+            assert_eq!(
+                ours,
+                model,
+                "{:?} in {:?}",
+                String::from_utf8_lossy(&bytes),
+                chunks
+            );
+        }
     }
 
     #[test]
