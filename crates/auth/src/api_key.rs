@@ -7,7 +7,7 @@
 
 use super::usage::{KeyOutcome, UsageCounter, UsageRecorder};
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
-use crate::cache::{CacheSettings, CredentialCache};
+use crate::cache::{CacheEntry, CacheSettings, CredentialCache};
 use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -66,9 +66,21 @@ fn split_at_slash(text: &str) -> Option<(&str, &str)> {
     Some((&text[..at], &text[at + 1..]))
 }
 
+/// The URL-safe base64 alphabet as a table: one load a byte (this runs over every presented
+/// secret).
+static BASE64URL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        b += 1;
+    }
+    table
+};
+
 fn is_base64url(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    text.bytes().all(|b| BASE64URL[usize::from(b)])
 }
 
 /// `<userIdHex>/<keyId>`: identifies a key without its secret.
@@ -395,7 +407,7 @@ impl ApiKeyAuthenticator {
         &self,
         prefix: Prefix,
         budget: &CheckBudget<'_>,
-    ) -> Result<Arc<CachedKey>, AuthError> {
+    ) -> Result<Arc<CacheEntry<CachedKey>>, AuthError> {
         let db = self.db.clone();
         self.keys
             .get_or_load(prefix, budget, async move {

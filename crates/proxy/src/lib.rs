@@ -308,11 +308,13 @@ impl KeywardProxy {
     /// left unread behind a refusal is bounded by it too; the admin API and signed bodies hold
     /// their reads to the deadline themselves. An upgrade's stream is no body.
     fn arm_body_deadline(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        let upgrade = session
-            .req_header()
-            .headers
-            .contains_key(http::header::UPGRADE);
-        if upgrade || session.is_body_empty() {
+        // The body question first: most requests have none, and pingora answers it once.
+        if session.is_body_empty()
+            || session
+                .req_header()
+                .headers
+                .contains_key(http::header::UPGRADE)
+        {
             return;
         }
         let timeout = ctx.config.limits.network.body_timeout;
@@ -755,14 +757,12 @@ impl ProxyHttp for KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        // pingora makes an HTTP/1.1 connection's idle time endless when the client names none
-        // (`respect_keepalive`, after the request is read): every connection keyward keeps
-        // waits at most its keep-alive time for the next request.
-        if session
-            .get_keepalive()
-            .is_some_and(|idle| idle == 0 || idle > connection::KEEPALIVE_SECONDS)
-        {
-            session.set_keepalive(Some(connection::KEEPALIVE_SECONDS));
+        // pingora sets an HTTP/1.1 connection's keep-alive from the request (`respect_keepalive`,
+        // after the request is read). Kept alive, it is kept without pingora's timeout (`0`),
+        // which would register a timer for every request's read: every HTTP/1 connection's
+        // stream (`connection::HeaderDeadline`) closes it after `KEEPALIVE_SECONDS` idle.
+        if session.get_keepalive().is_some_and(|idle| idle != 0) {
+            session.set_keepalive(Some(0));
         }
         if self.listener == Listener::Authz {
             Box::pin(self.answer_authz(session, ctx)).await?;

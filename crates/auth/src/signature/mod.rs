@@ -10,7 +10,7 @@
 use super::replay::{ClaimRefused, ReplayWindow};
 use super::usage::UsageRecorder;
 use super::{AuthError, AuthMethod, CredentialKind, Principal, SecurityLevel};
-use crate::cache::{CacheSettings, CredentialCache};
+use crate::cache::{CacheEntry, CacheSettings, CredentialCache};
 use crate::fleet::{Answer, ClaimKind, FleetClaims};
 use crate::ratelimit::{CheckBudget, CredentialLimit, LimitKey};
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -40,7 +40,7 @@ pub use parse::{parse_headers, parse_keyid, parse_public_key, SignedRequest, MAX
 use session::SignatureSessions;
 
 pub struct VerifiedSignature {
-    key: Arc<CachedSigKey>,
+    key: Arc<CacheEntry<CachedSigKey>>,
     fingerprint: [u8; 32],
     offset_secs: i64,
     /// When the replay window may forget this signature (seconds): past it, it is stale.
@@ -335,7 +335,7 @@ impl SignatureAuthenticator {
         user_ref: String,
         key_id: i64,
         budget: &CheckBudget<'_>,
-    ) -> Result<Arc<CachedSigKey>, AuthError> {
+    ) -> Result<Arc<CacheEntry<CachedSigKey>>, AuthError> {
         let db = self.db.clone();
         let cache_key = key_ref_hash(&user_ref, key_id);
         let lookup = user_ref;
