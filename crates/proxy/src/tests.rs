@@ -260,3 +260,42 @@ fn h2_targets_are_their_path_normalized_as_over_http1() {
         Err(Refusal::BadRequest("invalid_request_target"))
     );
 }
+
+/// An upstream response's header-name spelling is dropped, its headers (repeated ones in
+/// order), status and own reason phrase kept; written out, standard names keep their usual
+/// capitals and the rest are lower case.
+#[test]
+fn an_upstream_response_loses_only_its_header_spelling() {
+    use pingora::http::ResponseHeader;
+    let mut response = ResponseHeader::build(299, None).unwrap();
+    response.set_reason_phrase(Some("Fine Indeed")).unwrap();
+    response
+        .append_header("Content-Type", "text/plain")
+        .unwrap();
+    response.append_header("X-Custom-Header", "1").unwrap();
+    response.append_header("Set-Cookie", "a=1").unwrap();
+    response.append_header("SET-COOKIE", "b=2").unwrap();
+    assert!(response.has_case());
+    super::forget_header_case(&mut response).unwrap();
+    assert!(!response.has_case());
+    assert_eq!(response.status.as_u16(), 299);
+    assert_eq!(response.get_reason_phrase(), Some("Fine Indeed"));
+    let cookies: Vec<_> = response.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    let mut wire = Vec::new();
+    response.header_to_h1_wire(&mut wire);
+    let wire = String::from_utf8(wire).unwrap();
+    assert!(wire.contains("Content-Type: text/plain\r\n"), "{wire}");
+    assert!(wire.contains("x-custom-header: 1\r\n"), "{wire}");
+    assert!(
+        wire.contains("Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"),
+        "{wire}"
+    );
+
+    // A canonical reason phrase stays the default one.
+    let mut ok = ResponseHeader::build(200, None).unwrap();
+    ok.append_header("Date", "x").unwrap();
+    super::forget_header_case(&mut ok).unwrap();
+    assert_eq!(ok.get_reason_phrase(), Some("OK"));
+    assert_eq!(ok.headers.len(), 1);
+}
