@@ -76,8 +76,7 @@ pub fn listener_config(address: &str, tls: bool) -> pingora::listeners::Listener
         .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::default().read(read))
 }
 
-/// How long a kept-alive HTTP/1 connection waits for its next request (kept by
-/// [`HeaderDeadline`]).
+/// pingora's keep-alive timeout between requests on a connection (what its own HTTP app sets).
 pub const KEEPALIVE_SECONDS: u64 = 60;
 /// The same, for the HTTP/2 idle timeout.
 pub const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
@@ -288,11 +287,9 @@ where
         // Pipelined requests are answered in order (the flag carries over to every later
         // request on the connection); without it pingora answers the first and drops the rest.
         session.set_pipelining_enabled(true);
-        // Kept alive without pingora's timeout (`Some(0)`): the stream above keeps the
-        // keep-alive time between requests (see `HeaderDeadline::idle_until`).
         session.set_keepalive(match *shutdown.borrow() {
             true => None,
-            false => Some(0),
+            false => Some(KEEPALIVE_SECONDS),
         });
         session.set_keepalive_reuses_remaining(
             self.inner
@@ -588,13 +585,6 @@ pub struct HeaderDeadline {
     /// common case) never touches the timer.
     sleep: Option<Pin<Box<Sleep>>>,
     timeouts: prometheus::IntCounter,
-    /// Between requests on a kept-alive connection: when it is closed if no request starts.
-    /// Set when the wait begins. keyward keeps the keep-alive time here rather than in
-    /// pingora's keep-alive timeout, which registers a timer for every request's read
-    /// (~1 300 instructions a request under callgrind); this one is a timer only while idle.
-    idle_until: Option<Instant>,
-    /// The keep-alive time ([`KEEPALIVE`]; shorter in tests).
-    keepalive: Duration,
 }
 
 impl HeaderDeadline {
@@ -610,8 +600,6 @@ impl HeaderDeadline {
             },
             sleep: None,
             timeouts,
-            idle_until: None,
-            keepalive: KEEPALIVE,
         }
     }
 
@@ -624,8 +612,6 @@ impl HeaderDeadline {
             phase: Phase::Body,
             sleep: None,
             timeouts,
-            idle_until: None,
-            keepalive: KEEPALIVE,
         }
     }
 
@@ -641,8 +627,6 @@ impl HeaderDeadline {
             },
             sleep: None,
             timeouts,
-            idle_until: None,
-            keepalive: KEEPALIVE,
         }
     }
 
@@ -655,7 +639,6 @@ impl HeaderDeadline {
                 newlines: 0,
                 started: false,
             };
-            self.idle_until = None;
         }
     }
 
@@ -942,11 +925,10 @@ impl AsyncRead for HeaderDeadline {
                     None => now + this.timeout,
                 };
                 this.phase = match header_ends(read, &mut newlines, &mut started) {
-                    // The timer is kept for the next wait on this connection (between
-                    // requests, most of all): resetting it costs less than a new one. Left
-                    // armed meanwhile, it can at most wake the connection's task once for
-                    // nothing.
-                    true => Phase::Body,
+                    true => {
+                        this.sleep = None;
+                        Phase::Body
+                    }
                     false => Phase::Header {
                         deadline: Some(deadline),
                         newlines,
@@ -958,20 +940,8 @@ impl AsyncRead for HeaderDeadline {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let Some(deadline) = deadline else {
-                    // Idle between requests: at most the keep-alive time, then closed as an
-                    // idle connection is (end of stream: no 408, no header timeout counted).
-                    let idle = *this
-                        .idle_until
-                        .get_or_insert_with(|| Instant::now() + this.keepalive);
-                    let sleep = this
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(idle)));
-                    if sleep.deadline() != idle {
-                        sleep.as_mut().reset(idle);
-                    }
-                    ready!(sleep.as_mut().poll(cx));
-                    this.sleep = None;
-                    return Poll::Ready(Ok(()));
+                    // Idle between requests: pingora's keep-alive timeout applies.
+                    return Poll::Pending;
                 };
                 let sleep = this
                     .sleep
@@ -1175,45 +1145,6 @@ mod tests {
             client,
             counter,
         )
-    }
-
-    /// Between requests, a kept-alive connection waits its keep-alive time for the next one,
-    /// then ends as an idle connection does: end of stream, no 408, no header timeout counted.
-    /// A request that starts in time is read as usual.
-    #[tokio::test]
-    async fn an_idle_connection_ends_after_the_keepalive_time() {
-        use tokio::io::AsyncReadExt;
-        let (mut stream, mut client, counter) = wrapped();
-        stream.keepalive = Duration::from_millis(300);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        assert_eq!(read_some(&mut stream).await.unwrap().len(), 18);
-        // The next request comes after 100 ms: in time.
-        stream.rearm();
-        let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
-            client
-        });
-        assert_eq!(
-            read_some(&mut stream).await.unwrap(),
-            b"GET /2 HTTP/1.1\r\n\r\n"
-        );
-        let mut client = writer.await.unwrap();
-        // Then nothing: the stream ends after the keep-alive time.
-        stream.rearm();
-        let started = Instant::now();
-        let ended = tokio::time::timeout(Duration::from_secs(5), read_some(&mut stream))
-            .await
-            .expect("an idle connection must end");
-        assert_eq!(ended.unwrap(), b"");
-        let idle = started.elapsed();
-        assert!(idle >= Duration::from_millis(300), "{idle:?}");
-        assert_eq!(counter.get(), 0);
-        // Nothing was answered on it.
-        drop(stream);
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
     }
 
     async fn read_some(stream: &mut HeaderDeadline) -> io::Result<Vec<u8>> {

@@ -582,8 +582,6 @@ impl KeywardProxy {
     }
 }
 
-/// Whether a signature covers `content-digest` (one that does not parse covers nothing; it
-/// was refused before this is asked).
 /// Drops the upstream's spelling of its response's header names. pingora keeps it in a
 /// second map beside the headers, which every header keyward or pingora adds to the answer
 /// (`Gateway-Request-Id`, `Date`, `Connection`) must also grow and fill: measured under
@@ -605,6 +603,8 @@ fn forget_header_case(response: &mut ResponseHeader) -> pingora::Result<()> {
     Ok(())
 }
 
+/// Whether a signature covers `content-digest` (one that does not parse covers nothing; it
+/// was refused before this is asked).
 fn covers_content_digest(request: &RequestHeader) -> bool {
     signature::parse_headers(request)
         .is_ok_and(|signed| signed.components.iter().any(|c| c == "content-digest"))
@@ -778,12 +778,14 @@ impl ProxyHttp for KeywardProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        // pingora sets an HTTP/1.1 connection's keep-alive from the request (`respect_keepalive`,
-        // after the request is read). Kept alive, it is kept without pingora's timeout (`0`),
-        // which would register a timer for every request's read: every HTTP/1 connection's
-        // stream (`connection::HeaderDeadline`) closes it after `KEEPALIVE_SECONDS` idle.
-        if session.get_keepalive().is_some_and(|idle| idle != 0) {
-            session.set_keepalive(Some(0));
+        // pingora makes an HTTP/1.1 connection's idle time endless when the client names none
+        // (`respect_keepalive`, after the request is read): every connection keyward keeps
+        // waits at most its keep-alive time for the next request.
+        if session
+            .get_keepalive()
+            .is_some_and(|idle| idle == 0 || idle > connection::KEEPALIVE_SECONDS)
+        {
+            session.set_keepalive(Some(connection::KEEPALIVE_SECONDS));
         }
         if self.listener == Listener::Authz {
             Box::pin(self.answer_authz(session, ctx)).await?;
