@@ -232,9 +232,12 @@ where
         let loaded = self
             .known
             .try_get_with(key, async move {
-                // Read as moka's expiry reads it (it does when the entry is stored, just after).
+                let loaded = load.await;
+                // Read as moka's expiry reads it, once the value is loaded (moka reads it when
+                // it stores the entry, just after): a TTL changed during the load applies to
+                // both, and the near entries never outlive moka's.
                 let expires_at = Instant::now() + ttl.get();
-                match load.await {
+                match loaded {
                     Ok(Some(value)) => Ok(Arc::new(CacheEntry { value, expires_at })),
                     Ok(None) => Err(LoadError::NotFound),
                     Err(message) => Err(LoadError::Store(message)),
@@ -303,17 +306,7 @@ mod tests {
     #[tokio::test]
     async fn a_changed_ttl_applies_to_entries_stored_after_it() {
         let ttl = LiveDuration::new(Duration::from_secs(3600));
-        let cache = CredentialCache::<u64, u64>::new(
-            Arc::new(Metrics::new()),
-            "apikey",
-            "apikey_negative",
-            &CacheSettings {
-                ttl: ttl.clone(),
-                capacity: 100,
-                negative_ttl: LiveDuration::new(Duration::from_secs(3600)),
-                negative_capacity: 100,
-            },
-        );
+        let cache = cache(&ttl);
         let load = |v: u64| async move { Ok::<_, String>(Some(v)) };
         let budget = CheckBudget::unlimited(std::net::Ipv4Addr::LOCALHOST.into());
         cache.get_or_load(1, &budget, load(1)).await.unwrap();
